@@ -1,0 +1,1 @@
+"""fleetctl: the command-line client of fleet-py."""

@@ -1,0 +1,416 @@
+"""fleetctl: fleet's command-line client, over fleetd's gRPC API.
+
+Heavy modules (grpc, generated code) are imported only when a command runs, so `fleetctl help`
+stays quick.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import typer
+
+from fleetctl.client import Client, FleetctlError, NotFoundError
+from fleetctl.table import parse_fields, render, short_id
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="fleetctl: control a fleet-py cluster.",
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+
+class Options:
+    endpoint: str | None = None
+    request_timeout: float = 10.0
+
+
+OPTS = Options()
+
+
+def client() -> Client:
+    return Client(OPTS.endpoint, OPTS.request_timeout)
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def _root(
+    endpoint: str = typer.Option(None, "--endpoint", envvar="FLEETCTL_ENDPOINT",
+                                 help="fleetd API: unix:///path or host:port"),
+    request_timeout: float = typer.Option(10.0, "--request-timeout",
+                                          help="seconds to wait for one API call"),
+) -> None:
+    OPTS.endpoint = endpoint
+    OPTS.request_timeout = request_timeout
+
+
+# --- unit arguments ------------------------------------------------------------------------
+def resolve_args(args: list[str]) -> list[tuple[str, str | None]]:
+    """(unit name, file path or None) for each argument: a path to an existing file, or a
+    unit name (a name without a suffix means .service)."""
+    from fleetd.unit import UnitError, normalize_name, validate_name
+
+    out = []
+    for arg in args:
+        if "/" in arg or (os.path.isfile(arg) and not arg.startswith("-")):
+            if not os.path.isfile(arg):
+                fail(f"unable to find unit file {arg}: no such file")
+            name = normalize_name(os.path.basename(arg))
+            path: str | None = arg
+        else:
+            name, path = normalize_name(arg), None
+            if os.path.isfile(name):
+                path = name
+        try:
+            validate_name(name)
+        except UnitError as e:
+            fail(str(e))
+        out.append((name, path))
+    return out
+
+
+def read_unit_file(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        fail(f"unable to read unit file {path}: {e.strerror}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        fail(f"unit file {path} is not valid UTF-8 (byte {e.start})")
+    raise AssertionError("unreachable")
+
+
+def ensure_units(c: Client, args: list[str], desired: str = "", replace: bool = False) -> list[str]:
+    """Submit every argument that is not yet in the cluster (files, template instances) and
+    return the unit names. Nothing is changed unless every argument is valid."""
+    resolved = resolve_args(args)
+    plans: list[tuple[str, str]] = []
+    for name, path in resolved:
+        text = read_unit_file(path) if path else ""
+        if path:
+            from fleetd.unit import Unit, UnitError
+            try:
+                Unit.from_text(name, text)
+            except UnitError as e:
+                fail(str(e))
+        plans.append((name, text))
+    names = []
+    for name, text in plans:
+        if not text:
+            try:
+                c.call("GetUnit", name=name)
+                names.append(name)
+                continue
+            except NotFoundError:
+                pass  # maybe an instance of a submitted template: the API instantiates it
+        try:
+            c.call("CreateUnit", name=name, text=text, desired_state="", replace=replace)
+        except NotFoundError:
+            fail(f"unit {name} not found")
+        except FleetctlError as e:
+            fail(str(e))
+        names.append(name)
+    return names
+
+
+# --- blocking ------------------------------------------------------------------------------
+BLOCK_ATTEMPT_S = 0.5  # one --block-attempts attempt
+POLL_S = 0.05
+
+
+def wait_for(c: Client, names: list[str], target: str, attempts: int) -> bool:
+    """Wait until every unit reaches `target` as its agent reports it; print fleet's lines.
+    Returns False if attempts ran out."""
+    deadline = time.monotonic() + attempts * BLOCK_ATTEMPT_S if attempts > 0 else None
+    pending = list(names)
+    while pending:
+        units = {u.name: u for u in c.call("ListUnits").units}
+        states = c.call("ListUnitStates", names=pending).states
+        by_unit: dict[str, list[Any]] = {}
+        for s in states:
+            by_unit.setdefault(s.name, []).append(s)
+        for name in list(pending):
+            u = units.get(name)
+            reached, where = _reached(u, by_unit.get(name, []), target)
+            if reached:
+                pending.remove(name)
+                if target == "inactive":
+                    typer.echo(f"Unit {name} inactive")
+                elif u is not None and u.__getattribute__("global"):
+                    typer.echo(f"Triggered global unit {name} {_verb(target)}")
+                else:
+                    typer.echo(f"Unit {name} {target} on {where}")
+        if not pending:
+            return True
+        if deadline is not None and time.monotonic() > deadline:
+            for name in pending:
+                typer.echo(f"Error waiting for unit {name} to reach state {target}", err=True)
+            return False
+        time.sleep(POLL_S)
+    return True
+
+
+def _verb(target: str) -> str:
+    return {"launched": "start", "loaded": "load", "inactive": "unload"}.get(target, target)
+
+
+def _reached(u: Any, states: list[Any], target: str) -> tuple[bool, str]:
+    if u is None:
+        return target == "inactive", ""
+    if target == "inactive":
+        return not u.machine_ids and not states, ""
+    if u.__getattribute__("global"):
+        return bool(u.machine_ids), ""
+    for s in states:
+        if s.machine_id in u.machine_ids and s.state == target:
+            return True, f"{short_id(s.machine_id, False)}/{s.machine_ip}"
+    return False, ""
+
+
+def set_state(args: list[str], target: str, no_block: bool, block_attempts: int,
+              submit_files: bool = True) -> None:
+    c = client()
+    try:
+        if submit_files:
+            names = ensure_units(c, args)
+        else:
+            names = [n for n, _ in resolve_args(args)]
+        for name in names:
+            try:
+                c.call("SetUnitTargetState", name=name, desired_state=target)
+            except NotFoundError:
+                fail(f"unit {name} does not exist")
+        if no_block:
+            return
+        if not wait_for(c, names, target, block_attempts):
+            raise typer.Exit(1)
+    except FleetctlError as e:
+        fail(str(e), e.exit_code)
+
+
+NO_BLOCK = typer.Option(False, "--no-block", help="do not wait until the units reach the state")
+BLOCK_ATTEMPTS = typer.Option(0, "--block-attempts",
+                              help="wait at most N attempts (0.5 s each); 0 waits forever")
+UNITS = typer.Argument(..., help="unit names or unit file paths")
+
+
+@app.command()
+def submit(units: list[str] = UNITS,
+           replace: bool = typer.Option(False, "--replace",
+                                        help="replace the file of an existing unit")) -> None:
+    """Upload unit files into the cluster without scheduling them."""
+    c = client()
+    try:
+        ensure_units(c, units, replace=replace)
+    except FleetctlError as e:
+        fail(str(e), e.exit_code)
+
+
+@app.command()
+def load(units: list[str] = UNITS, no_block: bool = NO_BLOCK,
+         block_attempts: int = BLOCK_ATTEMPTS) -> None:
+    """Schedule units onto machines and load them into systemd, without starting them."""
+    set_state(units, "loaded", no_block, block_attempts)
+
+
+@app.command()
+def start(units: list[str] = UNITS, no_block: bool = NO_BLOCK,
+          block_attempts: int = BLOCK_ATTEMPTS) -> None:
+    """Schedule units (submitting files first) and start them."""
+    set_state(units, "launched", no_block, block_attempts)
+
+
+@app.command()
+def stop(units: list[str] = UNITS, no_block: bool = NO_BLOCK,
+         block_attempts: int = BLOCK_ATTEMPTS) -> None:
+    """Stop units; they stay loaded on their machines."""
+    set_state(units, "loaded", no_block, block_attempts, submit_files=False)
+
+
+@app.command()
+def unload(units: list[str] = UNITS, no_block: bool = NO_BLOCK,
+           block_attempts: int = BLOCK_ATTEMPTS) -> None:
+    """Stop units and unschedule them from their machines."""
+    set_state(units, "inactive", no_block, block_attempts, submit_files=False)
+
+
+@app.command()
+def destroy(units: list[str] = UNITS) -> None:
+    """Remove units from the cluster entirely (stopping them where they run)."""
+    c = client()
+    try:
+        for name, _ in resolve_args(units):
+            try:
+                c.call("DestroyUnit", name=name)
+            except NotFoundError:
+                fail(f"unit {name} does not exist")
+            typer.echo(f"Destroyed {name}")
+    except FleetctlError as e:
+        fail(str(e), e.exit_code)
+
+
+@app.command("cat")
+def cat_(unit: str = typer.Argument(..., help="unit name")) -> None:
+    """Print the unit file of a submitted unit."""
+    from fleetd.unit import normalize_name
+
+    c = client()
+    try:
+        u = c.call("GetUnit", name=normalize_name(unit))
+    except NotFoundError:
+        fail(f"unit {normalize_name(unit)} not found")
+    except FleetctlError as e:
+        fail(str(e), e.exit_code)
+    sys.stdout.write(u.text if u.text.endswith("\n") else u.text + "\n")
+
+
+FULL = typer.Option(False, "--full", "-l", help="do not abbreviate machine ids and hashes")
+NO_LEGEND = typer.Option(False, "--no-legend", help="do not print the header line")
+
+MACHINE_FIELDS = ["machine", "ip", "metadata"]
+UNIT_FIELDS = ["unit", "machine", "active", "sub", "load", "hash", "desc"]
+UNIT_FILE_FIELDS = ["unit", "hash", "dstate", "state", "target", "global", "desc"]
+
+
+def _fields(raw: str, allowed: list[str], command: str) -> list[str]:
+    try:
+        return parse_fields(raw, allowed, command)
+    except ValueError as e:
+        fail(str(e))
+    raise AssertionError("unreachable")
+
+
+def _metadata(md: Any) -> str:
+    return ",".join(f"{k}={md[k]}" for k in sorted(md)) or "-"
+
+
+@app.command("list-machines")
+def list_machines(full: bool = FULL, no_legend: bool = NO_LEGEND,
+                  fields: str = typer.Option("machine,ip,metadata", "--fields")) -> None:
+    """List the live machines of the cluster."""
+    cols = _fields(fields, MACHINE_FIELDS, "list-machines")
+    try:
+        machines = client().call("ListMachines").machines
+    except FleetctlError as e:
+        fail(str(e), e.exit_code)
+    rows = [{"m": m} for m in machines]
+    columns = {"machine": lambda r: short_id(r["m"].id, full), "ip": lambda r: r["m"].ip or "-",
+               "metadata": lambda r: _metadata(r["m"].metadata)}
+    sys.stdout.write(render(rows, cols, columns, legend=not no_legend))
+
+
+@app.command("list-units")
+def list_units(full: bool = FULL, no_legend: bool = NO_LEGEND,
+               fields: str = typer.Option("unit,machine,active,sub", "--fields")) -> None:
+    """List units scheduled in the cluster with their systemd state on their machine."""
+    cols = _fields(fields, UNIT_FIELDS, "list-units")
+    c = client()
+    try:
+        units = {u.name: u for u in c.call("ListUnits").units}
+        states = c.call("ListUnitStates").states
+    except FleetctlError as e:
+        fail(str(e), e.exit_code)
+    rows: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for s in states:
+        u = units.get(s.name)
+        rows.append({"u": u, "name": s.name, "machine": f"{short_id(s.machine_id, full)}/"
+                     f"{s.machine_ip or '-'}", "active": s.active_state or "-",
+                     "sub": s.sub_state or "-", "load": s.load_state or "-",
+                     "hash": s.hash, "is_global": bool(u and u.__getattribute__("global"))})
+        if s.active_state in ("active", "activating", "reloading"):
+            seen[s.name] = seen.get(s.name, 0) + 1
+    reported = {s.name for s in states}
+    for name, u in sorted(units.items()):
+        if name not in reported and u.machine_ids:
+            for mid in u.machine_ids:
+                rows.append({"u": u, "name": name, "machine": short_id(mid, full),
+                             "active": "-", "sub": "-", "load": "-", "hash": u.hash,
+                             "is_global": u.__getattribute__("global")})
+    rows.sort(key=lambda r: (r["name"], r["machine"]))
+    columns = {
+        "unit": lambda r: r["name"], "machine": lambda r: r["machine"],
+        "active": lambda r: r["active"], "sub": lambda r: r["sub"], "load": lambda r: r["load"],
+        "hash": lambda r: r["hash"] if full else r["hash"][:7],
+        "desc": lambda r: (r["u"].description if r["u"] else "") or "-",
+    }
+    sys.stdout.write(render(rows, cols, columns, legend=not no_legend))
+    twice = sorted(n for n, k in seen.items() if k > 1 and not
+                   (units.get(n) and units[n].__getattribute__("global")))
+    for name in twice:
+        typer.echo(f"WARNING: unit {name} is running on {seen[name]} machines at once", err=True)
+
+
+@app.command("list-unit-files")
+def list_unit_files(full: bool = FULL, no_legend: bool = NO_LEGEND,
+                    fields: str = typer.Option("unit,hash,dstate,state,target", "--fields")
+                    ) -> None:
+    """List every submitted unit with its desired and current state and target machine."""
+    cols = _fields(fields, UNIT_FILE_FIELDS, "list-unit-files")
+    c = client()
+    try:
+        units = c.call("ListUnits").units
+        ips = {m.id: m.ip for m in c.call("ListMachines").machines}
+    except FleetctlError as e:
+        fail(str(e), e.exit_code)
+
+    def target(u: Any) -> str:
+        if u.__getattribute__("global"):
+            return "global"
+        if not u.machine_ids:
+            return "-"
+        mid = u.machine_ids[0]
+        return f"{short_id(mid, full)}/{ips.get(mid, '-')}"
+
+    columns = {
+        "unit": lambda u: u.name, "hash": lambda u: u.hash if full else u.hash[:7],
+        "dstate": lambda u: u.desired_state, "state": lambda u: u.current_state or "-",
+        "target": target, "global": lambda u: str(u.__getattribute__("global")).lower(),
+        "desc": lambda u: u.description or "-",
+    }
+    sys.stdout.write(render(list(units), cols, columns, legend=not no_legend))
+
+
+@app.command()
+def why(unit: str = typer.Argument(..., help="unit name")) -> None:
+    """Explain why a unit is or is not scheduled: which check rejected which machine."""
+    from fleetd.unit import normalize_name
+
+    name = normalize_name(unit)
+    try:
+        ex = client().call("ExplainUnit", name=name)
+    except NotFoundError:
+        fail(f"unit {name} does not exist")
+    except FleetctlError as e:
+        fail(str(e), e.exit_code)
+    typer.echo(f"Unit {name}: desired state {ex.desired_state}")
+    if ex.scheduled_on:
+        typer.echo("Scheduled on: " + ", ".join(ex.scheduled_on))
+    if ex.unschedulable_reason:
+        typer.echo("Not scheduled: " + ex.unschedulable_reason)
+    typer.echo("Feasible machines: " + (", ".join(ex.feasible) or "none"))
+    for r in ex.rejected:
+        typer.echo(f"  {r.machine_id}: rejected by {r.check}: {r.detail}")
+
+
+@app.command()
+def version() -> None:
+    """Print fleetctl's version."""
+    from fleetd import __version__
+
+    typer.echo(f"fleetctl version {__version__}")
+
+
+def main() -> None:
+    try:
+        app()
+    except FleetctlError as e:
+        typer.echo(f"Error: {e}", err=True)
+        sys.exit(e.exit_code)

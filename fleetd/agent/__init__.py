@@ -1,0 +1,1 @@
+"""The agent: drives this machine's systemd to match its schedule."""

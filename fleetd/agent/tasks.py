@@ -1,0 +1,101 @@
+"""The agent's pure core: (desired units, current units) -> ordered tasks for systemd.
+
+No I/O here: `fleetd.agent.agent` reads the state, calls `plan`, and applies the tasks through
+`fleetd.systemd`. Order of a plan: stop what must stop, write/remove unit files, one
+daemon-reload for the whole batch, then start what must run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+AppliedState = Literal["loaded", "launched"]
+
+
+@dataclass(frozen=True)
+class DesiredUnit:
+    """What the engine scheduled here: the unit's file and the state it should be in."""
+
+    name: str
+    target_state: AppliedState
+    hash: str
+    text: str
+    is_global: bool = False
+
+
+@dataclass(frozen=True)
+class CurrentUnit:
+    """What this machine has: the file fleet wrote (by hash), what the agent applied to it, and
+    whether systemd reports it running (active, activating or reloading)."""
+
+    name: str
+    file_hash: str | None
+    applied: AppliedState | None
+    running: bool
+
+
+@dataclass(frozen=True)
+class WriteUnitFile:
+    name: str
+    text: str
+
+
+@dataclass(frozen=True)
+class RemoveUnitFile:
+    name: str
+
+
+@dataclass(frozen=True)
+class DaemonReload:
+    pass
+
+
+@dataclass(frozen=True)
+class StartUnit:
+    name: str
+
+
+@dataclass(frozen=True)
+class StopUnit:
+    name: str
+
+
+Task = WriteUnitFile | RemoveUnitFile | DaemonReload | StartUnit | StopUnit
+
+
+def plan(desired: Mapping[str, DesiredUnit], current: Mapping[str, CurrentUnit]) -> list[Task]:
+    """Ordered tasks that bring `current` to `desired`; empty when they already agree.
+
+    A unit whose file changed while running is stopped, rewritten and started again (a
+    `--replace`). A unit that is running with the desired file is left alone, so an agent
+    restart adopts it without a restart. A unit the agent launched that has since exited is not
+    started again: restarting is systemd's job (Restart=), as in fleet."""
+    stops: list[Task] = []
+    files: list[Task] = []
+    starts: list[Task] = []
+    for name in sorted(current.keys() - desired.keys()):
+        cur = current[name]
+        if cur.running:
+            stops.append(StopUnit(name))
+        if cur.file_hash is not None:
+            files.append(RemoveUnitFile(name))
+    for name in sorted(desired):
+        want = desired[name]
+        cur = current.get(name) or CurrentUnit(name, None, None, False)
+        changed = cur.file_hash != want.hash
+        if cur.running and (want.target_state == "loaded" or changed):
+            stops.append(StopUnit(name))
+        if changed:
+            files.append(WriteUnitFile(name, want.text))
+        if want.target_state == "launched" and (changed or cur.applied != "launched"):
+            starts.append(StartUnit(name))
+    reload: list[Task] = [DaemonReload()] if files else []
+    return stops + files + reload + starts
+
+
+def fence(desired: Mapping[str, DesiredUnit]) -> dict[str, DesiredUnit]:
+    """The desired set while this machine has lost its lease: global units only, so a
+    partitioned machine never runs a unit the engine has moved elsewhere."""
+    return {n: d for n, d in desired.items() if d.is_global}

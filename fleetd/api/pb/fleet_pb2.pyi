@@ -1,0 +1,185 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Machine(_message.Message):
+    __slots__ = ("id", "ip", "metadata", "hostname", "version", "engine_leader")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_LEADER_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    ip: str
+    metadata: _containers.ScalarMap[str, str]
+    hostname: str
+    version: str
+    engine_leader: bool
+    def __init__(self, id: _Optional[str] = ..., ip: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., engine_leader: _Optional[bool] = ...) -> None: ...
+
+class ListMachinesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListMachinesResponse(_message.Message):
+    __slots__ = ("machines",)
+    MACHINES_FIELD_NUMBER: _ClassVar[int]
+    machines: _containers.RepeatedCompositeFieldContainer[Machine]
+    def __init__(self, machines: _Optional[_Iterable[_Union[Machine, _Mapping]]] = ...) -> None: ...
+
+class Unit(_message.Message):
+    __slots__ = ("name", "text", "hash", "desired_state", "current_state", "machine_ids", "unschedulable_reason", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_STATE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_STATE_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_IDS_FIELD_NUMBER: _ClassVar[int]
+    UNSCHEDULABLE_REASON_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    text: str
+    hash: str
+    desired_state: str
+    current_state: str
+    machine_ids: _containers.RepeatedScalarFieldContainer[str]
+    unschedulable_reason: str
+    description: str
+    def __init__(self, name: _Optional[str] = ..., text: _Optional[str] = ..., hash: _Optional[str] = ..., desired_state: _Optional[str] = ..., current_state: _Optional[str] = ..., machine_ids: _Optional[_Iterable[str]] = ..., unschedulable_reason: _Optional[str] = ..., description: _Optional[str] = ..., **kwargs) -> None: ...
+
+class ListUnitsRequest(_message.Message):
+    __slots__ = ("with_text",)
+    WITH_TEXT_FIELD_NUMBER: _ClassVar[int]
+    with_text: bool
+    def __init__(self, with_text: _Optional[bool] = ...) -> None: ...
+
+class ListUnitsResponse(_message.Message):
+    __slots__ = ("units",)
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    units: _containers.RepeatedCompositeFieldContainer[Unit]
+    def __init__(self, units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ...) -> None: ...
+
+class GetUnitRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class CreateUnitRequest(_message.Message):
+    __slots__ = ("name", "text", "desired_state", "replace")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_STATE_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    text: str
+    desired_state: str
+    replace: bool
+    def __init__(self, name: _Optional[str] = ..., text: _Optional[str] = ..., desired_state: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class CreateUnitResponse(_message.Message):
+    __slots__ = ("unit", "created")
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    unit: Unit
+    created: bool
+    def __init__(self, unit: _Optional[_Union[Unit, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class SetUnitTargetStateRequest(_message.Message):
+    __slots__ = ("name", "desired_state")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_STATE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    desired_state: str
+    def __init__(self, name: _Optional[str] = ..., desired_state: _Optional[str] = ...) -> None: ...
+
+class DestroyUnitRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DestroyUnitResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class UnitState(_message.Message):
+    __slots__ = ("name", "machine_id", "machine_ip", "hash", "state", "load_state", "active_state", "sub_state", "main_pid")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_IP_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LOAD_STATE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_STATE_FIELD_NUMBER: _ClassVar[int]
+    SUB_STATE_FIELD_NUMBER: _ClassVar[int]
+    MAIN_PID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    machine_id: str
+    machine_ip: str
+    hash: str
+    state: str
+    load_state: str
+    active_state: str
+    sub_state: str
+    main_pid: int
+    def __init__(self, name: _Optional[str] = ..., machine_id: _Optional[str] = ..., machine_ip: _Optional[str] = ..., hash: _Optional[str] = ..., state: _Optional[str] = ..., load_state: _Optional[str] = ..., active_state: _Optional[str] = ..., sub_state: _Optional[str] = ..., main_pid: _Optional[int] = ...) -> None: ...
+
+class ListUnitStatesRequest(_message.Message):
+    __slots__ = ("names", "machine_id")
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    machine_id: str
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., machine_id: _Optional[str] = ...) -> None: ...
+
+class ListUnitStatesResponse(_message.Message):
+    __slots__ = ("states",)
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    states: _containers.RepeatedCompositeFieldContainer[UnitState]
+    def __init__(self, states: _Optional[_Iterable[_Union[UnitState, _Mapping]]] = ...) -> None: ...
+
+class ExplainUnitRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class Rejection(_message.Message):
+    __slots__ = ("machine_id", "check", "detail")
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    machine_id: str
+    check: str
+    detail: str
+    def __init__(self, machine_id: _Optional[str] = ..., check: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class Explanation(_message.Message):
+    __slots__ = ("name", "desired_state", "scheduled_on", "feasible", "rejected", "unschedulable_reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_STATE_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_ON_FIELD_NUMBER: _ClassVar[int]
+    FEASIBLE_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    UNSCHEDULABLE_REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    desired_state: str
+    scheduled_on: _containers.RepeatedScalarFieldContainer[str]
+    feasible: _containers.RepeatedScalarFieldContainer[str]
+    rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
+    unschedulable_reason: str
+    def __init__(self, name: _Optional[str] = ..., desired_state: _Optional[str] = ..., scheduled_on: _Optional[_Iterable[str]] = ..., feasible: _Optional[_Iterable[str]] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., unschedulable_reason: _Optional[str] = ...) -> None: ...

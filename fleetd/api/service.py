@@ -1,0 +1,241 @@
+"""The API's service layer: every front end (gRPC, HTTP v1) calls these operations.
+
+Validates input with the unit model, writes through the registry, and raises `ApiError`
+subclasses that each front end maps to its own status codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleetd.engine.scheduler import ClusterSnapshot, JobView, MachineView, explain
+from fleetd.registry import (
+    TARGET_STATES,
+    ClusterState,
+    EtcdError,
+    MachineRecord,
+    Registry,
+    UnitConflict,
+    UnitNotFound,
+    UnitRecord,
+    UnitStateRecord,
+)
+from fleetd.unit import Unit, UnitError, UnitName
+
+_RANK = {"inactive": 0, "loaded": 1, "launched": 2}
+
+
+class ApiError(Exception):
+    """A refused request; the message names the unit or field and the problem."""
+
+    code = "internal"
+
+
+class InvalidArgument(ApiError):
+    code = "invalid_argument"
+
+
+class NotFound(ApiError):
+    code = "not_found"
+
+
+class AlreadyExists(ApiError):
+    code = "already_exists"
+
+
+class Unavailable(ApiError):
+    code = "unavailable"
+
+
+@dataclass(frozen=True)
+class UnitInfo:
+    """A unit as the API presents it."""
+
+    name: str
+    text: str
+    hash: str
+    desired_state: str
+    current_state: str
+    machine_ids: tuple[str, ...]
+    unschedulable_reason: str
+    description: str
+    is_global: bool
+
+
+@dataclass(frozen=True)
+class ExplanationInfo:
+    name: str
+    desired_state: str
+    scheduled_on: tuple[str, ...]
+    feasible: tuple[str, ...]
+    rejected: tuple[tuple[str, str, str], ...]
+    unschedulable_reason: str
+
+
+def _parse(name: str, text: str) -> Unit:
+    try:
+        return Unit.from_text(name, text)
+    except UnitError as e:
+        raise InvalidArgument(str(e)) from None
+
+
+def _check_name(name: str) -> UnitName:
+    try:
+        return UnitName.parse(name)
+    except UnitError as e:
+        raise InvalidArgument(str(e)) from None
+
+
+class FleetService:
+    """Cluster operations over one registry; `leader_id` reports who leads the engine."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def _state(self) -> ClusterState:
+        try:
+            return await self.registry.cluster_state()
+        except EtcdError as e:
+            raise Unavailable(str(e)) from None
+
+    # --- reads ----------------------------------------------------------------------------
+    async def list_machines(self) -> tuple[list[MachineRecord], str | None]:
+        st = await self._state()
+        leader = await self.registry.leader()
+        return sorted(st.machines.values(), key=lambda m: m.id), leader
+
+    async def list_units(self, with_text: bool = False) -> list[UnitInfo]:
+        st = await self._state()
+        return [self._info(st, n, with_text) for n in sorted(st.units)]
+
+    async def get_unit(self, name: str) -> UnitInfo:
+        _check_name(name)
+        st = await self._state()
+        if name not in st.units:
+            raise NotFound(f"unit {name} does not exist")
+        return self._info(st, name, True)
+
+    async def list_states(self, names: list[str] | None = None,
+                          machine_id: str = "") -> tuple[list[UnitStateRecord], dict[str, str]]:
+        """Reported states (filtered) and the IP of every machine, by id."""
+        st = await self._state()
+        wanted = set(names or ())
+        out = []
+        for unit in sorted(st.states):
+            if wanted and unit not in wanted:
+                continue
+            for mid in sorted(st.states[unit]):
+                if machine_id and mid != machine_id:
+                    continue
+                out.append(st.states[unit][mid])
+        return out, {m.id: m.ip for m in st.machines.values()}
+
+    def _info(self, st: ClusterState, name: str, with_text: bool) -> UnitInfo:
+        view = st.units[name]
+        rec = view.record
+        machines = tuple(sorted(st.schedule.get(name, {})))
+        current = "inactive"
+        for mid, s in st.states.get(name, {}).items():
+            if mid in machines and _RANK.get(s.state, 0) > _RANK[current]:
+                current = s.state
+        desc, is_global = "", False
+        try:
+            unit = Unit.from_text(name, rec.text)
+            desc, is_global = unit.file.description(), unit.xfleet.global_
+        except UnitError:
+            pass
+        return UnitInfo(name, rec.text if with_text else "", rec.hash, view.desired, current,
+                        machines, st.unschedulable.get(name, ""), desc, is_global)
+
+    # --- writes ---------------------------------------------------------------------------
+    async def create_unit(self, name: str, text: str, desired_state: str = "",
+                          replace: bool = False) -> tuple[UnitInfo, bool]:
+        """Submit a unit (from `text`, or from its template when `text` is empty)."""
+        desired_state = desired_state or "inactive"
+        if desired_state not in TARGET_STATES:
+            raise InvalidArgument(f"invalid desired state {desired_state!r}: expected one of "
+                                  + ", ".join(TARGET_STATES))
+        parsed = _check_name(name)
+        if not text:
+            if not parsed.is_instance:
+                raise InvalidArgument(f"unit {name}: no unit file given")
+            tmpl = await self._get_record(parsed.template())
+            if tmpl is None:
+                existing = await self._get_record(name)
+                if existing is None:
+                    raise NotFound(f"unit {name} not found and template {parsed.template()} "
+                                   "does not exist")
+                text = existing.text
+            else:
+                text = tmpl.text
+        unit = _parse(name, text)
+        rec = UnitRecord(unit.name, unit.text, unit.hash)
+        try:
+            if replace and await self._get_record(name) is not None:
+                await self.registry.replace_unit(rec)
+                created = True
+                if desired_state != "inactive":
+                    await self.registry.set_target_state(name, desired_state)
+            else:
+                created = await self.registry.create_unit(rec, desired_state)
+                if not created and desired_state != "inactive":
+                    await self.registry.set_target_state(name, desired_state)
+        except UnitConflict as e:
+            raise AlreadyExists(str(e)) from None
+        except UnitNotFound as e:
+            raise NotFound(str(e)) from None
+        except EtcdError as e:
+            raise Unavailable(str(e)) from None
+        return await self.get_unit(name), created
+
+    async def _get_record(self, name: str) -> UnitRecord | None:
+        try:
+            view = await self.registry.get_unit(name)
+        except EtcdError as e:
+            raise Unavailable(str(e)) from None
+        return view.record if view else None
+
+    async def set_target_state(self, name: str, desired_state: str) -> UnitInfo:
+        _check_name(name)
+        if desired_state not in TARGET_STATES:
+            raise InvalidArgument(f"invalid desired state {desired_state!r}: expected one of "
+                                  + ", ".join(TARGET_STATES))
+        try:
+            await self.registry.set_target_state(name, desired_state)
+        except UnitNotFound as e:
+            raise NotFound(str(e)) from None
+        except EtcdError as e:
+            raise Unavailable(str(e)) from None
+        return await self.get_unit(name)
+
+    async def destroy_unit(self, name: str) -> None:
+        _check_name(name)
+        try:
+            await self.registry.destroy_unit(name)
+        except UnitNotFound as e:
+            raise NotFound(str(e)) from None
+        except EtcdError as e:
+            raise Unavailable(str(e)) from None
+
+    async def explain_unit(self, name: str) -> ExplanationInfo:
+        """Run the scheduler's checks for `name` on the current cluster state."""
+        _check_name(name)
+        st = await self._state()
+        if name not in st.units:
+            raise NotFound(f"unit {name} does not exist")
+        jobs = {}
+        for n, view in st.units.items():
+            try:
+                u = Unit.from_text(n, view.record.text)
+            except UnitError:
+                continue
+            if UnitName.parse(n).is_template:
+                continue
+            jobs[n] = JobView(n, view.desired, u.xfleet)  # type: ignore[arg-type]
+        snap = ClusterSnapshot(
+            {m.id: MachineView(m.id, dict(m.metadata)) for m in st.machines.values()}, jobs,
+            {u: frozenset(per) for u, per in st.schedule.items()})
+        ex = explain(snap, name)
+        return ExplanationInfo(name, st.units[name].desired, tuple(ex.scheduled_on),
+                               tuple(ex.feasible), tuple(ex.rejected),
+                               st.unschedulable.get(name, ""))

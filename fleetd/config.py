@@ -1,0 +1,183 @@
+"""fleetd configuration: fleet's option names, from fleet.conf, FLEET_* environment and flags.
+
+Precedence, highest first: command-line flags, `FLEET_<OPTION>` environment variables, the
+config file (`--config`, default /etc/fleet/fleet.conf, INI lines `option=value`), defaults.
+Every interval and timeout is defined here, with its unit in the name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+
+DEFAULT_CONFIG_FILE = "/etc/fleet/fleet.conf"
+DEFAULT_API_SOCKET = "/var/run/fleet-py.sock"
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the option and the source."""
+
+
+@dataclass
+class Config:
+    etcd_servers: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2379"])
+    etcd_key_prefix: str = "/_coreos.com/fleet/"
+    etcd_request_timeout: float = 3.0  # seconds
+    etcd_cafile: str = ""
+    etcd_certfile: str = ""
+    etcd_keyfile: str = ""
+    etcd_username: str = ""
+    etcd_password: str = ""
+    public_ip: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    agent_ttl: float = 10.0  # seconds; fleet's default was 30s
+    engine_reconcile_interval: float = 2.0  # seconds (safety-net pass; events drive the rest)
+    disable_engine: bool = False
+    systemd_user: bool = False
+    systemd_bus_address: str = ""  # override the D-Bus address of the systemd manager
+    unit_dir: str = ""  # where unit files are written (default: the manager's runtime dir)
+    machine_id: str = ""  # default: /etc/machine-id
+    machine_id_file: str = "/etc/machine-id"
+    api_socket: str = DEFAULT_API_SOCKET  # gRPC API unix socket
+    api_tcp: str = ""  # gRPC API TCP address host:port (empty: none)
+    verbosity: int = 0
+
+    def agent_ttl_s(self) -> int:
+        return max(2, round(self.agent_ttl))
+
+
+def _duration_s(raw: str) -> float:
+    """Seconds from '10', '10s', '500ms', '1m' (fleet wrote durations as Go strings)."""
+    s = raw.strip().lower()
+    for suffix, mult in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if s.endswith(suffix) and s[: -len(suffix)].replace(".", "", 1).isdigit():
+            return float(s[: -len(suffix)]) * mult
+    return float(s)
+
+
+def _bool(raw: str) -> bool:
+    s = raw.strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
+def parse_metadata(raw: str) -> dict[str, str]:
+    """fleet's metadata syntax: 'region=us-east,disk=ssd'."""
+    out: dict[str, str] = {}
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ValueError(f"metadata item {item!r} is not key=value")
+        out[key] = value
+    return out
+
+
+_CONVERTERS = {
+    "etcd_servers": lambda v: [s.strip() for s in v.split(",") if s.strip()],
+    "etcd_request_timeout": _duration_s,
+    "agent_ttl": _duration_s,
+    "engine_reconcile_interval": _duration_s,
+    "disable_engine": _bool,
+    "systemd_user": _bool,
+    "metadata": parse_metadata,
+    "verbosity": int,
+}
+OPTION_NAMES = [f.name for f in fields(Config)]
+
+
+def _set(cfg: Config, name: str, raw: str, source: str) -> None:
+    conv = _CONVERTERS.get(name, lambda v: v.strip())
+    try:
+        setattr(cfg, name, conv(raw))
+    except ValueError as e:
+        raise ConfigError(f"invalid value for {name} in {source}: {e}") from None
+
+
+def read_config_file(path: str) -> dict[str, str]:
+    """Options from an INI-style fleet.conf (`name=value` lines, `#`/`;` comments)."""
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line[0] in "#;" or (line.startswith("[") and line.endswith("]")):
+                continue
+            name, sep, value = line.partition("=")
+            name = name.strip()
+            if not sep:
+                raise ConfigError(f"{path}:{lineno}: expected option=value, got {line!r}")
+            if name not in OPTION_NAMES:
+                raise ConfigError(f"{path}:{lineno}: unknown option {name!r}")
+            out[name] = value.strip().strip('"')
+    return out
+
+
+def load_config(argv: Sequence[str] | None = None,
+                environ: Mapping[str, str] | None = None) -> tuple[Config, argparse.Namespace]:
+    """Build the Config from flags, environment and config file; raise ConfigError if invalid."""
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog="fleetd", description="fleet-py daemon")
+    parser.add_argument("--config", "-config", default=None, help="path to fleet.conf")
+    parser.add_argument("--version", "-version", action="store_true", help="print version")
+    for name in OPTION_NAMES:
+        dashed = name.replace("_", "-")
+        flags = [f"--{name}"] + ([f"--{dashed}"] if dashed != name else [])
+        parser.add_argument(*flags, dest=name, default=None, metavar="VALUE")
+    args = parser.parse_args(argv)
+    cfg = Config()
+    path = args.config or env.get("FLEET_CONFIG")
+    if path:
+        try:
+            file_opts = read_config_file(path)
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    elif os.path.exists(DEFAULT_CONFIG_FILE):
+        file_opts = read_config_file(DEFAULT_CONFIG_FILE)
+        path = DEFAULT_CONFIG_FILE
+    else:
+        file_opts = {}
+    for name, raw in file_opts.items():
+        _set(cfg, name, raw, path or "config file")
+    for name in OPTION_NAMES:
+        raw = env.get("FLEET_" + name.upper())
+        if raw is not None:
+            _set(cfg, name, raw, "FLEET_" + name.upper())
+    for name in OPTION_NAMES:
+        raw = getattr(args, name)
+        if raw is not None:
+            _set(cfg, name, raw, "--" + name)
+    validate(cfg)
+    return cfg, args
+
+
+def validate(cfg: Config) -> None:
+    if not cfg.etcd_servers:
+        raise ConfigError("etcd_servers is empty")
+    if cfg.agent_ttl < 2:
+        raise ConfigError(f"agent_ttl must be at least 2s, got {cfg.agent_ttl}")
+    if cfg.engine_reconcile_interval <= 0:
+        raise ConfigError("engine_reconcile_interval must be positive")
+    if cfg.etcd_request_timeout <= 0:
+        raise ConfigError("etcd_request_timeout must be positive")
+
+
+def read_machine_id(cfg: Config) -> str:
+    if cfg.machine_id:
+        return cfg.machine_id.strip()
+    try:
+        with open(cfg.machine_id_file, encoding="ascii") as f:
+            mid = f.read().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read machine id from {cfg.machine_id_file}: {e.strerror}") \
+            from None
+    if not mid:
+        raise ConfigError(f"{cfg.machine_id_file} is empty")
+    return mid

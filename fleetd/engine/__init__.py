@@ -1,0 +1,1 @@
+"""The engine: leader-elected scheduling of units onto machines."""

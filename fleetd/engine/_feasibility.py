@@ -1,0 +1,475 @@
+"""Working schedule and feasibility checks used by `fleetd.engine.scheduler` (pure, no I/O).
+
+Each check is a small object with a ``name``; the pipeline in `PIPELINE` composes them and the
+caller counts how many machines each one removed (the style of Nomad's feasibility checkers).
+Checks work on *sets* of machine ids so that placing one unit costs a few set operations rather
+than a loop over machines x hosted units.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+from fleetd.unit import glob_match
+
+if TYPE_CHECKING:
+    from fleetd.engine.scheduler import JobView, MachineView
+    from fleetd.unit import XFleet
+
+_GLOB_META = frozenset("*?[\\")
+
+Candidates = set[str] | None
+"""A set of machine ids, or None meaning "every live machine" (saves copying the full set)."""
+
+
+def _literal_prefix(pattern: str) -> tuple[str, bool]:
+    """(Part of ``pattern`` before its first glob metacharacter, whether it is all literal)."""
+    for index, char in enumerate(pattern):
+        if char in _GLOB_META:
+            return pattern[:index], False
+    return pattern, True
+
+
+def match_names(
+    patterns: Iterable[str],
+    names: Sequence[str],
+    name_set: frozenset[str],
+    matches: Callable[[str], bool],
+) -> frozenset[str]:
+    """Names in ``names`` (sorted) that ``matches`` accepts, probing only names that share a
+    pattern's literal prefix; a literal pattern is a plain membership test."""
+    found: set[str] = set()
+    for pattern in patterns:
+        prefix, literal = _literal_prefix(pattern)
+        if literal:
+            if pattern in name_set and matches(pattern):
+                found.add(pattern)
+            continue
+        index = bisect_left(names, prefix)
+        while index < len(names) and names[index].startswith(prefix):
+            if matches(names[index]):
+                found.add(names[index])
+            index += 1
+    return frozenset(found)
+
+
+def _replaces_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """Predicate: does a unit name match one of the Replaces ``patterns`` (path.Match globs)."""
+
+    def matches(name: str) -> bool:
+        return any(glob_match(pattern, name) for pattern in patterns)
+
+    return matches
+
+
+def _bump(counter: dict[str, int], key: str, delta: int) -> None:
+    """Add ``delta`` to ``counter[key]``, deleting the key when it reaches zero."""
+    value = counter.get(key, 0) + delta
+    if value:
+        counter[key] = value
+    else:
+        counter.pop(key, None)
+
+
+@dataclass
+class WorkingState:
+    """The schedule as it evolves during one reconcile pass, with the indexes checks need.
+
+    Contract: `place`/`lift` are the only mutators and keep every index consistent.
+    """
+
+    machines: Mapping[str, MachineView]
+    jobs: Mapping[str, JobView]
+    machine_ids: tuple[str, ...] = ()
+    sched: dict[str, set[str]] = field(default_factory=dict)
+    hosted: dict[str, set[str]] = field(default_factory=dict)
+    order: list[tuple[int, str]] = field(default_factory=list)
+    cycles: dict[str, str] = field(default_factory=dict)
+    group_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    group_matches: dict[tuple[str, ...], frozenset[str]] = field(default_factory=dict)
+    groups_matching: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    hits: dict[tuple[str, ...], dict[str, int]] = field(default_factory=dict)
+    holders: dict[tuple[str, ...], dict[str, int]] = field(default_factory=dict)
+    replaces_of: dict[str, frozenset[str]] = field(default_factory=dict)
+    replaced_by: dict[str, frozenset[str]] = field(default_factory=dict)
+    _meta_cache: dict[tuple[tuple[str, tuple[str, ...]], ...], frozenset[str]] = field(
+        default_factory=dict
+    )
+
+    @classmethod
+    def build(
+        cls, machines: Mapping[str, MachineView], jobs: Mapping[str, JobView]
+    ) -> WorkingState:
+        """An empty working schedule over live ``machines`` with conflict/replace indexes."""
+        state = cls(machines=machines, jobs=jobs, machine_ids=tuple(sorted(machines)))
+        state.hosted = {mid: set() for mid in state.machine_ids}
+        state.order = [(0, mid) for mid in state.machine_ids]
+        names = sorted(jobs)
+        name_set = frozenset(names)
+        groups_matching: dict[str, list[tuple[str, ...]]] = {}
+        for name in names:
+            xfleet = jobs[name].xfleet
+            if xfleet.conflicts:
+                group = xfleet.conflicts
+                state.group_of[name] = group
+                if group not in state.group_matches:
+                    matched = match_names(group, names, name_set, xfleet.conflicts_with)
+                    state.group_matches[group] = matched
+                    state.hits[group] = {}
+                    state.holders[group] = {}
+                    for other in matched:
+                        groups_matching.setdefault(other, []).append(group)
+        state.groups_matching = {name: tuple(gs) for name, gs in groups_matching.items()}
+        replaces: dict[str, frozenset[str]] = {}
+        for name in names:
+            patterns = jobs[name].xfleet.replaces
+            if patterns:
+                matched = match_names(patterns, names, name_set, _replaces_matcher(patterns))
+                replaces[name] = matched - {name}
+        replaced_by: dict[str, set[str]] = {}
+        for name, targets in replaces.items():
+            # Mutual replacement is ignored, as in fleet (it would reschedule forever).
+            effective = frozenset(t for t in targets if name not in replaces.get(t, ()))
+            if effective:
+                state.replaces_of[name] = effective
+                for target in effective:
+                    replaced_by.setdefault(target, set()).add(name)
+        state.replaced_by = {name: frozenset(rs) for name, rs in replaced_by.items()}
+        return state
+
+    # -- mutation -------------------------------------------------------------------------
+    def _set_load(self, machine_id: str, old: int, new: int) -> None:
+        index = bisect_left(self.order, (old, machine_id))
+        del self.order[index]
+        insort(self.order, (new, machine_id))
+
+    def place(self, unit: str, machine_id: str) -> None:
+        """Assign ``unit`` to live ``machine_id`` in the working schedule (no-op if already)."""
+        hosted = self.hosted[machine_id]
+        if unit in hosted:
+            return
+        self._set_load(machine_id, len(hosted), len(hosted) + 1)
+        hosted.add(unit)
+        self.sched.setdefault(unit, set()).add(machine_id)
+        for group in self.groups_matching.get(unit, ()):
+            _bump(self.hits[group], machine_id, 1)
+        own = self.group_of.get(unit)
+        if own:
+            _bump(self.holders[own], machine_id, 1)
+
+    def lift(self, unit: str, machine_id: str) -> None:
+        """Remove ``unit`` from ``machine_id`` in the working schedule (no-op if absent)."""
+        hosted = self.hosted[machine_id]
+        if unit not in hosted:
+            return
+        self._set_load(machine_id, len(hosted), len(hosted) - 1)
+        hosted.discard(unit)
+        where = self.sched[unit]
+        where.discard(machine_id)
+        if not where:
+            del self.sched[unit]
+        for group in self.groups_matching.get(unit, ()):
+            _bump(self.hits[group], machine_id, -1)
+        own = self.group_of.get(unit)
+        if own:
+            _bump(self.holders[own], machine_id, -1)
+
+    # -- queries --------------------------------------------------------------------------
+    def load(self, machine_id: str) -> int:
+        """Number of units (globals included) on ``machine_id`` in the working schedule."""
+        return len(self.hosted[machine_id])
+
+    def where(self, unit: str) -> set[str]:
+        """Machines ``unit`` is assigned to in the working schedule (empty set if none)."""
+        return self.sched.get(unit, set())
+
+    def metadata_machines(self, xfleet: XFleet) -> frozenset[str]:
+        """Live machines whose metadata satisfies ``xfleet.metadata`` (cached per requirement)."""
+        key = xfleet.metadata
+        cached = self._meta_cache.get(key)
+        if cached is None:
+            cached = frozenset(
+                mid
+                for mid in self.machine_ids
+                if xfleet.metadata_matches(self.machines[mid].metadata)
+            )
+            self._meta_cache[key] = cached
+        return cached
+
+    def conflict_between(self, unit: str, other: str) -> bool:
+        """True if ``unit`` and ``other`` conflict in either direction (never with itself)."""
+        if unit == other:
+            return False
+        own = self.group_of.get(unit)
+        if own and other in self.group_matches[own]:
+            return True
+        theirs = self.group_of.get(other)
+        return bool(theirs) and unit in self.group_matches[theirs]  # type: ignore[index]
+
+    def conflicting_hosted(self, unit: str, machine_id: str) -> list[str]:
+        """Sorted units on ``machine_id`` conflicting with ``unit``, minus units it replaces."""
+        ignore = self.replaces_of.get(unit, frozenset())
+        return sorted(
+            other
+            for other in self.hosted[machine_id]
+            if other not in ignore and self.conflict_between(unit, other)
+        )
+
+    def best(self, candidates: Candidates) -> str | None:
+        """The least-loaded machine among ``candidates`` (ties by id), or None if there is none."""
+        if candidates is None:
+            return self.order[0][1] if self.order else None
+        if not candidates:
+            return None
+        if len(candidates) * 8 < len(self.order):
+            return min(candidates, key=lambda mid: (len(self.hosted[mid]), mid))
+        for _, mid in self.order:
+            if mid in candidates:
+                return mid
+        return None
+
+
+def _narrow(state: WorkingState, candidates: Candidates, allowed: Iterable[str]) -> set[str]:
+    if candidates is None:
+        return set(allowed)
+    return candidates.intersection(allowed)
+
+
+def _drop(state: WorkingState, candidates: Candidates, blocked: set[str]) -> Candidates:
+    if not blocked:
+        return candidates
+    if candidates is None:
+        return set(state.machine_ids).difference(blocked)
+    return candidates.difference(blocked)
+
+
+class Check:
+    """One feasibility rule. Contract: ``filter`` keeps exactly the machines ``detail`` accepts."""
+
+    name: ClassVar[str] = ""
+
+    def filter(self, state: WorkingState, job: JobView, candidates: Candidates) -> Candidates:
+        """The subset of ``candidates`` this check allows for ``job`` (None stays None if all)."""
+        raise NotImplementedError
+
+    def detail(self, state: WorkingState, job: JobView, machine_id: str) -> str:
+        """One human line saying why ``machine_id`` is rejected for ``job``."""
+        raise NotImplementedError
+
+    def summary(self, state: WorkingState, job: JobView, removed: set[str]) -> str:
+        """Short parenthetical for an Unschedulable reason ('' for none)."""
+        return ""
+
+
+class MachineIDCheck(Check):
+    """X-Fleet MachineID: only the named machine."""
+
+    name = "MachineID"
+
+    def filter(self, state: WorkingState, job: JobView, candidates: Candidates) -> Candidates:
+        wanted = job.xfleet.machine_id
+        if not wanted:
+            return candidates
+        return _narrow(state, candidates, (wanted,) if wanted in state.machines else ())
+
+    def detail(self, state: WorkingState, job: JobView, machine_id: str) -> str:
+        wanted = job.xfleet.machine_id
+        alive = "" if wanted in state.machines else ", which is not live"
+        return f"MachineID requires {wanted}{alive}"
+
+    def summary(self, state: WorkingState, job: JobView, removed: set[str]) -> str:
+        wanted = job.xfleet.machine_id
+        return f"requires {wanted}" + ("" if wanted in state.machines else ", not live")
+
+
+def format_metadata(metadata: Iterable[tuple[str, tuple[str, ...]]]) -> str:
+    """'key=a|b, other=c' rendering of an X-Fleet metadata requirement."""
+    return ", ".join(f"{key}={'|'.join(values)}" for key, values in metadata)
+
+
+class MachineMetadataCheck(Check):
+    """X-Fleet MachineMetadata: AND across keys, OR across a key's values."""
+
+    name = "MachineMetadata"
+
+    def filter(self, state: WorkingState, job: JobView, candidates: Candidates) -> Candidates:
+        if not job.xfleet.metadata:
+            return candidates
+        allowed = state.metadata_machines(job.xfleet)
+        if candidates is None:
+            return set(allowed)
+        return candidates.intersection(allowed)
+
+    def detail(self, state: WorkingState, job: JobView, machine_id: str) -> str:
+        return f"metadata of {machine_id} does not match {format_metadata(job.xfleet.metadata)}"
+
+    def summary(self, state: WorkingState, job: JobView, removed: set[str]) -> str:
+        return format_metadata(job.xfleet.metadata)
+
+
+class MachineOfCheck(Check):
+    """X-Fleet MachineOf: only machines where every target is assigned in the working schedule."""
+
+    name = "MachineOf"
+
+    def filter(self, state: WorkingState, job: JobView, candidates: Candidates) -> Candidates:
+        targets = job.xfleet.machine_of
+        if not targets:
+            return candidates
+        if job.name in state.cycles:
+            return set()
+        allowed: set[str] | None = None
+        for target in targets:
+            where = state.where(target) if target in state.jobs else set()
+            allowed = set(where) if allowed is None else allowed & where
+            if not allowed:
+                return set()
+        assert allowed is not None
+        return _narrow(state, candidates, allowed)
+
+    def _why(self, state: WorkingState, job: JobView, machine_id: str | None) -> str:
+        if job.name in state.cycles:
+            return f"MachineOf cycle: {state.cycles[job.name]}"
+        for target in job.xfleet.machine_of:
+            if target not in state.jobs:
+                return f"follows {target}, which does not exist"
+            where = state.where(target)
+            if not where:
+                return f"follows {target}, which is not scheduled"
+            if machine_id is not None and machine_id not in where:
+                return f"follows {target} on {', '.join(sorted(where))}"
+        placed = (f"{t} on {', '.join(sorted(state.where(t)))}" for t in job.xfleet.machine_of)
+        return "follows " + ", ".join(placed)
+
+    def detail(self, state: WorkingState, job: JobView, machine_id: str) -> str:
+        return self._why(state, job, machine_id)
+
+    def summary(self, state: WorkingState, job: JobView, removed: set[str]) -> str:
+        return self._why(state, job, None)
+
+
+class ConflictsCheck(Check):
+    """X-Fleet Conflicts, both directions; a unit ignores the units it Replaces."""
+
+    name = "Conflicts"
+
+    def filter(self, state: WorkingState, job: JobView, candidates: Candidates) -> Candidates:
+        unit = job.name
+        own = state.group_of.get(unit)
+        others = state.groups_matching.get(unit, ())
+        if not own and not others:
+            return candidates
+        if candidates is not None and not candidates:
+            return candidates
+        ignore = state.replaces_of.get(unit)
+        if ignore and any(t in state.sched for t in ignore):
+            pool = state.machine_ids if candidates is None else sorted(candidates)
+            return {mid for mid in pool if not state.conflicting_hosted(unit, mid)}
+        blocked: set[str] = set()
+        if own:
+            blocked.update(state.hits[own])
+        for group in others:
+            blocked.update(state.holders[group])
+        return _drop(state, candidates, blocked)
+
+    def detail(self, state: WorkingState, job: JobView, machine_id: str) -> str:
+        hits = state.conflicting_hosted(job.name, machine_id)
+        return f"conflicts with {hits[0] if hits else '?'} on {machine_id}"
+
+    def summary(self, state: WorkingState, job: JobView, removed: set[str]) -> str:
+        if job.xfleet.conflicts:
+            return ", ".join(job.xfleet.conflicts)
+        blockers = sorted({u for mid in removed for u in state.conflicting_hosted(job.name, mid)})
+        more = ", ..." if len(blockers) > 3 else ""
+        return "conflicted by " + ", ".join(blockers[:3]) + more
+
+
+class ReplacesCheck(Check):
+    """X-Fleet Replaces, seen from the replaced unit: it may not stay where a replacer is."""
+
+    name = "Replaces"
+
+    def filter(self, state: WorkingState, job: JobView, candidates: Candidates) -> Candidates:
+        replacers = state.replaced_by.get(job.name)
+        if not replacers:
+            return candidates
+        blocked: set[str] = set()
+        for replacer in replacers:
+            blocked.update(state.where(replacer))
+        return _drop(state, candidates, blocked)
+
+    def _replacers_on(self, state: WorkingState, job: JobView, machine_ids: set[str]) -> list[str]:
+        return sorted(
+            r for r in state.replaced_by.get(job.name, ()) if state.where(r) & machine_ids
+        )
+
+    def detail(self, state: WorkingState, job: JobView, machine_id: str) -> str:
+        found = self._replacers_on(state, job, {machine_id})
+        return f"replaced by {found[0] if found else '?'}"
+
+    def summary(self, state: WorkingState, job: JobView, removed: set[str]) -> str:
+        return "replaced by " + ", ".join(self._replacers_on(state, job, removed))
+
+
+PIPELINE: tuple[Check, ...] = (
+    MachineIDCheck(),
+    MachineMetadataCheck(),
+    MachineOfCheck(),
+    ConflictsCheck(),
+    ReplacesCheck(),
+)
+"""Feasibility checks in evaluation order; `filtered`/`rejected` use their ``name``."""
+
+INTRINSIC: tuple[Check, ...] = PIPELINE[:2]
+"""Checks that depend only on the unit and the machine, not on the rest of the schedule."""
+
+
+def feasible(
+    state: WorkingState,
+    job: JobView,
+    candidates: Candidates = None,
+    checks: Sequence[Check] = PIPELINE,
+) -> Candidates:
+    """Machines among ``candidates`` (None = all live) that pass every check in ``checks``."""
+    for check in checks:
+        if candidates is not None and not candidates:
+            return candidates
+        candidates = check.filter(state, job, candidates)
+    return candidates
+
+
+def count_filtered(
+    state: WorkingState, job: JobView
+) -> tuple[tuple[tuple[str, int], ...], list[str]]:
+    """Per check (pipeline order, only those that removed any): machines removed, and for each
+    such check a 'N filtered by Name (summary)' phrase."""
+    candidates: set[str] = set(state.machine_ids)
+    counts: list[tuple[str, int]] = []
+    phrases: list[str] = []
+    for check in PIPELINE:
+        if not candidates:
+            break
+        kept = check.filter(state, job, candidates)
+        survivors = set(state.machine_ids) if kept is None else kept
+        removed = candidates - survivors
+        if removed:
+            counts.append((check.name, len(removed)))
+            summary = check.summary(state, job, removed)
+            phrases.append(
+                f"{len(removed)} filtered by {check.name}" + (f" ({summary})" if summary else "")
+            )
+        candidates = survivors
+    return tuple(counts), phrases
+
+
+def first_rejection(state: WorkingState, job: JobView, machine_id: str) -> tuple[str, str] | None:
+    """(check name, detail) of the first check rejecting ``machine_id`` for ``job``, or None."""
+    candidates: set[str] = {machine_id}
+    for check in PIPELINE:
+        kept = check.filter(state, job, candidates)
+        if kept is not None and machine_id not in kept:
+            return check.name, check.detail(state, job, machine_id)
+    return None

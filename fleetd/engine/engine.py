@@ -1,0 +1,309 @@
+"""The engine: one leader per cluster turns the registry into scheduling decisions.
+
+Leadership is a key on the leader machine's lease (`engine/leader`); every write the leader
+makes is a transaction guarded by that key, so a deposed leader cannot write. The leader keeps
+an in-memory copy of units, desired states, machines and assignments fed by one etcd watch,
+reconciles on every relevant event (debounced by `debounce_ms`) and every
+`reconcile_interval_s` as a safety net. `scheduler.reconcile` decides; this module only feeds it
+and writes its decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleetd.engine.scheduler import (
+    Assign,
+    ClusterSnapshot,
+    Explanation,
+    JobView,
+    MachineView,
+    Unassign,
+    Unschedulable,
+    explain,
+    reconcile,
+)
+from fleetd.machine import MachineSession
+from fleetd.registry import (
+    EtcdError,
+    MachineRecord,
+    NotLeader,
+    Registry,
+    ScheduleEntry,
+    UnitRecord,
+    WatchCompacted,
+    backoff_sleep,
+    decode,
+)
+from fleetd.registry._etcd import Op
+from fleetd.unit import Unit, UnitError, UnitName, XFleet
+
+log = logging.getLogger("fleetd.engine")
+
+
+@dataclass
+class EngineCache:
+    """The leader's view of the registry, kept current by the watch."""
+
+    revision: int = 0
+    units: dict[str, UnitRecord] = field(default_factory=dict)
+    desired: dict[str, str] = field(default_factory=dict)
+    machines: dict[str, MachineRecord] = field(default_factory=dict)
+    schedule: dict[str, dict[str, ScheduleEntry]] = field(default_factory=dict)
+    unschedulable: dict[str, str] = field(default_factory=dict)
+
+
+class XFleetCache:
+    """Parsed [X-Fleet] options by (unit name, hash): a unit is parsed once per file version."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, str], XFleet | str] = {}
+
+    def get(self, rec: UnitRecord) -> XFleet | str:
+        """The unit's options, or the error text when its file is (no longer) valid."""
+        key = (rec.name, rec.hash)
+        hit = self._cache.get(key)
+        if hit is None:
+            try:
+                hit = Unit.from_text(rec.name, rec.text).xfleet
+            except UnitError as e:
+                hit = str(e)
+            self._cache[key] = hit
+        return hit
+
+    def prune(self, live: dict[str, UnitRecord]) -> None:
+        for key in [k for k in self._cache if live.get(k[0]) is None
+                    or live[k[0]].hash != k[1]]:
+            del self._cache[key]
+
+
+def is_template(name: str) -> bool:
+    try:
+        return UnitName.parse(name).is_template
+    except UnitError:
+        return False
+
+
+class Engine:
+    """Campaigns for leadership and, while leader, schedules units."""
+
+    def __init__(self, registry: Registry, session: MachineSession, *,
+                 reconcile_interval_s: float = 2.0, debounce_ms: float = 5.0) -> None:
+        self.registry = registry
+        self.session = session
+        self.machine_id = session.identity.id
+        self.reconcile_interval_s = reconcile_interval_s
+        self.debounce_ms = debounce_ms
+        self.cache = EngineCache()
+        self.xfleet = XFleetCache()
+        self.is_leader = False
+        self.reconciles = 0
+        self.last_reconcile_s = 0.0
+        self._wake = asyncio.Event()
+
+    async def run(self) -> None:
+        attempt = 0
+        while True:
+            lease = self.session.lease
+            if not lease:
+                await self.session.lease_changed.wait()
+                continue
+            try:
+                if await self.registry.try_acquire_leadership(self.machine_id, lease):
+                    attempt = 0
+                    await self._lead(lease)
+                else:
+                    await self._await_vacancy()
+            except (EtcdError, NotLeader) as e:
+                log.warning("engine: %s", e)
+                await backoff_sleep(attempt)
+                attempt += 1
+            finally:
+                if self.is_leader:
+                    log.info("engine: no longer leader")
+                self.is_leader = False
+
+    async def _await_vacancy(self) -> None:
+        """Block until the leader key disappears (or our lease changes)."""
+        leader_key = self.registry.keys.leader
+        kv = await self.registry.etcd.get(leader_key)
+        if kv is None:
+            return
+        rev = kv.mod_revision
+        lease_changed = asyncio.ensure_future(self.session.lease_changed.wait())
+        try:
+            async for batch in self.registry.watch(leader_key, rev + 1):
+                if any(ev.kind == "delete" and ev.kv.key == leader_key for ev in batch):
+                    return
+                if lease_changed.done():
+                    return
+        finally:
+            lease_changed.cancel()
+
+    async def _lead(self, lease: int) -> None:
+        log.info("engine: machine %s is now the leader", self.machine_id)
+        self.is_leader = True
+        await self._load()
+        watcher = asyncio.ensure_future(self._watch(lease))
+        try:
+            while self.session.lease == lease:
+                await self.reconcile_once(lease)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.reconcile_interval_s)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+                if self.debounce_ms:
+                    await asyncio.sleep(self.debounce_ms / 1000)
+                if watcher.done():
+                    watcher.result()  # re-raise the watch failure
+        finally:
+            watcher.cancel()
+
+    # --- the cache ------------------------------------------------------------------------
+    async def _load(self) -> None:
+        k = self.registry.keys
+        kvs, rev = await self.registry.read_prefix(k.root)
+        c = EngineCache(revision=rev)
+        for kv in kvs:
+            self._apply_kv(c, kv.key, kv.value)
+        self.cache = c
+
+    def _apply_kv(self, c: EngineCache, key: str, value: bytes | None) -> bool:
+        """Fold one key change into the cache; True if it can change a decision."""
+        k = self.registry.keys
+        if key.startswith(k.units):
+            name = key[len(k.units):]
+            if value is None:
+                c.units.pop(name, None)
+            else:
+                c.units[name] = decode(UnitRecord, value)
+        elif key.startswith(k.desired):
+            name = key[len(k.desired):]
+            if value is None:
+                c.desired.pop(name, None)
+            else:
+                c.desired[name] = str(decode_json(value))
+        elif key.startswith(k.machines):
+            mid = key[len(k.machines):]
+            if value is None:
+                c.machines.pop(mid, None)
+            else:
+                c.machines[mid] = decode(MachineRecord, value)
+        elif key.startswith(k.schedule):
+            mid, name = k.split_assignment(key)
+            if value is None:
+                per = c.schedule.get(name, {})
+                per.pop(mid, None)
+                if not per:
+                    c.schedule.pop(name, None)
+            else:
+                c.schedule.setdefault(name, {})[mid] = decode(ScheduleEntry, value)
+            return False  # our own writes echoing back
+        elif key.startswith(k.unschedulable):
+            name = key[len(k.unschedulable):]
+            if value is None:
+                c.unschedulable.pop(name, None)
+            else:
+                c.unschedulable[name] = str(decode_json(value).get("reason", ""))
+            return False
+        else:
+            return False
+        return True
+
+    async def _watch(self, lease: int) -> None:
+        k = self.registry.keys
+        while True:
+            try:
+                async for batch in self.registry.watch(k.root, self.cache.revision + 1):
+                    relevant = False
+                    for ev in batch:
+                        if ev.kv.key.startswith(k.states):
+                            continue
+                        value = None if ev.kind == "delete" else ev.kv.value
+                        relevant |= self._apply_kv(self.cache, ev.kv.key, value)
+                        self.cache.revision = max(self.cache.revision, ev.revision)
+                    if relevant:
+                        self._wake.set()
+            except WatchCompacted:
+                await self._load()
+                self._wake.set()
+
+    # --- deciding -------------------------------------------------------------------------
+    def snapshot(self) -> tuple[ClusterSnapshot, dict[str, str]]:
+        """The scheduler's input, and the units that cannot even be parsed (name -> error)."""
+        c = self.cache
+        self.xfleet.prune(c.units)
+        jobs: dict[str, JobView] = {}
+        broken: dict[str, str] = {}
+        for name, rec in c.units.items():
+            if is_template(name):
+                continue
+            opts = self.xfleet.get(rec)
+            if isinstance(opts, str):
+                broken[name] = opts
+                continue
+            state = c.desired.get(name, "inactive")
+            jobs[name] = JobView(name, state, opts)  # type: ignore[arg-type]
+        machines = {m.id: MachineView(m.id, dict(m.metadata)) for m in c.machines.values()}
+        schedule = {u: frozenset(per) for u, per in c.schedule.items()}
+        return ClusterSnapshot(machines, jobs, schedule), broken
+
+    def explain(self, unit: str) -> Explanation:
+        snap, _ = self.snapshot()
+        return explain(snap, unit)
+
+    async def reconcile_once(self, lease: int) -> int:
+        """One full pass: decide on the cached state and write the decisions; returns #ops."""
+        t0 = time.perf_counter()
+        c = self.cache
+        snap, broken = self.snapshot()
+        decisions = reconcile(snap)
+        ops: list[Op] = []
+        reg = self.registry
+        assignments = {u: dict(per) for u, per in c.schedule.items()}
+        reasons: dict[str, str] = dict(broken)
+        for d in decisions:
+            if isinstance(d, Unassign):
+                ops.append(reg.unassign_op(d.machine_id, d.unit))
+                assignments.get(d.unit, {}).pop(d.machine_id, None)
+                log.info("unschedule %s from %s: %s", d.unit, d.machine_id, d.reason)
+            elif isinstance(d, Assign):
+                assignments.setdefault(d.unit, {})[d.machine_id] = None  # type: ignore
+                log.info("schedule %s on %s: %s", d.unit, d.machine_id, d.reason)
+            elif isinstance(d, Unschedulable):
+                reasons[d.unit] = d.reason
+        # (Re)write every assignment whose entry differs from what the unit now wants:
+        # new placements, desired-state changes (start/stop), replaced files.
+        for unit, per in assignments.items():
+            rec = c.units.get(unit)
+            job = snap.jobs.get(unit)
+            if rec is None or job is None:
+                continue
+            for mid, old in per.items():
+                want = ScheduleEntry(unit, mid, job.target_state, rec.hash, job.xfleet.global_)
+                if old != want:
+                    ops.append(reg.assign_op(want))
+        for unit, reason in reasons.items():
+            if c.unschedulable.get(unit) != reason:
+                ops.append(reg.unschedulable_op(unit, reason))
+        for unit in c.unschedulable.keys() - reasons.keys():
+            ops.append(reg.unschedulable_op(unit, None))
+        if ops:
+            await reg.write_decisions(self.machine_id, lease, ops)
+            # Fold our writes in now; their watch echoes are then no-ops.
+            for op in ops:
+                value = getattr(op, "value", None)
+                self._apply_kv(c, op.key, value)
+        self.reconciles += 1
+        self.last_reconcile_s = time.perf_counter() - t0
+        return len(ops)
+
+
+def decode_json(raw: bytes) -> Any:
+    return json.loads(raw)

@@ -1,0 +1,245 @@
+"""Processes of a local cluster: etcd, and per machine a systemd --user manager plus fleetd."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Self
+
+from fleetd.localcluster.usermanager import UserManager
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EtcdServer:
+    """A single-member etcd (Debian's etcd-server binary) on free loopback ports."""
+
+    def __init__(self, root: pathlib.Path, binary: str = "etcd") -> None:
+        self.root = root
+        self.binary = shutil.which(binary) or binary
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    def start(self, timeout_s: float = 20) -> None:
+        if not os.path.exists(self.binary):
+            raise RuntimeError(f"etcd binary not found ({self.binary}): apt-get install "
+                               "etcd-server")
+        data = self.root / "etcd-data"
+        data.mkdir(parents=True, exist_ok=True)
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        log = open(self.root / "etcd.log", "ab")
+        self.proc = subprocess.Popen(
+            [self.binary, "--name", "local", "--data-dir", str(data),
+             "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"local={peer}", "--initial-cluster-state", "new",
+             "--listen-metrics-urls", f"http://127.0.0.1:{free_port()}"],
+            stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.proc.returncode}; see "
+                                   f"{self.root / 'etcd.log'}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.client_port), 0.2):
+                    pass
+                r = subprocess.run(["etcdctl", "--endpoints", self.endpoint, "endpoint",
+                                    "health"], capture_output=True, text=True, timeout=5,
+                                   env={**os.environ, "ETCDCTL_API": "3"})
+                if r.returncode == 0:
+                    return
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("etcd did not become healthy in time")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class LocalMachine:
+    """One simulated machine: a systemd --user manager and the fleetd that drives it."""
+
+    def __init__(self, cluster: LocalCluster, index: int, metadata: Mapping[str, str]) -> None:
+        self.cluster = cluster
+        self.index = index
+        self.name = f"m{index + 1}"
+        self.machine_id = uuid.uuid4().hex
+        self.ip = f"127.0.0.{index + 2}"
+        self.metadata = dict(metadata)
+        self.root = cluster.root / self.name
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.manager = UserManager(self.root)
+        self.api_socket = str(self.root / "fleet.sock")
+        self.fleetd: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return "unix://" + self.api_socket
+
+    def fleetd_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET")}
+        env.update(self.manager.env)
+        env.update({
+            "FLEET_ETCD_SERVERS": self.cluster.etcd.endpoint,
+            "FLEET_ETCD_KEY_PREFIX": self.cluster.prefix,
+            "FLEET_MACHINE_ID": self.machine_id,
+            "FLEET_PUBLIC_IP": self.ip,
+            "FLEET_METADATA": ",".join(f"{k}={v}" for k, v in self.metadata.items()),
+            "FLEET_SYSTEMD_USER": "true",
+            "FLEET_API_SOCKET": self.api_socket,
+            "FLEET_AGENT_TTL": str(self.cluster.agent_ttl_s),
+            "FLEET_ENGINE_RECONCILE_INTERVAL": "2",
+            "FLEET_CONFIG": os.devnull,
+        })
+        return env
+
+    def start(self) -> None:
+        if self.manager.pid is None:
+            self.manager.start()
+        self.start_fleetd()
+
+    def start_fleetd(self) -> None:
+        log = open(self.root / "fleetd.log", "ab")
+        self.fleetd = subprocess.Popen([sys.executable, "-m", "fleetd.main"],
+                                       env=self.fleetd_env(), stdout=log, stderr=log,
+                                       start_new_session=True)
+        deadline = time.monotonic() + 20
+        while not os.path.exists(self.api_socket):
+            if self.fleetd.poll() is not None:
+                raise RuntimeError(f"fleetd {self.name} exited with {self.fleetd.returncode}; "
+                                   f"see {self.root / 'fleetd.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fleetd {self.name} did not open its API socket")
+            time.sleep(0.05)
+
+    def stop_fleetd(self, sig: int = signal.SIGTERM) -> None:
+        """Stop fleetd alone (its units keep running in the manager)."""
+        if self.fleetd and self.fleetd.poll() is None:
+            self.fleetd.send_signal(sig)
+            try:
+                self.fleetd.wait(10)
+            except subprocess.TimeoutExpired:
+                self.fleetd.kill()
+                self.fleetd.wait()
+        self.fleetd = None
+
+    def kill(self) -> None:
+        """A power cut: fleetd, the systemd manager and every unit process die at once."""
+        self.stop_fleetd(signal.SIGKILL)
+        self.manager.kill()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.api_socket)
+
+    @property
+    def alive(self) -> bool:
+        return self.fleetd is not None and self.fleetd.poll() is None
+
+    def systemctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.manager.systemctl(*args)
+
+    def is_active(self, unit: str) -> bool:
+        return self.systemctl("is-active", unit).stdout.strip() == "active"
+
+    def main_pid(self, unit: str) -> int:
+        out = self.systemctl("show", "-p", "MainPID", "--value", unit).stdout.strip()
+        return int(out or 0)
+
+
+class LocalCluster:
+    """etcd plus `machines` local machines; `fleetctl(...)` runs the real CLI against it."""
+
+    def __init__(self, machines: int = 3, *, metadata: Sequence[Mapping[str, str]] = (),
+                 agent_ttl_s: int = 10, root: str | None = None) -> None:
+        # Short root: unix socket paths must stay under 108 bytes.
+        self.root = pathlib.Path(root or tempfile.mkdtemp(prefix="flc-", dir="/tmp"))
+        self.prefix = "/fleet-" + uuid.uuid4().hex[:8] + "/"
+        self.agent_ttl_s = agent_ttl_s
+        self.etcd = EtcdServer(self.root)
+        self.machines = [LocalMachine(self, i, metadata[i] if i < len(metadata) else {})
+                         for i in range(machines)]
+
+    def start(self) -> None:
+        try:
+            self.etcd.start()
+            for m in self.machines:
+                m.start()
+            self.wait_for_machines(len(self.machines))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for m in self.machines:
+            with contextlib.suppress(Exception):
+                m.kill()
+        self.etcd.stop()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    def machine(self, machine_id: str) -> LocalMachine:
+        for m in self.machines:
+            if m.machine_id == machine_id or m.machine_id.startswith(machine_id.rstrip(".")):
+                return m
+        raise KeyError(machine_id)
+
+    def endpoint(self) -> str:
+        for m in self.machines:
+            if m.alive:
+                return m.endpoint
+        raise RuntimeError("no machine of the cluster is alive")
+
+    def fleetctl(self, *args: str, check: bool = False, timeout_s: float = 60,
+                 endpoint: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "FLEETCTL_ENDPOINT": endpoint or self.endpoint()}
+        r = subprocess.run([sys.executable, "-m", "fleetctl", *args], env=env,
+                           capture_output=True, text=True, timeout=timeout_s)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"fleetctl {' '.join(args)} failed ({r.returncode}): "
+                               f"{r.stderr.strip()}")
+        return r
+
+    def wait_for_machines(self, count: int, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            r = self.fleetctl("list-machines", "--no-legend", "-l")
+            if r.returncode == 0 and len(r.stdout.split("\n")) - 1 == count:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"expected {count} machines, list-machines says:\n"
+                                   f"{r.stdout}{r.stderr}")
+            time.sleep(0.2)

@@ -1,0 +1,146 @@
+"""fleetd: the per-host daemon (agent + engine candidate + API server)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from urllib.parse import urlparse
+
+from fleetd import __version__
+from fleetd.config import Config, ConfigError, load_config, read_machine_id
+
+log = logging.getLogger("fleetd")
+
+
+class JournalFormatter(logging.Formatter):
+    """One line per record; with a `<N>` syslog priority prefix when stderr goes to journald."""
+
+    _PRIO = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+             logging.CRITICAL: 2}
+
+    def __init__(self, journald: bool) -> None:
+        super().__init__("%(name)s: %(message)s" if journald
+                         else "%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.journald = journald
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record).replace("\n", " | ")
+        if self.journald:
+            return f"<{self._PRIO.get(record.levelno, 6)}>{line}"
+        return line
+
+
+def setup_logging(verbosity: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JournalFormatter("JOURNAL_STREAM" in os.environ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
+
+
+def sd_notify(state: str) -> bool:
+    """Send `state` to systemd's notify socket (Type=notify); False when not under systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(addr)
+        s.sendall(state.encode())
+    return True
+
+
+def detect_public_ip(etcd_servers: list[str]) -> str:
+    """The local address used to reach etcd (no packet is sent: UDP connect only routes)."""
+    u = urlparse(etcd_servers[0] if "://" in etcd_servers[0] else "http://" + etcd_servers[0])
+    host = u.hostname or "127.0.0.1"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, u.port or 2379))
+            return str(s.getsockname()[0])
+    except OSError:
+        return ""
+
+
+async def serve(cfg: Config) -> None:
+    """Run fleetd until SIGTERM/SIGINT."""
+    from fleetd.agent.agent import Agent
+    from fleetd.api.grpc_server import start_grpc_server
+    from fleetd.api.service import FleetService
+    from fleetd.engine.engine import Engine
+    from fleetd.machine import MachineIdentity, MachineSession
+    from fleetd.registry import EtcdClient, Registry
+    from fleetd.systemd import SystemdManager
+
+    machine_id = read_machine_id(cfg)
+    etcd = EtcdClient(cfg.etcd_servers, request_timeout_s=cfg.etcd_request_timeout,
+                      ca_file=cfg.etcd_cafile or None, cert_file=cfg.etcd_certfile or None,
+                      key_file=cfg.etcd_keyfile or None, username=cfg.etcd_username or None,
+                      password=cfg.etcd_password or None)
+    registry = Registry(etcd, cfg.etcd_key_prefix)
+    identity = MachineIdentity(machine_id, cfg.public_ip or detect_public_ip(cfg.etcd_servers),
+                               dict(cfg.metadata), version=__version__)
+    session = MachineSession(registry, identity, cfg.agent_ttl_s())
+    systemd = await SystemdManager.connect(user=cfg.systemd_user,
+                                           bus_address=cfg.systemd_bus_address or None,
+                                           unit_dir=cfg.unit_dir or None)
+    agent = Agent(registry, systemd, session)
+    server = await start_grpc_server(FleetService(registry), unix_socket=cfg.api_socket,
+                                     tcp_address=cfg.api_tcp)
+    await session.establish()
+    jobs = [asyncio.ensure_future(session.run()), asyncio.ensure_future(agent.run())]
+    if not cfg.disable_engine:
+        engine = Engine(registry, session, reconcile_interval_s=cfg.engine_reconcile_interval)
+        jobs.append(asyncio.ensure_future(engine.run()))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sd_notify("READY=1\nSTATUS=fleetd running as machine " + machine_id)
+    log.info("fleetd %s started: machine %s, ip %s, metadata %s", __version__, machine_id,
+             identity.ip, identity.metadata or "{}")
+    waiter = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait([waiter, *jobs], return_when=asyncio.FIRST_COMPLETED)
+    for j in jobs:
+        if j in done and j.exception():
+            log.error("fleetd component failed: %r", j.exception())
+    sd_notify("STOPPING=1")
+    log.info("fleetd shutting down (units keep running; the lease lapses on its own)")
+    for j in jobs:
+        j.cancel()
+    await asyncio.gather(*jobs, return_exceptions=True)
+    await server.stop(grace=1)
+    await systemd.close()
+    await registry.close()
+    if cfg.api_socket and os.path.exists(cfg.api_socket):
+        os.unlink(cfg.api_socket)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg, args = load_config(argv)
+    except ConfigError as e:
+        print(f"fleetd: {e}", file=sys.stderr)
+        return 2
+    if args.version:
+        print(f"fleetd version {__version__}")
+        return 0
+    setup_logging(cfg.verbosity)
+    try:
+        asyncio.run(serve(cfg))
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
+    except Exception as e:  # a clear line, not a traceback, for operational failures
+        log.error("fleetd failed: %s", e, exc_info=cfg.verbosity > 0)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

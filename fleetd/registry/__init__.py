@@ -1,0 +1,45 @@
+"""The registry: fleet-py's cluster state in etcd v3. The only package that talks to etcd."""
+
+from fleetd.registry._etcd import EtcdClient, EtcdError, WatchCompacted, WatchEvent, backoff_sleep
+from fleetd.registry.registry import (
+    ClusterState,
+    NotLeader,
+    Registry,
+    RegistryError,
+    UnitConflict,
+    UnitNotFound,
+    UnitView,
+)
+from fleetd.registry.schema import (
+    DEFAULT_PREFIX,
+    TARGET_STATES,
+    Keys,
+    MachineRecord,
+    ScheduleEntry,
+    UnitRecord,
+    UnitStateRecord,
+    decode,
+)
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "TARGET_STATES",
+    "ClusterState",
+    "EtcdClient",
+    "EtcdError",
+    "Keys",
+    "MachineRecord",
+    "NotLeader",
+    "Registry",
+    "RegistryError",
+    "ScheduleEntry",
+    "UnitConflict",
+    "UnitNotFound",
+    "UnitRecord",
+    "UnitStateRecord",
+    "UnitView",
+    "WatchCompacted",
+    "WatchEvent",
+    "backoff_sleep",
+    "decode",
+]

@@ -1,0 +1,284 @@
+"""Typed operations over the etcd schema (see `schema.py`): the only code that talks to etcd."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+
+from fleetd.registry._etcd import (
+    MAX_TXN_OPS,
+    Cmp,
+    Delete,
+    EtcdClient,
+    EtcdError,
+    Op,
+    Put,
+    WatchCompacted,
+    WatchEvent,
+)
+from fleetd.registry.schema import (
+    TARGET_STATES,
+    Keys,
+    MachineRecord,
+    ScheduleEntry,
+    UnitRecord,
+    UnitStateRecord,
+    decode,
+    encode,
+)
+
+__all__ = [
+    "ClusterState",
+    "EtcdError",
+    "NotLeader",
+    "Registry",
+    "RegistryError",
+    "UnitConflict",
+    "UnitNotFound",
+    "WatchCompacted",
+    "WatchEvent",
+]
+
+
+class RegistryError(Exception):
+    """A registry operation was refused; the message names the unit and the reason."""
+
+
+class UnitNotFound(RegistryError):
+    pass
+
+
+class UnitConflict(RegistryError):
+    """A different file already exists under the name, or a concurrent change won."""
+
+
+class NotLeader(RegistryError):
+    """The engine lost its leadership while writing decisions."""
+
+
+@dataclass(frozen=True)
+class UnitView:
+    """One unit as the API shows it: its record and desired state."""
+
+    record: UnitRecord
+    desired: str
+
+
+@dataclass
+class ClusterState:
+    """Everything the API needs to answer list/status calls, read at one revision."""
+
+    revision: int
+    units: dict[str, UnitView]
+    machines: dict[str, MachineRecord]
+    schedule: dict[str, dict[str, ScheduleEntry]]  # unit -> machine -> entry
+    states: dict[str, dict[str, UnitStateRecord]]  # unit -> machine -> state
+    unschedulable: dict[str, str]
+
+
+class Registry:
+    """fleet-py's cluster state in etcd, through typed operations and transactions."""
+
+    def __init__(self, client: EtcdClient, prefix: str) -> None:
+        self.etcd = client
+        self.keys = Keys(prefix)
+
+    async def close(self) -> None:
+        await self.etcd.close()
+
+    # --- units and desired state (API) ----------------------------------------------------
+    async def get_unit(self, name: str) -> UnitView | None:
+        kv = await self.etcd.get(self.keys.unit(name))
+        if kv is None:
+            return None
+        d = await self.etcd.get(self.keys.desired_state(name))
+        return UnitView(decode(UnitRecord, kv.value), _json_str(d.value) if d else "inactive")
+
+    async def create_unit(self, record: UnitRecord, target_state: str = "inactive") -> bool:
+        """Submit `record`; returns False if the very same file already existed (nothing changed).
+
+        Raises UnitConflict if a different file exists under the name: fleet refuses to change a
+        unit in place (use replace_unit for that)."""
+        _check_state(target_state)
+        key = self.keys.unit(record.name)
+        ok, _ = await self.etcd.txn(
+            [Cmp(key, "create", "==", 0)],
+            [Put(key, encode(record)),
+             Put(self.keys.desired_state(record.name), encode(target_state))],
+        )
+        if ok:
+            return True
+        existing = await self.etcd.get(key)
+        if existing is None:  # destroyed in between: try once more
+            return await self.create_unit(record, target_state)
+        old = decode(UnitRecord, existing.value)
+        if old.hash != record.hash:
+            raise UnitConflict(
+                f"unit {record.name} already exists with a different file (hash {old.hash[:7]}, "
+                f"new {record.hash[:7]}); destroy it first or use --replace")
+        return False
+
+    async def replace_unit(self, record: UnitRecord) -> None:
+        """Replace the file of an existing unit in place (its desired state is kept)."""
+        key = self.keys.unit(record.name)
+        ok, _ = await self.etcd.txn([Cmp(key, "create", ">", 0)], [Put(key, encode(record))])
+        if not ok:
+            raise UnitNotFound(f"unit {record.name} does not exist")
+
+    async def set_target_state(self, name: str, target_state: str) -> None:
+        """Set the desired state of an existing unit, atomically with its existence check."""
+        _check_state(target_state)
+        ok, _ = await self.etcd.txn(
+            [Cmp(self.keys.unit(name), "create", ">", 0)],
+            [Put(self.keys.desired_state(name), encode(target_state))],
+        )
+        if not ok:
+            raise UnitNotFound(f"unit {name} does not exist")
+
+    async def destroy_unit(self, name: str) -> None:
+        """Remove a unit and its desired state; the engine then unschedules it everywhere."""
+        ok, _ = await self.etcd.txn(
+            [Cmp(self.keys.unit(name), "create", ">", 0)],
+            [Delete(self.keys.unit(name)), Delete(self.keys.desired_state(name)),
+             Delete(self.keys.unschedulable_reason(name))],
+        )
+        if not ok:
+            raise UnitNotFound(f"unit {name} does not exist")
+
+    # --- whole-cluster reads --------------------------------------------------------------
+    async def cluster_state(self) -> ClusterState:
+        """Read every unit, machine, assignment and state under the prefix at one revision."""
+        kvs, rev = await self.etcd.get_prefix(self.keys.root)
+        st = ClusterState(rev, {}, {}, {}, {}, {})
+        records: dict[str, UnitRecord] = {}
+        desired: dict[str, str] = {}
+        k = self.keys
+        for kv in kvs:
+            key = kv.key
+            if key.startswith(k.units):
+                records[key[len(k.units):]] = decode(UnitRecord, kv.value)
+            elif key.startswith(k.desired):
+                desired[key[len(k.desired):]] = _json_str(kv.value)
+            elif key.startswith(k.machines):
+                m = decode(MachineRecord, kv.value)
+                st.machines[m.id] = m
+            elif key.startswith(k.schedule):
+                e = decode(ScheduleEntry, kv.value)
+                st.schedule.setdefault(e.unit, {})[e.machine_id] = e
+            elif key.startswith(k.states):
+                s = decode(UnitStateRecord, kv.value)
+                st.states.setdefault(s.unit, {})[s.machine_id] = s
+            elif key.startswith(k.unschedulable):
+                st.unschedulable[key[len(k.unschedulable):]] = _reason(kv.value)
+        for name, rec in records.items():
+            st.units[name] = UnitView(rec, desired.get(name, "inactive"))
+        return st
+
+    async def read_prefix(self, prefix: str, revision: int = 0) -> tuple[list, int]:
+        """Raw read of one schema prefix (engine/agent caches resync from this)."""
+        return await self.etcd.get_prefix(prefix, revision)
+
+    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
+        return self.etcd.watch_prefix(prefix, start_revision)
+
+    # --- machines and leases (agent) ------------------------------------------------------
+    async def grant_lease(self, ttl_s: int) -> int:
+        return await self.etcd.grant(ttl_s)
+
+    async def renew_lease(self, lease: int) -> int:
+        return await self.etcd.keepalive_once(lease)
+
+    async def revoke_lease(self, lease: int) -> None:
+        await self.etcd.revoke(lease)
+
+    async def register_machine(self, machine: MachineRecord, lease: int) -> None:
+        await self.etcd.put(self.keys.machine(machine.id), encode(machine), lease)
+
+    async def list_machines(self) -> dict[str, MachineRecord]:
+        kvs, _ = await self.etcd.get_prefix(self.keys.machines)
+        out = {}
+        for kv in kvs:
+            m = decode(MachineRecord, kv.value)
+            out[m.id] = m
+        return out
+
+    async def publish_states(self, states: Iterable[UnitStateRecord], lease: int) -> None:
+        ops: list[Op] = [Put(self.keys.state(s.unit, s.machine_id), encode(s), lease)
+                         for s in states]
+        await self._apply(ops)
+
+    async def clear_states(self, machine_id: str, units: Iterable[str]) -> None:
+        await self._apply([Delete(self.keys.state(u, machine_id)) for u in units])
+
+    async def machine_schedule(self, machine_id: str) -> tuple[dict[str, ScheduleEntry], int]:
+        kvs, rev = await self.etcd.get_prefix(self.keys.machine_schedule(machine_id))
+        return {e.unit: e for e in (decode(ScheduleEntry, kv.value) for kv in kvs)}, rev
+
+    async def unit_texts(self, names: Iterable[str]) -> dict[str, UnitRecord]:
+        out = {}
+        for n in names:
+            kv = await self.etcd.get(self.keys.unit(n))
+            if kv is not None:
+                out[n] = decode(UnitRecord, kv.value)
+        return out
+
+    # --- engine ---------------------------------------------------------------------------
+    async def try_acquire_leadership(self, machine_id: str, lease: int) -> bool:
+        ok, _ = await self.etcd.txn(
+            [Cmp(self.keys.leader, "create", "==", 0)],
+            [Put(self.keys.leader, machine_id.encode(), lease)],
+        )
+        if ok:
+            return True
+        cur = await self.etcd.get(self.keys.leader)
+        return cur is not None and cur.value.decode() == machine_id and cur.lease == lease
+
+    async def leader(self) -> str | None:
+        cur = await self.etcd.get(self.keys.leader)
+        return cur.value.decode() if cur else None
+
+    async def resign_leadership(self, machine_id: str) -> None:
+        await self.etcd.txn([Cmp(self.keys.leader, "value", "==", machine_id.encode())],
+                            [Delete(self.keys.leader)])
+
+    async def write_decisions(self, machine_id: str, lease: int, ops: Sequence[Op]) -> None:
+        """Apply engine writes, each transaction guarded by this engine still being the leader."""
+        guard = [Cmp(self.keys.leader, "value", "==", machine_id.encode()),
+                 Cmp(self.keys.leader, "lease", "==", lease)]
+        for i in range(0, len(ops), MAX_TXN_OPS):
+            ok, _ = await self.etcd.txn(guard, ops[i:i + MAX_TXN_OPS])
+            if not ok:
+                raise NotLeader(f"machine {machine_id} is no longer the engine leader")
+
+    def assign_op(self, entry: ScheduleEntry) -> Op:
+        return Put(self.keys.assignment(entry.machine_id, entry.unit), encode(entry))
+
+    def unassign_op(self, machine_id: str, unit: str) -> Op:
+        return Delete(self.keys.assignment(machine_id, unit))
+
+    def unschedulable_op(self, unit: str, reason: str | None) -> Op:
+        key = self.keys.unschedulable_reason(unit)
+        if reason is None:
+            return Delete(key)
+        return Put(key, encode({"reason": reason, "since_ns": time.time_ns()}))
+
+    async def _apply(self, ops: Sequence[Op]) -> None:
+        for i in range(0, len(ops), MAX_TXN_OPS):
+            await self.etcd.txn([], ops[i:i + MAX_TXN_OPS])
+
+
+def _check_state(state: str) -> None:
+    if state not in TARGET_STATES:
+        raise RegistryError(f"invalid target state {state!r}: expected one of "
+                            + ", ".join(TARGET_STATES))
+
+
+def _json_str(raw: bytes) -> str:
+    return str(json.loads(raw))
+
+
+def _reason(raw: bytes) -> str:
+    v = json.loads(raw)
+    return str(v.get("reason", "")) if isinstance(v, dict) else str(v)

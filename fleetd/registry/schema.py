@@ -1,0 +1,135 @@
+"""The etcd key schema: every key fleet-py writes, and the JSON records stored in them.
+
+All keys live under a configurable prefix (`etcd_key_prefix`, default `/_coreos.com/fleet/`,
+fleet's own). `<p>` below is that prefix without its trailing slash.
+
+| key                                  | value (JSON)          | lifetime                         |
+| ------------------------------------ | --------------------- | -------------------------------- |
+| `<p>/unit/<name>`                    | `UnitRecord`          | from submit until destroy        |
+| `<p>/desired/<name>`                 | `"inactive"`/`"loaded"`/`"launched"` | same as the unit  |
+| `<p>/schedule/<machine-id>/<name>`   | `ScheduleEntry`       | written by the engine leader     |
+| `<p>/unschedulable/<name>`           | `{"reason": ...}`     | written by the engine leader     |
+| `<p>/machines/<machine-id>`          | `MachineRecord`       | on the machine's lease           |
+| `<p>/state/<name>/<machine-id>`      | `UnitStateRecord`     | on the reporting machine's lease |
+| `<p>/engine/leader`                  | machine id            | on the leader's machine lease    |
+
+Why this shape: unit bodies are stored once; desired state is separate so `fleetctl stop` is a
+one-key write; assignments are keyed by machine so an agent watches only its own prefix and one
+scheduling decision wakes one agent; presence, published states and leadership hang off leases
+so they vanish on their own when a machine dies.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+TARGET_STATES = ("inactive", "loaded", "launched")
+DEFAULT_PREFIX = "/_coreos.com/fleet/"
+
+
+@dataclass(frozen=True)
+class UnitRecord:
+    """A submitted unit file: its name, the text as submitted and fleet's SHA1 hash of it."""
+
+    name: str
+    text: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class ScheduleEntry:
+    """The engine's instruction to one machine: run `unit` (file `hash`) in `target_state`."""
+
+    unit: str
+    machine_id: str
+    target_state: str
+    hash: str
+    is_global: bool = False
+
+
+@dataclass(frozen=True)
+class MachineRecord:
+    """A live machine as its agent publishes it."""
+
+    id: str
+    ip: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    hostname: str = ""
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class UnitStateRecord:
+    """What an agent observes of one unit on its machine (fleet's `state`/`UnitState`)."""
+
+    unit: str
+    machine_id: str
+    hash: str
+    state: str  # fleet's current state as the agent applied it: loaded / launched
+    load_state: str
+    active_state: str
+    sub_state: str
+    main_pid: int = 0
+    updated_ns: int = 0
+
+
+def encode(record: Any) -> bytes:
+    """JSON bytes of a record dataclass (or a plain JSON value)."""
+    if hasattr(record, "__dataclass_fields__"):
+        record = asdict(record)
+    return json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(cls: type, raw: bytes) -> Any:
+    """The record of type `cls` stored in `raw`; unknown fields are ignored (forward compat)."""
+    data = json.loads(raw)
+    names = cls.__dataclass_fields__.keys()  # type: ignore[attr-defined]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class Keys:
+    """Builds and parses every key of the schema for one prefix."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        p = "/" + prefix.strip("/") if prefix.strip("/") else ""
+        self.root = p + "/"
+        self.units = self.root + "unit/"
+        self.desired = self.root + "desired/"
+        self.schedule = self.root + "schedule/"
+        self.unschedulable = self.root + "unschedulable/"
+        self.machines = self.root + "machines/"
+        self.states = self.root + "state/"
+        self.leader = self.root + "engine/leader"
+
+    def unit(self, name: str) -> str:
+        return self.units + name
+
+    def desired_state(self, name: str) -> str:
+        return self.desired + name
+
+    def machine_schedule(self, machine_id: str) -> str:
+        return f"{self.schedule}{machine_id}/"
+
+    def assignment(self, machine_id: str, name: str) -> str:
+        return f"{self.schedule}{machine_id}/{name}"
+
+    def unschedulable_reason(self, name: str) -> str:
+        return self.unschedulable + name
+
+    def machine(self, machine_id: str) -> str:
+        return self.machines + machine_id
+
+    def state(self, name: str, machine_id: str) -> str:
+        return f"{self.states}{name}/{machine_id}"
+
+    @staticmethod
+    def tail(key: str, prefix: str) -> str:
+        """The part of `key` after `prefix`."""
+        return key[len(prefix):]
+
+    def split_assignment(self, key: str) -> tuple[str, str]:
+        """(machine_id, unit) of a schedule key."""
+        machine_id, _, name = self.tail(key, self.schedule).partition("/")
+        return machine_id, name

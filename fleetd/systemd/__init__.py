@@ -1,0 +1,19 @@
+"""systemd adapter: the only code in fleetd that talks D-Bus (see :class:`SystemdManager`)."""
+
+from fleetd.systemd._manager import (
+    SystemdError,
+    SystemdManager,
+    UnitStatus,
+    is_unit_name,
+    unit_name_from_path,
+    unit_object_path,
+)
+
+__all__ = [
+    "SystemdError",
+    "SystemdManager",
+    "UnitStatus",
+    "is_unit_name",
+    "unit_name_from_path",
+    "unit_object_path",
+]

@@ -1,0 +1,583 @@
+"""Async adapter to one systemd manager over D-Bus (dbus-fast, raw messages, no introspection).
+
+This module is the only place in fleetd that talks D-Bus. Every method call is a single raw
+``Message`` (no proxy objects, no introspection round trips); unit state changes arrive as
+``PropertiesChanged`` signals and are fanned out to ``watch()`` callbacks without polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pathlib
+import re
+import tempfile
+from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from typing import Any
+
+from dbus_fast import BusType, Message, MessageType
+from dbus_fast.aio import MessageBus
+
+log = logging.getLogger(__name__)
+
+SD_BUS_NAME = "org.freedesktop.systemd1"
+SD_PATH = "/org/freedesktop/systemd1"
+SD_UNIT_PATH_PREFIX = SD_PATH + "/unit/"
+MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
+UNIT_IFACE = "org.freedesktop.systemd1.Unit"
+SERVICE_IFACE = "org.freedesktop.systemd1.Service"
+PROPS_IFACE = "org.freedesktop.DBus.Properties"
+
+DBUS_NAME = "org.freedesktop.DBus"
+DBUS_PATH = "/org/freedesktop/DBus"
+
+# Errors meaning "systemd has no such unit (loaded)"; treated as benign where the API says so.
+_NO_UNIT_ERRORS = frozenset(
+    {
+        "org.freedesktop.systemd1.NoSuchUnit",
+        "org.freedesktop.systemd1.LoadFailed",
+        "org.freedesktop.DBus.Error.UnknownObject",
+        "org.freedesktop.DBus.Error.UnknownInterface",
+        "org.freedesktop.DBus.Error.UnknownProperty",
+    }
+)
+
+_UNIT_TYPES = (
+    "service",
+    "socket",
+    "device",
+    "mount",
+    "automount",
+    "swap",
+    "target",
+    "path",
+    "timer",
+    "slice",
+    "scope",
+)
+_UNIT_NAME_RE = re.compile(
+    r"^[A-Za-z0-9:_\\@-][A-Za-z0-9:_.\\@-]*\.(?:" + "|".join(_UNIT_TYPES) + r")$"
+)
+_UNIT_NAME_MAX = 255
+
+# ActiveStates in which a service can have a main process worth asking about.
+_LIVE_STATES = frozenset({"active", "activating", "deactivating", "reloading", "refreshing"})
+
+_PROPS_MATCH = (
+    "type='signal',sender='org.freedesktop.systemd1',interface='org.freedesktop.DBus.Properties',"
+    "member='PropertiesChanged',path_namespace='/org/freedesktop/systemd1/unit'"
+)
+_RELOADING_MATCH = (
+    "type='signal',sender='org.freedesktop.systemd1',path='/org/freedesktop/systemd1',"
+    "interface='org.freedesktop.systemd1.Manager',member='Reloading'"
+)
+
+DEFAULT_SYSTEM_UNIT_DIR = "/run/systemd/system"
+DEFAULT_CALL_TIMEOUT_S = 25.0
+
+
+@dataclass(frozen=True)
+class UnitStatus:
+    """Snapshot of one unit as systemd reports it (names are systemd's own state strings)."""
+
+    name: str
+    load_state: str  # systemd LoadState: loaded / not-found / bad-setting / masked / ...
+    active_state: str  # active / inactive / failed / activating / deactivating / reloading
+    sub_state: str  # running / dead / exited / failed / ...
+    main_pid: int = 0
+
+
+class SystemdError(Exception):
+    """D-Bus/systemd failure, message names the unit and the operation."""
+
+    def __init__(self, message: str, *, dbus_error: str | None = None) -> None:
+        super().__init__(message)
+        #: D-Bus error name (e.g. ``org.freedesktop.systemd1.NoSuchUnit``), None if not a D-Bus error.
+        self.dbus_error = dbus_error
+
+
+def is_unit_name(name: str) -> bool:
+    """True iff ``name`` is a plain systemd unit file name (no path parts, known unit type)."""
+    return len(name) <= _UNIT_NAME_MAX and _UNIT_NAME_RE.match(name) is not None
+
+
+def unit_object_path(name: str) -> str:
+    """D-Bus object path systemd uses for unit ``name`` (sd-bus label escaping)."""
+    if not name:
+        return SD_UNIT_PATH_PREFIX + "_"
+    out = []
+    for ch in name:
+        if ("a" <= ch <= "z") or ("A" <= ch <= "Z") or ("0" <= ch <= "9"):
+            out.append(ch)
+        else:
+            out.extend(f"_{b:02x}" for b in ch.encode())
+    return SD_UNIT_PATH_PREFIX + "".join(out)
+
+
+def unit_name_from_path(path: str) -> str | None:
+    """Inverse of :func:`unit_object_path`; None if ``path`` is not a unit object path."""
+    if not path.startswith(SD_UNIT_PATH_PREFIX):
+        return None
+    label = path[len(SD_UNIT_PATH_PREFIX) :]
+    if label == "_":
+        return ""
+    raw = bytearray()
+    i = 0
+    n = len(label)
+    while i < n:
+        ch = label[i]
+        if ch == "_" and i + 2 < n and _is_hex(label[i + 1 : i + 3]):
+            raw.append(int(label[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raw.extend(ch.encode())
+            i += 1
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def _is_hex(s: str) -> bool:
+    return len(s) == 2 and all(c in "0123456789abcdefABCDEF" for c in s)
+
+
+@dataclass
+class _Watcher:
+    names: Callable[[], AbstractSet[str]]
+    on_change: Callable[[UnitStatus], None]
+
+
+class SystemdManager:
+    """A connection to one systemd manager (system or user) and the directory fleet writes unit files to."""
+
+    unit_dir: pathlib.Path
+
+    def __init__(self, bus: MessageBus, unit_dir: pathlib.Path, *, call_timeout_s: float) -> None:
+        """Use :meth:`connect`; this only wires an already-connected bus."""
+        self._bus = bus
+        self.unit_dir = unit_dir
+        self._timeout = call_timeout_s
+        self._watchers: list[_Watcher] = []
+        # Latest knowledge per unit name, fed by signals and query replies (building blocks of
+        # the statuses handed to watchers).
+        self._load: dict[str, str] = {}
+        self._active: dict[str, tuple[str, str]] = {}
+        self._pid: dict[str, int] = {}
+        # Last status handed to watchers per name (suppresses identical repeats).
+        self._emitted: dict[str, UnitStatus] = {}
+        self._path_names: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def connect(
+        cls,
+        *,
+        user: bool = False,
+        bus_address: str | None = None,
+        unit_dir: str | None = None,
+        call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+    ) -> SystemdManager:
+        """Connect to the system (or ``user``) manager, create ``unit_dir``, Subscribe() to signals.
+
+        user=False: system bus (or ``bus_address``), unit_dir defaults to /run/systemd/system.
+        user=True: ``bus_address`` or $DBUS_SESSION_BUS_ADDRESS (or $XDG_RUNTIME_DIR/bus),
+        unit_dir defaults to $XDG_RUNTIME_DIR/systemd/user.
+        """
+        if user:
+            runtime = os.environ.get("XDG_RUNTIME_DIR")
+            addr = bus_address or os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+            if not addr and runtime:
+                addr = f"unix:path={runtime}/bus"
+            if not addr:
+                raise SystemdError(
+                    "connect user manager: no bus address ($DBUS_SESSION_BUS_ADDRESS unset)"
+                )
+            if unit_dir is None:
+                if not runtime:
+                    raise SystemdError("connect user manager: $XDG_RUNTIME_DIR unset, no unit_dir")
+                unit_dir = os.path.join(runtime, "systemd", "user")
+            bus = MessageBus(bus_address=addr, bus_type=BusType.SESSION)
+        else:
+            if unit_dir is None:
+                unit_dir = DEFAULT_SYSTEM_UNIT_DIR
+            bus = MessageBus(bus_address=bus_address, bus_type=BusType.SYSTEM)
+        where = bus_address or ("session bus" if user else "system bus")
+        try:
+            await asyncio.wait_for(bus.connect(), call_timeout_s)
+        except Exception as e:
+            raise SystemdError(f"connect to systemd via {where}: {e}") from e
+        udir = pathlib.Path(unit_dir)
+        udir.mkdir(parents=True, exist_ok=True)
+        self = cls(bus, udir, call_timeout_s=call_timeout_s)
+        bus.add_message_handler(self._on_message)
+        try:
+            await self._call_bus("AddMatch", "s", [_PROPS_MATCH])
+            await self._call_bus("AddMatch", "s", [_RELOADING_MATCH])
+            await self._call_manager("Subscribe", "", [], op="subscribe")
+        except BaseException:
+            bus.disconnect()
+            raise
+        return self
+
+    @property
+    def connected(self) -> bool:
+        """False once closed or the bus connection dropped (then calls raise, watchers go quiet)."""
+        return not self._closed and self._bus.connected
+
+    async def close(self) -> None:
+        """Disconnect from the bus; watchers get no further calls. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._watchers.clear()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._bus.disconnect()
+        with contextlib.suppress(Exception):  # disconnect errors are irrelevant at close
+            await asyncio.wait_for(self._bus.wait_for_disconnect(), 5)
+
+    # ------------------------------------------------------------------ unit files
+
+    def _unit_file(self, name: str) -> pathlib.Path:
+        if not is_unit_name(name):
+            raise SystemdError(f"unit file {name!r}: not a valid unit name")
+        return self.unit_dir / name
+
+    def read_unit_files(self) -> dict[str, str]:
+        """name -> text of every regular file in unit_dir whose name is a valid unit name."""
+        out: dict[str, str] = {}
+        try:
+            entries = list(os.scandir(self.unit_dir))
+        except FileNotFoundError:
+            return out
+        for e in entries:
+            if not is_unit_name(e.name) or not e.is_file(follow_symlinks=False):
+                continue
+            try:
+                out[e.name] = pathlib.Path(e.path).read_text()
+            except FileNotFoundError:
+                continue  # removed concurrently
+        return out
+
+    def write_unit_file(self, name: str, text: str) -> None:
+        """Atomically (tmp file + rename) write unit file ``name`` into unit_dir."""
+        dest = self._unit_file(name)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.unit_dir)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        except BaseException as e:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            if isinstance(e, OSError):
+                raise SystemdError(f"write unit file {name}: {e}") from e
+            raise
+
+    def remove_unit_file(self, name: str) -> None:
+        """Delete unit file ``name`` from unit_dir; a missing file is fine."""
+        try:
+            self._unit_file(name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise SystemdError(f"remove unit file {name}: {e}") from e
+
+    # ------------------------------------------------------------------ manager calls
+
+    async def daemon_reload(self) -> None:
+        """Manager.Reload(); returns once systemd has finished reloading."""
+        await self._call_manager("Reload", "", [], op="daemon-reload")
+
+    async def start_unit(self, name: str) -> None:
+        """StartUnit(name, "replace"); returns once the job is queued (not when active)."""
+        await self._call_manager("StartUnit", "ss", [name, "replace"], op="start", unit=name)
+
+    async def stop_unit(self, name: str) -> None:
+        """StopUnit(name, "replace"); a unit systemd does not know is not an error."""
+        await self._call_manager(
+            "StopUnit", "ss", [name, "replace"], op="stop", unit=name, ignore=_NO_UNIT_ERRORS
+        )
+
+    async def reset_failed_unit(self, name: str) -> None:
+        """ResetFailedUnit(name); a unit that is not loaded is not an error."""
+        await self._call_manager(
+            "ResetFailedUnit", "s", [name], op="reset-failed", unit=name, ignore=_NO_UNIT_ERRORS
+        )
+
+    async def unit_status(self, name: str) -> UnitStatus:
+        """Current status of ``name``; unknown units come back as not-found/inactive/dead."""
+        path = unit_object_path(name)
+        gets = [
+            self._get_prop(path, UNIT_IFACE, "LoadState", name),
+            self._get_prop(path, UNIT_IFACE, "ActiveState", name),
+            self._get_prop(path, UNIT_IFACE, "SubState", name),
+        ]
+        if name.endswith(".service"):
+            gets.append(self._get_prop(path, SERVICE_IFACE, "MainPID", name))
+        vals = await asyncio.gather(*gets)
+        if vals[0] is None:
+            return self._remember(UnitStatus(name, "not-found", "inactive", "dead", 0))
+        pid = vals[3] if len(vals) > 3 and vals[3] is not None else 0
+        st = UnitStatus(
+            name, str(vals[0]), str(vals[1] or "inactive"), str(vals[2] or "dead"), int(pid)
+        )
+        return self._remember(st)
+
+    async def list_units(self, names: Iterable[str]) -> dict[str, UnitStatus]:
+        """Statuses of ``names`` in one ListUnitsByNames call (+ pipelined MainPID reads)."""
+        wanted = list(dict.fromkeys(names))
+        if not wanted:
+            return {}
+        valid = [n for n in wanted if is_unit_name(n)]
+        rows: list[Any] = []
+        if valid:
+            reply = await self._call_manager("ListUnitsByNames", "as", [valid], op="list-units")
+            rows = reply[0]
+        out: dict[str, UnitStatus] = {}
+        need_pid: list[str] = []
+        for row in rows:
+            name, _desc, load, active, sub = row[0], row[1], row[2], row[3], row[4]
+            out[name] = UnitStatus(name, load, active, sub, 0)
+            self._path_names[row[6]] = name
+            if name.endswith(".service") and active in _LIVE_STATES:
+                need_pid.append(name)
+        if need_pid:
+            pids = await asyncio.gather(
+                *(
+                    self._get_prop(unit_object_path(n), SERVICE_IFACE, "MainPID", n)
+                    for n in need_pid
+                )
+            )
+            for n, pid in zip(need_pid, pids, strict=True):
+                if pid:
+                    st = out[n]
+                    out[n] = UnitStatus(st.name, st.load_state, st.active_state, st.sub_state, pid)
+        result: dict[str, UnitStatus] = {}
+        for n in wanted:
+            st = out.get(n) or UnitStatus(n, "not-found", "inactive", "dead", 0)
+            result[n] = self._remember(st)
+        return result
+
+    # ------------------------------------------------------------------ watching
+
+    def watch(
+        self,
+        names_callback: Callable[[], AbstractSet[str]],
+        on_change: Callable[[UnitStatus], None],
+    ) -> None:
+        """Call ``on_change(status)`` whenever systemd signals a change of a unit in names_callback().
+
+        Signal driven (PropertiesChanged on unit objects, plus a re-read of the watched units
+        after every daemon reload); consecutive identical statuses of a unit are delivered once.
+        Callbacks run on the event loop and must not block; exceptions are logged and dropped.
+        """
+        self._watchers.append(_Watcher(names_callback, on_change))
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.message_type is not MessageType.SIGNAL:
+            return
+        try:
+            if msg.member == "PropertiesChanged":
+                self._on_properties_changed(msg)
+            elif (
+                msg.member == "Reloading"
+                and msg.interface == MANAGER_IFACE
+                and msg.body
+                and not msg.body[0]
+                and self._watchers
+            ):
+                self._spawn(self._refresh_watched())
+        except Exception:
+            log.exception("systemd: failed to handle signal %s %s", msg.path, msg.member)
+
+    def _on_properties_changed(self, msg: Message) -> None:
+        path = msg.path
+        if path is None or not path.startswith(SD_UNIT_PATH_PREFIX):
+            return
+        iface, changed, invalidated = msg.body
+        name = self._path_names.get(path)
+        if name is None:
+            name = unit_name_from_path(path)
+            if name is None:
+                return
+            self._path_names[path] = name
+        if iface == SERVICE_IFACE:
+            v = changed.get("MainPID")
+            if v is not None:
+                self._pid[name] = int(v.value)
+            elif "MainPID" in invalidated:
+                self._pid.pop(name, None)
+            return
+        if iface != UNIT_IFACE:
+            return
+        active, sub = self._active.get(name, ("inactive", "dead"))
+        v = changed.get("ActiveState")
+        if v is not None:
+            active = v.value
+        v = changed.get("SubState")
+        if v is not None:
+            sub = v.value
+        self._active[name] = (active, sub)
+        v = changed.get("LoadState")
+        if v is not None:
+            self._load[name] = v.value
+        if not self._watchers:
+            return
+        # LoadState is not an emits-change property: use the last known value; a unit emitting
+        # state changes is loaded unless a query/reload told us otherwise.
+        st = UnitStatus(
+            name,
+            self._load.get(name, "loaded"),
+            active,
+            sub,
+            self._pid.get(name, 0) if name.endswith(".service") else 0,
+        )
+        self._deliver(st)
+
+    def _deliver(self, st: UnitStatus) -> None:
+        if self._emitted.get(st.name) == st:
+            return
+        delivered = False
+        for w in list(self._watchers):
+            try:
+                if st.name not in w.names():
+                    continue
+                delivered = True
+                w.on_change(st)
+            except Exception:
+                log.exception("systemd: watch callback failed for %s", st.name)
+        if delivered:
+            self._emitted[st.name] = st
+        else:  # nobody watches it now: forget, so a later re-watch sees its next change
+            self._emitted.pop(st.name, None)
+
+    async def _refresh_watched(self) -> None:
+        """After a daemon reload, re-read watched units (LoadState may have changed) and deliver."""
+        names: set[str] = set()
+        for w in list(self._watchers):
+            try:
+                names.update(w.names())
+            except Exception:
+                log.exception("systemd: watch names callback failed")
+        if not names:
+            return
+        try:
+            statuses = await self.list_units(sorted(names))
+        except SystemdError as e:
+            log.warning("systemd: refresh after reload failed: %s", e)
+            return
+        for st in statuses.values():
+            self._deliver(st)
+
+    def _spawn(self, coro: Any) -> None:
+        if self._closed:
+            coro.close()
+            return
+        t: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    def _remember(self, st: UnitStatus) -> UnitStatus:
+        self._load[st.name] = st.load_state
+        self._active[st.name] = (st.active_state, st.sub_state)
+        self._pid[st.name] = st.main_pid
+        return st
+
+    # ------------------------------------------------------------------ raw D-Bus
+
+    async def _call(self, msg: Message, what: str) -> Message:
+        if self._closed:
+            raise SystemdError(f"{what}: connection closed")
+        try:
+            async with asyncio.timeout(self._timeout):
+                reply = await self._bus.call(msg)
+        except TimeoutError as e:
+            raise SystemdError(f"{what}: no reply from systemd within {self._timeout}s") from e
+        except SystemdError:
+            raise
+        except Exception as e:
+            raise SystemdError(f"{what}: D-Bus failure: {e}") from e
+        if reply is None:
+            raise SystemdError(f"{what}: no reply")
+        return reply
+
+    async def _call_manager(
+        self,
+        member: str,
+        signature: str,
+        body: list[Any],
+        *,
+        op: str,
+        unit: str | None = None,
+        ignore: AbstractSet[str] = frozenset(),
+    ) -> list[Any]:
+        what = f"{op} {unit}" if unit else op
+        reply = await self._call(
+            Message(
+                destination=SD_BUS_NAME,
+                path=SD_PATH,
+                interface=MANAGER_IFACE,
+                member=member,
+                signature=signature,
+                body=body,
+            ),
+            what,
+        )
+        if reply.message_type is MessageType.ERROR:
+            if reply.error_name in ignore:
+                return []
+            detail = reply.body[0] if reply.body else ""
+            raise SystemdError(f"{what}: {reply.error_name}: {detail}", dbus_error=reply.error_name)
+        return list(reply.body)
+
+    async def _call_bus(self, member: str, signature: str, body: list[Any]) -> None:
+        reply = await self._call(
+            Message(
+                destination=DBUS_NAME,
+                path=DBUS_PATH,
+                interface=DBUS_NAME,
+                member=member,
+                signature=signature,
+                body=body,
+            ),
+            f"bus {member}",
+        )
+        if reply.message_type is MessageType.ERROR:
+            raise SystemdError(f"bus {member}: {reply.error_name}: {reply.body}")
+
+    async def _get_prop(self, path: str, iface: str, prop: str, unit: str) -> Any:
+        """Properties.Get; None if the unit/interface/property does not exist."""
+        reply = await self._call(
+            Message(
+                destination=SD_BUS_NAME,
+                path=path,
+                interface=PROPS_IFACE,
+                member="Get",
+                signature="ss",
+                body=[iface, prop],
+            ),
+            f"status {unit}",
+        )
+        if reply.message_type is MessageType.ERROR:
+            if reply.error_name in _NO_UNIT_ERRORS:
+                return None
+            detail = reply.body[0] if reply.body else ""
+            raise SystemdError(
+                f"status {unit}: get {prop}: {reply.error_name}: {detail}",
+                dbus_error=reply.error_name,
+            )
+        return reply.body[0].value

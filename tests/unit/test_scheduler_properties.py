@@ -1,0 +1,170 @@
+"""Property tests of fleetd.engine.scheduler on random clusters (Hypothesis)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleetd.engine.scheduler import (
+    Assign,
+    ClusterSnapshot,
+    Decision,
+    JobView,
+    MachineView,
+    Unassign,
+    Unschedulable,
+    reconcile,
+)
+from fleetd.unit import XFleet, glob_match
+
+MACHINES = ["m1", "m2", "m3", "m4", "m5"]
+UNITS = [f"u{i}.service" for i in range(8)]
+PATTERNS = [*UNITS, "u1*.service", "u*.service", "u[0-3].service"]
+META_KEYS = {"region": ["a", "b"], "disk": ["x", "y"]}
+
+
+@st.composite
+def machine_views(draw: Any) -> dict[str, MachineView]:
+    ids = draw(st.lists(st.sampled_from(MACHINES), unique=True, max_size=5))
+    views = {}
+    for mid in ids:
+        keys = draw(st.lists(st.sampled_from(sorted(META_KEYS)), unique=True))
+        views[mid] = MachineView(mid, {k: draw(st.sampled_from(META_KEYS[k])) for k in keys})
+    return views
+
+
+@st.composite
+def xfleets(draw: Any, name: str, allow_replaces: bool) -> XFleet:
+    meta_keys = draw(st.lists(st.sampled_from(sorted(META_KEYS)), unique=True, max_size=2))
+    metadata = tuple(
+        (
+            key,
+            tuple(sorted(draw(st.lists(st.sampled_from(META_KEYS[key]), min_size=1, unique=True)))),
+        )
+        for key in sorted(meta_keys)
+    )
+    is_global = draw(st.integers(0, 5)) == 0
+    return XFleet(
+        machine_id=draw(st.sampled_from(["", "", "", *MACHINES, "m9"])),
+        machine_of=tuple(draw(st.lists(st.sampled_from(UNITS), unique=True, max_size=2)))
+        if draw(st.integers(0, 2)) == 0
+        else (),
+        metadata=metadata if draw(st.booleans()) else (),
+        conflicts=tuple(draw(st.lists(st.sampled_from(PATTERNS), unique=True, max_size=2)))
+        if draw(st.integers(0, 2)) == 0
+        else (),
+        global_=is_global,
+        replaces=tuple(draw(st.lists(st.sampled_from(UNITS), unique=True, max_size=1)))
+        if allow_replaces and draw(st.integers(0, 3)) == 0
+        else (),
+    )
+
+
+@st.composite
+def clusters(draw: Any, allow_replaces: bool = False) -> ClusterSnapshot:
+    machines = draw(machine_views())
+    names = draw(st.lists(st.sampled_from(UNITS), unique=True, max_size=8))
+    jobs = {
+        name: JobView(
+            name,
+            draw(st.sampled_from(["launched", "launched", "loaded", "inactive"])),
+            draw(xfleets(name, allow_replaces)),
+        )
+        for name in names
+    }
+    schedule: dict[str, frozenset[str]] = {}
+    for name in draw(st.lists(st.sampled_from([*UNITS, "gone.service"]), unique=True)):
+        where = draw(
+            st.lists(st.sampled_from([*MACHINES, "m9"]), unique=True, min_size=1, max_size=2)
+        )
+        schedule[name] = frozenset(where)
+    return ClusterSnapshot(machines, jobs, schedule)
+
+
+def apply(snapshot: ClusterSnapshot, decisions: list[Decision]) -> ClusterSnapshot:
+    schedule = {u: set(ms) for u, ms in snapshot.schedule.items()}
+    for d in decisions:
+        if isinstance(d, Unassign):
+            schedule[d.unit].discard(d.machine_id)
+        elif isinstance(d, Assign):
+            schedule.setdefault(d.unit, set()).add(d.machine_id)
+    return ClusterSnapshot(
+        snapshot.machines,
+        snapshot.jobs,
+        {u: frozenset(ms) for u, ms in schedule.items() if ms},
+    )
+
+
+def conflict(a: JobView, b: JobView) -> bool:
+    return a.xfleet.conflicts_with(b.name) or b.xfleet.conflicts_with(a.name)
+
+
+def replaces(a: JobView, b: JobView) -> bool:
+    return any(glob_match(p, b.name) for p in a.xfleet.replaces)
+
+
+def check_invariants(snapshot: ClusterSnapshot, decisions: list[Decision]) -> None:
+    after = apply(snapshot, decisions)
+    jobs, machines, sched = snapshot.jobs, snapshot.machines, after.schedule
+    unplaced = {d.unit for d in decisions if isinstance(d, Unschedulable)}
+    hosted: dict[str, list[str]] = {}
+    for unit, where in sched.items():
+        assert unit in jobs and jobs[unit].target_state != "inactive", unit
+        assert where <= set(machines), (unit, where)
+        for mid in where:
+            hosted.setdefault(mid, []).append(unit)
+        x = jobs[unit].xfleet
+        for mid in where:
+            assert not x.machine_id or x.machine_id == mid
+            assert x.metadata_matches(machines[mid].metadata)
+            for target in x.machine_of:
+                assert mid in sched.get(target, frozenset()), (unit, target)
+    for mid, units in hosted.items():
+        for i, a in enumerate(units):
+            for b in units[i + 1 :]:
+                ja, jb = jobs[a], jobs[b]
+                if replaces(ja, jb) != replaces(jb, ja):
+                    continue  # the replacer ignores the replaced unit (which then moves)
+                assert not conflict(ja, jb), (mid, a, b)
+    for name, job in jobs.items():
+        if job.target_state == "inactive":
+            assert name not in sched and name not in unplaced
+        elif job.xfleet.global_:
+            assert (name in sched) != (name in unplaced), name
+        else:
+            assert (len(sched.get(name, ())) == 1) != (name in unplaced), name
+
+
+@settings(max_examples=400, deadline=None)
+@given(clusters())
+def test_reconcile_invariants_and_convergence(snapshot: ClusterSnapshot) -> None:
+    decisions = reconcile(snapshot)
+    check_invariants(snapshot, decisions)
+    after = apply(snapshot, decisions)
+    again = reconcile(after)
+    assert all(isinstance(d, Unschedulable) for d in again), again
+    assert again == [d for d in decisions if isinstance(d, Unschedulable)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(clusters(allow_replaces=True))
+def test_reconcile_with_replaces(snapshot: ClusterSnapshot) -> None:
+    decisions = reconcile(snapshot)
+    check_invariants(snapshot, decisions)
+    after = apply(snapshot, decisions)
+    assert all(isinstance(d, Unschedulable) for d in reconcile(after))
+
+
+@settings(max_examples=200, deadline=None)
+@given(clusters(allow_replaces=True))
+def test_reconcile_is_deterministic(snapshot: ClusterSnapshot) -> None:
+    shuffled = ClusterSnapshot(
+        dict(reversed(list(snapshot.machines.items()))),
+        dict(reversed(list(snapshot.jobs.items()))),
+        dict(reversed(list(snapshot.schedule.items()))),
+    )
+    first = reconcile(snapshot)
+    assert reconcile(snapshot) == first
+    assert reconcile(shuffled) == first
