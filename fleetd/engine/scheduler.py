@@ -275,7 +275,7 @@ class _Pass:
     stale_reason: dict[tuple[str, str], str] = field(default_factory=dict)
     assign_reason: dict[tuple[str, str], str] = field(default_factory=dict)
     assign_order: list[tuple[str, str]] = field(default_factory=list)
-    unschedulable: dict[str, Unschedulable] = field(default_factory=dict)
+    unplaced: set[str] = field(default_factory=set)
 
     def place(self, unit: str, machine_id: str, reason: str) -> None:
         self.state.place(unit, machine_id)
@@ -329,14 +329,14 @@ class _Pass:
                 else:
                     self.place(unit, machine_id, f"global unit; {machine_id} fits")
             if not chosen:
-                self._unschedulable(job)
+                self.unplaced.add(unit)
             return bool(gone)
         dropped = self.validate(job) if state.where(unit) else False
         if state.where(unit):
             return dropped
         best = state.best(feasible(state, job))
         if best is None:
-            self._unschedulable(job)
+            self.unplaced.add(unit)
             return dropped
         if job.xfleet.machine_of:
             reason = "follows " + ", ".join(job.xfleet.machine_of)
@@ -348,15 +348,14 @@ class _Pass:
         self.place(unit, best, reason)
         return dropped
 
-    def _unschedulable(self, job: JobView) -> None:
+    def unschedulable(self, job: JobView) -> Unschedulable:
+        """Why ``job`` has no machine, judged on the pass's final schedule (so the reason is the
+        same in the next pass once the decisions are applied)."""
         if not self.state.machine_ids:
-            self.unschedulable[job.name] = Unschedulable(
-                job.name, "no machine fits: no live machines"
-            )
-            return
+            return Unschedulable(job.name, "no machine fits: no live machines")
         counts, phrases = count_filtered(self.state, job)
         reason = "no machine fits: " + (", ".join(phrases) if phrases else "no feasible machine")
-        self.unschedulable[job.name] = Unschedulable(job.name, reason, counts)
+        return Unschedulable(job.name, reason, counts)
 
 
 def _simulate(snapshot: ClusterSnapshot) -> _Pass:
@@ -389,7 +388,7 @@ def _simulate(snapshot: ClusterSnapshot) -> _Pass:
         if state.where(unit):
             run.validate(jobs[unit])
     for _ in range(_MAX_ROUNDS):
-        run.unschedulable = {}
+        run.unplaced = set()
         dropped = False
         for unit in order:
             dropped |= run.settle(jobs[unit])
@@ -425,7 +424,7 @@ def reconcile(snapshot: ClusterSnapshot) -> list[Decision]:
             unit, frozenset()
         ):
             decisions.append(Assign(unit, machine_id, run.assign_reason[(unit, machine_id)]))
-    decisions.extend(run.unschedulable[unit] for unit in sorted(run.unschedulable))
+    decisions.extend(run.unschedulable(snapshot.jobs[unit]) for unit in sorted(run.unplaced))
     return decisions
 
 

@@ -168,3 +168,15 @@ def test_reconcile_is_deterministic(snapshot: ClusterSnapshot) -> None:
     first = reconcile(snapshot)
     assert reconcile(snapshot) == first
     assert reconcile(shuffled) == first
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10_000))
+def test_synthetic_clusters_hold_invariants(seed: int) -> None:
+    from fleetd.engine.scheduler import synthetic_snapshot
+
+    snapshot = synthetic_snapshot(30, 300, seed)
+    decisions = reconcile(snapshot)
+    check_invariants(snapshot, decisions)
+    again = reconcile(apply(snapshot, decisions))
+    assert again == [d for d in decisions if isinstance(d, Unschedulable)]
