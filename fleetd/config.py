@@ -8,6 +8,7 @@ Every interval and timeout is defined here, with its unit in the name.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -51,10 +52,16 @@ class Config:
 def _duration_s(raw: str) -> float:
     """Seconds from '10', '10s', '500ms', '1m' (fleet wrote durations as Go strings)."""
     s = raw.strip().lower()
+    value = None
     for suffix, mult in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
         if s.endswith(suffix) and s[: -len(suffix)].replace(".", "", 1).isdigit():
-            return float(s[: -len(suffix)]) * mult
-    return float(s)
+            value = float(s[: -len(suffix)]) * mult
+            break
+    if value is None:
+        value = float(s)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"not a duration: {raw!r}")
+    return value
 
 
 def _bool(raw: str) -> bool:
@@ -94,12 +101,13 @@ _CONVERTERS = {
 OPTION_NAMES = [f.name for f in fields(Config)]
 
 
-def _set(cfg: Config, name: str, raw: str, source: str) -> None:
+def _set(cfg: Config, name: str, raw: str, source: str, sources: dict[str, str]) -> None:
     conv = _CONVERTERS.get(name, lambda v: v.strip())
     try:
         setattr(cfg, name, conv(raw))
     except ValueError as e:
         raise ConfigError(f"invalid value for {name} in {source}: {e}") from None
+    sources[name] = source
 
 
 def read_config_file(path: str) -> dict[str, str]:
@@ -133,6 +141,7 @@ def load_config(argv: Sequence[str] | None = None,
         parser.add_argument(*flags, dest=name, default=None, metavar="VALUE")
     args = parser.parse_args(argv)
     cfg = Config()
+    sources: dict[str, str] = {}
     path = args.config or env.get("FLEET_CONFIG")
     if path:
         try:
@@ -140,33 +149,42 @@ def load_config(argv: Sequence[str] | None = None,
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     elif os.path.exists(DEFAULT_CONFIG_FILE):
-        file_opts = read_config_file(DEFAULT_CONFIG_FILE)
         path = DEFAULT_CONFIG_FILE
+        try:
+            file_opts = read_config_file(path)
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     else:
         file_opts = {}
     for name, raw in file_opts.items():
-        _set(cfg, name, raw, path or "config file")
+        _set(cfg, name, raw, path or "config file", sources)
     for name in OPTION_NAMES:
         raw = env.get("FLEET_" + name.upper())
         if raw is not None:
-            _set(cfg, name, raw, "FLEET_" + name.upper())
+            _set(cfg, name, raw, "FLEET_" + name.upper(), sources)
     for name in OPTION_NAMES:
         raw = getattr(args, name)
         if raw is not None:
-            _set(cfg, name, raw, "--" + name)
-    validate(cfg)
+            _set(cfg, name, raw, "--" + name, sources)
+    validate(cfg, sources)
     return cfg, args
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> None:
+    """Refuse contradictory or out-of-range values, naming the option and where it came from."""
+    src = sources or {}
+
+    def bad(name: str, problem: str) -> ConfigError:
+        return ConfigError(f"{name} {problem} (from {src.get(name, 'defaults')})")
+
     if not cfg.etcd_servers:
-        raise ConfigError("etcd_servers is empty")
+        raise bad("etcd_servers", "is empty")
     if cfg.agent_ttl < 2:
-        raise ConfigError(f"agent_ttl must be at least 2s, got {cfg.agent_ttl}")
+        raise bad("agent_ttl", f"must be at least 2s, got {cfg.agent_ttl}")
     if cfg.engine_reconcile_interval <= 0:
-        raise ConfigError("engine_reconcile_interval must be positive")
+        raise bad("engine_reconcile_interval", "must be positive")
     if cfg.etcd_request_timeout <= 0:
-        raise ConfigError("etcd_request_timeout must be positive")
+        raise bad("etcd_request_timeout", "must be positive")
 
 
 def read_machine_id(cfg: Config) -> str:

@@ -59,6 +59,9 @@ class Agent:
         self.statuses: dict[str, UnitStatus] = {}
         self.fenced = False
         self._wake = asyncio.Event()
+        # Nothing is applied before the schedule has been read once: an empty desired state
+        # would stop every unit an earlier fleetd left running.
+        self._schedule_loaded = asyncio.Event()
         self._dirty_states: set[str] = set()
         self._publish_wake = asyncio.Event()
         self.tasks_applied = 0
@@ -81,6 +84,10 @@ class Agent:
         for name, st in statuses.items():
             self.statuses[name] = st
             self.applied[name] = "launched" if st.active_state in RUNNING_STATES else "loaded"
+        if self.file_hashes:
+            log.info("found %d unit files from an earlier run: %s", len(self.file_hashes),
+                     ", ".join(f"{n} ({self.applied.get(n, '?')})" for n in sorted(
+                         self.file_hashes)))
         self.systemd.watch(self._watched_names, self._on_systemd_change)
         await asyncio.gather(self._watch_schedule(), self._reconcile_loop(),
                              self._publish_loop())
@@ -120,6 +127,7 @@ class Agent:
             for name, rec in (await self.registry.unit_texts(missing)).items():
                 self.texts[name] = (rec.hash, rec.text)
         self.schedule = entries
+        self._schedule_loaded.set()
         self._wake.set()
 
     # --- reconcile ------------------------------------------------------------------------
@@ -144,6 +152,7 @@ class Agent:
         return out
 
     async def _reconcile_loop(self) -> None:
+        await self._schedule_loaded.wait()
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.resync_interval_s)
@@ -187,7 +196,7 @@ class Agent:
                 await self.systemd.start_unit(t.name)
                 self.applied[t.name] = "launched"
             self.tasks_applied += 1
-            log.debug("task %s took %.1f ms", t, (time.perf_counter() - t0) * 1000)
+            log.info("%s (%.1f ms)", _describe(t), (time.perf_counter() - t0) * 1000)
             if hasattr(t, "name"):
                 touched.add(t.name)
         for name in touched:
@@ -261,3 +270,9 @@ class Agent:
         self._dirty_states |= set(self.applied)
         self._publish_wake.set()
         self._wake.set()
+
+
+def _describe(task: Task) -> str:
+    kind = type(task).__name__
+    name = getattr(task, "name", "")
+    return f"{kind} {name}".strip()

@@ -70,6 +70,7 @@ class EtcdServer:
             except (OSError, subprocess.TimeoutExpired):
                 pass
             time.sleep(0.1)
+        self.stop()
         raise RuntimeError("etcd did not become healthy in time")
 
     def stop(self) -> None:
@@ -97,6 +98,36 @@ class LocalMachine:
         self.manager = UserManager(self.root)
         self.api_socket = str(self.root / "fleet.sock")
         self.fleetd: subprocess.Popen[bytes] | None = None
+        self.proxy: subprocess.Popen[str] | None = None
+        self.proxy_port = 0
+
+    def start_proxy(self) -> None:
+        """Route this machine's etcd traffic through a proxy that `partition` can cut."""
+        self.proxy_port = free_port()
+        self.proxy = subprocess.Popen(
+            [sys.executable, "-m", "fleetd.localcluster.proxy", str(self.proxy_port),
+             f"127.0.0.1:{self.cluster.etcd.client_port}"], stdout=subprocess.PIPE, text=True,
+            start_new_session=True)
+        assert self.proxy.stdout is not None
+        if self.proxy.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"etcd proxy of {self.name} did not start")
+
+    def partition(self) -> None:
+        """Cut this machine off etcd while it keeps running."""
+        if self.proxy is None:
+            raise RuntimeError("cluster was not started with partitionable=True")
+        self.proxy.send_signal(signal.SIGUSR1)
+
+    def heal(self) -> None:
+        if self.proxy is None:
+            raise RuntimeError("cluster was not started with partitionable=True")
+        self.proxy.send_signal(signal.SIGUSR2)
+
+    @property
+    def etcd_endpoint(self) -> str:
+        if self.proxy_port:
+            return f"http://127.0.0.1:{self.proxy_port}"
+        return self.cluster.etcd.endpoint
 
     @property
     def endpoint(self) -> str:
@@ -106,7 +137,7 @@ class LocalMachine:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET")}
         env.update(self.manager.env)
         env.update({
-            "FLEET_ETCD_SERVERS": self.cluster.etcd.endpoint,
+            "FLEET_ETCD_SERVERS": self.etcd_endpoint,
             "FLEET_ETCD_KEY_PREFIX": self.cluster.prefix,
             "FLEET_MACHINE_ID": self.machine_id,
             "FLEET_PUBLIC_IP": self.ip,
@@ -120,6 +151,8 @@ class LocalMachine:
         return env
 
     def start(self) -> None:
+        if self.cluster.partitionable and self.proxy is None:
+            self.start_proxy()
         if self.manager.pid is None:
             self.manager.start()
         self.start_fleetd()
@@ -175,11 +208,13 @@ class LocalCluster:
     """etcd plus `machines` local machines; `fleetctl(...)` runs the real CLI against it."""
 
     def __init__(self, machines: int = 3, *, metadata: Sequence[Mapping[str, str]] = (),
-                 agent_ttl_s: int = 10, root: str | None = None) -> None:
+                 agent_ttl_s: int = 10, root: str | None = None,
+                 partitionable: bool = False) -> None:
         # Short root: unix socket paths must stay under 108 bytes.
         self.root = pathlib.Path(root or tempfile.mkdtemp(prefix="flc-", dir="/tmp"))
         self.prefix = "/fleet-" + uuid.uuid4().hex[:8] + "/"
         self.agent_ttl_s = agent_ttl_s
+        self.partitionable = partitionable
         self.etcd = EtcdServer(self.root)
         self.machines = [LocalMachine(self, i, metadata[i] if i < len(metadata) else {})
                          for i in range(machines)]
@@ -198,6 +233,9 @@ class LocalCluster:
         for m in self.machines:
             with contextlib.suppress(Exception):
                 m.kill()
+            if m.proxy is not None:
+                m.proxy.kill()
+                m.proxy.wait()
         self.etcd.stop()
 
     def cleanup(self) -> None:

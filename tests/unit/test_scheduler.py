@@ -316,7 +316,8 @@ CASES: list[tuple[str, list[Any], list[JobView], dict[str, set[str]], Schedule, 
         {"db.service": {"m1"}, "x.service": {"m1"}},
         {"db.service": {"m1"}, "x.service": {"m1"}},
         {
-            "app.service": "1 filtered by MachineOf (follows db.service on m1), 1 filtered by Conflicts (x.service)"
+            "app.service": "1 filtered by MachineOf (follows db.service on m1), "
+            "1 filtered by Conflicts (x.service)"
         },
     ),
     (
@@ -648,7 +649,8 @@ REASONS: list[tuple[str, ClusterSnapshot, list[Decision]]] = [
         [
             Unschedulable(
                 "a.service",
-                "no machine fits: 1 filtered by MachineOf (MachineOf cycle: a.service -> a.service)",
+                "no machine fits: 1 filtered by MachineOf "
+                "(MachineOf cycle: a.service -> a.service)",
                 (("MachineOf", 1),),
             )
         ],

@@ -1,0 +1,145 @@
+"""Faults on a real cluster: power cuts, engine leader loss, fleetd restarts, partitions.
+
+Each test gets its own cluster (these tests break machines). agent_ttl is 4 s to keep the suite
+quick; the failover time measured is printed (pytest -s shows it).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from fleetctl.client import Client
+from fleetd.localcluster import LocalCluster, LocalMachine
+from tests.integration.conftest import UNITS_DIR, machines_running, unit_rows, wait_until
+
+TTL_S = 4
+
+
+@pytest.fixture
+def fresh_cluster() -> Iterator[LocalCluster]:
+    c = LocalCluster(3, agent_ttl_s=TTL_S, partitionable=True)
+    c.start()
+    yield c
+    c.cleanup()
+
+
+def holder(cluster: LocalCluster, unit: str) -> LocalMachine:
+    [mid] = wait_until(lambda: machines_running(cluster, unit), 10, what=f"{unit} running")
+    return cluster.machine(mid)
+
+
+def leader(cluster: LocalCluster, not_on: LocalMachine | None = None) -> LocalMachine:
+    def find() -> str:
+        ms = Client(cluster.endpoint()).call("ListMachines").machines
+        mid = next((m.id for m in ms if m.engine_leader), "")
+        return "" if not_on is not None and mid == not_on.machine_id else mid
+    return cluster.machine(wait_until(find, TTL_S + 15, what="an engine leader"))
+
+
+def test_power_cut_moves_units_and_the_sidekick_follows(fresh_cluster: LocalCluster) -> None:
+    c = fresh_cluster
+    c.fleetctl("start", str(UNITS_DIR / "hello.service"),
+               str(UNITS_DIR / "hello-discovery.service"), check=True)
+    old = holder(c, "hello.service")
+    assert machines_running(c, "hello-discovery.service") == [old.machine_id]
+    t0 = time.monotonic()
+    old.kill()
+    new = wait_until(lambda: [m for m in machines_running(c, "hello.service")
+                              if m != old.machine_id], TTL_S + 15, what="hello.service elsewhere")
+    failover_s = time.monotonic() - t0
+    print(f"\nfailover after power cut: {failover_s:.2f}s (agent_ttl {TTL_S}s)")
+    wait_until(lambda: machines_running(c, "hello-discovery.service") == new, 10,
+               what="sidekick on the target's new machine")
+    # list-units drops the dead machine's rows (its states lived on its lease).
+    wait_until(lambda: {r["machine"] for r in unit_rows(c)} == set(new), 10,
+               what="list-units shows only the new machine")
+    # The returning machine does not start a second copy.
+    old.start()
+    c.wait_for_machines(3)
+    time.sleep(2)
+    assert machines_running(c, "hello.service") == new
+    assert not old.is_active("hello.service")
+
+
+def test_engine_leader_loss_lets_another_machine_schedule(fresh_cluster: LocalCluster) -> None:
+    c = fresh_cluster
+    lead = leader(c)
+    lead.kill()
+    t0 = time.monotonic()
+    new_leader = leader(c, not_on=lead)
+    print(f"\nnew engine leader after {time.monotonic() - t0:.2f}s (agent_ttl {TTL_S}s)")
+    assert new_leader is not lead
+    r = c.fleetctl("start", "--block-attempts=60", str(UNITS_DIR / "hello.service"))
+    assert r.returncode == 0, r.stderr
+    assert holder(c, "hello.service") is not lead
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_fleetd_restart_leaves_running_units_untouched(fresh_cluster: LocalCluster,
+                                                       sig: signal.Signals) -> None:
+    c = fresh_cluster
+    c.fleetctl("start", str(UNITS_DIR / "hello.service"), check=True)
+    m = holder(c, "hello.service")
+    pid = m.main_pid("hello.service")
+    assert pid > 0
+    m.stop_fleetd(sig)
+    m.start_fleetd()
+    # Give the restarted agent time to reconcile (it would restart a unit it did not adopt).
+    wait_until(lambda: any(r["active"] == "active" and r["machine"] == m.machine_id
+                           for r in unit_rows(c)), 10, what="state republished after restart")
+    time.sleep(2)
+    assert m.main_pid("hello.service") == pid
+    assert machines_running(c, "hello.service") == [m.machine_id]
+
+
+def test_partitioned_machine_fences_itself_and_never_doubles(
+        fresh_cluster: LocalCluster) -> None:
+    c = fresh_cluster
+    c.fleetctl("start", str(UNITS_DIR / "hello.service"), str(UNITS_DIR / "monitor.service"),
+               check=True)
+    cut = holder(c, "hello.service")
+    wait_until(lambda: len(machines_running(c, "monitor.service")) == 3, 10,
+               what="global monitor everywhere")
+    most = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal most
+        while not stop.is_set():
+            most = max(most, len(machines_running(c, "hello.service")))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        cut.partition()
+        wait_until(lambda: [m for m in machines_running(c, "hello.service")
+                            if m != cut.machine_id], TTL_S + 15, what="hello.service moved")
+        # The cut-off machine stopped its copy on its own (fencing); its global unit runs on.
+        wait_until(lambda: not cut.is_active("hello.service"), TTL_S + 5, what="fencing")
+        assert cut.is_active("monitor.service")
+        cut.heal()
+        c.wait_for_machines(3)
+        time.sleep(2)
+    finally:
+        stop.set()
+        sampler.join()
+    assert most == 1, "hello.service ran on two machines at once"
+    assert len(machines_running(c, "hello.service")) == 1
+
+
+def test_global_unit_comes_up_on_a_machine_that_joins_later(fresh_cluster: LocalCluster) -> None:
+    c = fresh_cluster
+    late = c.machines[2]
+    late.kill()
+    c.wait_for_machines(2)
+    c.fleetctl("start", str(UNITS_DIR / "monitor.service"), check=True)
+    wait_until(lambda: len(machines_running(c, "monitor.service")) == 2, 10,
+               what="monitor on the two live machines")
+    late.start()
+    wait_until(lambda: late.is_active("monitor.service"), 15, what="monitor on the late machine")

@@ -1,0 +1,449 @@
+"""fleetd.registry.Registry against a real etcd (fleetd.localcluster.EtcdServer), no mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import pathlib
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from aetcd import rpc
+
+from fleetd.localcluster import EtcdServer
+from fleetd.registry import (
+    EtcdClient,
+    MachineRecord,
+    NotLeader,
+    Registry,
+    RegistryError,
+    ScheduleEntry,
+    UnitConflict,
+    UnitNotFound,
+    UnitRecord,
+    UnitStateRecord,
+    UnitView,
+    WatchEvent,
+)
+from fleetd.registry._etcd import KV, MAX_TXN_OPS, Put
+
+pytestmark = pytest.mark.integration
+
+TEXT = "[Unit]\nDescription=test\n\n[Service]\nExecStart=/bin/sleep 1000\n"
+TEXT2 = "[Unit]\nDescription=test v2\n\n[Service]\nExecStart=/bin/sleep 2000\n"
+WATCH_TIMEOUT_S = 5.0
+
+
+@pytest.fixture(scope="module")
+def etcd_server() -> Iterator[EtcdServer]:
+    root = pathlib.Path(tempfile.mkdtemp(prefix="freg-", dir="/tmp"))
+    server = EtcdServer(root)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def client(etcd_server: EtcdServer) -> AsyncIterator[EtcdClient]:
+    c = EtcdClient([etcd_server.endpoint], request_timeout_s=5.0)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"/t-{uuid.uuid4().hex[:12]}/fleet/"
+
+
+@pytest.fixture
+def reg(client: EtcdClient, prefix: str) -> Registry:
+    return Registry(client, prefix)
+
+
+def unit(name: str = "hello.service", text: str = TEXT) -> UnitRecord:
+    return UnitRecord(name, text, hashlib.sha1(text.encode()).hexdigest())
+
+
+def state(unit_name: str, machine_id: str) -> UnitStateRecord:
+    return UnitStateRecord(unit_name, machine_id, "h", "launched", "loaded", "active", "running",
+                           main_pid=42, updated_ns=1)
+
+
+async def raw(reg: Registry, prefix: str | None = None) -> dict[str, bytes]:
+    kvs, _ = await reg.etcd.get_prefix(prefix or reg.keys.root)
+    return {kv.key: kv.value for kv in kvs}
+
+
+async def whole_keyspace(client: EtcdClient) -> list[KV]:
+    """Every key in etcd (key >= "\\0"), read without going through any registry prefix."""
+    resp = await client._kv.Range(rpc.RangeRequest(key=b"\0", range_end=b"\0"), timeout=5)
+    return [KV(k.key.decode(), bytes(k.value), k.mod_revision, k.create_revision, k.lease)
+            for k in resp.kvs]
+
+
+# --- units ---------------------------------------------------------------------------------
+
+
+async def test_create_unit_then_get_unit_round_trips(reg: Registry) -> None:
+    rec = unit()
+    assert await reg.create_unit(rec, "launched") is True
+    assert await reg.get_unit(rec.name) == UnitView(rec, "launched")
+
+
+async def test_create_unit_defaults_to_inactive(reg: Registry) -> None:
+    rec = unit()
+    await reg.create_unit(rec)
+    view = await reg.get_unit(rec.name)
+    assert view is not None and view.desired == "inactive"
+
+
+async def test_get_missing_unit_returns_none(reg: Registry) -> None:
+    assert await reg.get_unit("absent.service") is None
+
+
+async def test_creating_the_same_file_twice_returns_false_and_changes_nothing(
+        reg: Registry) -> None:
+    rec = unit()
+    assert await reg.create_unit(rec, "loaded") is True
+    before_kvs, _ = await reg.etcd.get_prefix(reg.keys.root)
+    assert await reg.create_unit(rec, "launched") is False
+    after_kvs, _ = await reg.etcd.get_prefix(reg.keys.root)
+    assert after_kvs == before_kvs  # same values and same mod revisions
+    assert await reg.get_unit(rec.name) == UnitView(rec, "loaded")
+
+
+async def test_different_file_under_existing_name_raises_conflict_naming_the_unit(
+        reg: Registry) -> None:
+    first = unit("web.service", TEXT)
+    await reg.create_unit(first, "launched")
+    before = await raw(reg)
+    with pytest.raises(UnitConflict, match=r"web\.service"):
+        await reg.create_unit(unit("web.service", TEXT2), "loaded")
+    assert await raw(reg) == before
+    assert await reg.get_unit("web.service") == UnitView(first, "launched")
+
+
+async def test_create_unit_with_invalid_state_is_refused_before_writing(reg: Registry) -> None:
+    with pytest.raises(RegistryError, match="bogus"):
+        await reg.create_unit(unit(), "bogus")
+    assert await raw(reg) == {}
+
+
+async def test_replace_unit_changes_file_and_keeps_desired_state(reg: Registry) -> None:
+    await reg.create_unit(unit("r.service", TEXT), "launched")
+    new = unit("r.service", TEXT2)
+    await reg.replace_unit(new)
+    assert await reg.get_unit("r.service") == UnitView(new, "launched")
+
+
+async def test_replace_missing_unit_raises_not_found_and_writes_nothing(reg: Registry) -> None:
+    with pytest.raises(UnitNotFound, match=r"ghost\.service"):
+        await reg.replace_unit(unit("ghost.service"))
+    assert await raw(reg) == {}
+
+
+async def test_set_target_state_updates_desired(reg: Registry) -> None:
+    await reg.create_unit(unit("s.service"), "inactive")
+    await reg.set_target_state("s.service", "launched")
+    view = await reg.get_unit("s.service")
+    assert view is not None and view.desired == "launched"
+
+
+async def test_set_target_state_on_missing_unit_raises_and_writes_nothing(
+        reg: Registry) -> None:
+    with pytest.raises(UnitNotFound, match=r"missing\.service"):
+        await reg.set_target_state("missing.service", "launched")
+    assert await raw(reg) == {}
+
+
+async def test_set_target_state_rejects_invalid_state(reg: Registry) -> None:
+    await reg.create_unit(unit("s.service"), "loaded")
+    with pytest.raises(RegistryError):
+        await reg.set_target_state("s.service", "running")
+    view = await reg.get_unit("s.service")
+    assert view is not None and view.desired == "loaded"
+
+
+async def test_destroy_unit_removes_unit_desired_and_unschedulable_keys(reg: Registry) -> None:
+    await reg.create_unit(unit("d.service"), "launched")
+    await reg.create_unit(unit("keep.service"), "loaded")
+    await reg._apply([reg.unschedulable_op("d.service", "no machine")])
+    assert reg.keys.unschedulable_reason("d.service") in await raw(reg)
+    await reg.destroy_unit("d.service")
+    left = await raw(reg)
+    assert set(left) == {reg.keys.unit("keep.service"), reg.keys.desired_state("keep.service")}
+    assert await reg.get_unit("d.service") is None
+
+
+async def test_destroy_missing_unit_raises_not_found(reg: Registry) -> None:
+    with pytest.raises(UnitNotFound, match=r"nope\.service"):
+        await reg.destroy_unit("nope.service")
+
+
+async def test_unit_can_be_recreated_with_a_new_file_after_destroy(reg: Registry) -> None:
+    await reg.create_unit(unit("x.service", TEXT), "launched")
+    await reg.destroy_unit("x.service")
+    new = unit("x.service", TEXT2)
+    assert await reg.create_unit(new, "loaded") is True
+    assert await reg.get_unit("x.service") == UnitView(new, "loaded")
+
+
+# --- machines, states and leases -----------------------------------------------------------
+
+
+async def test_machine_registration_vanishes_when_its_lease_is_revoked(reg: Registry) -> None:
+    lease = await reg.grant_lease(30)
+    m = MachineRecord("m1", "10.0.0.1", {"region": "east"}, "host1", "0.1.0")
+    await reg.register_machine(m, lease)
+    assert await reg.list_machines() == {"m1": m}
+    kv = await reg.etcd.get(reg.keys.machine("m1"))
+    assert kv is not None and kv.lease == lease
+    await reg.revoke_lease(lease)
+    assert await reg.etcd.get(reg.keys.machine("m1")) is None
+    assert await reg.list_machines() == {}
+
+
+async def test_renew_lease_reports_remaining_ttl_and_nothing_after_revoke(
+        reg: Registry) -> None:
+    lease = await reg.grant_lease(30)
+    assert 0 < await reg.renew_lease(lease) <= 30
+    await reg.revoke_lease(lease)
+    assert await reg.renew_lease(lease) <= 0
+    await reg.revoke_lease(lease)  # revoking twice is harmless
+
+
+async def test_published_states_vanish_when_the_lease_is_revoked(reg: Registry) -> None:
+    lease = await reg.grant_lease(30)
+    other = await reg.grant_lease(30)
+    await reg.publish_states([state("a.service", "m1"), state("b.service", "m1")], lease)
+    await reg.publish_states([state("a.service", "m2")], other)
+    st = await reg.cluster_state()
+    assert set(st.states) == {"a.service", "b.service"}
+    assert set(st.states["a.service"]) == {"m1", "m2"}
+    await reg.revoke_lease(lease)
+    assert set(await raw(reg, reg.keys.states)) == {reg.keys.state("a.service", "m2")}
+    await reg.revoke_lease(other)
+    assert await raw(reg, reg.keys.states) == {}
+
+
+async def test_publish_states_in_more_than_one_transaction(reg: Registry) -> None:
+    lease = await reg.grant_lease(30)
+    n = MAX_TXN_OPS + 5
+    await reg.publish_states([state(f"u{i}.service", "m1") for i in range(n)], lease)
+    assert len(await raw(reg, reg.keys.states)) == n
+    await reg.clear_states("m1", [f"u{i}.service" for i in range(n)])
+    assert await raw(reg, reg.keys.states) == {}
+    await reg.revoke_lease(lease)
+
+
+# --- engine leadership and decisions -------------------------------------------------------
+
+
+async def test_leadership_first_wins_second_loses_until_the_leader_lease_is_revoked(
+        reg: Registry) -> None:
+    la, lb = await reg.grant_lease(30), await reg.grant_lease(30)
+    assert await reg.try_acquire_leadership("ma", la) is True
+    assert await reg.try_acquire_leadership("mb", lb) is False
+    assert await reg.try_acquire_leadership("ma", la) is True  # re-acquiring is idempotent
+    assert await reg.try_acquire_leadership("ma", lb) is False  # same id, other lease
+    assert await reg.leader() == "ma"
+    await reg.revoke_lease(la)
+    assert await reg.leader() is None
+    assert await reg.try_acquire_leadership("mb", lb) is True
+    assert await reg.leader() == "mb"
+    await reg.revoke_lease(lb)
+
+
+async def test_resign_leadership_frees_it_only_for_the_leader(reg: Registry) -> None:
+    la, lb = await reg.grant_lease(30), await reg.grant_lease(30)
+    assert await reg.try_acquire_leadership("ma", la)
+    await reg.resign_leadership("mb")
+    assert await reg.leader() == "ma"
+    await reg.resign_leadership("ma")
+    assert await reg.leader() is None
+    assert await reg.try_acquire_leadership("mb", lb)
+    for lease in (la, lb):
+        await reg.revoke_lease(lease)
+
+
+def entry(unit_name: str, machine_id: str, is_global: bool = False) -> ScheduleEntry:
+    return ScheduleEntry(unit_name, machine_id, "launched", "h", is_global)
+
+
+async def test_write_decisions_by_a_non_leader_raises_and_writes_nothing(
+        reg: Registry) -> None:
+    la, lb = await reg.grant_lease(30), await reg.grant_lease(30)
+    ops = [reg.assign_op(entry("a.service", "mb")), reg.unschedulable_op("b.service", "x")]
+    with pytest.raises(NotLeader, match="mb"):  # nobody leads yet
+        await reg.write_decisions("mb", lb, ops)
+    assert await reg.try_acquire_leadership("ma", la)
+    with pytest.raises(NotLeader, match="mb"):
+        await reg.write_decisions("mb", lb, ops)
+    with pytest.raises(NotLeader):  # right id, stale lease
+        await reg.write_decisions("ma", lb, ops)
+    assert await raw(reg, reg.keys.schedule) == {}
+    assert await raw(reg, reg.keys.unschedulable) == {}
+    for lease in (la, lb):
+        await reg.revoke_lease(lease)
+
+
+async def test_write_decisions_by_the_leader_applies_every_batch(reg: Registry) -> None:
+    lease = await reg.grant_lease(30)
+    assert await reg.try_acquire_leadership("ma", lease)
+    n = 2 * MAX_TXN_OPS + 3
+    await reg.write_decisions("ma", lease, [reg.assign_op(entry(f"u{i}.service", "ma"))
+                                            for i in range(n)])
+    sched, rev = await reg.machine_schedule("ma")
+    assert len(sched) == n and rev > 0
+    assert sched["u0.service"] == entry("u0.service", "ma")
+    await reg.write_decisions("ma", lease, [reg.unassign_op("ma", f"u{i}.service")
+                                            for i in range(n)])
+    assert (await reg.machine_schedule("ma"))[0] == {}
+    await reg.revoke_lease(lease)
+
+
+async def test_cluster_state_returns_everything_written(reg: Registry) -> None:
+    lease = await reg.grant_lease(30)
+    u1, u2 = unit("u1.service", TEXT), unit("u2.service", TEXT2)
+    await reg.create_unit(u1, "launched")
+    await reg.create_unit(u2, "loaded")
+    m1, m2 = MachineRecord("m1", "10.0.0.1"), MachineRecord("m2", "10.0.0.2", {"a": "b"})
+    await reg.register_machine(m1, lease)
+    await reg.register_machine(m2, lease)
+    assert await reg.try_acquire_leadership("m1", lease)
+    e1, e2 = entry("u1.service", "m1", True), entry("u1.service", "m2", True)
+    await reg.write_decisions("m1", lease, [reg.assign_op(e1), reg.assign_op(e2),
+                                            reg.unschedulable_op("u2.service", "no fit")])
+    s = state("u1.service", "m1")
+    await reg.publish_states([s], lease)
+
+    st = await reg.cluster_state()
+    assert st.units == {"u1.service": UnitView(u1, "launched"),
+                        "u2.service": UnitView(u2, "loaded")}
+    assert st.machines == {"m1": m1, "m2": m2}
+    assert st.schedule == {"u1.service": {"m1": e1, "m2": e2}}
+    assert st.states == {"u1.service": {"m1": s}}
+    assert st.unschedulable == {"u2.service": "no fit"}
+    _, now = await reg.etcd.get_prefix(reg.keys.root)
+    assert 0 < st.revision <= now
+
+    await reg.write_decisions("m1", lease, [reg.unschedulable_op("u2.service", None)])
+    assert (await reg.cluster_state()).unschedulable == {}
+    await reg.revoke_lease(lease)
+
+
+async def test_cluster_state_of_an_empty_prefix_is_empty(reg: Registry) -> None:
+    st = await reg.cluster_state()
+    assert (st.units, st.machines, st.schedule, st.states, st.unschedulable) == (
+        {}, {}, {}, {}, {})
+
+
+async def test_registries_on_overlapping_prefixes_do_not_see_each_other(
+        client: EtcdClient) -> None:
+    base = f"/t-{uuid.uuid4().hex[:12]}/p1"
+    a, b = Registry(client, base), Registry(client, base + "0")
+    await a.create_unit(unit("a.service"), "launched")
+    await b.create_unit(unit("b.service"), "launched")
+    assert set((await a.cluster_state()).units) == {"a.service"}
+    assert set((await b.cluster_state()).units) == {"b.service"}
+
+
+# --- watches -------------------------------------------------------------------------------
+
+
+async def _next_events(it: AsyncIterator[list[WatchEvent]], count: int) -> list[WatchEvent]:
+    events: list[WatchEvent] = []
+    while len(events) < count:
+        events.extend(await asyncio.wait_for(anext(it), WATCH_TIMEOUT_S))
+    return events
+
+
+async def test_watch_prefix_sees_a_put_then_a_delete_in_order(reg: Registry) -> None:
+    _, rev = await reg.read_prefix(reg.keys.desired)
+    it = reg.watch(reg.keys.desired, rev + 1)
+    try:
+        await reg.create_unit(unit("w.service"), "loaded")  # unit/ is outside the watch
+        await reg.set_target_state("w.service", "launched")
+        await reg.destroy_unit("w.service")
+        events = await _next_events(it, 3)
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
+    key = reg.keys.desired_state("w.service")
+    assert [(e.kind, e.kv.key) for e in events] == [("put", key), ("put", key),
+                                                    ("delete", key)]
+    assert [e.kv.value for e in events[:2]] == [b'"loaded"', b'"launched"']
+    revs = [e.revision for e in events]
+    assert revs == sorted(revs) and len(set(revs)) == 3 and revs[0] > rev
+
+
+async def test_watch_started_after_writes_replays_them_from_the_start_revision(
+        reg: Registry) -> None:
+    _, rev = await reg.read_prefix(reg.keys.root)
+    await reg.create_unit(unit("late.service"), "launched")
+    it = reg.watch(reg.keys.units, rev + 1)
+    try:
+        events = await _next_events(it, 1)
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
+    assert [(e.kind, e.kv.key) for e in events] == [("put", reg.keys.unit("late.service"))]
+
+
+# --- keyspace hygiene and client accounting ------------------------------------------------
+
+
+async def test_every_key_written_stays_under_the_configured_prefix(
+        client: EtcdClient, reg: Registry, prefix: str) -> None:
+    outside_before = {kv.key: kv.mod_revision for kv in await whole_keyspace(client)
+                      if not kv.key.startswith(prefix)}
+    lease = await reg.grant_lease(30)
+    await reg.create_unit(unit("k.service"), "launched")
+    await reg.set_target_state("k.service", "loaded")
+    await reg.register_machine(MachineRecord("m1"), lease)
+    await reg.publish_states([state("k.service", "m1")], lease)
+    assert await reg.try_acquire_leadership("m1", lease)
+    await reg.write_decisions("m1", lease, [reg.assign_op(entry("k.service", "m1")),
+                                            reg.unschedulable_op("z.service", "why")])
+    inside = [kv.key for kv in await whole_keyspace(client) if kv.key.startswith(prefix)]
+    outside_after = {kv.key: kv.mod_revision for kv in await whole_keyspace(client)
+                     if not kv.key.startswith(prefix)}
+    assert outside_after == outside_before
+    assert len(inside) == 7  # unit, desired, machine, state, leader, schedule, unschedulable
+    await reg.destroy_unit("k.service")
+    await reg.revoke_lease(lease)
+
+
+async def test_etcd_client_counts_requests(etcd_server: EtcdServer, prefix: str) -> None:
+    c = EtcdClient([etcd_server.endpoint], request_timeout_s=5.0)
+    try:
+        assert c.requests == 0
+        await c.put(prefix + "a", b"1")
+        assert c.requests == 1
+        assert (await c.get(prefix + "a")) is not None
+        await c.get_prefix(prefix)
+        ok, _ = await c.txn([], [Put(prefix + "b", b"2")])
+        assert ok and c.requests == 4
+        lease = await c.grant(30)
+        await c.keepalive_once(lease)
+        await c.revoke(lease)
+        assert c.requests == 7
+        await c.delete(prefix, prefix=True)
+        assert c.requests == 8
+        reg = Registry(c, prefix)
+        await reg.create_unit(unit("c.service"))  # one txn
+        assert c.requests == 9
+        await reg.create_unit(unit("c.service"))  # failed txn + get
+        assert c.requests == 11
+        it = c.watch_prefix(prefix, 1)
+        await asyncio.wait_for(anext(it), WATCH_TIMEOUT_S)  # replays c.service's put
+        await it.aclose()  # type: ignore[attr-defined]
+        assert c.requests == 12  # a watch stream counts once
+    finally:
+        await c.close()
