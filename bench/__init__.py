@@ -1,0 +1,1 @@
+"""fleet-py benchmarks (`python -m bench`): figures printed, never asserted."""
