@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 DEFAULT_CONFIG_FILE = "/etc/fleet/fleet.conf"
 DEFAULT_API_SOCKET = "/var/run/fleet-py.sock"
@@ -88,7 +89,7 @@ def parse_metadata(raw: str) -> dict[str, str]:
     return out
 
 
-_CONVERTERS = {
+_CONVERTERS: dict[str, Callable[[str], Any]] = {
     "etcd_servers": lambda v: [s.strip() for s in v.split(",") if s.strip()],
     "etcd_request_timeout": _duration_s,
     "agent_ttl": _duration_s,
@@ -159,9 +160,9 @@ def load_config(argv: Sequence[str] | None = None,
     for name, raw in file_opts.items():
         _set(cfg, name, raw, path or "config file", sources)
     for name in OPTION_NAMES:
-        raw = env.get("FLEET_" + name.upper())
-        if raw is not None:
-            _set(cfg, name, raw, "FLEET_" + name.upper(), sources)
+        env_value = env.get("FLEET_" + name.upper())
+        if env_value is not None:
+            _set(cfg, name, env_value, "FLEET_" + name.upper(), sources)
     for name in OPTION_NAMES:
         raw = getattr(args, name)
         if raw is not None:

@@ -226,15 +226,19 @@ class Agent:
             if not lease:
                 continue
             names, self._dirty_states = self._dirty_states, set()
-            put, gone = [], []
+            put: list[UnitStateRecord] = []
+            gone: list[str] = []
             for n in names:
                 rec = self.state_record(n)
-                (put if rec else gone).append(rec or n)
+                if rec is None:
+                    gone.append(n)
+                else:
+                    put.append(rec)
             try:
                 if put:
-                    await self.registry.publish_states(put, lease)  # type: ignore[arg-type]
+                    await self.registry.publish_states(put, lease)
                 if gone:
-                    await self.registry.clear_states(self.machine_id, gone)  # type: ignore
+                    await self.registry.clear_states(self.machine_id, gone)
                 attempt = 0
             except EtcdError as e:
                 log.warning("publishing unit states failed: %s", e)

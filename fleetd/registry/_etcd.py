@@ -255,7 +255,9 @@ class EtcdClient:
         return int(resp.TTL)
 
     # --- watches --------------------------------------------------------------------------
-    async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
+    async def watch_prefix(
+        self, prefix: str, start_revision: int
+    ) -> AsyncIterator[list[WatchEvent]]:
         """Yield batches of events under `prefix` from `start_revision` on (one batch per revision
         group etcd sends). Raises WatchCompacted or EtcdError when the watch cannot continue."""
         await self._authenticate()

@@ -96,7 +96,7 @@ class SystemdError(Exception):
 
     def __init__(self, message: str, *, dbus_error: str | None = None) -> None:
         super().__init__(message)
-        #: D-Bus error name (e.g. ``org.freedesktop.systemd1.NoSuchUnit``), None if not a D-Bus error.
+        #: D-Bus error name (e.g. ``org.freedesktop.systemd1.NoSuchUnit``), None otherwise.
         self.dbus_error = dbus_error
 
 
@@ -153,7 +153,8 @@ class _Watcher:
 
 
 class SystemdManager:
-    """A connection to one systemd manager (system or user) and the directory fleet writes unit files to."""
+    """A connection to one systemd manager (system or user) and the directory fleet writes
+    unit files to."""
 
     unit_dir: pathlib.Path
 
@@ -379,7 +380,7 @@ class SystemdManager:
         names_callback: Callable[[], AbstractSet[str]],
         on_change: Callable[[UnitStatus], None],
     ) -> None:
-        """Call ``on_change(status)`` whenever systemd signals a change of a unit in names_callback().
+        """Call ``on_change(status)`` whenever systemd signals a change of a watched unit.
 
         Signal driven (PropertiesChanged on unit objects, plus a re-read of the watched units
         after every daemon reload); consecutive identical statuses of a unit are delivered once.

@@ -1,4 +1,4 @@
-"""fleetd.systemd against a real `systemd --user` manager (tests/harness/systemd_user.py), no mocks."""
+"""fleetd.systemd against a real `systemd --user` manager (fleetd/localcluster), no mocks."""
 
 from __future__ import annotations
 
