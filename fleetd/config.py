@@ -39,7 +39,7 @@ class Config:
     disable_engine: bool = False
     systemd_user: bool = False
     systemd_bus_address: str = ""  # override the D-Bus address of the systemd manager
-    unit_dir: str = ""  # where unit files are written (default: the manager's runtime dir)
+    unit_dir: str = ""  # search-path dir fleet links its unit files into (default: runtime dir)
     machine_id: str = ""  # default: /etc/machine-id
     machine_id_file: str = "/etc/machine-id"
     api_socket: str = DEFAULT_API_SOCKET  # gRPC API unix socket

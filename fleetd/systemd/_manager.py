@@ -77,6 +77,10 @@ _RELOADING_MATCH = (
 )
 
 DEFAULT_SYSTEM_UNIT_DIR = "/run/systemd/system"
+# fleet keeps the unit files it writes in a directory of its own and links them into the
+# manager's search path (as fleet did with /run/fleet/units): the agent then never mistakes a
+# unit someone else put in the runtime directory (fleetd.service itself, say) for one of its own.
+DEFAULT_SYSTEM_FILES_DIR = "/run/fleet/units"
 DEFAULT_CALL_TIMEOUT_S = 25.0
 
 
@@ -158,10 +162,12 @@ class SystemdManager:
 
     unit_dir: pathlib.Path
 
-    def __init__(self, bus: MessageBus, unit_dir: pathlib.Path, *, call_timeout_s: float) -> None:
+    def __init__(self, bus: MessageBus, unit_dir: pathlib.Path, *, call_timeout_s: float,
+                 files_dir: pathlib.Path | None = None) -> None:
         """Use :meth:`connect`; this only wires an already-connected bus."""
         self._bus = bus
         self.unit_dir = unit_dir
+        self.files_dir = files_dir or unit_dir.parent / "fleet-units"
         self._timeout = call_timeout_s
         self._watchers: list[_Watcher] = []
         # Latest knowledge per unit name, fed by signals and query replies (building blocks of
@@ -184,6 +190,7 @@ class SystemdManager:
         user: bool = False,
         bus_address: str | None = None,
         unit_dir: str | None = None,
+        files_dir: str | None = None,
         call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
     ) -> SystemdManager:
         """Connect to the system (or ``user``) manager, create ``unit_dir``, Subscribe() to signals.
@@ -205,10 +212,14 @@ class SystemdManager:
                 if not runtime:
                     raise SystemdError("connect user manager: $XDG_RUNTIME_DIR unset, no unit_dir")
                 unit_dir = os.path.join(runtime, "systemd", "user")
+            if files_dir is None and runtime:
+                files_dir = os.path.join(runtime, "fleet", "units")
             bus = MessageBus(bus_address=addr, bus_type=BusType.SESSION)
         else:
             if unit_dir is None:
                 unit_dir = DEFAULT_SYSTEM_UNIT_DIR
+            if files_dir is None:
+                files_dir = DEFAULT_SYSTEM_FILES_DIR
             bus = MessageBus(bus_address=bus_address, bus_type=BusType.SYSTEM)
         where = bus_address or ("session bus" if user else "system bus")
         try:
@@ -217,7 +228,9 @@ class SystemdManager:
             raise SystemdError(f"connect to systemd via {where}: {e}") from e
         udir = pathlib.Path(unit_dir)
         udir.mkdir(parents=True, exist_ok=True)
-        self = cls(bus, udir, call_timeout_s=call_timeout_s)
+        fdir = pathlib.Path(files_dir) if files_dir else None
+        self = cls(bus, udir, call_timeout_s=call_timeout_s, files_dir=fdir)
+        self.files_dir.mkdir(parents=True, exist_ok=True)
         bus.add_message_handler(self._on_message)
         try:
             await self._call_bus("AddMatch", "s", [_PROPS_MATCH])
@@ -252,13 +265,19 @@ class SystemdManager:
     def _unit_file(self, name: str) -> pathlib.Path:
         if not is_unit_name(name):
             raise SystemdError(f"unit file {name!r}: not a valid unit name")
+        return self.files_dir / name
+
+    def _link(self, name: str) -> pathlib.Path:
         return self.unit_dir / name
 
+    def _is_our_link(self, link: pathlib.Path) -> bool:
+        return link.is_symlink() and pathlib.Path(os.readlink(link)) == self.files_dir / link.name
+
     def read_unit_files(self) -> dict[str, str]:
-        """name -> text of every regular file in unit_dir whose name is a valid unit name."""
+        """name -> text of every unit file fleet wrote (those in files_dir)."""
         out: dict[str, str] = {}
         try:
-            entries = list(os.scandir(self.unit_dir))
+            entries = list(os.scandir(self.files_dir))
         except FileNotFoundError:
             return out
         for e in entries:
@@ -271,14 +290,21 @@ class SystemdManager:
         return out
 
     def write_unit_file(self, name: str, text: str) -> None:
-        """Atomically (tmp file + rename) write unit file ``name`` into unit_dir."""
+        """Atomically (tmp file + rename) write unit file ``name`` into files_dir and link it
+        into unit_dir. Refuses to shadow a unit file fleet did not write."""
         dest = self._unit_file(name)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.unit_dir)
+        link = self._link(name)
+        if (link.exists() or link.is_symlink()) and not self._is_our_link(link):
+            raise SystemdError(f"write unit file {name}: {link} exists and was not written by "
+                               "fleet; refusing to replace it")
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.files_dir)
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(text)
             os.chmod(tmp, 0o644)
             os.replace(tmp, dest)
+            if not link.is_symlink():
+                os.symlink(dest, link)
         except BaseException as e:
             try:
                 os.unlink(tmp)
@@ -289,8 +315,11 @@ class SystemdManager:
             raise
 
     def remove_unit_file(self, name: str) -> None:
-        """Delete unit file ``name`` from unit_dir; a missing file is fine."""
+        """Delete unit file ``name`` and its link; a missing file is fine."""
+        link = self._link(name)
         try:
+            if self._is_our_link(link):
+                link.unlink()
             self._unit_file(name).unlink()
         except FileNotFoundError:
             pass
