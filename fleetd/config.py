@@ -44,6 +44,7 @@ class Config:
     machine_id_file: str = "/etc/machine-id"
     api_socket: str = DEFAULT_API_SOCKET  # gRPC API unix socket
     api_tcp: str = ""  # gRPC API TCP address host:port (empty: none)
+    metrics_listen: str = ""  # host:port serving Prometheus /metrics (empty: off)
     verbosity: int = 0
 
     def agent_ttl_s(self) -> int:

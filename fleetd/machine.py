@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from fleetd import metrics
 from fleetd.registry import EtcdError, MachineRecord, Registry, backoff_sleep
 
 log = logging.getLogger("fleetd.machine")
@@ -95,9 +96,11 @@ class MachineSession:
                 continue
             self._last_renewed = time.monotonic()
             self.renewals += 1
+            metrics.LEASE_RENEWALS.inc()
 
     async def _lost(self) -> None:
         self.lease = 0
+        metrics.LEASE_LOSSES.inc()
         for cb in self.on_lease_lost:
             try:
                 await cb()

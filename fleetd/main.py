@@ -92,6 +92,11 @@ async def serve(cfg: Config) -> None:
     agent = Agent(registry, systemd, session)
     server = await start_grpc_server(FleetService(registry), unix_socket=cfg.api_socket,
                                      tcp_address=cfg.api_tcp)
+    metrics_runner = None
+    if cfg.metrics_listen:
+        from fleetd.metrics import start_metrics_server
+
+        metrics_runner = await start_metrics_server(cfg.metrics_listen)
     await session.establish()
     jobs = [asyncio.ensure_future(session.run()), asyncio.ensure_future(agent.run())]
     if not cfg.disable_engine:
@@ -115,6 +120,8 @@ async def serve(cfg: Config) -> None:
         j.cancel()
     await asyncio.gather(*jobs, return_exceptions=True)
     await server.stop(grace=1)
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     await systemd.close()
     await registry.close()
     if cfg.api_socket and os.path.exists(cfg.api_socket):

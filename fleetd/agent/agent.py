@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterable
 
+from fleetd import metrics
 from fleetd.agent.tasks import (
     CurrentUnit,
     DaemonReload,
@@ -196,6 +197,9 @@ class Agent:
                 await self.systemd.start_unit(t.name)
                 self.applied[t.name] = "launched"
             self.tasks_applied += 1
+            elapsed = time.perf_counter() - t0
+            metrics.AGENT_TASKS.labels(type(t).__name__).inc()
+            metrics.AGENT_TASK_SECONDS.labels(type(t).__name__).observe(elapsed)
             log.info("%s (%.1f ms)", _describe(t), (time.perf_counter() - t0) * 1000)
             if hasattr(t, "name"):
                 touched.add(t.name)
@@ -213,6 +217,16 @@ class Agent:
         if old != status:
             self._mark(status.name)
 
+    def _count_states(self) -> None:
+        counts: dict[str, int] = {}
+        for n in self.applied:
+            st = self.statuses.get(n)
+            key = st.active_state if st else "unknown"
+            counts[key] = counts.get(key, 0) + 1
+        metrics.UNITS_BY_STATE.clear()
+        for key, n in counts.items():
+            metrics.UNITS_BY_STATE.labels(key).set(n)
+
     def _mark(self, name: str) -> None:
         self._dirty_states.add(name)
         self._publish_wake.set()
@@ -226,6 +240,7 @@ class Agent:
             if not lease:
                 continue
             names, self._dirty_states = self._dirty_states, set()
+            self._count_states()
             put: list[UnitStateRecord] = []
             gone: list[str] = []
             for n in names:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleetd import metrics
 from fleetd.engine.scheduler import (
     Assign,
     ClusterSnapshot,
@@ -127,6 +128,7 @@ class Engine:
                 if self.is_leader:
                     log.info("engine: no longer leader")
                 self.is_leader = False
+                metrics.ENGINE_LEADER.set(0)
 
     async def _await_vacancy(self) -> None:
         """Block until the leader key disappears (or our lease changes)."""
@@ -148,6 +150,7 @@ class Engine:
     async def _lead(self, lease: int) -> None:
         log.info("engine: machine %s is now the leader", self.machine_id)
         self.is_leader = True
+        metrics.ENGINE_LEADER.set(1)
         await self._load()
         watcher = asyncio.ensure_future(self._watch(lease))
         try:
@@ -302,6 +305,16 @@ class Engine:
                 self._apply_kv(c, op.key, value)
         self.reconciles += 1
         self.last_reconcile_s = time.perf_counter() - t0
+        metrics.ENGINE_RECONCILES.inc()
+        metrics.ENGINE_RECONCILE_SECONDS.observe(self.last_reconcile_s)
+        by_check: dict[str, int] = {}
+        for d in decisions:
+            if isinstance(d, Unschedulable):
+                check = d.filtered[-1][0] if d.filtered else "none"
+                by_check[check] = by_check.get(check, 0) + 1
+        metrics.ENGINE_UNSCHEDULABLE.clear()
+        for check, n in by_check.items():
+            metrics.ENGINE_UNSCHEDULABLE.labels(check).set(n)
         return len(ops)
 
 

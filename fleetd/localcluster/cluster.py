@@ -100,6 +100,7 @@ class LocalMachine:
         self.fleetd: subprocess.Popen[bytes] | None = None
         self.proxy: subprocess.Popen[str] | None = None
         self.proxy_port = 0
+        self.metrics_port = free_port()
 
     def start_proxy(self) -> None:
         """Route this machine's etcd traffic through a proxy that `partition` can cut."""
@@ -147,6 +148,7 @@ class LocalMachine:
             "FLEET_AGENT_TTL": str(self.cluster.agent_ttl_s),
             "FLEET_ENGINE_RECONCILE_INTERVAL": "2",
             "FLEET_CONFIG": os.devnull,
+            "FLEET_METRICS_LISTEN": f"127.0.0.1:{self.metrics_port}",
         })
         return env
 

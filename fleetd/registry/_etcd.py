@@ -18,6 +18,8 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
+from fleetd import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -186,6 +188,7 @@ class EtcdClient:
         try:
             return await method(request, timeout=self.request_timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as e:
+            metrics.ETCD_ERRORS.labels(what.split(" ", 1)[0]).inc()
             raise EtcdError(f"etcd {what} failed: {e.code().name}: {e.details()}") from None
 
     # --- KV -------------------------------------------------------------------------------
