@@ -219,13 +219,13 @@ class Agent:
 
     def _count_states(self) -> None:
         counts: dict[str, int] = {}
-        for n in self.applied:
-            st = self.statuses.get(n)
-            key = st.active_state if st else "unknown"
-            counts[key] = counts.get(key, 0) + 1
+        for name in self.applied:
+            st = self.statuses.get(name)
+            state = st.active_state if st else "unknown"
+            counts[state] = counts.get(state, 0) + 1
         metrics.UNITS_BY_STATE.clear()
-        for key, n in counts.items():
-            metrics.UNITS_BY_STATE.labels(key).set(n)
+        for state, count in counts.items():
+            metrics.UNITS_BY_STATE.labels(state).set(count)
 
     def _mark(self, name: str) -> None:
         self._dirty_states.add(name)
