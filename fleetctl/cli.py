@@ -24,13 +24,33 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 class Options:
     endpoint: str | None = None
     request_timeout: float = 10.0
+    tunnel: str = ""
+    ssh: Any = None  # fleetctl.sshcmd.SSHOptions
+    api_tunnel: Any = None  # fleetctl.sshcmd.ApiTunnel once opened
 
 
 OPTS = Options()
 
 
 def client() -> Client:
-    return Client(OPTS.endpoint, OPTS.request_timeout)
+    """The API client; through an SSH tunnel to the --tunnel host when one is given."""
+    endpoint = OPTS.endpoint
+    if OPTS.tunnel:
+        if OPTS.api_tunnel is None:
+            import atexit
+
+            from fleetctl.client import DEFAULT_ENDPOINT
+            from fleetctl.sshcmd import ApiTunnel
+
+            try:
+                tunnel = ApiTunnel(OPTS.ssh, endpoint or DEFAULT_ENDPOINT)
+            except OSError as e:
+                fail(str(e))
+                raise
+            atexit.register(tunnel.close)
+            OPTS.api_tunnel = tunnel
+        endpoint = str(OPTS.api_tunnel.endpoint)
+    return Client(endpoint, OPTS.request_timeout)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -44,9 +64,29 @@ def _root(
                                  help="fleetd API: unix:///path or host:port"),
     request_timeout: float = typer.Option(10.0, "--request-timeout",
                                           help="seconds to wait for one API call"),
+    tunnel: str = typer.Option("", "--tunnel", envvar="FLEETCTL_TUNNEL",
+                               help="reach the API (and machines) through SSH to this host[:port]"),
+    ssh_username: str = typer.Option("core", "--ssh-username", envvar="FLEETCTL_SSH_USERNAME",
+                                     help="user name for SSH connections"),
+    ssh_port: int = typer.Option(22, "--ssh-port", help="port of sshd on the machines"),
+    ssh_timeout: float = typer.Option(10.0, "--ssh-timeout",
+                                      help="seconds to wait for an SSH connection"),
+    known_hosts_file: str = typer.Option("~/.fleetctl/known_hosts", "--known-hosts-file",
+                                         envvar="FLEETCTL_KNOWN_HOSTS_FILE",
+                                         help="known-hosts file of fleetctl's SSH connections"),
+    strict_host_key_checking: bool = typer.Option(
+        True, "--strict-host-key-checking/--no-strict-host-key-checking",
+        envvar="FLEETCTL_STRICT_HOST_KEY_CHECKING",
+        help="verify host keys against the known-hosts file"),
 ) -> None:
+    from fleetctl.sshcmd import SSHOptions
+
     OPTS.endpoint = endpoint
     OPTS.request_timeout = request_timeout
+    OPTS.tunnel = tunnel
+    OPTS.ssh = SSHOptions(user=ssh_username, port=ssh_port, known_hosts_file=known_hosts_file,
+                          strict_host_key_checking=strict_host_key_checking,
+                          timeout_s=ssh_timeout, tunnel=tunnel)
 
 
 # --- unit arguments ------------------------------------------------------------------------
@@ -112,12 +152,28 @@ def ensure_units(c: Client, args: list[str], desired: str = "", replace: bool = 
                 pass  # maybe an instance of a submitted template: the API instantiates it
         try:
             c.call("CreateUnit", name=name, text=text, desired_state="", replace=replace)
+            if replace and text:
+                _replace_instances(c, name)
         except NotFoundError:
             fail(f"unit {name} not found")
         except FleetctlError as e:
             fail(str(e))
         names.append(name)
     return names
+
+
+def _replace_instances(c: Client, template: str) -> None:
+    """After replacing a template, give each submitted instance of it the new file too (the
+    agents then restart them where they run)."""
+    from fleetd.unit import UnitName
+
+    parsed = UnitName.parse(template)
+    if not parsed.is_template:
+        return
+    for u in c.call("ListUnits").units:
+        n = UnitName.parse(u.name)
+        if n.is_instance and n.template() == template:
+            c.call("CreateUnit", name=u.name, text="", desired_state="", replace=True)
 
 
 # --- blocking ------------------------------------------------------------------------------
@@ -175,13 +231,15 @@ def _reached(u: Any, states: list[Any], target: str) -> tuple[bool, str]:
 
 
 def set_state(args: list[str], target: str, no_block: bool, block_attempts: int,
-              submit_files: bool = True) -> None:
+              submit_files: bool = True, replace: bool = False) -> None:
     c = client()
     try:
         if submit_files:
-            names = ensure_units(c, args)
+            names = ensure_units(c, args, replace=replace)
         else:
             names = [n for n, _ in resolve_args(args)]
+            if target == "loaded":
+                _refuse_stop_of_inactive(c, names)
         for name in names:
             try:
                 c.call("SetUnitTargetState", name=name, desired_state=target)
@@ -193,6 +251,17 @@ def set_state(args: list[str], target: str, no_block: bool, block_attempts: int,
             raise typer.Exit(1)
     except FleetctlError as e:
         fail(str(e), e.exit_code)
+
+
+def _refuse_stop_of_inactive(c: Client, names: list[str]) -> None:
+    """fleet refuses to stop a (non-global) unit that is not loaded anywhere."""
+    units = {u.name: u for u in c.call("ListUnits").units}
+    for name in names:
+        u = units.get(name)
+        if u is None:
+            fail(f"unit {name} does not exist")
+        elif not u.__getattribute__("global") and u.desired_state == "inactive":
+            fail(f"Unable to stop unit {name} in state inactive")
 
 
 NO_BLOCK = typer.Option(False, "--no-block", help="do not wait until the units reach the state")
@@ -220,11 +289,15 @@ def load(units: list[str] = UNITS, no_block: bool = NO_BLOCK,
     set_state(units, "loaded", no_block, block_attempts)
 
 
+REPLACE = typer.Option(False, "--replace",
+                       help="replace the file of an existing unit and restart it where it runs")
+
+
 @app.command()
 def start(units: list[str] = UNITS, no_block: bool = NO_BLOCK,
-          block_attempts: int = BLOCK_ATTEMPTS) -> None:
+          block_attempts: int = BLOCK_ATTEMPTS, replace: bool = REPLACE) -> None:
     """Schedule units (submitting files first) and start them."""
-    set_state(units, "launched", no_block, block_attempts)
+    set_state(units, "launched", no_block, block_attempts, replace=replace)
 
 
 @app.command()
@@ -291,9 +364,29 @@ def _metadata(md: Any) -> str:
     return ",".join(f"{k}={md[k]}" for k in sorted(md)) or "-"
 
 
+OUTPUT = typer.Option("table", "--output", "-o", help="table, or json for scripts")
+
+
+def _emit(rows: list[Any], cols: list[str], columns: dict[str, Any], no_legend: bool,
+          output: str, json_columns: dict[str, Any] | None = None) -> None:
+    """Print rows as fleet's table or, with -o json, as a JSON list of objects with the
+    selected fields (full ids and hashes; JSON types where they exist)."""
+    if output == "json":
+        import json
+
+        jc = {**columns, **(json_columns or {})}
+        sys.stdout.write(json.dumps([{f: jc[f](r) for f in cols} for r in rows], indent=2)
+                         + "\n")
+    elif output == "table":
+        sys.stdout.write(render(rows, cols, columns, legend=not no_legend))
+    else:
+        fail(f"invalid output format {output!r}: expected table or json")
+
+
 @app.command("list-machines")
 def list_machines(full: bool = FULL, no_legend: bool = NO_LEGEND,
-                  fields: str = typer.Option("machine,ip,metadata", "--fields")) -> None:
+                  fields: str = typer.Option("machine,ip,metadata", "--fields"),
+                  output: str = OUTPUT) -> None:
     """List the live machines of the cluster."""
     cols = _fields(fields, MACHINE_FIELDS, "list-machines")
     try:
@@ -303,12 +396,15 @@ def list_machines(full: bool = FULL, no_legend: bool = NO_LEGEND,
     rows = [{"m": m} for m in machines]
     columns = {"machine": lambda r: short_id(r["m"].id, full), "ip": lambda r: r["m"].ip or "-",
                "metadata": lambda r: _metadata(r["m"].metadata)}
-    sys.stdout.write(render(rows, cols, columns, legend=not no_legend))
+    _emit(rows, cols, columns, no_legend, output, {
+        "machine": lambda r: r["m"].id, "ip": lambda r: r["m"].ip,
+        "metadata": lambda r: dict(sorted(r["m"].metadata.items()))})
 
 
 @app.command("list-units")
 def list_units(full: bool = FULL, no_legend: bool = NO_LEGEND,
-               fields: str = typer.Option("unit,machine,active,sub", "--fields")) -> None:
+               fields: str = typer.Option("unit,machine,active,sub", "--fields"),
+               output: str = OUTPUT) -> None:
     """List units scheduled in the cluster with their systemd state on their machine."""
     cols = _fields(fields, UNIT_FIELDS, "list-units")
     c = client()
@@ -322,7 +418,8 @@ def list_units(full: bool = FULL, no_legend: bool = NO_LEGEND,
     for s in states:
         u = units.get(s.name)
         rows.append({"u": u, "name": s.name, "machine": f"{short_id(s.machine_id, full)}/"
-                     f"{s.machine_ip or '-'}", "active": s.active_state or "-",
+                     f"{s.machine_ip or '-'}", "machine_id": s.machine_id,
+                     "active": s.active_state or "-",
                      "sub": s.sub_state or "-", "load": s.load_state or "-",
                      "hash": s.hash, "is_global": bool(u and u.__getattribute__("global"))})
         if s.active_state in ("active", "activating", "reloading"):
@@ -332,6 +429,7 @@ def list_units(full: bool = FULL, no_legend: bool = NO_LEGEND,
         if name not in reported and u.machine_ids:
             for mid in u.machine_ids:
                 rows.append({"u": u, "name": name, "machine": short_id(mid, full),
+                             "machine_id": mid,
                              "active": "-", "sub": "-", "load": "-", "hash": u.hash,
                              "is_global": u.__getattribute__("global")})
     rows.sort(key=lambda r: (r["name"], r["machine"]))
@@ -341,17 +439,26 @@ def list_units(full: bool = FULL, no_legend: bool = NO_LEGEND,
         "hash": lambda r: r["hash"] if full else r["hash"][:7],
         "desc": lambda r: (r["u"].description if r["u"] else "") or "-",
     }
-    sys.stdout.write(render(rows, cols, columns, legend=not no_legend))
     twice = sorted(n for n, k in seen.items() if k > 1 and not
                    (units.get(n) and units[n].__getattribute__("global")))
+    if output == "table":
+        for r in rows:  # flag the offending rows themselves, not only the summary below
+            if r["name"] in twice:
+                r["name"] = f"{r['name']} (!)"
+    _emit(rows, cols, columns, no_legend, output, {
+        "machine": lambda r: r["machine_id"], "hash": lambda r: r["hash"],
+        "unit": lambda r: r["name"].removesuffix(" (!)")})
     for name in twice:
-        typer.echo(f"WARNING: unit {name} is running on {seen[name]} machines at once", err=True)
+        typer.echo(f"WARNING: unit {name} is running on {seen[name]} machines at once; "
+                   "fleet must never let this happen: report it", err=True)
+    if twice:
+        raise typer.Exit(2)
 
 
 @app.command("list-unit-files")
 def list_unit_files(full: bool = FULL, no_legend: bool = NO_LEGEND,
-                    fields: str = typer.Option("unit,hash,dstate,state,target", "--fields")
-                    ) -> None:
+                    fields: str = typer.Option("unit,hash,dstate,state,target", "--fields"),
+                    output: str = OUTPUT) -> None:
     """List every submitted unit with its desired and current state and target machine."""
     cols = _fields(fields, UNIT_FILE_FIELDS, "list-unit-files")
     c = client()
@@ -375,7 +482,10 @@ def list_unit_files(full: bool = FULL, no_legend: bool = NO_LEGEND,
         "target": target, "global": lambda u: str(u.__getattribute__("global")).lower(),
         "desc": lambda u: u.description or "-",
     }
-    sys.stdout.write(render(list(units), cols, columns, legend=not no_legend))
+    _emit(list(units), cols, columns, no_legend, output, {
+        "hash": lambda u: u.hash, "state": lambda u: u.current_state,
+        "target": lambda u: "global" if u.__getattribute__("global") else list(u.machine_ids),
+        "global": lambda u: bool(u.__getattribute__("global")), "desc": lambda u: u.description})
 
 
 @app.command()
@@ -408,9 +518,31 @@ def version() -> None:
     typer.echo(f"fleetctl version {__version__}")
 
 
+@app.command("help")
+def help_(ctx: typer.Context,
+          command: str = typer.Argument("", help="command to describe")) -> None:
+    """Show the commands, or the help of one command."""
+    root = ctx.find_root()
+    if not command:
+        typer.echo(root.get_help())
+        return
+    group: Any = root.command
+    cmd = group.get_command(root, command)
+    if cmd is None:
+        fail(f"unknown command {command!r}; run `fleetctl help` for the list")
+        return
+    sub = type(ctx)(cmd, info_name=command, parent=root)
+    typer.echo(cmd.get_help(sub))
+
+
 def main() -> None:
     try:
         app()
     except FleetctlError as e:
         typer.echo(f"Error: {e}", err=True)
         sys.exit(e.exit_code)
+
+
+# Commands defined in their own modules register themselves on `app`.
+import fleetctl.remote  # noqa: E402
+import fleetctl.rolling  # noqa: E402, F401

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 DEFAULT_ENDPOINT = "unix:///var/run/fleet-py.sock"
@@ -18,6 +19,10 @@ class FleetctlError(Exception):
 
 class NotFoundError(FleetctlError):
     pass
+
+
+class NotRunningError(FleetctlError):
+    """The unit exists but runs nowhere (or not where asked)."""
 
 
 def grpc_target(endpoint: str) -> str:
@@ -46,7 +51,9 @@ class Client:
         self.timeout_s = timeout_s
         self.pb = fleet_pb2
         self._grpc = grpc
-        self._channel = grpc.insecure_channel(grpc_target(self.endpoint))
+        self._channel = grpc.insecure_channel(
+            grpc_target(self.endpoint),
+            options=[("grpc.max_receive_message_length", 512 * 1024 * 1024)])
         self._stub = fleet_pb2_grpc.FleetStub(self._channel)
 
     def call(self, method: str, **fields: Any) -> Any:
@@ -56,18 +63,40 @@ class Client:
             "SetUnitTargetState": "SetUnitTargetStateRequest",
             "DestroyUnit": "DestroyUnitRequest", "ListUnitStates": "ListUnitStatesRequest",
             "ExplainUnit": "ExplainUnitRequest",
+            "UnitStatus": "UnitStatusRequest", "RestartUnit": "RestartUnitRequest",
+            "SetMachineMetadata": "SetMachineMetadataRequest",
         }[method]
         request = getattr(self.pb, request_type)(**fields)
         try:
             return getattr(self._stub, method)(request, timeout=self.timeout_s)
         except self._grpc.RpcError as e:
-            code = e.code()
-            if code == self._grpc.StatusCode.NOT_FOUND:
-                raise NotFoundError(e.details()) from None
-            if code == self._grpc.StatusCode.UNAVAILABLE and "etcd" not in (e.details() or ""):
-                raise FleetctlError(f"cannot reach fleetd at {self.endpoint}: {e.details()}") \
-                    from None
-            raise FleetctlError(e.details() or str(code)) from None
+            raise self._error(e) from None
+
+    def stream(self, method: str, timeout_s: float | None = None, **fields: Any
+               ) -> Iterator[Any]:
+        """Messages of a server-streaming call (Journal, Watch); no deadline unless given."""
+        request_type = {"Journal": "JournalRequest", "Watch": "WatchRequest"}[method]
+        request = getattr(self.pb, request_type)(**fields)
+        call = getattr(self._stub, method)(request, timeout=timeout_s)
+        try:
+            yield from call
+        except self._grpc.RpcError as e:
+            raise self._error(e) from None
+        finally:
+            call.cancel()
+
+    def _error(self, e: Any) -> FleetctlError:
+        code = e.code()
+        if code == self._grpc.StatusCode.NOT_FOUND:
+            return NotFoundError(e.details())
+        if code == self._grpc.StatusCode.UNAVAILABLE and "etcd" not in (e.details() or ""):
+            return FleetctlError(f"cannot reach fleetd at {self.endpoint}: {e.details()}")
+        if code == self._grpc.StatusCode.DEADLINE_EXCEEDED:
+            return FleetctlError(f"fleetd at {self.endpoint} did not answer within "
+                                 f"{self.timeout_s:g}s")
+        if code == self._grpc.StatusCode.FAILED_PRECONDITION:
+            return NotRunningError(e.details() or str(code))
+        return FleetctlError(e.details() or str(code))
 
     def close(self) -> None:
         self._channel.close()

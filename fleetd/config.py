@@ -16,6 +16,7 @@ from typing import Any
 
 DEFAULT_CONFIG_FILE = "/etc/fleet/fleet.conf"
 DEFAULT_API_SOCKET = "/var/run/fleet-py.sock"
+DEFAULT_HTTP_SOCKET = "/var/run/fleet.sock"  # fleet's own: its HTTP API v1 for fleet clients
 
 
 class ConfigError(ValueError):
@@ -44,6 +45,12 @@ class Config:
     machine_id_file: str = "/etc/machine-id"
     api_socket: str = DEFAULT_API_SOCKET  # gRPC API unix socket
     api_tcp: str = ""  # gRPC API TCP address host:port (empty: none)
+    # host:port other fleetds use to reach this one's gRPC API (unit status and journal are
+    # forwarded there); default: api_tcp, with a wildcard host replaced by public_ip
+    api_advertise: str = ""
+    http_socket: str = DEFAULT_HTTP_SOCKET  # fleet's HTTP API v1 unix socket (empty: none)
+    http_tcp: str = ""  # fleet's HTTP API v1 on TCP host:port (empty: none)
+    token_limit: int = 100  # fleet's option: entities per page of the HTTP API v1
     metrics_listen: str = ""  # host:port serving Prometheus /metrics (empty: off)
     verbosity: int = 0
 
@@ -99,6 +106,7 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "systemd_user": _bool,
     "metadata": parse_metadata,
     "verbosity": int,
+    "token_limit": int,
 }
 OPTION_NAMES = [f.name for f in fields(Config)]
 
@@ -187,6 +195,20 @@ def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> None:
         raise bad("engine_reconcile_interval", "must be positive")
     if cfg.etcd_request_timeout <= 0:
         raise bad("etcd_request_timeout", "must be positive")
+    if not 1 <= cfg.token_limit <= 65535:
+        raise bad("token_limit", f"must be between 1 and 65535, got {cfg.token_limit}")
+
+
+def api_advertise_address(cfg: Config, public_ip: str) -> str:
+    """Where other machines reach this fleetd's gRPC API ("" when it listens on no TCP port)."""
+    if cfg.api_advertise:
+        return cfg.api_advertise.strip()
+    if not cfg.api_tcp:
+        return ""
+    host, _, port = cfg.api_tcp.strip().rpartition(":")
+    if host in ("", "0.0.0.0", "[::]", "::") and public_ip:
+        host = f"[{public_ip}]" if ":" in public_ip else public_ip
+    return f"{host}:{port}"
 
 
 def read_machine_id(cfg: Config) -> str:

@@ -27,9 +27,11 @@ class MachineIdentity:
     metadata: dict[str, str] = field(default_factory=dict)
     hostname: str = field(default_factory=socket.gethostname)
     version: str = ""
+    api_address: str = ""  # where other fleetds reach this one's gRPC API
 
     def record(self) -> MachineRecord:
-        return MachineRecord(self.id, self.ip, dict(self.metadata), self.hostname, self.version)
+        return MachineRecord(self.id, self.ip, dict(self.metadata), self.hostname, self.version,
+                             api_address=self.api_address)
 
 
 class MachineSession:

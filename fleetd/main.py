@@ -11,7 +11,13 @@ import sys
 from urllib.parse import urlparse
 
 from fleetd import __version__
-from fleetd.config import Config, ConfigError, load_config, read_machine_id
+from fleetd.config import (
+    Config,
+    ConfigError,
+    api_advertise_address,
+    load_config,
+    read_machine_id,
+)
 
 log = logging.getLogger("fleetd")
 
@@ -71,11 +77,13 @@ async def serve(cfg: Config) -> None:
     """Run fleetd until SIGTERM/SIGINT."""
     from fleetd.agent.agent import Agent
     from fleetd.api.grpc_server import start_grpc_server
+    from fleetd.api.remote import UnitOutputs
     from fleetd.api.service import FleetService
     from fleetd.engine.engine import Engine
     from fleetd.machine import MachineIdentity, MachineSession
     from fleetd.registry import EtcdClient, Registry
     from fleetd.systemd import SystemdManager
+    from fleetd.systemd.cli_tools import SystemdTools
 
     machine_id = read_machine_id(cfg)
     etcd = EtcdClient(cfg.etcd_servers, request_timeout_s=cfg.etcd_request_timeout,
@@ -83,15 +91,26 @@ async def serve(cfg: Config) -> None:
                       key_file=cfg.etcd_keyfile or None, username=cfg.etcd_username or None,
                       password=cfg.etcd_password or None)
     registry = Registry(etcd, cfg.etcd_key_prefix)
-    identity = MachineIdentity(machine_id, cfg.public_ip or detect_public_ip(cfg.etcd_servers),
-                               dict(cfg.metadata), version=__version__)
+    public_ip = cfg.public_ip or detect_public_ip(cfg.etcd_servers)
+    identity = MachineIdentity(machine_id, public_ip, dict(cfg.metadata), version=__version__,
+                               api_address=api_advertise_address(cfg, public_ip))
     session = MachineSession(registry, identity, cfg.agent_ttl_s())
     systemd = await SystemdManager.connect(user=cfg.systemd_user,
                                            bus_address=cfg.systemd_bus_address or None,
                                            unit_dir=cfg.unit_dir or None)
     agent = Agent(registry, systemd, session)
-    server = await start_grpc_server(FleetService(registry), unix_socket=cfg.api_socket,
-                                     tcp_address=cfg.api_tcp)
+    service = FleetService(registry)
+    tools = SystemdTools(user=cfg.systemd_user, env=(
+        {("DBUS_SESSION_BUS_ADDRESS" if cfg.systemd_user else "DBUS_SYSTEM_BUS_ADDRESS"):
+         cfg.systemd_bus_address} if cfg.systemd_bus_address else {}))
+    server = await start_grpc_server(service, unix_socket=cfg.api_socket,
+                                     tcp_address=cfg.api_tcp,
+                                     outputs=UnitOutputs(service, machine_id, tools))
+    from fleetd.api.http_v1 import start_http_server
+
+    http_server = await start_http_server(service, unix_socket=cfg.http_socket,
+                                          tcp_address=cfg.http_tcp,
+                                          token_limit=cfg.token_limit)
     metrics_runner = None
     if cfg.metrics_listen:
         from fleetd.metrics import start_metrics_server
@@ -120,6 +139,7 @@ async def serve(cfg: Config) -> None:
         j.cancel()
     await asyncio.gather(*jobs, return_exceptions=True)
     await server.stop(grace=1)
+    await http_server.stop()
     if metrics_runner is not None:
         await metrics_runner.cleanup()
     await systemd.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from fleetd.api.pb import fleet_pb2 as pb
 from fleetd.api.pb import fleet_pb2_grpc as pb_grpc
+from fleetd.api.remote import NotRunning, UnitOutputs
 from fleetd.api.service import (
     AlreadyExists,
     ApiError,
@@ -22,14 +23,18 @@ from fleetd.api.service import (
     Unavailable,
     UnitInfo,
 )
+from fleetd.registry import EtcdError, MachineRecord, UnitStateRecord, WatchCompacted
 
 log = logging.getLogger("fleetd.api")
+
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # list calls on 10,000+ unit clusters exceed 4 MiB
 
 _CODES = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    NotRunning: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 T = TypeVar("T")
@@ -50,15 +55,26 @@ def unit_pb(u: UnitInfo) -> pb.Unit:
                    **{"global": u.is_global})
 
 
+def machine_pb(m: MachineRecord, leader: str | None = None) -> pb.Machine:
+    return pb.Machine(id=m.id, ip=m.ip, metadata=m.metadata, hostname=m.hostname,
+                      version=m.version, engine_leader=(m.id == leader),
+                      api_address=getattr(m, "api_address", ""))
+
+
+def state_pb(s: UnitStateRecord, ip: str) -> pb.UnitState:
+    return pb.UnitState(name=s.unit, machine_id=s.machine_id, machine_ip=ip, hash=s.hash,
+                        state=s.state, load_state=s.load_state, active_state=s.active_state,
+                        sub_state=s.sub_state, main_pid=s.main_pid)
+
+
 class FleetServicer(pb_grpc.FleetServicer):
-    def __init__(self, service: FleetService) -> None:
+    def __init__(self, service: FleetService, outputs: UnitOutputs | None = None) -> None:
         self.service = service
+        self.outputs = outputs
 
     async def ListMachines(self, request: Any, context: Any) -> pb.ListMachinesResponse:
         machines, leader = await _call(context, self.service.list_machines)
-        return pb.ListMachinesResponse(machines=[
-            pb.Machine(id=m.id, ip=m.ip, metadata=m.metadata, hostname=m.hostname,
-                       version=m.version, engine_leader=(m.id == leader)) for m in machines])
+        return pb.ListMachinesResponse(machines=[machine_pb(m, leader) for m in machines])
 
     async def ListUnits(self, request: Any, context: Any) -> pb.ListUnitsResponse:
         units = await _call(context, lambda: self.service.list_units(request.with_text))
@@ -83,11 +99,104 @@ class FleetServicer(pb_grpc.FleetServicer):
     async def ListUnitStates(self, request: Any, context: Any) -> pb.ListUnitStatesResponse:
         states, ips = await _call(context, lambda: self.service.list_states(
             list(request.names), request.machine_id))
-        return pb.ListUnitStatesResponse(states=[
-            pb.UnitState(name=s.unit, machine_id=s.machine_id, machine_ip=ips.get(s.machine_id, ""),
-                         hash=s.hash, state=s.state, load_state=s.load_state,
-                         active_state=s.active_state, sub_state=s.sub_state, main_pid=s.main_pid)
-            for s in states])
+        return pb.ListUnitStatesResponse(states=[state_pb(s, ips.get(s.machine_id, ""))
+                                                 for s in states])
+
+    async def SetMachineMetadata(self, request: Any, context: Any) -> pb.Machine:
+        mid = request.machine_id
+        items: list[tuple[str, str | None]] = [(k, v) for k, v in sorted(request.set.items())]
+        items += [(k, None) for k in request.delete]
+        await _call(context, lambda: self.service.set_machine_metadata({mid: items}))
+        machines, leader = await _call(context, self.service.list_machines)
+        for m in machines:
+            if m.id == mid:
+                return machine_pb(m, leader)
+        return pb.Machine(id=mid)
+
+    def _outputs(self) -> UnitOutputs:
+        if self.outputs is None:
+            raise Unavailable("this fleetd serves no unit status or journal")
+        return self.outputs
+
+    async def UnitStatus(self, request: Any, context: Any) -> pb.UnitStatusResponse:
+        mid, out, rc = await _call(context, lambda: self._outputs().status(
+            request.name, request.machine_id, request.lines))
+        return pb.UnitStatusResponse(machine_id=mid, output=out, exit_code=rc)
+
+    async def RestartUnit(self, request: Any, context: Any) -> pb.UnitStatusResponse:
+        mid, out, rc = await _call(context, lambda: self._outputs().restart(
+            request.name, request.machine_id))
+        return pb.UnitStatusResponse(machine_id=mid, output=out, exit_code=rc)
+
+    async def Journal(self, request: Any, context: Any) -> AsyncIterator[pb.JournalChunk]:
+        try:
+            async for mid, data in self._outputs().journal(
+                    request.name, request.machine_id, request.lines, request.output,
+                    request.follow):
+                yield pb.JournalChunk(machine_id=mid, data=data)
+        except ApiError as e:
+            await context.abort(_CODES.get(type(e), grpc.StatusCode.INTERNAL), str(e))
+
+    async def Watch(self, request: Any, context: Any) -> AsyncIterator[pb.WatchEvent]:
+        from fleetd.api import watch as w
+
+        every = not (request.machines or request.units or request.states)
+        want = {"machine": every or request.machines, "unit": every or request.units,
+                "state": every or request.states}
+        registry = self.service.registry
+        try:
+            if request.start_revision:
+                st = await registry.cluster_state(request.start_revision)
+                start = request.start_revision + 1
+            else:
+                st = await registry.cluster_state()
+                start = st.revision + 1
+                leader = await registry.leader()
+                ips = {m.id: m.ip for m in st.machines.values()}
+                snap = pb.Snapshot(
+                    machines=[machine_pb(st.machines[k], leader) for k in sorted(st.machines)]
+                    if want["machine"] else [],
+                    units=[unit_pb(self.service._info(st, n, False)) for n in sorted(st.units)]
+                    if want["unit"] else [],
+                    states=[state_pb(st.states[u][m], ips.get(m, "")) for u in sorted(st.states)
+                            for m in sorted(st.states[u])] if want["state"] else [])
+                yield pb.WatchEvent(kind=pb.WatchEvent.SNAPSHOT, revision=st.revision,
+                                    snapshot=snap)
+            view = w.WatchView(st)
+            async for changes in registry.watch_changes(start):
+                for ev in view.apply(changes):
+                    if not want[ev.kind.split("_")[0]]:
+                        continue
+                    yield self._event_pb(view, ev)
+        except WatchCompacted as e:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(e))
+        except EtcdError as e:
+            if "compact" in str(e):
+                await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(e))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+
+    def _event_pb(self, view: Any, ev: Any) -> pb.WatchEvent:
+        from fleetd.api import watch as w
+
+        st = view.state
+        out = pb.WatchEvent(revision=ev.revision, name=ev.name, machine_id=ev.machine_id)
+        if ev.kind == w.MACHINE_PUT:
+            out.kind = pb.WatchEvent.MACHINE_PUT
+            out.machine.CopyFrom(machine_pb(st.machines[ev.machine_id]))
+        elif ev.kind == w.MACHINE_DELETED:
+            out.kind = pb.WatchEvent.MACHINE_DELETED
+        elif ev.kind == w.UNIT_PUT:
+            out.kind = pb.WatchEvent.UNIT_PUT
+            out.unit.CopyFrom(unit_pb(self.service._info(st, ev.name, False)))
+        elif ev.kind == w.UNIT_DELETED:
+            out.kind = pb.WatchEvent.UNIT_DELETED
+        elif ev.kind == w.STATE_PUT:
+            out.kind = pb.WatchEvent.STATE_PUT
+            m = st.machines.get(ev.machine_id)
+            out.state.CopyFrom(state_pb(st.states[ev.name][ev.machine_id], m.ip if m else ""))
+        else:
+            out.kind = pb.WatchEvent.STATE_DELETED
+        return out
 
     async def ExplainUnit(self, request: Any, context: Any) -> pb.Explanation:
         ex = await _call(context, lambda: self.service.explain_unit(request.name))
@@ -98,10 +207,13 @@ class FleetServicer(pb_grpc.FleetServicer):
 
 
 async def start_grpc_server(service: FleetService, *, unix_socket: str = "",
-                            tcp_address: str = "") -> grpc.aio.Server:
-    """Serve the API on a unix socket (mode 0660) and/or a TCP address; returns the server."""
-    server = grpc.aio.server()
-    pb_grpc.add_FleetServicer_to_server(FleetServicer(service), server)
+                            tcp_address: str = "",
+                            outputs: UnitOutputs | None = None) -> grpc.aio.Server:
+    """Serve the API on a unix socket (mode 0660) and/or a TCP address; returns the server.
+    `outputs` answers UnitStatus/Journal (this machine's systemd tools and forwarding)."""
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                                      ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+    pb_grpc.add_FleetServicer_to_server(FleetServicer(service, outputs), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (pb.DESCRIPTOR.services_by_name["Fleet"].full_name, health.SERVICE_NAME,

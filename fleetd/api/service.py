@@ -15,6 +15,7 @@ from fleetd.registry import (
     EtcdError,
     MachineRecord,
     Registry,
+    RegistryError,
     UnitConflict,
     UnitNotFound,
     UnitRecord,
@@ -110,8 +111,11 @@ class FleetService:
 
     async def get_unit(self, name: str) -> UnitInfo:
         _check_name(name)
-        st = await self._state()
-        if name not in st.units:
+        try:
+            st = await self.registry.unit_state(name)
+        except EtcdError as e:
+            raise Unavailable(str(e)) from None
+        if st is None:
             raise NotFound(f"unit {name} does not exist")
         return self._info(st, name, True)
 
@@ -186,6 +190,10 @@ class FleetService:
             raise NotFound(str(e)) from None
         except EtcdError as e:
             raise Unavailable(str(e)) from None
+        if created and not replace:
+            # Brand new: nothing is scheduled or reported yet, so no read-back is needed.
+            return UnitInfo(name, unit.text, unit.hash, desired_state, "inactive", (), "",
+                            unit.file.description(), unit.xfleet.global_), True
         return await self.get_unit(name), created
 
     async def _get_record(self, name: str) -> UnitRecord | None:
@@ -239,3 +247,27 @@ class FleetService:
         return ExplanationInfo(name, st.units[name].desired, tuple(ex.scheduled_on),
                                tuple(ex.feasible), tuple(ex.rejected),
                                st.unschedulable.get(name, ""))
+
+    # --- machine metadata (HTTP v1 PATCH /machines) --------------------------------------
+    async def set_machine_metadata(
+            self, changes: dict[str, list[tuple[str, str | None]]]) -> None:
+        """Set (value) or remove (None) API metadata keys, per machine id, atomically.
+
+        Machines need not be registered: the values persist and apply when they join."""
+        if len(changes) > 64:  # one etcd transaction: a compare and a put per machine
+            raise InvalidArgument(f"metadata of {len(changes)} machines in one request: "
+                                  "at most 64")
+        for mid, items in changes.items():
+            if not mid or "/" in mid:
+                raise InvalidArgument(f"invalid machine id {mid!r}")
+            for key, value in items:
+                if not key or "/" in key:
+                    raise InvalidArgument(f"invalid metadata key {key!r}")
+                if value is not None and not value:
+                    raise InvalidArgument(f"metadata {key}: empty value")
+        try:
+            await self.registry.update_machine_metadata(changes)
+        except RegistryError as e:
+            raise Unavailable(str(e)) from None
+        except EtcdError as e:
+            raise Unavailable(str(e)) from None

@@ -42,6 +42,7 @@ from fleetd.registry import (
     decode,
 )
 from fleetd.registry._etcd import Op
+from fleetd.registry.schema import decode_metadata, merge_metadata
 from fleetd.unit import Unit, UnitError, UnitName, XFleet
 
 log = logging.getLogger("fleetd.engine")
@@ -57,6 +58,7 @@ class EngineCache:
     machines: dict[str, MachineRecord] = field(default_factory=dict)
     schedule: dict[str, dict[str, ScheduleEntry]] = field(default_factory=dict)
     unschedulable: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, dict[str, str | None]] = field(default_factory=dict)  # set via the API
 
 
 class XFleetCache:
@@ -198,6 +200,12 @@ class Engine:
                 c.machines.pop(mid, None)
             else:
                 c.machines[mid] = decode(MachineRecord, value)
+        elif key.startswith(k.metadata):
+            mid = key[len(k.metadata):]
+            if value is None:
+                c.metadata.pop(mid, None)
+            else:
+                c.metadata[mid] = decode_metadata(value)
         elif key.startswith(k.schedule):
             mid, name = k.split_assignment(key)
             if value is None:
@@ -253,7 +261,8 @@ class Engine:
                 continue
             state = c.desired.get(name, "inactive")
             jobs[name] = JobView(name, state, opts)  # type: ignore[arg-type]
-        machines = {m.id: MachineView(m.id, dict(m.metadata)) for m in c.machines.values()}
+        machines = {m.id: MachineView(m.id, merge_metadata(m.metadata, c.metadata.get(m.id)))
+                    for m in c.machines.values()}
         schedule = {u: frozenset(per) for u, per in c.schedule.items()}
         return ClusterSnapshot(machines, jobs, schedule), broken
 

@@ -33,6 +33,7 @@ class EtcdServer:
         self.binary = shutil.which(binary) or binary
         self.client_port = free_port()
         self.peer_port = free_port()
+        self.metrics_port = free_port()  # etcd's own /metrics (request counters for benchmarks)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -52,7 +53,7 @@ class EtcdServer:
              "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
              "--initial-cluster", f"local={peer}", "--initial-cluster-state", "new",
-             "--listen-metrics-urls", f"http://127.0.0.1:{free_port()}"],
+             "--listen-metrics-urls", f"http://127.0.0.1:{self.metrics_port}"],
             stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -97,9 +98,13 @@ class LocalMachine:
         self.root.mkdir(parents=True, exist_ok=True)
         self.manager = UserManager(self.root)
         self.api_socket = str(self.root / "fleet.sock")
+        self.http_socket = str(self.root / "http.sock")  # fleet's HTTP API v1
         self.fleetd: subprocess.Popen[bytes] | None = None
         self.proxy: subprocess.Popen[str] | None = None
         self.proxy_port = 0
+        # gRPC on TCP at the machine's own loopback IP: fleetds forward unit status and journal
+        # requests there (a real cluster would use its public IP).
+        self.api_tcp = f"{self.ip}:{free_port()}"
         self.metrics_port = free_port()
 
     def start_proxy(self) -> None:
@@ -145,6 +150,8 @@ class LocalMachine:
             "FLEET_METADATA": ",".join(f"{k}={v}" for k, v in self.metadata.items()),
             "FLEET_SYSTEMD_USER": "true",
             "FLEET_API_SOCKET": self.api_socket,
+            "FLEET_HTTP_SOCKET": self.http_socket,
+            "FLEET_API_TCP": self.api_tcp,
             "FLEET_AGENT_TTL": str(self.cluster.agent_ttl_s),
             "FLEET_ENGINE_RECONCILE_INTERVAL": "2",
             "FLEET_CONFIG": os.devnull,
@@ -161,7 +168,10 @@ class LocalMachine:
 
     def start_fleetd(self) -> None:
         log = open(self.root / "fleetd.log", "ab")
-        self.fleetd = subprocess.Popen([sys.executable, "-m", "fleetd.main"],
+        # fleetd lives in the manager's mount namespace, like a host's fleetd sees the host's
+        # /run: `journalctl` and `systemctl status` then read this machine's journal.
+        self.fleetd = subprocess.Popen(self.manager.in_namespace(
+                                           [sys.executable, "-m", "fleetd.main"]),
                                        env=self.fleetd_env(), stdout=log, stderr=log,
                                        start_new_session=True)
         deadline = time.monotonic() + 20

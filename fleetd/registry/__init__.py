@@ -2,6 +2,7 @@
 
 from fleetd.registry._etcd import EtcdClient, EtcdError, WatchCompacted, WatchEvent, backoff_sleep
 from fleetd.registry.registry import (
+    Change,
     ClusterState,
     NotLeader,
     Registry,
@@ -24,6 +25,7 @@ from fleetd.registry.schema import (
 __all__ = [
     "DEFAULT_PREFIX",
     "TARGET_STATES",
+    "Change",
     "ClusterState",
     "EtcdClient",
     "EtcdError",

@@ -118,6 +118,7 @@ class Delete:
 
 Op = Put | Delete
 
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 # etcd 3.4's default --max-txn-ops
 MAX_TXN_OPS = 128
 
@@ -163,7 +164,10 @@ class EtcdClient:
                    ("grpc.keepalive_time_ms", 10_000),
                    ("grpc.keepalive_timeout_ms", 5_000),
                    ("grpc.initial_reconnect_backoff_ms", 200),
-                   ("grpc.max_reconnect_backoff_ms", 2_000)]
+                   ("grpc.max_reconnect_backoff_ms", 2_000),
+                   # Whole-cluster reads of 10,000+ units exceed gRPC's 4 MiB default.
+                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
         if secure:
             ca, cert, key = (open(p, "rb").read() if p else None for p in self._tls)
             creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
@@ -202,6 +206,20 @@ class EtcdClient:
                                revision=revision)
         resp = await self._unary("range " + prefix, self._kv.Range, req)
         return [_kv(k) for k in resp.kvs], resp.header.revision
+
+    async def get_many(self, ranges: Sequence[tuple[str, bool, bool]]
+                       ) -> tuple[list[list[KV]], int]:
+        """Several reads in one round trip (one read-only transaction): for each
+        (key, is_prefix, keys_only) the matching keys, all at one revision."""
+        ops = []
+        for key, is_prefix, keys_only in ranges:
+            req = rpc.RangeRequest(key=key.encode(), keys_only=keys_only)
+            if is_prefix:
+                req.range_end = prefix_end(key)
+            ops.append(rpc.RequestOp(request_range=req))
+        resp = await self._unary("multi-get", self._kv.Txn, rpc.TxnRequest(success=ops))
+        return ([[_kv(k) for k in r.response_range.kvs] for r in resp.responses],
+                int(resp.header.revision))
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         resp = await self._unary("put " + key, self._kv.Put,

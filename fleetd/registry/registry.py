@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from fleetd.registry._etcd import (
     MAX_TXN_OPS,
@@ -26,10 +27,13 @@ from fleetd.registry.schema import (
     UnitRecord,
     UnitStateRecord,
     decode,
+    decode_metadata,
     encode,
+    merge_metadata,
 )
 
 __all__ = [
+    "Change",
     "ClusterState",
     "EtcdError",
     "NotLeader",
@@ -66,6 +70,21 @@ class UnitView:
     desired: str
 
 
+@dataclass(frozen=True)
+class Change:
+    """One decoded change under the prefix (see `Registry.watch_changes`).
+
+    kind: unit, desired, unschedulable, schedule, state, machine or metadata; `record` is the
+    new decoded value (UnitRecord, desired state str, reason str, ScheduleEntry,
+    UnitStateRecord, MachineRecord, metadata dict), None when the key was deleted."""
+
+    kind: str
+    revision: int
+    name: str  # unit name ("" for machine and metadata changes)
+    machine_id: str  # "" for unit-wide changes
+    record: Any
+
+
 @dataclass
 class ClusterState:
     """Everything the API needs to answer list/status calls, read at one revision."""
@@ -76,6 +95,8 @@ class ClusterState:
     schedule: dict[str, dict[str, ScheduleEntry]]  # unit -> machine -> entry
     states: dict[str, dict[str, UnitStateRecord]]  # unit -> machine -> state
     unschedulable: dict[str, str]
+    # API-set metadata by machine id (null = removed); `machines` already has it merged in.
+    metadata: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
 
 class Registry:
@@ -148,9 +169,10 @@ class Registry:
             raise UnitNotFound(f"unit {name} does not exist")
 
     # --- whole-cluster reads --------------------------------------------------------------
-    async def cluster_state(self) -> ClusterState:
-        """Read every unit, machine, assignment and state under the prefix at one revision."""
-        kvs, rev = await self.etcd.get_prefix(self.keys.root)
+    async def cluster_state(self, revision: int = 0) -> ClusterState:
+        """Read every unit, machine, assignment and state under the prefix at one revision
+        (the current one, or `revision` when non-zero)."""
+        kvs, rev = await self.etcd.get_prefix(self.keys.root, revision)
         st = ClusterState(rev, {}, {}, {}, {}, {})
         records: dict[str, UnitRecord] = {}
         desired: dict[str, str] = {}
@@ -172,8 +194,40 @@ class Registry:
                 st.states.setdefault(s.unit, {})[s.machine_id] = s
             elif key.startswith(k.unschedulable):
                 st.unschedulable[key[len(k.unschedulable):]] = _reason(kv.value)
+            elif key.startswith(k.metadata):
+                st.metadata[key[len(k.metadata):]] = decode_metadata(kv.value)
+        for mid, m in st.machines.items():
+            if mid in st.metadata:
+                st.machines[mid] = replace(m, metadata=merge_metadata(m.metadata,
+                                                                      st.metadata[mid]))
         for name, rec in records.items():
             st.units[name] = UnitView(rec, desired.get(name, "inactive"))
+        return st
+
+    async def unit_state(self, name: str) -> ClusterState | None:
+        """Everything about one unit (record, desired state, assignments, reported states,
+        unschedulable reason) in one round trip; None if the unit does not exist. Machines
+        are not filled in."""
+        k = self.keys
+        (unit, desired, states, reason, sched), rev = await self.etcd.get_many([
+            (k.unit(name), False, False), (k.desired_state(name), False, False),
+            (k.states + name + "/", True, False), (k.unschedulable_reason(name), False, False),
+            (k.schedule, True, True)])
+        if not unit:
+            return None
+        rec = decode(UnitRecord, unit[0].value)
+        st = ClusterState(rev, {name: UnitView(rec, _json_str(desired[0].value) if desired
+                                               else "inactive")}, {}, {}, {}, {})
+        for kv in sched:
+            machine_id, assigned = k.split_assignment(kv.key)
+            if assigned == name:  # keys only: the entry's details are not needed here
+                st.schedule.setdefault(name, {})[machine_id] = ScheduleEntry(
+                    name, machine_id, "", rec.hash)
+        for kv in states:
+            s = decode(UnitStateRecord, kv.value)
+            st.states.setdefault(name, {})[s.machine_id] = s
+        if reason:
+            st.unschedulable[name] = _reason(reason[0].value)
         return st
 
     async def read_prefix(self, prefix: str, revision: int = 0) -> tuple[list, int]:
@@ -182,6 +236,80 @@ class Registry:
 
     def watch(self, prefix: str, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
         return self.etcd.watch_prefix(prefix, start_revision)
+
+    async def watch_changes(self, start_revision: int) -> AsyncIterator[list[Change]]:
+        """Decoded changes of everything under the prefix from `start_revision` on, one list per
+        etcd revision group. Raises WatchCompacted if that revision is gone (resync from
+        `cluster_state()`, whose `revision` + 1 is where to start)."""
+        async for batch in self.etcd.watch_prefix(self.keys.root, start_revision):
+            changes = [c for c in (self.decode_change(ev) for ev in batch) if c is not None]
+            if changes:
+                yield changes
+
+    def decode_change(self, ev: WatchEvent) -> Change | None:
+        """The typed change of one watch event; None for keys no reader cares about."""
+        k, key, deleted = self.keys, ev.kv.key, ev.kind == "delete"
+        value = None if deleted else ev.kv.value
+        if key.startswith(k.units):
+            rec = decode(UnitRecord, value) if value else None
+            return Change("unit", ev.revision, key[len(k.units):], "", rec)
+        if key.startswith(k.desired):
+            return Change("desired", ev.revision, key[len(k.desired):], "",
+                          _json_str(value) if value else None)
+        if key.startswith(k.unschedulable):
+            return Change("unschedulable", ev.revision, key[len(k.unschedulable):], "",
+                          _reason(value) if value else None)
+        if key.startswith(k.schedule):
+            mid, name = k.split_assignment(key)
+            return Change("schedule", ev.revision, name, mid,
+                          decode(ScheduleEntry, value) if value else None)
+        if key.startswith(k.states):
+            name, _, mid = key[len(k.states):].rpartition("/")
+            return Change("state", ev.revision, name, mid,
+                          decode(UnitStateRecord, value) if value else None)
+        if key.startswith(k.machines) and "/" not in key[len(k.machines):]:
+            return Change("machine", ev.revision, "", key[len(k.machines):],
+                          decode(MachineRecord, value) if value else None)
+        metadata_prefix = k.root + "metadata/"
+        if key.startswith(metadata_prefix):
+            return Change("metadata", ev.revision, "", key[len(metadata_prefix):],
+                          json.loads(value) if value else None)
+        return None
+
+    # --- machine metadata set through the API ------------------------------------------
+    async def machine_metadata(self, machine_id: str) -> dict[str, str | None]:
+        """The persisted (API-set) metadata of one machine; null values are removals."""
+        kv = await self.etcd.get(self.keys.machine_metadata(machine_id))
+        return decode_metadata(kv.value) if kv else {}
+
+    async def update_machine_metadata(
+            self, changes: Mapping[str, Sequence[tuple[str, str | None]]],
+            attempts: int = 20) -> None:
+        """Apply (key, value) changes per machine id, in order, in one transaction.
+
+        A None value records a removal (it hides the key of the machine's configured metadata).
+        Each machine's document is compared by mod revision, so concurrent patches never lose
+        each other's changes; the whole batch retries on a conflict."""
+        for _ in range(attempts):
+            guards: list[Cmp] = []
+            ops: list[Op] = []
+            for mid, items in changes.items():
+                key = self.keys.machine_metadata(mid)
+                kv = await self.etcd.get(key)
+                doc = decode_metadata(kv.value) if kv else {}
+                guards.append(Cmp(key, "mod", "==", kv.mod_revision if kv else 0))
+                for k, v in items:
+                    doc[k] = v
+                ops.append(Put(key, encode(doc)))
+            if not ops:
+                return
+            if len(guards) + len(ops) > MAX_TXN_OPS:
+                raise RegistryError(f"too many machines in one metadata change "
+                                    f"({len(ops)}, at most {MAX_TXN_OPS // 2})")
+            ok, _ = await self.etcd.txn(guards, ops)
+            if ok:
+                return
+        raise RegistryError("machine metadata kept changing concurrently; try again")
 
     # --- machines and leases (agent) ------------------------------------------------------
     async def grant_lease(self, ttl_s: int) -> int:

@@ -12,11 +12,18 @@ fleet's own). `<p>` below is that prefix without its trailing slash.
 | `<p>/machines/<machine-id>`          | `MachineRecord`       | on the machine's lease           |
 | `<p>/state/<name>/<machine-id>`      | `UnitStateRecord`     | on the reporting machine's lease |
 | `<p>/engine/leader`                  | machine id            | on the leader's machine lease    |
+| `<p>/metadata/<machine-id>`          | `{key: str or null}`  | persistent (set through the API) |
 
 Why this shape: unit bodies are stored once; desired state is separate so `fleetctl stop` is a
 one-key write; assignments are keyed by machine so an agent watches only its own prefix and one
 scheduling decision wakes one agent; presence, published states and leadership hang off leases
 so they vanish on their own when a machine dies.
+
+Metadata set through the API (HTTP v1 `PATCH /fleet/v1/machines`) lives in
+`<p>/metadata/<machine-id>`, not on any lease: it survives the machine's fleetd restarting and
+the machine leaving and rejoining. Its values are laid over the metadata the machine publishes
+from its configuration (`merge_metadata`); a `null` value is a tombstone that hides a configured
+key. Everything that schedules or shows metadata uses the merged view.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ class MachineRecord:
     metadata: dict[str, str] = field(default_factory=dict)
     hostname: str = ""
     version: str = ""
+    api_address: str = ""  # host:port where other fleetds reach this machine's gRPC API
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,31 @@ def decode(cls: type, raw: bytes) -> Any:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def merge_metadata(configured: dict[str, str],
+                   persisted: dict[str, str | None] | None) -> dict[str, str]:
+    """A machine's effective metadata: API-set values over configured ones; null removes."""
+    if not persisted:
+        return dict(configured)
+    out = dict(configured)
+    for key, value in persisted.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+def decode_metadata(raw: bytes) -> dict[str, str | None]:
+    """The persisted metadata document of one machine (tolerant of garbage: {} then)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): (None if v is None else str(v)) for k, v in data.items()}
+
+
 class Keys:
     """Builds and parses every key of the schema for one prefix."""
 
@@ -102,6 +135,7 @@ class Keys:
         self.machines = self.root + "machines/"
         self.states = self.root + "state/"
         self.leader = self.root + "engine/leader"
+        self.metadata = self.root + "metadata/"
 
     def unit(self, name: str) -> str:
         return self.units + name
@@ -123,6 +157,9 @@ class Keys:
 
     def state(self, name: str, machine_id: str) -> str:
         return f"{self.states}{name}/{machine_id}"
+
+    def machine_metadata(self, machine_id: str) -> str:
+        return self.metadata + machine_id
 
     @staticmethod
     def tail(key: str, prefix: str) -> str:

@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -7,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Machine(_message.Message):
-    __slots__ = ("id", "ip", "metadata", "hostname", "version", "engine_leader")
+    __slots__ = ("id", "ip", "metadata", "hostname", "version", "engine_leader", "api_address")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -21,13 +22,15 @@ class Machine(_message.Message):
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ENGINE_LEADER_FIELD_NUMBER: _ClassVar[int]
+    API_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     id: str
     ip: str
     metadata: _containers.ScalarMap[str, str]
     hostname: str
     version: str
     engine_leader: bool
-    def __init__(self, id: _Optional[str] = ..., ip: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., engine_leader: _Optional[bool] = ...) -> None: ...
+    api_address: str
+    def __init__(self, id: _Optional[str] = ..., ip: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., engine_leader: _Optional[bool] = ..., api_address: _Optional[str] = ...) -> None: ...
 
 class ListMachinesRequest(_message.Message):
     __slots__ = ()
@@ -183,3 +186,130 @@ class Explanation(_message.Message):
     rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
     unschedulable_reason: str
     def __init__(self, name: _Optional[str] = ..., desired_state: _Optional[str] = ..., scheduled_on: _Optional[_Iterable[str]] = ..., feasible: _Optional[_Iterable[str]] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., unschedulable_reason: _Optional[str] = ...) -> None: ...
+
+class SetMachineMetadataRequest(_message.Message):
+    __slots__ = ("machine_id", "set", "delete")
+    class SetEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    machine_id: str
+    set: _containers.ScalarMap[str, str]
+    delete: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, machine_id: _Optional[str] = ..., set: _Optional[_Mapping[str, str]] = ..., delete: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UnitStatusRequest(_message.Message):
+    __slots__ = ("name", "machine_id", "lines")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    machine_id: str
+    lines: int
+    def __init__(self, name: _Optional[str] = ..., machine_id: _Optional[str] = ..., lines: _Optional[int] = ...) -> None: ...
+
+class UnitStatusResponse(_message.Message):
+    __slots__ = ("machine_id", "output", "exit_code")
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    machine_id: str
+    output: str
+    exit_code: int
+    def __init__(self, machine_id: _Optional[str] = ..., output: _Optional[str] = ..., exit_code: _Optional[int] = ...) -> None: ...
+
+class RestartUnitRequest(_message.Message):
+    __slots__ = ("name", "machine_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    machine_id: str
+    def __init__(self, name: _Optional[str] = ..., machine_id: _Optional[str] = ...) -> None: ...
+
+class JournalRequest(_message.Message):
+    __slots__ = ("name", "machine_id", "lines", "output", "follow")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    machine_id: str
+    lines: int
+    output: str
+    follow: bool
+    def __init__(self, name: _Optional[str] = ..., machine_id: _Optional[str] = ..., lines: _Optional[int] = ..., output: _Optional[str] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class JournalChunk(_message.Message):
+    __slots__ = ("machine_id", "data")
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    machine_id: str
+    data: bytes
+    def __init__(self, machine_id: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("start_revision", "machines", "units", "states")
+    START_REVISION_FIELD_NUMBER: _ClassVar[int]
+    MACHINES_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    start_revision: int
+    machines: bool
+    units: bool
+    states: bool
+    def __init__(self, start_revision: _Optional[int] = ..., machines: _Optional[bool] = ..., units: _Optional[bool] = ..., states: _Optional[bool] = ...) -> None: ...
+
+class Snapshot(_message.Message):
+    __slots__ = ("machines", "units", "states")
+    MACHINES_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    machines: _containers.RepeatedCompositeFieldContainer[Machine]
+    units: _containers.RepeatedCompositeFieldContainer[Unit]
+    states: _containers.RepeatedCompositeFieldContainer[UnitState]
+    def __init__(self, machines: _Optional[_Iterable[_Union[Machine, _Mapping]]] = ..., units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ..., states: _Optional[_Iterable[_Union[UnitState, _Mapping]]] = ...) -> None: ...
+
+class WatchEvent(_message.Message):
+    __slots__ = ("kind", "revision", "snapshot", "machine", "unit", "state", "name", "machine_id")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[WatchEvent.Kind]
+        SNAPSHOT: _ClassVar[WatchEvent.Kind]
+        MACHINE_PUT: _ClassVar[WatchEvent.Kind]
+        MACHINE_DELETED: _ClassVar[WatchEvent.Kind]
+        UNIT_PUT: _ClassVar[WatchEvent.Kind]
+        UNIT_DELETED: _ClassVar[WatchEvent.Kind]
+        STATE_PUT: _ClassVar[WatchEvent.Kind]
+        STATE_DELETED: _ClassVar[WatchEvent.Kind]
+    KIND_UNSPECIFIED: WatchEvent.Kind
+    SNAPSHOT: WatchEvent.Kind
+    MACHINE_PUT: WatchEvent.Kind
+    MACHINE_DELETED: WatchEvent.Kind
+    UNIT_PUT: WatchEvent.Kind
+    UNIT_DELETED: WatchEvent.Kind
+    STATE_PUT: WatchEvent.Kind
+    STATE_DELETED: WatchEvent.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    kind: WatchEvent.Kind
+    revision: int
+    snapshot: Snapshot
+    machine: Machine
+    unit: Unit
+    state: UnitState
+    name: str
+    machine_id: str
+    def __init__(self, kind: _Optional[_Union[WatchEvent.Kind, str]] = ..., revision: _Optional[int] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., machine: _Optional[_Union[Machine, _Mapping]] = ..., unit: _Optional[_Union[Unit, _Mapping]] = ..., state: _Optional[_Union[UnitState, _Mapping]] = ..., name: _Optional[str] = ..., machine_id: _Optional[str] = ...) -> None: ...

@@ -75,6 +75,31 @@ class FleetStub:
                 request_serializer=fleetpy_dot_v1_dot_fleet__pb2.ExplainUnitRequest.SerializeToString,
                 response_deserializer=fleetpy_dot_v1_dot_fleet__pb2.Explanation.FromString,
                 _registered_method=True)
+        self.SetMachineMetadata = channel.unary_unary(
+                '/fleetpy.v1.Fleet/SetMachineMetadata',
+                request_serializer=fleetpy_dot_v1_dot_fleet__pb2.SetMachineMetadataRequest.SerializeToString,
+                response_deserializer=fleetpy_dot_v1_dot_fleet__pb2.Machine.FromString,
+                _registered_method=True)
+        self.UnitStatus = channel.unary_unary(
+                '/fleetpy.v1.Fleet/UnitStatus',
+                request_serializer=fleetpy_dot_v1_dot_fleet__pb2.UnitStatusRequest.SerializeToString,
+                response_deserializer=fleetpy_dot_v1_dot_fleet__pb2.UnitStatusResponse.FromString,
+                _registered_method=True)
+        self.Journal = channel.unary_stream(
+                '/fleetpy.v1.Fleet/Journal',
+                request_serializer=fleetpy_dot_v1_dot_fleet__pb2.JournalRequest.SerializeToString,
+                response_deserializer=fleetpy_dot_v1_dot_fleet__pb2.JournalChunk.FromString,
+                _registered_method=True)
+        self.RestartUnit = channel.unary_unary(
+                '/fleetpy.v1.Fleet/RestartUnit',
+                request_serializer=fleetpy_dot_v1_dot_fleet__pb2.RestartUnitRequest.SerializeToString,
+                response_deserializer=fleetpy_dot_v1_dot_fleet__pb2.UnitStatusResponse.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/fleetpy.v1.Fleet/Watch',
+                request_serializer=fleetpy_dot_v1_dot_fleet__pb2.WatchRequest.SerializeToString,
+                response_deserializer=fleetpy_dot_v1_dot_fleet__pb2.WatchEvent.FromString,
+                _registered_method=True)
 
 
 class FleetServicer:
@@ -138,6 +163,50 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetMachineMetadata(self, request, context):
+        """SetMachineMetadata sets and deletes metadata keys of a live machine; they persist in etcd
+        apart from the machine's lease and win over the machine's configured metadata.
+        NOT_FOUND if the machine is not live.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnitStatus(self, request, context):
+        """UnitStatus runs `systemctl status UNIT` on the machine that runs the unit (the fleetd
+        answering forwards the call to that machine's fleetd). NOT_FOUND if the unit does not exist,
+        FAILED_PRECONDITION if it is not running anywhere.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Journal(self, request, context):
+        """Journal streams `journalctl` output for a unit from the machine that runs it; with follow it
+        keeps streaming new lines until the client cancels. Errors as UnitStatus.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestartUnit(self, request, context):
+        """RestartUnit restarts a launched unit in place on one machine (systemctl restart there),
+        leaving its desired state alone: rolling restarts of global units go machine by machine.
+        Errors as UnitStatus; the response carries systemctl's output and exit code.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Watch pushes changes of machines, units and unit states as they happen: first a snapshot of
+        everything (unless resuming), then one event per change. OUT_OF_RANGE when the revision to
+        resume from has been compacted away (start over without it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +249,31 @@ def add_FleetServicer_to_server(servicer, server):
                     servicer.ExplainUnit,
                     request_deserializer=fleetpy_dot_v1_dot_fleet__pb2.ExplainUnitRequest.FromString,
                     response_serializer=fleetpy_dot_v1_dot_fleet__pb2.Explanation.SerializeToString,
+            ),
+            'SetMachineMetadata': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMachineMetadata,
+                    request_deserializer=fleetpy_dot_v1_dot_fleet__pb2.SetMachineMetadataRequest.FromString,
+                    response_serializer=fleetpy_dot_v1_dot_fleet__pb2.Machine.SerializeToString,
+            ),
+            'UnitStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnitStatus,
+                    request_deserializer=fleetpy_dot_v1_dot_fleet__pb2.UnitStatusRequest.FromString,
+                    response_serializer=fleetpy_dot_v1_dot_fleet__pb2.UnitStatusResponse.SerializeToString,
+            ),
+            'Journal': grpc.unary_stream_rpc_method_handler(
+                    servicer.Journal,
+                    request_deserializer=fleetpy_dot_v1_dot_fleet__pb2.JournalRequest.FromString,
+                    response_serializer=fleetpy_dot_v1_dot_fleet__pb2.JournalChunk.SerializeToString,
+            ),
+            'RestartUnit': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestartUnit,
+                    request_deserializer=fleetpy_dot_v1_dot_fleet__pb2.RestartUnitRequest.FromString,
+                    response_serializer=fleetpy_dot_v1_dot_fleet__pb2.UnitStatusResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=fleetpy_dot_v1_dot_fleet__pb2.WatchRequest.FromString,
+                    response_serializer=fleetpy_dot_v1_dot_fleet__pb2.WatchEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -399,6 +493,141 @@ class Fleet:
             '/fleetpy.v1.Fleet/ExplainUnit',
             fleetpy_dot_v1_dot_fleet__pb2.ExplainUnitRequest.SerializeToString,
             fleetpy_dot_v1_dot_fleet__pb2.Explanation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMachineMetadata(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpy.v1.Fleet/SetMachineMetadata',
+            fleetpy_dot_v1_dot_fleet__pb2.SetMachineMetadataRequest.SerializeToString,
+            fleetpy_dot_v1_dot_fleet__pb2.Machine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnitStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpy.v1.Fleet/UnitStatus',
+            fleetpy_dot_v1_dot_fleet__pb2.UnitStatusRequest.SerializeToString,
+            fleetpy_dot_v1_dot_fleet__pb2.UnitStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Journal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fleetpy.v1.Fleet/Journal',
+            fleetpy_dot_v1_dot_fleet__pb2.JournalRequest.SerializeToString,
+            fleetpy_dot_v1_dot_fleet__pb2.JournalChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestartUnit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpy.v1.Fleet/RestartUnit',
+            fleetpy_dot_v1_dot_fleet__pb2.RestartUnitRequest.SerializeToString,
+            fleetpy_dot_v1_dot_fleet__pb2.UnitStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fleetpy.v1.Fleet/Watch',
+            fleetpy_dot_v1_dot_fleet__pb2.WatchRequest.SerializeToString,
+            fleetpy_dot_v1_dot_fleet__pb2.WatchEvent.FromString,
             options,
             channel_credentials,
             insecure,
