@@ -40,14 +40,19 @@ def _targets(c: Client, names: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def _active_since(c: Client, name: str, mid: str, old_pid: int) -> tuple[bool, str]:
-    """(is active again after the restart, current active/sub state)."""
+# A service counts as restarted once it has stayed active with its new main PID this long:
+# a Type=simple service is "active" the moment it forks, even if it exits right after.
+STABLE_S = 1.0
+
+
+def _active_since(c: Client, name: str, mid: str, old_pid: int) -> tuple[int, str]:
+    """(new main PID if active again after the restart else 0, current active/sub state)."""
     for s in c.call("ListUnitStates", names=[name], machine_id=mid).states:
         state = f"{s.active_state}/{s.sub_state}"
         if s.active_state == "active" and (s.main_pid != old_pid or old_pid == 0):
-            return True, state
-        return False, state
-    return False, "unknown"
+            return int(s.main_pid) or -1, state
+        return 0, state
+    return 0, "unknown"
 
 
 def _main_pid(c: Client, name: str, mid: str) -> int:
@@ -95,10 +100,15 @@ def _restart_batch(c: Client, group: list[tuple[str, str]], wait_active_s: float
                  "rollout stopped")
     deadline = time.monotonic() + wait_active_s
     pending: dict[tuple[str, str], Any] = dict.fromkeys(group, "")
+    since: dict[tuple[str, str], tuple[int, float]] = {}
     while pending:
         for t in list(pending):
-            ok, state = _active_since(c, t[0], t[1], old[t])
-            if ok:
+            pid, state = _active_since(c, t[0], t[1], old[t])
+            if pid and since.get(t, (0, 0.0))[0] != pid:
+                since[t] = (pid, time.monotonic())
+            elif not pid:
+                since.pop(t, None)
+            if pid and time.monotonic() - since[t][1] >= STABLE_S:
                 del pending[t]
                 typer.echo(f"Unit {t[0]} restarted on {short_id(t[1], False)}")
             elif state.startswith("failed"):

@@ -51,12 +51,15 @@ class MachineSession:
 
     @property
     def renew_interval_s(self) -> float:
-        return self.ttl_s / 3
+        # 0.4 x TTL: two renewal attempts fit in one TTL, and an idle cluster costs at most
+        # machines / (ttl/2.5) keep-alives per second.
+        return self.ttl_s * 0.4
 
     async def establish(self) -> None:
         """Take a new lease and register the machine under it, retrying until etcd answers."""
         attempt = 0
         while True:
+            sent = time.monotonic()
             try:
                 lease = await self.registry.grant_lease(self.ttl_s)
                 await self.registry.register_machine(self.identity.record(), lease)
@@ -67,7 +70,7 @@ class MachineSession:
                 attempt += 1
         self.lease = lease
         self.generation += 1
-        self._last_renewed = time.monotonic()
+        self._last_renewed = sent
         log.info("machine %s registered with lease %x (ttl %ss)", self.identity.id, lease,
                  self.ttl_s)
         for cb in self.on_new_lease:
@@ -75,30 +78,56 @@ class MachineSession:
         self.lease_changed.set()
         self.lease_changed = asyncio.Event()
 
+    @property
+    def fence_margin_s(self) -> float:
+        """How long before etcd can expire the lease the agent stops its units."""
+        return max(0.5, self.ttl_s * 0.1)
+
     async def run(self) -> None:
-        """Renew the lease forever; fence and re-register when it is lost."""
+        """Renew the lease forever, fence when it may have expired, re-register after."""
+        await asyncio.gather(self._renew_loop(), self._watchdog())
+
+    async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(self.renew_interval_s)
             if not self.lease:
                 await self.establish()
                 continue
+            lease = self.lease
+            # etcd restarts the TTL when it handles the request, which is after we send it:
+            # counting from the send keeps our deadline ahead of etcd's.
+            sent = time.monotonic()
             try:
-                ttl = await self.registry.renew_lease(self.lease)
+                ttl = await self.registry.renew_lease(lease)
             except EtcdError as e:
-                expired = time.monotonic() - self._last_renewed >= self.ttl_s - 0.5
-                log.warning("lease renewal failed (%s)%s", e,
-                            "; lease presumed expired" if expired else "")
-                if expired and self.lease:
-                    await self._lost()
+                log.warning("lease renewal failed (%s); %.1fs left before fencing", e,
+                            self.fence_deadline - time.monotonic())
                 continue
+            if lease != self.lease:
+                continue  # fenced meanwhile; the next round registers again
             if ttl <= 0:
-                log.error("lease %x expired in etcd", self.lease)
+                log.error("lease %x expired in etcd", lease)
                 await self._lost()
                 await self.establish()
                 continue
-            self._last_renewed = time.monotonic()
+            self._last_renewed = sent
             self.renewals += 1
             metrics.LEASE_RENEWALS.inc()
+
+    @property
+    def fence_deadline(self) -> float:
+        return self._last_renewed + self.ttl_s - self.fence_margin_s
+
+    async def _watchdog(self) -> None:
+        """Fence on time, independently of renewal calls that may hang on a dead network."""
+        while True:
+            left = self.fence_deadline - time.monotonic()
+            if self.lease and left <= 0:
+                log.error("lease %x not renewed for %.1fs (ttl %ss): presumed expired",
+                          self.lease, time.monotonic() - self._last_renewed, self.ttl_s)
+                await self._lost()
+                continue
+            await asyncio.sleep(min(max(left, 0.05), self.renew_interval_s))
 
     async def _lost(self) -> None:
         self.lease = 0

@@ -89,6 +89,10 @@ class Agent:
             log.info("found %d unit files from an earlier run: %s", len(self.file_hashes),
                      ", ".join(f"{n} ({self.applied.get(n, '?')})" for n in sorted(
                          self.file_hashes)))
+        # Republish adopted units under this run's lease: their states from the earlier run
+        # hang on its lease and vanish when it lapses.
+        self._dirty_states |= set(self.applied)
+        self._publish_wake.set()
         self.systemd.watch(self._watched_names, self._on_systemd_change)
         await asyncio.gather(self._watch_schedule(), self._reconcile_loop(),
                              self._publish_loop())

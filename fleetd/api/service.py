@@ -92,6 +92,7 @@ class FleetService:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
+        self._summaries: dict[tuple[str, str], tuple[str, bool]] = {}
 
     async def _state(self) -> ClusterState:
         try:
@@ -121,18 +122,30 @@ class FleetService:
 
     async def list_states(self, names: list[str] | None = None,
                           machine_id: str = "") -> tuple[list[UnitStateRecord], dict[str, str]]:
-        """Reported states (filtered) and the IP of every machine, by id."""
-        st = await self._state()
-        wanted = set(names or ())
-        out = []
-        for unit in sorted(st.states):
-            if wanted and unit not in wanted:
-                continue
-            for mid in sorted(st.states[unit]):
-                if machine_id and mid != machine_id:
-                    continue
-                out.append(st.states[unit][mid])
-        return out, {m.id: m.ip for m in st.machines.values()}
+        """Reported states (filtered) and the IP of every machine, by id. Reads only the
+        state and machine keys (not the whole cluster)."""
+        try:
+            states, machines = await self.registry.states_and_machines(names or None)
+        except EtcdError as e:
+            raise Unavailable(str(e)) from None
+        out = [s for s in states if not machine_id or s.machine_id == machine_id]
+        out.sort(key=lambda s: (s.unit, s.machine_id))
+        return out, {m.id: m.ip for m in machines}
+
+    def _summary(self, name: str, hash_: str, text: str) -> tuple[str, bool]:
+        """(Description, Global) of a unit file, parsed once per (name, hash)."""
+        key = (name, hash_)
+        hit = self._summaries.get(key)
+        if hit is None:
+            try:
+                unit = Unit.from_text(name, text)
+                hit = (unit.file.description(), unit.xfleet.global_)
+            except UnitError:
+                hit = ("", False)
+            if len(self._summaries) > 200_000:
+                self._summaries.clear()
+            self._summaries[key] = hit
+        return hit
 
     def _info(self, st: ClusterState, name: str, with_text: bool) -> UnitInfo:
         view = st.units[name]
@@ -142,12 +155,7 @@ class FleetService:
         for mid, s in st.states.get(name, {}).items():
             if mid in machines and _RANK.get(s.state, 0) > _RANK[current]:
                 current = s.state
-        desc, is_global = "", False
-        try:
-            unit = Unit.from_text(name, rec.text)
-            desc, is_global = unit.file.description(), unit.xfleet.global_
-        except UnitError:
-            pass
+        desc, is_global = self._summary(name, rec.hash, rec.text)
         return UnitInfo(name, rec.text if with_text else "", rec.hash, view.desired, current,
                         machines, st.unschedulable.get(name, ""), desc, is_global)
 

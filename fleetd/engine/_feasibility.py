@@ -160,6 +160,27 @@ class WorkingState:
         if own:
             _bump(self.holders[own], machine_id, 1)
 
+    def place_all(self, schedule: Mapping[str, Iterable[str]]) -> None:
+        """Bulk `place` of a whole schedule (assignments to dead machines or unknown units are
+        skipped); the load order is rebuilt once instead of per placement."""
+        groups_matching, group_of, hosted_by = self.groups_matching, self.group_of, self.hosted
+        for unit, machine_ids in schedule.items():
+            if unit not in self.jobs:
+                continue
+            own = group_of.get(unit)
+            groups = groups_matching.get(unit, ())
+            for machine_id in machine_ids:
+                hosted = hosted_by.get(machine_id)
+                if hosted is None or unit in hosted:
+                    continue
+                hosted.add(unit)
+                self.sched.setdefault(unit, set()).add(machine_id)
+                for group in groups:
+                    _bump(self.hits[group], machine_id, 1)
+                if own:
+                    _bump(self.holders[own], machine_id, 1)
+        self.order = sorted((len(hosted_by[mid]), mid) for mid in self.machine_ids)
+
     def lift(self, unit: str, machine_id: str) -> None:
         """Remove ``unit`` from ``machine_id`` in the working schedule (no-op if absent)."""
         hosted = self.hosted[machine_id]

@@ -21,12 +21,14 @@ from fleetd import metrics
 from fleetd.engine.scheduler import (
     Assign,
     ClusterSnapshot,
+    Decision,
     Explanation,
     JobView,
     MachineView,
     Unassign,
     Unschedulable,
     explain,
+    place_new,
     reconcile,
 )
 from fleetd.machine import MachineSession
@@ -58,6 +60,15 @@ class EngineCache:
     machines: dict[str, MachineRecord] = field(default_factory=dict)
     schedule: dict[str, dict[str, ScheduleEntry]] = field(default_factory=dict)
     unschedulable: dict[str, str] = field(default_factory=dict)
+    # The scheduler's view, derived from the above and refreshed only where keys changed:
+    # rebuilding 10,000 JobViews on every pass would dominate a one-unit decision.
+    jobs: dict[str, JobView] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)
+    sched_sets: dict[str, frozenset[str]] = field(default_factory=dict)
+    machine_views: dict[str, MachineView] = field(default_factory=dict)
+    stale_jobs: set[str] = field(default_factory=set)
+    stale_sched: set[str] = field(default_factory=set)
+    stale_machines: bool = True
     metadata: dict[str, dict[str, str | None]] = field(default_factory=dict)  # set via the API
 
 
@@ -108,6 +119,12 @@ class Engine:
         self.reconciles = 0
         self.last_reconcile_s = 0.0
         self._wake = asyncio.Event()
+        # What changed since the last pass: units that only need placing (fast path), or
+        # anything else that calls for a full pass (machines, deletions, metadata).
+        self._dirty: set[str] = set()
+        self._need_full = True
+        self._changed_since_full = False
+        self.fast_passes = 0
 
     async def run(self) -> None:
         attempt = 0
@@ -156,12 +173,19 @@ class Engine:
         await self._load()
         watcher = asyncio.ensure_future(self._watch(lease))
         try:
+            self._need_full = True
             while self.session.lease == lease:
-                await self.reconcile_once(lease)
+                if self._need_full:
+                    await self.reconcile_once(lease)
+                elif self._dirty:
+                    dirty, self._dirty = self._dirty, set()
+                    await self.reconcile_once(lease, dirty)
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.reconcile_interval_s)
                 except TimeoutError:
-                    pass
+                    # The safety-net pass: only worth its cost if something changed since the
+                    # last full pass (the cache cannot drift without an event).
+                    self._need_full = self._changed_since_full
                 self._wake.clear()
                 if self.debounce_ms:
                     await asyncio.sleep(self.debounce_ms / 1000)
@@ -178,36 +202,42 @@ class Engine:
         for kv in kvs:
             self._apply_kv(c, kv.key, kv.value)
         self.cache = c
+        self.xfleet.prune(c.units)
 
     def _apply_kv(self, c: EngineCache, key: str, value: bytes | None) -> bool:
         """Fold one key change into the cache; True if it can change a decision."""
         k = self.registry.keys
         if key.startswith(k.units):
             name = key[len(k.units):]
+            c.stale_jobs.add(name)
             if value is None:
                 c.units.pop(name, None)
             else:
                 c.units[name] = decode(UnitRecord, value)
         elif key.startswith(k.desired):
             name = key[len(k.desired):]
+            c.stale_jobs.add(name)
             if value is None:
                 c.desired.pop(name, None)
             else:
                 c.desired[name] = str(decode_json(value))
         elif key.startswith(k.machines):
             mid = key[len(k.machines):]
+            c.stale_machines = True
             if value is None:
                 c.machines.pop(mid, None)
             else:
                 c.machines[mid] = decode(MachineRecord, value)
         elif key.startswith(k.metadata):
             mid = key[len(k.metadata):]
+            c.stale_machines = True
             if value is None:
                 c.metadata.pop(mid, None)
             else:
                 c.metadata[mid] = decode_metadata(value)
         elif key.startswith(k.schedule):
             mid, name = k.split_assignment(key)
+            c.stale_sched.add(name)
             if value is None:
                 per = c.schedule.get(name, {})
                 per.pop(mid, None)
@@ -234,51 +264,105 @@ class Engine:
                 async for batch in self.registry.watch(k.root, self.cache.revision + 1):
                     relevant = False
                     for ev in batch:
-                        if ev.kv.key.startswith(k.states):
+                        key = ev.kv.key
+                        if key.startswith(k.states):
                             continue
                         value = None if ev.kind == "delete" else ev.kv.value
-                        relevant |= self._apply_kv(self.cache, ev.kv.key, value)
+                        if self._apply_kv(self.cache, key, value):
+                            relevant = True
+                            self._note_change(key, value is None)
                         self.cache.revision = max(self.cache.revision, ev.revision)
                     if relevant:
+                        self._changed_since_full = True
                         self._wake.set()
             except WatchCompacted:
                 await self._load()
                 self._wake.set()
 
+    def _note_change(self, key: str, deleted: bool) -> None:
+        """Classify a relevant change: a unit put can take the fast path, the rest not."""
+        k = self.registry.keys
+        if not deleted and key.startswith(k.units):
+            name = key[len(k.units):]
+            if self.cache.schedule.get(name):
+                self._need_full = True  # a replaced file may bring new constraints
+            else:
+                self._dirty.add(name)
+        elif not deleted and key.startswith(k.desired):
+            self._dirty.add(key[len(k.desired):])
+        else:
+            self._need_full = True
+
     # --- deciding -------------------------------------------------------------------------
     def snapshot(self) -> tuple[ClusterSnapshot, dict[str, str]]:
-        """The scheduler's input, and the units that cannot even be parsed (name -> error)."""
+        """The scheduler's input, and the units that cannot even be parsed (name -> error).
+
+        Derived views are refreshed only for the keys that changed since the last call."""
         c = self.cache
-        self.xfleet.prune(c.units)
-        jobs: dict[str, JobView] = {}
-        broken: dict[str, str] = {}
-        for name, rec in c.units.items():
-            if is_template(name):
+        for name in c.stale_jobs:
+            c.jobs.pop(name, None)
+            c.broken.pop(name, None)
+            rec = c.units.get(name)
+            if rec is None or "@." in name:  # gone, or a template (never scheduled itself)
                 continue
             opts = self.xfleet.get(rec)
             if isinstance(opts, str):
-                broken[name] = opts
-                continue
-            state = c.desired.get(name, "inactive")
-            jobs[name] = JobView(name, state, opts)  # type: ignore[arg-type]
-        machines = {m.id: MachineView(m.id, merge_metadata(m.metadata, c.metadata.get(m.id)))
-                    for m in c.machines.values()}
-        schedule = {u: frozenset(per) for u, per in c.schedule.items()}
-        return ClusterSnapshot(machines, jobs, schedule), broken
+                c.broken[name] = opts
+            else:
+                state = c.desired.get(name, "inactive")
+                c.jobs[name] = JobView(name, state, opts)  # type: ignore[arg-type]
+        c.stale_jobs.clear()
+        for name in c.stale_sched:
+            per = c.schedule.get(name)
+            if per:
+                c.sched_sets[name] = frozenset(per)
+            else:
+                c.sched_sets.pop(name, None)
+        c.stale_sched.clear()
+        if c.stale_machines:
+            c.machine_views = {
+                m.id: MachineView(m.id, merge_metadata(m.metadata, c.metadata.get(m.id)))
+                for m in c.machines.values()}
+            c.stale_machines = False
+        return ClusterSnapshot(c.machine_views, c.jobs, c.sched_sets), c.broken
 
     def explain(self, unit: str) -> Explanation:
         snap, _ = self.snapshot()
         return explain(snap, unit)
 
-    async def reconcile_once(self, lease: int) -> int:
-        """One full pass: decide on the cached state and write the decisions; returns #ops."""
+    async def reconcile_once(self, lease: int, dirty: set[str] | None = None) -> int:
+        """One pass on the cached state, writing its decisions; returns the number of ops.
+
+        With `dirty` (units whose record or desired state changed, nothing else), units that
+        only need placing take `place_new` and already-placed ones only get their schedule
+        entries refreshed; anything else falls back to the full `reconcile`."""
         t0 = time.perf_counter()
         c = self.cache
         snap, broken = self.snapshot()
-        decisions = reconcile(snap)
+        decisions: list[Decision] | None = None
+        if dirty is not None:
+            unplaced = {u for u in dirty if u in snap.jobs and not c.schedule.get(u)
+                        and snap.jobs[u].target_state != "inactive"}
+            placed = {u for u in dirty - unplaced if c.schedule.get(u) and u in snap.jobs
+                      and snap.jobs[u].target_state != "inactive"
+                      and not snap.jobs[u].xfleet.replaces}
+            wanted = {u for u in dirty if "@." not in u}
+            if unplaced | placed == wanted and not broken.keys() & dirty:
+                decisions = place_new(snap, unplaced)
+        full = decisions is None
+        if decisions is None:
+            self._need_full = False
+            self._changed_since_full = False
+            dirty = None
+            decisions = reconcile(snap)
+            self.xfleet.prune(c.units)
+        else:
+            self.fast_passes += 1
         ops: list[Op] = []
         reg = self.registry
-        assignments = {u: dict(per) for u, per in c.schedule.items()}
+        scope = c.schedule if dirty is None else {u: c.schedule[u] for u in dirty
+                                                  if u in c.schedule}
+        assignments = {u: dict(per) for u, per in scope.items()}
         reasons: dict[str, str] = dict(broken)
         for d in decisions:
             if isinstance(d, Unassign):
@@ -304,7 +388,8 @@ class Engine:
         for unit, reason in reasons.items():
             if c.unschedulable.get(unit) != reason:
                 ops.append(reg.unschedulable_op(unit, reason))
-        for unit in c.unschedulable.keys() - reasons.keys():
+        stale = c.unschedulable.keys() - reasons.keys()
+        for unit in stale if dirty is None else stale & dirty:
             ops.append(reg.unschedulable_op(unit, None))
         if ops:
             await reg.write_decisions(self.machine_id, lease, ops)
@@ -321,9 +406,10 @@ class Engine:
             if isinstance(d, Unschedulable):
                 check = d.filtered[-1][0] if d.filtered else "none"
                 by_check[check] = by_check.get(check, 0) + 1
-        metrics.ENGINE_UNSCHEDULABLE.clear()
-        for check, n in by_check.items():
-            metrics.ENGINE_UNSCHEDULABLE.labels(check).set(n)
+        if full:
+            metrics.ENGINE_UNSCHEDULABLE.clear()
+            for check, n in by_check.items():
+                metrics.ENGINE_UNSCHEDULABLE.labels(check).set(n)
         return len(ops)
 
 

@@ -25,6 +25,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _accepts(path: str) -> bool:
+    """True once a server listens on the unix socket `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(path)
+            return True
+        except OSError:
+            return False
+
+
 class EtcdServer:
     """A single-member etcd (Debian's etcd-server binary) on free loopback ports."""
 
@@ -167,6 +177,9 @@ class LocalMachine:
         self.start_fleetd()
 
     def start_fleetd(self) -> None:
+        # A fleetd killed with SIGKILL leaves its socket file behind: wait for a fresh one.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.api_socket)
         log = open(self.root / "fleetd.log", "ab")
         # fleetd lives in the manager's mount namespace, like a host's fleetd sees the host's
         # /run: `journalctl` and `systemctl status` then read this machine's journal.
@@ -175,7 +188,7 @@ class LocalMachine:
                                        env=self.fleetd_env(), stdout=log, stderr=log,
                                        start_new_session=True)
         deadline = time.monotonic() + 20
-        while not os.path.exists(self.api_socket):
+        while not _accepts(self.api_socket):
             if self.fleetd.poll() is not None:
                 raise RuntimeError(f"fleetd {self.name} exited with {self.fleetd.returncode}; "
                                    f"see {self.root / 'fleetd.log'}")

@@ -204,6 +204,17 @@ class Registry:
             st.units[name] = UnitView(rec, desired.get(name, "inactive"))
         return st
 
+    async def states_and_machines(self, units: Iterable[str] | None = None
+                                  ) -> tuple[list[UnitStateRecord], list[MachineRecord]]:
+        """Published unit states (of `units`, or all) and live machines, in one round trip."""
+        k = self.keys
+        ranges = ([(k.states + u + "/", True, False) for u in units] if units is not None
+                  else [(k.states, True, False)])
+        *state_groups, machines = (await self.etcd.get_many(
+            [*ranges, (k.machines, True, False)]))[0]
+        states = [decode(UnitStateRecord, kv.value) for group in state_groups for kv in group]
+        return states, [decode(MachineRecord, kv.value) for kv in machines]
+
     async def unit_state(self, name: str) -> ClusterState | None:
         """Everything about one unit (record, desired state, assignments, reported states,
         unschedulable reason) in one round trip; None if the unit does not exist. Machines

@@ -1,0 +1,174 @@
+"""Fault tests on the nspawn lab, through `fleetctl` and `fleet-lab` only: power cut,
+partition, engine leader loss, fleetd restart, sidekick failover, global unit on a late
+joiner. Each test leaves every machine running and destroys its units."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.lab.conftest import (
+    active_on,
+    fleetctl,
+    holders,
+    is_active,
+    lab,
+    machines,
+    restore,
+    wait_until,
+    write_unit,
+)
+
+pytestmark = pytest.mark.usefixtures("lab_up")
+
+
+@pytest.fixture(autouse=True)
+def _cleanup() -> Iterator[list[str]]:
+    yield []
+    restore()
+    r = fleetctl("list-unit-files", "--no-legend", "--fields", "unit", check=False)
+    names = r.stdout.split()
+    if names:
+        fleetctl("destroy", *names, check=False)
+    wait_until(lambda: not any(r for r in _rows_of(names)), 30, what="test units destroyed")
+
+
+def _rows_of(names: list[str]) -> list[str]:
+    r = fleetctl("list-units", "--no-legend", "-l", "--fields", "unit", check=False)
+    return [u for u in r.stdout.split() if u in names]
+
+
+def only_holder(unit: str, timeout_s: float = 60, exclude: str | None = None) -> str:
+    """Wait until fleetctl shows `unit` active on exactly one machine (other than
+    `exclude`) and that machine's systemd agrees; return its name."""
+    def check() -> str | None:
+        h = holders(unit)
+        if len(h) == 1 and h[0] != exclude and is_active(h[0], unit):
+            return h[0]
+        return None
+    return wait_until(check, timeout_s, what=f"{unit} active on one machine"
+                      + (f" other than {exclude}" if exclude else ""))
+
+
+def test_power_cut_unit_comes_back_elsewhere_and_not_twice(units_dir: pathlib.Path) -> None:
+    unit = write_unit(units_dir, "lab-power.service")
+    fleetctl("start", unit)
+    victim = only_holder("lab-power.service")
+    t0 = time.monotonic()
+    lab("stop", victim)
+    new = only_holder("lab-power.service", exclude=victim)
+    print(f"power cut of {victim}: lab-power.service active on {new} after "
+          f"{time.monotonic() - t0:.2f}s")
+    lab("start", victim)
+    # the returning machine comes back clean and does not start a second copy
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        assert active_on("lab-power.service") == [new]
+        time.sleep(0.5)
+    assert holders("lab-power.service") == [new]
+
+
+def test_partition_reschedules_and_the_cut_off_machine_fences_itself(
+        units_dir: pathlib.Path) -> None:
+    unit = write_unit(units_dir, "lab-part.service")
+    fleetctl("start", unit)
+    victim = only_holder("lab-part.service")
+    t0 = time.monotonic()
+    lab("partition", victim)
+    new = only_holder("lab-part.service", exclude=victim)
+    t_moved = time.monotonic() - t0
+    # once its lease is gone the cut-off machine stops its own copy
+    wait_until(lambda: not is_active(victim, "lab-part.service"), 60,
+               what=f"{victim} to stop its copy of lab-part.service")
+    print(f"partition of {victim}: rescheduled to {new} after {t_moved:.2f}s, fenced after "
+          f"{time.monotonic() - t0:.2f}s")
+    lab("heal", victim)
+    wait_until(lambda: len(fleetctl("list-machines", "--no-legend", check=False)
+                           .stdout.splitlines()) == 3, 60, what="healed machine rejoins")
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        assert active_on("lab-part.service") == [new]
+        time.sleep(0.5)
+
+
+def _engine_leader() -> str:
+    """The machine whose fleetd last logged taking the engine lead (from its journal)."""
+    leaders = []
+    for m in machines():
+        if m["state"] != "running":
+            continue
+        log = lab("exec", m["name"], "--", "journalctl", "-u", "fleetd", "-o", "cat",
+                  "--no-pager", check=False).stdout
+        events = [ln for ln in log.splitlines() if "is now the leader" in ln
+                  or "no longer leader" in ln]
+        if events and "is now the leader" in events[-1]:
+            leaders.append(m["name"])
+    assert len(leaders) == 1, leaders
+    return leaders[0]
+
+
+def test_engine_leader_loss_new_units_still_get_scheduled(units_dir: pathlib.Path) -> None:
+    leader = wait_until(lambda: _engine_leader(), 30, what="an engine leader")
+    lab("stop", leader)
+    unit = write_unit(units_dir, "lab-after-leader.service")
+    fleetctl("start", "--no-block", unit)
+    t0 = time.monotonic()
+    where = only_holder("lab-after-leader.service", timeout_s=90, exclude=leader)
+    print(f"leader {leader} stopped: new unit active on {where} after "
+          f"{time.monotonic() - t0:.2f}s")
+    assert _engine_leader() != leader
+
+
+def test_fleetd_restart_keeps_units_running_with_the_same_pid(units_dir: pathlib.Path) -> None:
+    unit = write_unit(units_dir, "lab-keep.service")
+    fleetctl("start", unit)
+    holder = only_holder("lab-keep.service")
+
+    def main_pid() -> str:
+        return lab("exec", holder, "--", "systemctl", "show", "-p", "MainPID", "--value",
+                   "lab-keep.service").stdout.strip()
+
+    pid = main_pid()
+    assert pid not in ("", "0")
+    fleetd_pid = lab("exec", holder, "--", "systemctl", "show", "-p", "MainPID", "--value",
+                     "fleetd").stdout.strip()
+    lab("exec", holder, "--", "systemctl", "restart", "fleetd")
+    assert lab("exec", holder, "--", "systemctl", "show", "-p", "MainPID", "--value",
+               "fleetd").stdout.strip() != fleetd_pid
+    # past the agent TTL (10 s): the state published by the earlier fleetd has lapsed with
+    # its lease, so what fleetctl shows now comes from the restarted one
+    deadline = time.monotonic() + 12
+    while time.monotonic() < deadline:
+        assert main_pid() == pid
+        assert holders("lab-keep.service") in ([holder], [])
+        time.sleep(0.5)
+    assert only_holder("lab-keep.service", timeout_s=5) == holder
+    assert main_pid() == pid
+
+
+def test_sidekick_follows_its_target_when_the_machine_dies(units_dir: pathlib.Path) -> None:
+    target = write_unit(units_dir, "lab-app.service")
+    sidekick = write_unit(units_dir, "lab-app-sidekick.service",
+                          "BindsTo=lab-app.service\nAfter=lab-app.service\n",
+                          "MachineOf=lab-app.service")
+    fleetctl("start", target, sidekick)
+    victim = only_holder("lab-app.service")
+    assert only_holder("lab-app-sidekick.service") == victim
+    lab("stop", victim)
+    new = only_holder("lab-app.service", exclude=victim)
+    assert only_holder("lab-app-sidekick.service", exclude=victim) == new
+
+
+def test_global_unit_comes_up_on_a_machine_that_joins_later(units_dir: pathlib.Path) -> None:
+    lab("stop", "m3")
+    unit = write_unit(units_dir, "lab-global.service", xfleet="Global=true")
+    fleetctl("start", unit)
+    wait_until(lambda: sorted(holders("lab-global.service")) == ["m1", "m2"], 30,
+               what="global unit on m1 and m2")
+    lab("start", "m3")
+    wait_until(lambda: sorted(holders("lab-global.service")) == ["m1", "m2", "m3"], 30,
+               what="global unit on the late joiner m3")
+    assert is_active("m3", "lab-global.service")
