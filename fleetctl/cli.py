@@ -127,9 +127,11 @@ def read_unit_file(path: str) -> str:
     raise AssertionError("unreachable")
 
 
-def ensure_units(c: Client, args: list[str], desired: str = "", replace: bool = False) -> list[str]:
+def ensure_units(c: Client, args: list[str], desired: str = "", replace: bool = False,
+                 already_set: set[str] | None = None) -> list[str]:
     """Submit every argument that is not yet in the cluster (files, template instances) and
-    return the unit names. Nothing is changed unless every argument is valid."""
+    return the unit names. Nothing is changed unless every argument is valid. Units created
+    here get `desired` in the same call; their names are added to `already_set`."""
     resolved = resolve_args(args)
     plans: list[tuple[str, str]] = []
     for name, path in resolved:
@@ -151,7 +153,9 @@ def ensure_units(c: Client, args: list[str], desired: str = "", replace: bool = 
             except NotFoundError:
                 pass  # maybe an instance of a submitted template: the API instantiates it
         try:
-            c.call("CreateUnit", name=name, text=text, desired_state="", replace=replace)
+            c.call("CreateUnit", name=name, text=text, desired_state=desired, replace=replace)
+            if already_set is not None and desired:
+                already_set.add(name)
             if replace and text:
                 _replace_instances(c, name)
         except NotFoundError:
@@ -234,13 +238,16 @@ def set_state(args: list[str], target: str, no_block: bool, block_attempts: int,
               submit_files: bool = True, replace: bool = False) -> None:
     c = client()
     try:
+        done: set[str] = set()
         if submit_files:
-            names = ensure_units(c, args, replace=replace)
+            names = ensure_units(c, args, target, replace=replace, already_set=done)
         else:
             names = [n for n, _ in resolve_args(args)]
             if target == "loaded":
                 _refuse_stop_of_inactive(c, names)
         for name in names:
+            if name in done:
+                continue  # created with its desired state in one call
             try:
                 c.call("SetUnitTargetState", name=name, desired_state=target)
             except NotFoundError:

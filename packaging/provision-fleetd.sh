@@ -6,7 +6,7 @@
 #
 #   provision-fleetd.sh [--root DIR] [--no-start | --no-block] [--fleetd CMD]
 #                       [--etcd-servers URLS] [--etcd-key-prefix P] [--public-ip IP]
-#                       [--metadata k=v,...] [--api-tcp HOST:PORT] [--agent-ttl DURATION]
+#                       [--metadata k=v,...] [--api-tcp HOST:PORT] [--http-tcp HOST:PORT] [--agent-ttl DURATION]
 #                       [--engine-reconcile-interval DURATION]
 #
 # Every option can also come from the environment (FLEET_ETCD_SERVERS, FLEET_PUBLIC_IP,
@@ -26,6 +26,7 @@ key_prefix="${FLEET_ETCD_KEY_PREFIX:-}"
 public_ip="${FLEET_PUBLIC_IP:-}"
 metadata="${FLEET_METADATA:-}"
 api_tcp="${FLEET_API_TCP:-}"
+http_tcp="${FLEET_HTTP_TCP:-}"
 agent_ttl="${FLEET_AGENT_TTL:-}"
 reconcile="${FLEET_ENGINE_RECONCILE_INTERVAL:-}"
 usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
@@ -40,6 +41,7 @@ while [ $# -gt 0 ]; do
     --public-ip) public_ip="$2"; shift 2 ;;
     --metadata) metadata="$2"; shift 2 ;;
     --api-tcp) api_tcp="$2"; shift 2 ;;
+    --http-tcp) http_tcp="$2"; shift 2 ;;
     --agent-ttl) agent_ttl="$2"; shift 2 ;;
     --engine-reconcile-interval) reconcile="$2"; shift 2 ;;
     -h|--help) usage 0 ;;
@@ -65,6 +67,7 @@ conf="$etc/fleet/fleet.conf"
   [ -n "$public_ip" ] && echo "public_ip=$public_ip"
   [ -n "$metadata" ] && echo "metadata=\"$metadata\""
   [ -n "$api_tcp" ] && echo "api_tcp=$api_tcp"
+  [ -n "$http_tcp" ] && echo "http_tcp=$http_tcp"
   [ -n "$agent_ttl" ] && echo "agent_ttl=$agent_ttl"
   [ -n "$reconcile" ] && echo "engine_reconcile_interval=$reconcile"
   true

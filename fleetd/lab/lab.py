@@ -43,6 +43,7 @@ HOST_IP = f"{SUBNET}.1"
 ETCD_PORT = 2379
 ETCD_PEER_PORT = 2380
 API_PORT = 9810
+HTTP_PORT = 49153  # fleet's HTTP API v1, for unmodified fleet clients
 NFT_TABLE = "fleet_lab"
 CGROUP_PREFIX = "fleet-lab-"
 CG2_MOUNT = pathlib.Path("/run/fleet-lab/cgroup2")
@@ -311,7 +312,9 @@ class Lab:
 
     def env(self) -> dict[str, str]:
         state = self.load()
+        first = min(state.machines.values(), key=lambda m: m.name)
         return {"FLEETCTL_ENDPOINT": self.endpoint(state),
+                "FLEET_HTTP_ENDPOINT": f"http://{first.ip}:{HTTP_PORT}",
                 "ETCDCTL_API": "3",
                 "ETCDCTL_ENDPOINTS": f"http://{HOST_IP}:{ETCD_PORT}"}
 
@@ -456,7 +459,8 @@ WantedBy=multi-user.target
         args = [str(PROVISION_SCRIPT), "--root", str(upper.parent), "--no-start",
                 "--fleetd", fleetd_command(),
                 "--etcd-servers", f"http://{HOST_IP}:{ETCD_PORT}",
-                "--public-ip", m.ip, "--api-tcp", m.endpoint]
+                "--public-ip", m.ip, "--api-tcp", m.endpoint,
+                "--http-tcp", f"{m.ip}:{HTTP_PORT}"]
         if m.metadata:
             args += ["--metadata", ",".join(f"{k}={v}" for k, v in m.metadata.items())]
         ttl = os.environ.get("FLEET_LAB_AGENT_TTL")

@@ -3,6 +3,7 @@ provisioning script run inside a machine, and that `down` leaves nothing behind.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -55,6 +57,19 @@ def test_up_boots_machines_that_fleetctl_lists() -> None:
         assert md == ("disk=ssd,region=us-east" if m["name"] == "m2" else "-")
 
 
+def test_env_points_old_fleet_clients_at_the_http_api_v1() -> None:
+    """`fleet-lab env` also exports FLEET_HTTP_ENDPOINT: fleet's JSON API on m1:49153."""
+    ms = machines()
+    m1 = next(m for m in ms if m["name"] == "m1")
+    endpoint = lab_env()["FLEET_HTTP_ENDPOINT"]
+    assert endpoint == f"http://{m1['ip']}:49153"
+    with urllib.request.urlopen(endpoint + "/fleet/v1/machines", timeout=10) as r:
+        assert r.status == 200
+        body = json.load(r)
+    assert {m["id"] for m in body["machines"]} == {m["machine_id"] for m in ms}
+    assert {m["primaryIP"] for m in body["machines"]} == {m["ip"] for m in ms}
+
+
 def test_each_machine_is_a_booted_system_running_fleetd_as_a_notify_service() -> None:
     for m in machines():
         name = m["name"]
@@ -92,7 +107,7 @@ def test_provisioning_script_inside_a_machine_reconfigures_fleetd() -> None:
     etcd = lab_env()["ETCDCTL_ENDPOINTS"]
     script = str(REPO / "packaging" / "provision-fleetd.sh")
     base = [script, "--fleetd", fleetd_exec, "--etcd-servers", etcd, "--public-ip", m3["ip"],
-            "--api-tcp", f"{m3['ip']}:9810"]
+            "--api-tcp", f"{m3['ip']}:9810", "--http-tcp", f"{m3['ip']}:49153"]
     try:
         lab("exec", "m3", "--", *base, "--metadata", "role=reprovisioned")
         wait_until(lambda: list_machines().get(m3["machine_id"], ("", ""))[1]
