@@ -28,13 +28,17 @@ SIM_UNIT = ("[Unit]\nDescription=simulated unit\n\n[Service]\nExecStart=/bin/tru
 
 
 def etcd_requests_by_method(cluster: LocalCluster) -> dict[str, float]:
-    """Requests etcd has handled so far by gRPC method, from its own metrics endpoint."""
+    """Requests etcd has received so far by gRPC method, from its own metrics endpoint.
+
+    Counted as request messages received (grpc_server_msg_received_total): a keep-alive or a
+    watch is one message on a stream, counted when it arrives; handled_total would count a
+    stream only when it closes."""
     url = f"http://127.0.0.1:{cluster.etcd.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as r:
         text = r.read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("grpc_server_handled_total{"):
+        if line.startswith("grpc_server_msg_received_total{"):
             method = line.split('grpc_method="', 1)[1].split('"', 1)[0]
             out[method] = out.get(method, 0.0) + float(line.rsplit(" ", 1)[1])
     return out

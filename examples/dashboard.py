@@ -87,12 +87,29 @@ def target(endpoint: str) -> str:
     return endpoint if not endpoint.startswith("/") else "unix://" + endpoint
 
 
-def run(endpoint: str, events: bool, out: object = sys.stdout) -> None:
+def credentials(ca_file: str, cert_file: str, key_file: str) -> grpc.ChannelCredentials | None:
+    """Mutual TLS for a TCP endpoint (fleetctl's --ca-file/--cert-file/--key-file)."""
+    if not (ca_file or cert_file or key_file):
+        return None
+
+    def read(path: str) -> bytes | None:
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+    return grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
+
+
+def run(endpoint: str, events: bool, out: object = sys.stdout,
+        creds: grpc.ChannelCredentials | None = None) -> None:
     view = ClusterView()
     write = out.write  # type: ignore[attr-defined]
     flush = out.flush  # type: ignore[attr-defined]
     while True:
-        channel = grpc.insecure_channel(target(endpoint))
+        if creds is not None and not target(endpoint).startswith("unix:"):
+            channel = grpc.secure_channel(target(endpoint), creds)
+        else:
+            channel = grpc.insecure_channel(target(endpoint))
         stub = pb_grpc.FleetStub(channel)
         try:
             for ev in stub.Watch(pb.WatchRequest(start_revision=view.revision)):
@@ -118,9 +135,14 @@ def main() -> int:
     ap.add_argument("--endpoint", default=os.environ.get("FLEETCTL_ENDPOINT",
                                                          "unix:///var/run/fleet-py.sock"))
     ap.add_argument("--events", action="store_true", help="print one line per change")
+    for flag, env in (("--ca-file", "FLEETCTL_CA_FILE"), ("--cert-file", "FLEETCTL_CERT_FILE"),
+                      ("--key-file", "FLEETCTL_KEY_FILE")):
+        ap.add_argument(flag, default=os.environ.get(env, ""),
+                        help=f"TLS for a TCP endpoint (default ${env})")
     args = ap.parse_args()
     try:
-        run(args.endpoint, args.events)
+        run(args.endpoint, args.events,
+            creds=credentials(args.ca_file, args.cert_file, args.key_file))
     except KeyboardInterrupt:
         return 0
     return 0

@@ -27,6 +27,7 @@ class Options:
     tunnel: str = ""
     ssh: Any = None  # fleetctl.sshcmd.SSHOptions
     api_tunnel: Any = None  # fleetctl.sshcmd.ApiTunnel once opened
+    tls: Any = None  # fleetctl.client.TlsFiles
 
 
 OPTS = Options()
@@ -50,7 +51,20 @@ def client() -> Client:
             atexit.register(tunnel.close)
             OPTS.api_tunnel = tunnel
         endpoint = str(OPTS.api_tunnel.endpoint)
-    return Client(endpoint, OPTS.request_timeout)
+        server_name = tunnel_server_name(OPTS.endpoint) if OPTS.tls else ""
+        return Client(endpoint, OPTS.request_timeout, OPTS.tls, server_name)
+    return Client(endpoint, OPTS.request_timeout, OPTS.tls)
+
+
+def tunnel_server_name(endpoint: str | None) -> str:
+    """The host fleetd's certificate must name when its TCP API is reached through a tunnel
+    ("" for a unix socket: no TLS there)."""
+    from fleetctl.client import grpc_target
+
+    target = grpc_target(endpoint or "unix:")
+    if target.startswith("unix:"):
+        return ""
+    return target.rsplit(":", 1)[0].strip("[]")
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -78,8 +92,17 @@ def _root(
         True, "--strict-host-key-checking/--no-strict-host-key-checking",
         envvar="FLEETCTL_STRICT_HOST_KEY_CHECKING",
         help="verify host keys against the known-hosts file"),
+    ca_file: str = typer.Option("", "--ca-file", envvar="FLEETCTL_CA_FILE",
+                                help="CA certificate that signed fleetd's TLS certificate"),
+    cert_file: str = typer.Option("", "--cert-file", envvar="FLEETCTL_CERT_FILE",
+                                  help="TLS client certificate presented to fleetd"),
+    key_file: str = typer.Option("", "--key-file", envvar="FLEETCTL_KEY_FILE",
+                                 help="private key of the TLS client certificate"),
 ) -> None:
+    from fleetctl.client import TlsFiles
     from fleetctl.sshcmd import SSHOptions
+
+    OPTS.tls = TlsFiles(ca_file, cert_file, key_file)
 
     OPTS.endpoint = endpoint
     OPTS.request_timeout = request_timeout
@@ -115,11 +138,15 @@ def resolve_args(args: list[str]) -> list[tuple[str, str | None]]:
 
 
 def read_unit_file(path: str) -> str:
+    from fleetd.unit import MAX_UNIT_FILE_BYTES
+
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            raw = f.read(MAX_UNIT_FILE_BYTES + 1)  # never slurp a huge file
     except OSError as e:
         fail(f"unable to read unit file {path}: {e.strerror}")
+    if len(raw) > MAX_UNIT_FILE_BYTES:
+        fail(f"unit file {path} is larger than {MAX_UNIT_FILE_BYTES} bytes")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:

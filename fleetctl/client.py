@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_ENDPOINT = "unix:///var/run/fleet-py.sock"
@@ -39,10 +40,48 @@ def grpc_target(endpoint: str) -> str:
     return ep
 
 
-class Client:
-    """Synchronous gRPC client: one call per method, errors as FleetctlError."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """fleet's --ca-file/--cert-file/--key-file: verify fleetd with the CA, prove who we are
+    with the certificate (fleetd's TCP API requires it)."""
 
-    def __init__(self, endpoint: str | None = None, timeout_s: float = 10.0) -> None:
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.ca_file or self.cert_file or self.key_file)
+
+    def credentials(self) -> Any:
+        import grpc
+
+        if bool(self.cert_file) != bool(self.key_file):
+            raise FleetctlError("--cert-file and --key-file go together")
+        pems = []
+        for flag, path in (("--ca-file", self.ca_file), ("--cert-file", self.cert_file),
+                           ("--key-file", self.key_file)):
+            try:
+                pems.append(_read(path) if path else None)
+            except OSError as e:
+                raise FleetctlError(f"cannot read {flag} {path}: {e.strerror}") from None
+        return grpc.ssl_channel_credentials(root_certificates=pems[0], private_key=pems[2],
+                                            certificate_chain=pems[1])
+
+
+def _read(path: str) -> bytes:
+    with open(os.path.expanduser(path), "rb") as f:
+        return f.read()
+
+
+class Client:
+    """Synchronous gRPC client: one call per method, errors as FleetctlError.
+
+    TCP endpoints use TLS when `tls` names files or the endpoint is https://; unix sockets
+    never do. `server_name` is the name to verify fleetd's certificate against when the
+    endpoint is not fleetd's own address (an SSH tunnel)."""
+
+    def __init__(self, endpoint: str | None = None, timeout_s: float = 10.0,
+                 tls: TlsFiles | None = None, server_name: str = "") -> None:
         import grpc
 
         from fleetd.api.pb import fleet_pb2, fleet_pb2_grpc
@@ -51,9 +90,18 @@ class Client:
         self.timeout_s = timeout_s
         self.pb = fleet_pb2
         self._grpc = grpc
-        self._channel = grpc.insecure_channel(
-            grpc_target(self.endpoint),
-            options=[("grpc.max_receive_message_length", 512 * 1024 * 1024)])
+        target = grpc_target(self.endpoint)
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", 512 * 1024 * 1024)]
+        tls = tls or TlsFiles()
+        self.secure = bool(server_name and tls) or (not target.startswith("unix:") and (
+            bool(tls) or self.endpoint.strip().startswith("https://")))
+        if self.secure:
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            self._channel = grpc.secure_channel(target, tls.credentials(), options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
         self._stub = fleet_pb2_grpc.FleetStub(self._channel)
 
     def call(self, method: str, **fields: Any) -> Any:
@@ -90,7 +138,9 @@ class Client:
         if code == self._grpc.StatusCode.NOT_FOUND:
             return NotFoundError(e.details())
         if code == self._grpc.StatusCode.UNAVAILABLE and "etcd" not in (e.details() or ""):
-            return FleetctlError(f"cannot reach fleetd at {self.endpoint}: {e.details()}")
+            hint = "" if self.secure or self.endpoint.startswith(("unix:", "/")) else \
+                " (a TCP API requires TLS: pass --ca-file, --cert-file and --key-file)"
+            return FleetctlError(f"cannot reach fleetd at {self.endpoint}: {e.details()}{hint}")
         if code == self._grpc.StatusCode.DEADLINE_EXCEEDED:
             return FleetctlError(f"fleetd at {self.endpoint} did not answer within "
                                  f"{self.timeout_s:g}s")

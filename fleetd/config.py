@@ -50,6 +50,15 @@ class Config:
     api_advertise: str = ""
     http_socket: str = DEFAULT_HTTP_SOCKET  # fleet's HTTP API v1 unix socket (empty: none)
     http_tcp: str = ""  # fleet's HTTP API v1 on TCP host:port (empty: none)
+    # group owning the unix sockets api_socket and http_socket (mode 0660); empty: fleetd's own
+    api_socket_group: str = ""
+    # mutual TLS of the TCP listeners (api_tcp, http_tcp) and of forwarding to other fleetds:
+    # the CA whose client certificates are accepted, and this fleetd's certificate and key
+    api_tls_cafile: str = ""
+    api_tls_certfile: str = ""
+    api_tls_keyfile: str = ""
+    # serve api_tcp/http_tcp in plain text without client authentication (logs a warning)
+    api_tcp_insecure: bool = False
     token_limit: int = 100  # fleet's option: entities per page of the HTTP API v1
     metrics_listen: str = ""  # host:port serving Prometheus /metrics (empty: off)
     verbosity: int = 0
@@ -94,6 +103,9 @@ def parse_metadata(raw: str) -> dict[str, str]:
         if not sep or not key or not value:
             raise ValueError(f"metadata item {item!r} is not key=value")
         out[key] = value
+    from fleetd.metadata import check_metadata
+
+    check_metadata(out)  # limits shared with the APIs (fleetd/metadata.py)
     return out
 
 
@@ -104,6 +116,7 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "engine_reconcile_interval": _duration_s,
     "disable_engine": _bool,
     "systemd_user": _bool,
+    "api_tcp_insecure": _bool,
     "metadata": parse_metadata,
     "verbosity": int,
     "token_limit": int,
@@ -120,21 +133,35 @@ def _set(cfg: Config, name: str, raw: str, source: str, sources: dict[str, str])
     sources[name] = source
 
 
+#: Largest fleet.conf read (a real one is a few hundred bytes).
+MAX_CONFIG_FILE_BYTES = 64 * 1024
+
+
 def read_config_file(path: str) -> dict[str, str]:
     """Options from an INI-style fleet.conf (`name=value` lines, `#`/`;` comments)."""
     out = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line[0] in "#;" or (line.startswith("[") and line.endswith("]")):
-                continue
-            name, sep, value = line.partition("=")
-            name = name.strip()
-            if not sep:
-                raise ConfigError(f"{path}:{lineno}: expected option=value, got {line!r}")
-            if name not in OPTION_NAMES:
-                raise ConfigError(f"{path}:{lineno}: unknown option {name!r}")
-            out[name] = value.strip().strip('"')
+    with open(path, "rb") as fb:
+        raw = fb.read(MAX_CONFIG_FILE_BYTES + 1)
+    if len(raw) > MAX_CONFIG_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_FILE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{at}: not valid UTF-8 (byte offset {e.start})") from None
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if any((c < " " and c != "\t") or c == "\x7f" for c in line.removesuffix("\r")):
+            raise ConfigError(f"{path}:{lineno}: control character in line")
+        line = line.strip()
+        if not line or line[0] in "#;" or (line.startswith("[") and line.endswith("]")):
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep:
+            raise ConfigError(f"{path}:{lineno}: expected option=value, got {line!r}")
+        if name not in OPTION_NAMES:
+            raise ConfigError(f"{path}:{lineno}: unknown option {name!r}")
+        out[name] = value.strip().strip('"')
     return out
 
 
@@ -197,6 +224,27 @@ def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> None:
         raise bad("etcd_request_timeout", "must be positive")
     if not 1 <= cfg.token_limit <= 65535:
         raise bad("token_limit", f"must be between 1 and 65535, got {cfg.token_limit}")
+    _validate_tls(cfg, bad)
+
+
+def _validate_tls(cfg: Config, bad: Callable[[str, str], ConfigError]) -> None:
+    """TCP listeners need mutual TLS unless api_tcp_insecure says otherwise; TLS file options
+    come as complete sets."""
+    api_tls = (cfg.api_tls_cafile, cfg.api_tls_certfile, cfg.api_tls_keyfile)
+    if any(api_tls) and not all(api_tls):
+        raise bad("api_tls_cafile" if not cfg.api_tls_cafile else
+                  "api_tls_certfile" if not cfg.api_tls_certfile else "api_tls_keyfile",
+                  "is missing: api_tls_cafile, api_tls_certfile and api_tls_keyfile go together")
+    tcp = [n for n in ("api_tcp", "http_tcp") if getattr(cfg, n)]
+    if tcp and not all(api_tls) and not cfg.api_tcp_insecure:
+        raise bad(tcp[0], "needs mutual TLS: set api_tls_cafile, api_tls_certfile and "
+                  "api_tls_keyfile, or api_tcp_insecure=true to serve it without "
+                  "authentication")
+    if bool(cfg.etcd_certfile) != bool(cfg.etcd_keyfile):
+        raise bad("etcd_certfile" if not cfg.etcd_certfile else "etcd_keyfile",
+                  "is missing: etcd_certfile and etcd_keyfile go together")
+    if cfg.etcd_password and not cfg.etcd_username:
+        raise bad("etcd_username", "is missing: etcd_password needs it")
 
 
 def api_advertise_address(cfg: Config, public_ip: str) -> str:

@@ -3,6 +3,8 @@
 The machine key, the unit states the agent publishes and the engine leadership are all attached
 to one lease, renewed every `agent_ttl/3`. When renewal fails for longer than the TTL the lease
 must be presumed gone: `on_lease_lost` fires (the agent fences) and a new lease is sought.
+Unless `outage_check` says etcd is down for every machine (see `fleetd.peers`): then no lease
+can expire, and the session holds (keeps its units) until etcd answers again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from fleetd import metrics
 from fleetd.registry import EtcdError, MachineRecord, Registry, backoff_sleep
 
 log = logging.getLogger("fleetd.machine")
+
+#: How often a holding watchdog asks its peers again.
+HOLD_RECHECK_S = 1.0
+#: Pause before retrying a failed lease renewal.
+RENEW_RETRY_S = 0.25
 
 
 @dataclass
@@ -48,6 +55,10 @@ class MachineSession:
         self.on_new_lease: list[Callable[[int], Awaitable[None]]] = []
         self._last_renewed = 0.0
         self.renewals = 0
+        # Before fencing: "is etcd down for everyone?", given how long it has failed us.
+        self.outage_check: Callable[[float], Awaitable[bool]] | None = None
+        self.holding = False  # past the fence deadline, but etcd is down for everyone
+        self.holds = 0  # outages held through, for tests and logs
 
     @property
     def renew_interval_s(self) -> float:
@@ -88,8 +99,12 @@ class MachineSession:
         await asyncio.gather(self._renew_loop(), self._watchdog())
 
     async def _renew_loop(self) -> None:
+        retry = False
         while True:
-            await asyncio.sleep(self.renew_interval_s)
+            # After a failure retry soon (an etcd leader election lasts about a second), each
+            # attempt short enough that several fit before the fence deadline.
+            await asyncio.sleep(RENEW_RETRY_S if retry else self.renew_interval_s)
+            retry = False
             if not self.lease:
                 await self.establish()
                 continue
@@ -98,10 +113,11 @@ class MachineSession:
             # counting from the send keeps our deadline ahead of etcd's.
             sent = time.monotonic()
             try:
-                ttl = await self.registry.renew_lease(lease)
+                ttl = await self.registry.renew_lease(lease, self.renew_timeout_s)
             except EtcdError as e:
                 log.warning("lease renewal failed (%s); %.1fs left before fencing", e,
                             self.fence_deadline - time.monotonic())
+                retry = True
                 continue
             if lease != self.lease:
                 continue  # fenced meanwhile; the next round registers again
@@ -115,19 +131,82 @@ class MachineSession:
             metrics.LEASE_RENEWALS.inc()
 
     @property
+    def renew_timeout_s(self) -> float:
+        return max(0.5, self.ttl_s * 0.2)
+
+    @property
     def fence_deadline(self) -> float:
         return self._last_renewed + self.ttl_s - self.fence_margin_s
+
+    @property
+    def outage_check_lead_s(self) -> float:
+        """How long before the fence deadline the peers are asked (their answers take up to
+        `fleetd.peers.PEER_TIMEOUT_S`), so that fencing, if due, still happens on time."""
+        return min(1.5, self.ttl_s * 0.25) if self.outage_check else 0.0
 
     async def _watchdog(self) -> None:
         """Fence on time, independently of renewal calls that may hang on a dead network."""
         while True:
+            lead = self.outage_check_lead_s
             left = self.fence_deadline - time.monotonic()
-            if self.lease and left <= 0:
+            if self.lease and left <= lead:
+                if await self._hold():
+                    await asyncio.sleep(HOLD_RECHECK_S)
+                    continue
+                left = self.fence_deadline - time.monotonic()
+                if left > 0:
+                    # Asked early: fence at the deadline unless the lease renews meanwhile.
+                    await asyncio.sleep(left)
+                    if self.fence_deadline > time.monotonic() or not self.lease:
+                        continue
                 log.error("lease %x not renewed for %.1fs (ttl %ss): presumed expired",
                           self.lease, time.monotonic() - self._last_renewed, self.ttl_s)
                 await self._lost()
                 continue
-            await asyncio.sleep(min(max(left, 0.05), self.renew_interval_s))
+            if self.holding and left > 0:
+                self.holding = False
+                log.warning("etcd is back: lease %x renewed, units kept", self.lease)
+            await asyncio.sleep(min(max(left - lead, 0.05), self.renew_interval_s))
+
+    async def _hold(self) -> bool:
+        """True to keep the units running past the fence deadline: etcd is down for everyone
+        (so it expires no lease), or it just came back and our lease renewed."""
+        if self.outage_check is None:
+            return False
+        etcd = self.registry.etcd
+        outage = etcd.unreachable_for_s() or (time.monotonic() - self._last_renewed)
+        try:
+            down = await self.outage_check(outage)
+        except Exception:
+            log.exception("asking peers about etcd failed")
+            down = False
+        if down:
+            if not self.holding:
+                self.holds += 1
+                log.warning("lease %x not renewed for %.1fs, but etcd answers no machine: "
+                            "holding units (etcd extends every lease when it returns)",
+                            self.lease, time.monotonic() - self._last_renewed)
+            self.holding = True
+            return True
+        if self.holding:
+            # Some machine reaches etcd again: it is back, with every lease extended by its new
+            # leader. Renew now (our channel may still be reconnecting) rather than fence.
+            deadline = time.monotonic() + self.ttl_s / 2
+            while time.monotonic() < deadline:
+                sent = time.monotonic()
+                try:
+                    ttl = await self.registry.renew_lease(self.lease)
+                except EtcdError:
+                    await asyncio.sleep(0.2)
+                    continue
+                if ttl > 0:
+                    self._last_renewed = sent
+                    self.holding = False
+                    log.warning("etcd is back: lease %x renewed, units kept", self.lease)
+                    return True
+                break
+            self.holding = False
+        return False
 
     async def _lost(self) -> None:
         self.lease = 0

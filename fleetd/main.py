@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from fleetd import __version__
@@ -18,6 +19,9 @@ from fleetd.config import (
     load_config,
     read_machine_id,
 )
+
+if TYPE_CHECKING:
+    from fleetd.api.tls import ApiTls
 
 log = logging.getLogger("fleetd")
 
@@ -73,6 +77,28 @@ def detect_public_ip(etcd_servers: list[str]) -> str:
         return ""
 
 
+def api_tls(cfg: Config) -> ApiTls | None:
+    """The API's TLS material, or None (and a warning when TCP is served in plain text)."""
+    from fleetd.api.tls import ApiTls, TlsError, resolve_group
+
+    if cfg.api_socket_group:
+        try:
+            resolve_group(cfg.api_socket_group)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if not (cfg.api_tls_cafile and cfg.api_tls_certfile and cfg.api_tls_keyfile):
+        tcp = ", ".join(a for a in (cfg.api_tcp, cfg.http_tcp) if a)
+        if tcp:
+            log.warning("api_tcp_insecure=true: serving the API on %s WITHOUT TLS or client "
+                        "authentication; anyone who can connect controls the cluster (runs "
+                        "commands as root on every machine)", tcp)
+        return None
+    try:
+        return ApiTls.load(cfg.api_tls_cafile, cfg.api_tls_certfile, cfg.api_tls_keyfile)
+    except TlsError as e:
+        raise ConfigError(str(e)) from None
+
+
 async def serve(cfg: Config) -> None:
     """Run fleetd until SIGTERM/SIGINT."""
     from fleetd.agent.agent import Agent
@@ -86,6 +112,7 @@ async def serve(cfg: Config) -> None:
     from fleetd.systemd.cli_tools import SystemdTools
 
     machine_id = read_machine_id(cfg)
+    tls = api_tls(cfg)
     etcd = EtcdClient(cfg.etcd_servers, request_timeout_s=cfg.etcd_request_timeout,
                       ca_file=cfg.etcd_cafile or None, cert_file=cfg.etcd_certfile or None,
                       key_file=cfg.etcd_keyfile or None, username=cfg.etcd_username or None,
@@ -99,18 +126,24 @@ async def serve(cfg: Config) -> None:
                                            bus_address=cfg.systemd_bus_address or None,
                                            unit_dir=cfg.unit_dir or None)
     agent = Agent(registry, systemd, session)
-    service = FleetService(registry)
+    from fleetd.registry.view import ClusterView
+
+    view = ClusterView(registry)
+    view.start()
+    service = FleetService(registry, view)
     tools = SystemdTools(user=cfg.systemd_user, env=(
         {("DBUS_SESSION_BUS_ADDRESS" if cfg.systemd_user else "DBUS_SYSTEM_BUS_ADDRESS"):
          cfg.systemd_bus_address} if cfg.systemd_bus_address else {}))
     server = await start_grpc_server(service, unix_socket=cfg.api_socket,
                                      tcp_address=cfg.api_tcp,
-                                     outputs=UnitOutputs(service, machine_id, tools))
+                                     outputs=UnitOutputs(service, machine_id, tools, tls),
+                                     tls=tls, socket_group=cfg.api_socket_group)
     from fleetd.api.http_v1 import start_http_server
 
     http_server = await start_http_server(service, unix_socket=cfg.http_socket,
                                           tcp_address=cfg.http_tcp,
-                                          token_limit=cfg.token_limit)
+                                          token_limit=cfg.token_limit,
+                                          tls=tls, socket_group=cfg.api_socket_group)
     metrics_runner = None
     if cfg.metrics_listen:
         from fleetd.metrics import start_metrics_server
@@ -118,6 +151,14 @@ async def serve(cfg: Config) -> None:
         metrics_runner = await start_metrics_server(cfg.metrics_listen)
     await session.establish()
     jobs = [asyncio.ensure_future(session.run()), asyncio.ensure_future(agent.run())]
+    from fleetd.api.remote import peer_etcd_age
+    from fleetd.peers import PeerDirectory
+
+    peers = PeerDirectory(registry, machine_id,
+                          lambda address, timeout_s: peer_etcd_age(address, timeout_s, tls,
+                                                                   machine_id))
+    session.outage_check = peers.etcd_down_for_everyone
+    jobs.append(asyncio.ensure_future(peers.run()))
     if not cfg.disable_engine:
         engine = Engine(registry, session, reconcile_interval_s=cfg.engine_reconcile_interval)
         jobs.append(asyncio.ensure_future(engine.run()))
@@ -143,6 +184,7 @@ async def serve(cfg: Config) -> None:
     if metrics_runner is not None:
         await metrics_runner.cleanup()
     await systemd.close()
+    await view.close()
     await registry.close()
     if cfg.api_socket and os.path.exists(cfg.api_socket):
         os.unlink(cfg.api_socket)

@@ -7,7 +7,13 @@
 #   provision-fleetd.sh [--root DIR] [--no-start | --no-block] [--fleetd CMD]
 #                       [--etcd-servers URLS] [--etcd-key-prefix P] [--public-ip IP]
 #                       [--metadata k=v,...] [--api-tcp HOST:PORT] [--http-tcp HOST:PORT] [--agent-ttl DURATION]
-#                       [--engine-reconcile-interval DURATION]
+#                       [--engine-reconcile-interval DURATION] [--api-socket-group GROUP]
+#                       [--api-tls-cafile F --api-tls-certfile F --api-tls-keyfile F]
+#                       [--api-tcp-insecure]
+#
+# TCP listeners (--api-tcp, --http-tcp) need mutual TLS: the --api-tls-* files, or by default
+# /etc/fleet/tls/{ca.pem,fleetd.pem,fleetd-key.pem} when they exist (under --root DIR too);
+# --api-tcp-insecure serves them in plain text instead (fleetd logs a warning).
 #
 # Every option can also come from the environment (FLEET_ETCD_SERVERS, FLEET_PUBLIC_IP,
 # FLEET_METADATA, FLEET_API_TCP, FLEET_AGENT_TTL, FLEET_ETCD_KEY_PREFIX,
@@ -29,7 +35,12 @@ api_tcp="${FLEET_API_TCP:-}"
 http_tcp="${FLEET_HTTP_TCP:-}"
 agent_ttl="${FLEET_AGENT_TTL:-}"
 reconcile="${FLEET_ENGINE_RECONCILE_INTERVAL:-}"
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+socket_group="${FLEET_API_SOCKET_GROUP:-}"
+tls_ca=""
+tls_cert=""
+tls_key=""
+tcp_insecure=0
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --root) root="${2%/}"; shift 2 ;;
@@ -44,6 +55,11 @@ while [ $# -gt 0 ]; do
     --http-tcp) http_tcp="$2"; shift 2 ;;
     --agent-ttl) agent_ttl="$2"; shift 2 ;;
     --engine-reconcile-interval) reconcile="$2"; shift 2 ;;
+    --api-socket-group) socket_group="$2"; shift 2 ;;
+    --api-tls-cafile) tls_ca="$2"; shift 2 ;;
+    --api-tls-certfile) tls_cert="$2"; shift 2 ;;
+    --api-tls-keyfile) tls_key="$2"; shift 2 ;;
+    --api-tcp-insecure) tcp_insecure=1; shift ;;
     -h|--help) usage 0 ;;
     *) echo "provision-fleetd.sh: unknown argument $1" >&2; usage 2 >&2 ;;
   esac
@@ -59,6 +75,17 @@ if [ -n "$fleetd_exec" ]; then
 else
   rm -f "$unit_dir/fleetd.service.d/10-exec.conf"
 fi
+if [ -z "$tls_ca$tls_cert$tls_key" ] && [ -f "$etc/fleet/tls/ca.pem" ] \
+    && [ -f "$etc/fleet/tls/fleetd.pem" ] && [ -f "$etc/fleet/tls/fleetd-key.pem" ]; then
+  tls_ca=/etc/fleet/tls/ca.pem
+  tls_cert=/etc/fleet/tls/fleetd.pem
+  tls_key=/etc/fleet/tls/fleetd-key.pem
+fi
+if { [ -n "$api_tcp" ] || [ -n "$http_tcp" ]; } && [ -z "$tls_ca" ] && [ "$tcp_insecure" = 0 ]; then
+  echo "provision-fleetd.sh: --api-tcp/--http-tcp need mutual TLS: --api-tls-cafile," \
+    "--api-tls-certfile, --api-tls-keyfile (or files in /etc/fleet/tls), or --api-tcp-insecure" >&2
+  exit 2
+fi
 conf="$etc/fleet/fleet.conf"
 {
   echo "# Written by provision-fleetd.sh; see packaging/fleet.conf.example for every option."
@@ -70,6 +97,13 @@ conf="$etc/fleet/fleet.conf"
   [ -n "$http_tcp" ] && echo "http_tcp=$http_tcp"
   [ -n "$agent_ttl" ] && echo "agent_ttl=$agent_ttl"
   [ -n "$reconcile" ] && echo "engine_reconcile_interval=$reconcile"
+  [ -n "$socket_group" ] && echo "api_socket_group=$socket_group"
+  if [ -n "$tls_ca" ]; then
+    echo "api_tls_cafile=$tls_ca"
+    echo "api_tls_certfile=$tls_cert"
+    echo "api_tls_keyfile=$tls_key"
+  fi
+  [ "$tcp_insecure" = 1 ] && echo "api_tcp_insecure=true"
   true
 } > "$conf.tmp"
 chmod 0644 "$conf.tmp"

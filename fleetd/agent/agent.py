@@ -170,6 +170,12 @@ class Agent:
                 log.exception("reconcile failed; retrying")
                 await asyncio.sleep(1)
                 self._wake.set()
+                if not self.systemd.connected:
+                    try:
+                        await self.systemd.reconnect()
+                        log.info("reconnected to systemd")
+                    except Exception as e:
+                        log.warning("reconnecting to systemd failed: %s", e)
 
     async def reconcile(self) -> None:
         tasks = plan(self.desired(), self.current())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,11 +24,15 @@ from fleetd.api.service import (
     Unavailable,
     UnitInfo,
 )
+from fleetd.api.tls import ApiTls, secure_unix_socket
 from fleetd.registry import EtcdError, MachineRecord, UnitStateRecord, WatchCompacted
 
 log = logging.getLogger("fleetd.api")
 
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # list calls on 10,000+ unit clusters exceed 4 MiB
+# Largest request accepted (RESOURCE_EXHAUSTED beyond): a unit file is at most 1 MiB, and
+# HTTP v1 bodies are bounded the same way (http_v1.MAX_BODY_BYTES).
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 _CODES = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -198,6 +203,20 @@ class FleetServicer(pb_grpc.FleetServicer):
             out.kind = pb.WatchEvent.STATE_DELETED
         return out
 
+    async def PeerEtcdStatus(self, request: Any, context: Any) -> pb.PeerEtcdStatusResponse:
+        from fleetd.peers import PEER_PROBE_AFTER_S, PEER_PROBE_TIMEOUT_S
+
+        etcd = self.service.registry.etcd
+        if etcd.last_answer_age_s() > PEER_PROBE_AFTER_S:
+            try:  # a fresh answer: "etcd works for me" must not be a renewal-interval old
+                await asyncio.wait_for(self.service.registry.leader(), PEER_PROBE_TIMEOUT_S)
+            except (TimeoutError, EtcdError):
+                pass
+        age = etcd.last_answer_age_s()
+        return pb.PeerEtcdStatusResponse(
+            machine_id=self.outputs.machine_id if self.outputs else "",
+            last_answer_age_s=age if age != float("inf") else -1.0)
+
     async def ExplainUnit(self, request: Any, context: Any) -> pb.Explanation:
         ex = await _call(context, lambda: self.service.explain_unit(request.name))
         return pb.Explanation(
@@ -208,11 +227,15 @@ class FleetServicer(pb_grpc.FleetServicer):
 
 async def start_grpc_server(service: FleetService, *, unix_socket: str = "",
                             tcp_address: str = "",
-                            outputs: UnitOutputs | None = None) -> grpc.aio.Server:
-    """Serve the API on a unix socket (mode 0660) and/or a TCP address; returns the server.
-    `outputs` answers UnitStatus/Journal (this machine's systemd tools and forwarding)."""
+                            outputs: UnitOutputs | None = None,
+                            tls: ApiTls | None = None,
+                            socket_group: str = "") -> grpc.aio.Server:
+    """Serve the API on a unix socket (mode 0660, group `socket_group`) and/or a TCP address
+    (mutual TLS with `tls`; plain text without it, which the caller must have allowed); returns
+    the server. `outputs` answers UnitStatus/Journal (this machine's systemd tools and
+    forwarding)."""
     server = grpc.aio.server(options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                                      ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+                                      ("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
     pb_grpc.add_FleetServicer_to_server(FleetServicer(service, outputs), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -224,11 +247,13 @@ async def start_grpc_server(service: FleetService, *, unix_socket: str = "",
         if os.path.exists(unix_socket):
             os.unlink(unix_socket)
         server.add_insecure_port("unix:" + unix_socket)
-    if tcp_address:
+    if tcp_address and tls is not None:
+        server.add_secure_port(tcp_address, tls.grpc_server_credentials())
+    elif tcp_address:
         server.add_insecure_port(tcp_address)
     await server.start()
     if unix_socket:
-        os.chmod(unix_socket, 0o660)
+        secure_unix_socket(unix_socket, socket_group)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(names[0], health_pb2.HealthCheckResponse.SERVING)
     log.info("gRPC API listening on %s", ", ".join(a for a in (unix_socket, tcp_address) if a))

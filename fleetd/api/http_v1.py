@@ -52,6 +52,7 @@ from fleetd.api.service import (
     Unavailable,
     UnitInfo,
 )
+from fleetd.api.tls import ApiTls, secure_unix_socket
 from fleetd.registry import TARGET_STATES, MachineRecord, UnitStateRecord
 from fleetd.unit import Unit, UnitError, UnitFile, UnitName
 
@@ -601,8 +602,12 @@ def split_host_port(address: str) -> tuple[str, int]:
 
 async def start_http_server(service: FleetService, *, unix_socket: str = "",
                             tcp_address: str = "",
-                            token_limit: int = DEFAULT_TOKEN_LIMIT) -> HttpServer:
-    """Serve the HTTP API v1 on a unix socket (mode 0660) and/or TCP host:port."""
+                            token_limit: int = DEFAULT_TOKEN_LIMIT,
+                            tls: ApiTls | None = None,
+                            socket_group: str = "") -> HttpServer:
+    """Serve the HTTP API v1 on a unix socket (mode 0660, group `socket_group`) and/or TCP
+    host:port (HTTPS requiring a client certificate with `tls`; plain HTTP without it, which
+    the caller must have allowed)."""
     runner = web.AppRunner(HttpApi(service, token_limit).app(), access_log=None)
     await runner.setup()
     try:
@@ -610,10 +615,11 @@ async def start_http_server(service: FleetService, *, unix_socket: str = "",
             os.makedirs(os.path.dirname(unix_socket) or ".", exist_ok=True)
             _remove_stale_socket(unix_socket)
             await web.UnixSite(runner, unix_socket).start()
-            os.chmod(unix_socket, 0o660)
+            secure_unix_socket(unix_socket, socket_group)
         if tcp_address:
             host, port = split_host_port(tcp_address)
-            await web.TCPSite(runner, host or None, port).start()
+            await web.TCPSite(runner, host or None, port,
+                              ssl_context=tls.server_context() if tls else None).start()
     except BaseException:
         await runner.cleanup()
         raise

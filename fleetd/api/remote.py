@@ -12,7 +12,15 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fleetd.api.service import ApiError, FleetService, InvalidArgument, NotFound, Unavailable
+from fleetd.api.service import (
+    ApiError,
+    FleetService,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    _check_name,
+)
+from fleetd.api.tls import ApiTls
 from fleetd.systemd.cli_tools import SystemdTools, ToolError
 
 log = logging.getLogger("fleetd.api")
@@ -29,13 +37,16 @@ class NotRunning(ApiError):
 class UnitOutputs:
     """Answers status and journal requests for units, locally or by forwarding."""
 
-    def __init__(self, service: FleetService, machine_id: str, tools: SystemdTools) -> None:
+    def __init__(self, service: FleetService, machine_id: str, tools: SystemdTools,
+                 tls: ApiTls | None = None) -> None:
         self.service = service
         self.machine_id = machine_id
         self.tools = tools
+        self.tls = tls  # mutual TLS to the other fleetds' api_tcp (plain text without it)
 
     async def locate(self, name: str, machine_id: str = "") -> tuple[str, str]:
         """(machine id that should answer, its API address; "" when it is this machine)."""
+        _check_name(name)  # never hand systemctl/journalctl a name fleet would refuse
         if machine_id == self.machine_id and machine_id:
             return machine_id, ""
         st = await self.service._state()
@@ -67,7 +78,7 @@ class UnitOutputs:
         if address:
             from fleetd.api.pb import fleet_pb2 as pb
 
-            async with _channel(address) as stub:
+            async with _channel(address, self.tls) as stub:
                 resp = await _forward(address, stub.UnitStatus(
                     pb.UnitStatusRequest(name=name, machine_id=target, lines=lines),
                     timeout=FORWARD_TIMEOUT_S))
@@ -84,7 +95,7 @@ class UnitOutputs:
         if address:
             from fleetd.api.pb import fleet_pb2 as pb
 
-            async with _channel(address) as stub:
+            async with _channel(address, self.tls) as stub:
                 resp = await _forward(address, stub.RestartUnit(
                     pb.RestartUnitRequest(name=name, machine_id=target),
                     timeout=FORWARD_TIMEOUT_S))
@@ -109,7 +120,7 @@ class UnitOutputs:
 
             from fleetd.api.pb import fleet_pb2 as pb
 
-            async with _channel(address) as stub:
+            async with _channel(address, self.tls) as stub:
                 call = stub.Journal(pb.JournalRequest(
                     name=name, machine_id=target, lines=lines, output=output, follow=follow))
                 try:
@@ -128,14 +139,18 @@ class UnitOutputs:
 
 
 class _channel:
-    """An insecure gRPC channel to another fleetd, closed on exit; yields its Fleet stub."""
+    """A gRPC channel to another fleetd (mutual TLS with `tls`), closed on exit; yields its
+    Fleet stub."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, tls: ApiTls | None) -> None:
         import grpc
 
         from fleetd.api.pb import fleet_pb2_grpc as pb_grpc
 
-        self._channel = grpc.aio.insecure_channel(address)
+        if tls is not None:
+            self._channel = grpc.aio.secure_channel(address, tls.grpc_channel_credentials())
+        else:
+            self._channel = grpc.aio.insecure_channel(address)
         self._stub = pb_grpc.FleetStub(self._channel)
 
     async def __aenter__(self) -> Any:
@@ -165,3 +180,21 @@ def _forward_error(address: str, e: Any) -> ApiError:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgument(e.details())
     return Unavailable(f"fleetd at {address}: {e.details() or code.name}")
+
+
+async def peer_etcd_age(address: str, timeout_s: float, tls: ApiTls | None,
+                        machine_id: str) -> float | None:
+    """Seconds since the fleetd at `address` last got an answer from etcd (inf: never); None
+    when that fleetd does not answer within `timeout_s` (asked by `machine_id`)."""
+    import grpc
+
+    from fleetd.api.pb import fleet_pb2 as pb
+
+    try:
+        async with _channel(address, tls) as stub:
+            resp = await stub.PeerEtcdStatus(pb.PeerEtcdStatusRequest(machine_id=machine_id),
+                                             timeout=timeout_s)
+    except grpc.aio.AioRpcError:
+        return None
+    age = float(resp.last_answer_age_s)
+    return age if age >= 0 else float("inf")

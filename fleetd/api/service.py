@@ -6,8 +6,10 @@ subclasses that each front end maps to its own status codes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from fleetd import metadata
 from fleetd.engine.scheduler import ClusterSnapshot, JobView, MachineView, explain
 from fleetd.registry import (
     TARGET_STATES,
@@ -21,9 +23,11 @@ from fleetd.registry import (
     UnitRecord,
     UnitStateRecord,
 )
+from fleetd.registry.view import ClusterView
 from fleetd.unit import Unit, UnitError, UnitName
 
 _RANK = {"inactive": 0, "loaded": 1, "launched": 2}
+_MACHINE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 class ApiError(Exception):
@@ -90,12 +94,15 @@ def _check_name(name: str) -> UnitName:
 class FleetService:
     """Cluster operations over one registry; `leader_id` reports who leads the engine."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, view: ClusterView | None = None) -> None:
         self.registry = registry
+        self.view = view  # in-memory, watch-fed reads (fleetd/registry/view.py) when given
         self._summaries: dict[tuple[str, str], tuple[str, bool]] = {}
 
     async def _state(self) -> ClusterState:
         try:
+            if self.view is not None:
+                return await self.view.snapshot()
             return await self.registry.cluster_state()
         except EtcdError as e:
             raise Unavailable(str(e)) from None
@@ -124,10 +131,16 @@ class FleetService:
                           machine_id: str = "") -> tuple[list[UnitStateRecord], dict[str, str]]:
         """Reported states (filtered) and the IP of every machine, by id. Reads only the
         state and machine keys (not the whole cluster)."""
-        try:
-            states, machines = await self.registry.states_and_machines(names or None)
-        except EtcdError as e:
-            raise Unavailable(str(e)) from None
+        if self.view is not None:
+            st = await self._state()
+            wanted = names or st.states.keys()
+            states = [s for n in wanted for s in st.states.get(n, {}).values()]
+            machines: list[MachineRecord] = list(st.machines.values())
+        else:
+            try:
+                states, machines = await self.registry.states_and_machines(names or None)
+            except EtcdError as e:
+                raise Unavailable(str(e)) from None
         out = [s for s in states if not machine_id or s.machine_id == machine_id]
         out.sort(key=lambda s: (s.unit, s.machine_id))
         return out, {m.id: m.ip for m in machines}
@@ -266,15 +279,23 @@ class FleetService:
             raise InvalidArgument(f"metadata of {len(changes)} machines in one request: "
                                   "at most 64")
         for mid, items in changes.items():
-            if not mid or "/" in mid:
-                raise InvalidArgument(f"invalid machine id {mid!r}")
-            for key, value in items:
-                if not key or "/" in key:
-                    raise InvalidArgument(f"invalid metadata key {key!r}")
-                if value is not None and not value:
-                    raise InvalidArgument(f"metadata {key}: empty value")
+            if not _MACHINE_ID.fullmatch(mid) or mid in (".", ".."):
+                raise InvalidArgument(f"invalid machine id {mid[:140]!r}: expected 1-128 of "
+                                      "A-Z a-z 0-9 _ . : -")
+            if len(items) > metadata.MAX_METADATA_KEYS:
+                raise InvalidArgument(f"{len(items)} metadata changes for machine {mid}: at "
+                                      f"most {metadata.MAX_METADATA_KEYS}")
+            try:
+                for key, value in items:
+                    metadata.check_key(key)
+                    if value is not None:
+                        metadata.check_value(key, value)
+            except metadata.MetadataError as e:
+                raise InvalidArgument(str(e)) from None
         try:
             await self.registry.update_machine_metadata(changes)
+        except metadata.MetadataError as e:
+            raise InvalidArgument(str(e)) from None
         except RegistryError as e:
             raise Unavailable(str(e)) from None
         except EtcdError as e:

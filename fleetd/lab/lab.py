@@ -35,6 +35,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fleetd.certificates import CertificateAuthority, IssuedCertificate
+
 STATE_DIR = pathlib.Path(os.environ.get("FLEET_LAB_DIR", "/var/lib/fleet-lab"))
 BRIDGE = "flab0"
 SUBNET = "10.77.0"
@@ -313,10 +315,26 @@ class Lab:
     def env(self) -> dict[str, str]:
         state = self.load()
         first = min(state.machines.values(), key=lambda m: m.name)
+        client = self.client_tls()
         return {"FLEETCTL_ENDPOINT": self.endpoint(state),
-                "FLEET_HTTP_ENDPOINT": f"http://{first.ip}:{HTTP_PORT}",
+                "FLEETCTL_CA_FILE": client.ca_file,
+                "FLEETCTL_CERT_FILE": client.cert_file,
+                "FLEETCTL_KEY_FILE": client.key_file,
+                "FLEET_HTTP_ENDPOINT": f"https://{first.ip}:{HTTP_PORT}",
                 "ETCDCTL_API": "3",
                 "ETCDCTL_ENDPOINTS": f"http://{HOST_IP}:{ETCD_PORT}"}
+
+    # -- mutual TLS: the lab's CA, each machine's certificate, the host's client certificate --
+    def ca(self) -> CertificateAuthority:
+        return CertificateAuthority.load_or_create(self.dir / "pki")
+
+    def client_tls(self) -> IssuedCertificate:
+        """The certificate fleetctl on the host presents (issued once, in the lab's pki/)."""
+        pki = self.dir / "pki"
+        if not (pki / "fleetctl.pem").exists():
+            return self.ca().issue("fleetctl")
+        return IssuedCertificate(str(pki / "ca.pem"), str(pki / "fleetctl.pem"),
+                                 str(pki / "fleetctl-key.pem"))
 
     # -- up ------------------------------------------------------------------------------------
     def up(self, machines: int, metadata: Mapping[str, Mapping[str, str]],
@@ -454,6 +472,9 @@ WantedBy=multi-user.target
         link = unit_dir / "multi-user.target.wants" / "fleet-lab-net.service"
         if not link.is_symlink():
             link.symlink_to("../fleet-lab-net.service")
+        # /etc/fleet/tls in the machine: provision-fleetd.sh configures mutual TLS from it
+        self.ca().issue("fleetd", ips=[m.ip], dns=[m.name], directory=upper / "fleet" / "tls")
+        self.client_tls()  # now, as root: `fleet-lab env` may run as anyone
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("FLEET_") and k != "FLEETD_EXEC"}
         args = [str(PROVISION_SCRIPT), "--root", str(upper.parent), "--no-start",
@@ -503,7 +524,7 @@ WantedBy=multi-user.target
 
     def _wait_registered(self, state: LabState, machines: list[MachineState],
                          timeout_s: float) -> None:
-        from fleetctl.client import Client, FleetctlError
+        from fleetctl.client import Client, FleetctlError, TlsFiles
 
         want = {m.machine_id for m in machines}
         deadline = time.monotonic() + timeout_s
@@ -516,7 +537,9 @@ WantedBy=multi-user.target
             for m in state.machines.values():
                 if not self.nspawn_alive(m) or m.partitioned:
                     continue
-                client = Client(m.endpoint, timeout_s=2)
+                tls = self.client_tls()
+                client = Client(m.endpoint, timeout_s=2,
+                                tls=TlsFiles(tls.ca_file, tls.cert_file, tls.key_file))
                 try:
                     seen = {x.id for x in client.call("ListMachines").machines}
                     break

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Self
 
+from fleetd.certificates import CertificateAuthority
 from fleetd.localcluster.usermanager import UserManager
 
 
@@ -116,6 +117,8 @@ class LocalMachine:
         # requests there (a real cluster would use its public IP).
         self.api_tcp = f"{self.ip}:{free_port()}"
         self.metrics_port = free_port()
+        # mutual TLS on api_tcp, with a certificate naming the machine's IP (the cluster's CA)
+        self.tls = cluster.ca.issue(self.name, ips=[self.ip], dns=[self.name])
 
     def start_proxy(self) -> None:
         """Route this machine's etcd traffic through a proxy that `partition` can cut."""
@@ -162,6 +165,9 @@ class LocalMachine:
             "FLEET_API_SOCKET": self.api_socket,
             "FLEET_HTTP_SOCKET": self.http_socket,
             "FLEET_API_TCP": self.api_tcp,
+            "FLEET_API_TLS_CAFILE": self.tls.ca_file,
+            "FLEET_API_TLS_CERTFILE": self.tls.cert_file,
+            "FLEET_API_TLS_KEYFILE": self.tls.key_file,
             "FLEET_AGENT_TTL": str(self.cluster.agent_ttl_s),
             "FLEET_ENGINE_RECONCILE_INTERVAL": "2",
             "FLEET_CONFIG": os.devnull,
@@ -241,6 +247,9 @@ class LocalCluster:
         self.agent_ttl_s = agent_ttl_s
         self.partitionable = partitionable
         self.etcd = EtcdServer(self.root)
+        # The cluster's own CA: each fleetd's TCP API and fleetctl's client certificate.
+        self.ca = CertificateAuthority.create(self.root / "pki")
+        self.client_tls = self.ca.issue("fleetctl")
         self.machines = [LocalMachine(self, i, metadata[i] if i < len(metadata) else {})
                          for i in range(machines)]
 
@@ -288,13 +297,20 @@ class LocalCluster:
 
     def fleetctl(self, *args: str, check: bool = False, timeout_s: float = 60,
                  endpoint: str | None = None) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "FLEETCTL_ENDPOINT": endpoint or self.endpoint()}
+        env = {**os.environ, "FLEETCTL_ENDPOINT": endpoint or self.endpoint(),
+               **self.fleetctl_tls_env()}
         r = subprocess.run([sys.executable, "-m", "fleetctl", *args], env=env,
                            capture_output=True, text=True, timeout=timeout_s)
         if check and r.returncode != 0:
             raise RuntimeError(f"fleetctl {' '.join(args)} failed ({r.returncode}): "
                                f"{r.stderr.strip()}")
         return r
+
+    def fleetctl_tls_env(self) -> dict[str, str]:
+        """fleetctl's FLEETCTL_CA_FILE/CERT_FILE/KEY_FILE for the machines' TCP APIs."""
+        return {"FLEETCTL_CA_FILE": self.client_tls.ca_file,
+                "FLEETCTL_CERT_FILE": self.client_tls.cert_file,
+                "FLEETCTL_KEY_FILE": self.client_tls.key_file}
 
     def wait_for_machines(self, count: int, timeout_s: float = 30) -> None:
         deadline = time.monotonic() + timeout_s

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -119,6 +120,13 @@ class Delete:
 Op = Put | Delete
 
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+# Reads retried while etcd elects a new leader (writes are not: one may have been applied).
+READ_RETRIES = 6
+READ_RETRY_S = 0.3
+_ELECTION_ERRORS = ("leader changed", "no leader")
+# Status codes that mean etcd did not answer (as opposed to refusing a request).
+_UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                          grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN})
 # etcd 3.4's default --max-txn-ops
 MAX_TXN_OPS = 128
 
@@ -144,7 +152,12 @@ class EtcdClient:
         self._tls = (ca_file, cert_file, key_file)
         self._auth = (username, password)
         self._metadata: tuple[tuple[str, str], ...] | None = None
+        self._auth_lock = asyncio.Lock()  # one Authenticate at a time, shared by all callers
         self.requests = 0  # every unary request and stream message sent, for metrics/benchmarks
+        # Monotonic times for the lease watchdog's "is etcd down for everyone?" question:
+        # the last answer etcd gave, and when the first request failed since then (0: none).
+        self.last_ok_at = 0.0
+        self.failing_since = 0.0
         self._channel = self._make_channel()
         self._kv = rpc.KVStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
@@ -169,9 +182,17 @@ class EtcdClient:
                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
         if secure:
-            ca, cert, key = (open(p, "rb").read() if p else None for p in self._tls)
+            # No CA file: the system's roots verify an https:// endpoint.
+            ca, cert, key = (_read_pem(p, what) for p, what in
+                             zip(self._tls, ("etcd_cafile", "etcd_certfile", "etcd_keyfile"),
+                                 strict=True))
             creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
                                                  certificate_chain=cert)
+            if len(hosts) > 1:
+                # An ipv4: target has no host name to check certificates against: use the
+                # first endpoint's (etcd members' certificates usually name them all).
+                options.append(("grpc.ssl_target_name_override",
+                                hosts[0].rsplit(":", 1)[0].strip("[]")))
             return grpc.aio.secure_channel(target, creds, options=options)
         return grpc.aio.insecure_channel(target, options=options)
 
@@ -179,32 +200,97 @@ class EtcdClient:
         await self._channel.close()
 
     async def _authenticate(self) -> None:
+        """Get an auth token once (etcd_username/etcd_password); later calls reuse it until
+        etcd rejects it (it expires, or auth was re-enabled) and `_token_rejected` drops it."""
         user, password = self._auth
-        if user and self._metadata is None:
+        if not user or self._metadata is not None:
+            return
+        async with self._auth_lock:
+            if self._metadata is not None:
+                return
             auth = rpc.AuthStub(self._channel)
-            resp = await auth.Authenticate(rpc.AuthenticateRequest(name=user, password=password),
-                                           timeout=self.request_timeout_s)
+            self.requests += 1
+            try:
+                resp = await auth.Authenticate(
+                    rpc.AuthenticateRequest(name=user, password=password or ""),
+                    timeout=self.request_timeout_s)
+            except grpc.aio.AioRpcError as e:
+                metrics.ETCD_ERRORS.labels("authenticate").inc()
+                raise EtcdError(f"etcd authentication as user {user!r} failed: "
+                                f"{e.code().name}: {e.details()}") from None
             self._metadata = (("token", resp.token),)
 
-    async def _unary(self, what: str, method: Any, request: Any) -> Any:
-        await self._authenticate()
-        self.requests += 1
-        try:
-            return await method(request, timeout=self.request_timeout_s, metadata=self._metadata)
-        except grpc.aio.AioRpcError as e:
-            metrics.ETCD_ERRORS.labels(what.split(" ", 1)[0]).inc()
-            raise EtcdError(f"etcd {what} failed: {e.code().name}: {e.details()}") from None
+    def _token_rejected(self, e: grpc.aio.AioRpcError) -> bool:
+        """True (and the token dropped) when etcd refused our auth token, so that one fresh
+        Authenticate and a retry can fix the call."""
+        if self._auth[0] and self._metadata is not None and _is_token_error(e):
+            self._metadata = None
+            return True
+        return False
+
+    async def _unary(self, what: str, method: Any, request: Any, read_only: bool = False) -> Any:
+        """One request; a read is retried while etcd elects a leader (a member died), which
+        takes about one election timeout: readers should not see that as an outage."""
+        for election in range(READ_RETRIES + 1 if read_only else 1):
+            try:
+                return await self._unary_once(what, method, request)
+            except EtcdError as e:
+                if election == READ_RETRIES or not any(s in str(e) for s in _ELECTION_ERRORS):
+                    raise
+            await asyncio.sleep(READ_RETRY_S)
+        raise AssertionError("unreachable")
+
+    async def _unary_once(self, what: str, method: Any, request: Any) -> Any:
+        for attempt in (0, 1):
+            await self._authenticate()
+            self.requests += 1
+            sent = time.monotonic()
+            try:
+                resp = await method(request, timeout=self.request_timeout_s,
+                                    metadata=self._metadata)
+                self._answered()
+                return resp
+            except grpc.aio.AioRpcError as e:
+                if attempt == 0 and self._token_rejected(e):
+                    continue
+                self._failed(sent, e.code())
+                metrics.ETCD_ERRORS.labels(what.split(" ", 1)[0]).inc()
+                raise EtcdError(f"etcd {what} failed: {e.code().name}: {e.details()}") \
+                    from None
+        raise AssertionError("unreachable")
+
+    def _answered(self) -> None:
+        self.last_ok_at = time.monotonic()
+        self.failing_since = 0.0
+
+    def _failed(self, sent: float, code: grpc.StatusCode | None = None) -> None:
+        if code is not None and code not in _UNREACHABLE:
+            self._answered()  # etcd refused the request: it is reachable all the same
+        elif not self.failing_since:
+            self.failing_since = sent
+
+    def unreachable_for_s(self) -> float:
+        """How long etcd has been failing this client (0 while it answers): counted from the
+        send time of the first failed request since its last answer."""
+        if not self.failing_since:
+            return 0.0
+        return time.monotonic() - self.failing_since
+
+    def last_answer_age_s(self) -> float:
+        """Seconds since etcd last answered this client (inf if it never did)."""
+        return time.monotonic() - self.last_ok_at if self.last_ok_at else float("inf")
 
     # --- KV -------------------------------------------------------------------------------
     async def get(self, key: str) -> KV | None:
-        resp = await self._unary("get " + key, self._kv.Range, rpc.RangeRequest(key=key.encode()))
+        resp = await self._unary("get " + key, self._kv.Range, rpc.RangeRequest(key=key.encode()),
+                                 read_only=True)
         return _kv(resp.kvs[0]) if resp.kvs else None
 
     async def get_prefix(self, prefix: str, revision: int = 0) -> tuple[list[KV], int]:
         """All keys under `prefix` (at `revision` when non-zero) and the store revision read."""
         req = rpc.RangeRequest(key=prefix.encode(), range_end=prefix_end(prefix),
                                revision=revision)
-        resp = await self._unary("range " + prefix, self._kv.Range, req)
+        resp = await self._unary("range " + prefix, self._kv.Range, req, read_only=True)
         return [_kv(k) for k in resp.kvs], resp.header.revision
 
     async def get_many(self, ranges: Sequence[tuple[str, bool, bool]]
@@ -217,7 +303,8 @@ class EtcdClient:
             if is_prefix:
                 req.range_end = prefix_end(key)
             ops.append(rpc.RequestOp(request_range=req))
-        resp = await self._unary("multi-get", self._kv.Txn, rpc.TxnRequest(success=ops))
+        resp = await self._unary("multi-get", self._kv.Txn, rpc.TxnRequest(success=ops),
+                                 read_only=True)
         return ([[_kv(k) for k in r.response_range.kvs] for r in resp.responses],
                 int(resp.header.revision))
 
@@ -256,23 +343,29 @@ class EtcdClient:
             if "NOT_FOUND" not in str(e) and "not found" not in str(e):
                 raise
 
-    async def keepalive_once(self, lease: int) -> int:
-        """Renew `lease` once; returns the remaining TTL in seconds (<= 0: the lease is gone)."""
+    async def keepalive_once(self, lease: int, timeout_s: float | None = None) -> int:
+        """Renew `lease` once (within `timeout_s`, default the request timeout); returns the
+        remaining TTL in seconds (<= 0: the lease is gone)."""
         await self._authenticate()
         self.requests += 1
+        sent = time.monotonic()
         call = self._lease.LeaseKeepAlive(metadata=self._metadata,
-                                          timeout=self.request_timeout_s)
+                                          timeout=timeout_s or self.request_timeout_s)
         try:
             await call.write(rpc.LeaseKeepAliveRequest(ID=lease))
             resp = await call.read()
             await call.done_writing()
         except grpc.aio.AioRpcError as e:
+            self._token_rejected(e)  # the caller's next attempt authenticates afresh
+            self._failed(sent, e.code())
             raise EtcdError(f"etcd lease keep-alive failed: {e.code().name}: {e.details()}") \
                 from None
         finally:
             call.cancel()
         if resp is grpc.aio.EOF:
+            self._failed(sent)
             raise EtcdError("etcd lease keep-alive stream closed")
+        self._answered()
         return int(resp.TTL)
 
     # --- watches --------------------------------------------------------------------------
@@ -296,6 +389,8 @@ class EtcdClient:
                     raise WatchCompacted(f"watch on {prefix}: revision {start_revision} "
                                          f"compacted (now {resp.compact_revision})")
                 if resp.canceled:
+                    if "auth" in resp.cancel_reason or "permission" in resp.cancel_reason:
+                        self._metadata = None  # the caller's next watch authenticates afresh
                     raise EtcdError(f"etcd watch on {prefix} canceled: {resp.cancel_reason}")
                 if not resp.events:
                     continue
@@ -305,10 +400,86 @@ class EtcdClient:
                     batch.append(WatchEvent(kind, _kv(ev.kv), ev.kv.mod_revision))
                 yield batch
         except grpc.aio.AioRpcError as e:
+            self._token_rejected(e)
             raise EtcdError(f"etcd watch on {prefix} failed: {e.code().name}: {e.details()}") \
                 from None
         finally:
             call.cancel()
+
+
+def _read_pem(path: str | None, option: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise EtcdError(f"cannot read {option} {path}: {e.strerror}") from None
+
+
+def _is_token_error(e: grpc.aio.AioRpcError) -> bool:
+    """etcd's answers to a missing, expired or revoked auth token (rpctypes in etcd 3.4)."""
+    details = (e.details() or "").lower()
+    return e.code() == grpc.StatusCode.UNAUTHENTICATED or "invalid auth token" in details \
+        or "user name is empty" in details or "auth revision" in details
+
+
+class WatchStream:
+    """One watch on a prefix whose caller can ask etcd for a progress notification: etcd then
+    answers with its current revision once every event up to it has been sent on this stream,
+    which lets an in-memory view prove it is up to date without re-reading anything."""
+
+    def __init__(self, client: EtcdClient, prefix: str, start_revision: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.start_revision = start_revision
+        self._call: Any = None
+
+    async def responses(self) -> AsyncIterator[tuple[list[WatchEvent], int]]:
+        """(events, header revision) per response; empty events for a progress notification.
+        Raises WatchCompacted or EtcdError when the watch cannot continue."""
+        c = self.client
+        await c._authenticate()
+        c.requests += 1
+        self._call = call = c._watch.Watch(metadata=c._metadata)
+        create = rpc.WatchCreateRequest(key=self.prefix.encode(),
+                                        range_end=prefix_end(self.prefix),
+                                        start_revision=self.start_revision)
+        try:
+            await call.write(rpc.WatchRequest(create_request=create))
+            while True:
+                resp = await call.read()
+                if resp is grpc.aio.EOF:
+                    raise EtcdError(f"etcd watch on {self.prefix} closed")
+                if resp.compact_revision:
+                    raise WatchCompacted(f"watch on {self.prefix}: revision "
+                                         f"{self.start_revision} compacted")
+                if resp.canceled:
+                    raise EtcdError(f"etcd watch on {self.prefix} canceled: "
+                                    f"{resp.cancel_reason}")
+                if resp.created:
+                    continue
+                events = [WatchEvent("delete" if ev.type == rpc.Event.DELETE else "put",
+                                     _kv(ev.kv), ev.kv.mod_revision) for ev in resp.events]
+                yield events, int(resp.header.revision)
+        except grpc.aio.AioRpcError as e:
+            c._token_rejected(e)  # the caller's next watch authenticates afresh
+            raise EtcdError(f"etcd watch on {self.prefix} failed: {e.code().name}: "
+                            f"{e.details()}") from None
+        finally:
+            self._call = None
+            call.cancel()
+
+    async def request_progress(self) -> bool:
+        """Ask for a progress notification; False if the stream is not open."""
+        if self._call is None:
+            return False
+        self.client.requests += 1
+        try:
+            await self._call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError):
+            return False
+        return True
 
 
 async def backoff_sleep(attempt: int, base_s: float = 0.1, cap_s: float = 2.0) -> None:

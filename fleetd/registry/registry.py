@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fleetd.metadata import MAX_METADATA_KEYS, check_count
 from fleetd.registry._etcd import (
     MAX_TXN_OPS,
     Cmp,
@@ -311,6 +312,7 @@ class Registry:
                 guards.append(Cmp(key, "mod", "==", kv.mod_revision if kv else 0))
                 for k, v in items:
                     doc[k] = v
+                await self._check_metadata_count(mid, doc)
                 ops.append(Put(key, encode(doc)))
             if not ops:
                 return
@@ -322,12 +324,22 @@ class Registry:
                 return
         raise RegistryError("machine metadata kept changing concurrently; try again")
 
+    async def _check_metadata_count(self, machine_id: str, doc: dict[str, str | None]) -> None:
+        """MetadataError if the machine's effective metadata would exceed its key limit."""
+        configured: dict[str, str] = {}
+        kv = await self.etcd.get(self.keys.machine(machine_id))
+        if kv is not None:
+            configured = decode(MachineRecord, kv.value).metadata
+        check_count(len(merge_metadata(configured, doc)), machine_id)
+        if len(doc) > 2 * MAX_METADATA_KEYS:  # tombstones count too: they are stored
+            check_count(len(doc), machine_id)
+
     # --- machines and leases (agent) ------------------------------------------------------
     async def grant_lease(self, ttl_s: int) -> int:
         return await self.etcd.grant(ttl_s)
 
-    async def renew_lease(self, lease: int) -> int:
-        return await self.etcd.keepalive_once(lease)
+    async def renew_lease(self, lease: int, timeout_s: float | None = None) -> int:
+        return await self.etcd.keepalive_once(lease, timeout_s)
 
     async def revoke_lease(self, lease: int) -> None:
         await self.etcd.revoke(lease)

@@ -77,6 +77,7 @@ _RELOADING_MATCH = (
 )
 
 DEFAULT_SYSTEM_UNIT_DIR = "/run/systemd/system"
+MAX_INFLIGHT_CALLS = 16
 # fleet keeps the unit files it writes in a directory of its own and links them into the
 # manager's search path (as fleet did with /run/fleet/units): the agent then never mistakes a
 # unit someone else put in the runtime directory (fleetd.service itself, say) for one of its own.
@@ -169,6 +170,9 @@ class SystemdManager:
         self.unit_dir = unit_dir
         self.files_dir = files_dir or unit_dir.parent / "fleet-units"
         self._timeout = call_timeout_s
+        # Bounded in-flight calls: hundreds of concurrent calls (a status refresh of 1,000
+        # units) fill the socket buffer, and dbus-fast does not survive EAGAIN on write.
+        self._inflight = asyncio.Semaphore(MAX_INFLIGHT_CALLS)
         self._watchers: list[_Watcher] = []
         # Latest knowledge per unit name, fed by signals and query replies (building blocks of
         # the statuses handed to watchers).
@@ -180,6 +184,8 @@ class SystemdManager:
         self._path_names: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        # How to open the bus again (address, type, description), set by connect().
+        self._bus_factory: tuple[str | None, BusType, str] = (None, BusType.SYSTEM, "")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -201,7 +207,7 @@ class SystemdManager:
         """
         if user:
             runtime = os.environ.get("XDG_RUNTIME_DIR")
-            addr = bus_address or os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+            addr: str | None = bus_address or os.environ.get("DBUS_SESSION_BUS_ADDRESS")
             if not addr and runtime:
                 addr = f"unix:path={runtime}/bus"
             if not addr:
@@ -231,6 +237,13 @@ class SystemdManager:
         fdir = pathlib.Path(files_dir) if files_dir else None
         self = cls(bus, udir, call_timeout_s=call_timeout_s, files_dir=fdir)
         self.files_dir.mkdir(parents=True, exist_ok=True)
+        self._bus_factory = (addr if user else bus_address,
+                             BusType.SESSION if user else BusType.SYSTEM, where)
+        await self._subscribe()
+        return self
+
+    async def _subscribe(self) -> None:
+        bus = self._bus
         bus.add_message_handler(self._on_message)
         try:
             await self._call_bus("AddMatch", "s", [_PROPS_MATCH])
@@ -239,7 +252,20 @@ class SystemdManager:
         except BaseException:
             bus.disconnect()
             raise
-        return self
+
+    async def reconnect(self) -> None:
+        """Open a new bus connection after the old one dropped; watchers stay registered."""
+        address, bus_type, where = self._bus_factory
+        bus = MessageBus(bus_address=address, bus_type=bus_type)
+        try:
+            await asyncio.wait_for(bus.connect(), self._timeout)
+        except Exception as e:
+            raise SystemdError(f"reconnect to systemd via {where}: {e}") from e
+        with contextlib.suppress(Exception):
+            self._bus.disconnect()
+        self._bus = bus
+        self._closed = False
+        await self._subscribe()
 
     @property
     def connected(self) -> bool:
@@ -533,7 +559,7 @@ class SystemdManager:
         if self._closed:
             raise SystemdError(f"{what}: connection closed")
         try:
-            async with asyncio.timeout(self._timeout):
+            async with self._inflight, asyncio.timeout(self._timeout):
                 reply = await self._bus.call(msg)
         except TimeoutError as e:
             raise SystemdError(f"{what}: no reply from systemd within {self._timeout}s") from e

@@ -25,6 +25,9 @@ _SPACE = (
 )
 _COMMENT = "#;"
 _BOM = "\ufeff"
+# C0 controls and DEL: systemd refuses NUL, and none of them belongs in a unit file (a tab may
+# separate words in a value; a newline only continues one).
+_CONTROL = frozenset(chr(c) for c in (*range(0x20), 0x7F)) - {"\t"}
 
 
 def _strip(text: str) -> str:
@@ -102,6 +105,10 @@ def parse_options(text: str | bytes, name: str = "") -> tuple[Option, ...]:
             if garbage:
                 raise fail(f"unexpected text {quote(garbage)} after section header", start)
             section = body[1:close]
+            if not _strip(section):
+                raise fail("empty section name []", start)
+            if problem := _control(section, "section name"):
+                raise fail(problem, start)
             continue
         equals = body.find("=")
         if section is None:
@@ -110,9 +117,22 @@ def parse_options(text: str | bytes, name: str = "") -> tuple[Option, ...]:
         if equals == -1:
             raise fail(f"expected Name=Value, got {quote(body)}", start)
         option_name = _strip(body[:equals])
+        if not option_name:
+            raise fail(f"option without a name: {quote(body)}", start)
         value, index = _read_value(body[equals + 1 :], lines, index)
+        if problem := (_control(option_name, "option name")
+                       or _control(value.replace("\n", ""), f"value of {option_name}")):
+            raise fail(problem, start)
         options.append((section, option_name, value))
     return group_by_section(options)
+
+
+def _control(text: str, what: str) -> str:
+    """The problem if ``text`` holds a control character, else ''."""
+    for char in text:
+        if char in _CONTROL:
+            return f"{what} contains control character {quote(char)}"
+    return ""
 
 
 def _read_value(first: str, lines: list[str], index: int) -> tuple[str, int]:

@@ -95,7 +95,8 @@ def test_watch_sends_a_snapshot_then_live_unit_and_state_changes(
         assert list(snap.snapshot.units) == []
         cluster.fleetctl("start", str(UNITS_DIR / "hello.service"), check=True)
         seen = w.until(lambda e: e.kind == K.UNIT_PUT and e.unit.current_state == "launched")
-        assert seen[0].kind == K.UNIT_PUT and seen[0].unit.desired_state == "inactive"
+        # fleetctl start creates the unit with its desired state in one call
+        assert seen[0].kind == K.UNIT_PUT and seen[0].unit.desired_state == "launched"
         assert seen[-1].unit.description == "Hello World, every few seconds"
         assert [e.revision for e in seen] == sorted(e.revision for e in seen)
         w.until(lambda e: e.kind == K.STATE_PUT and e.state.active_state == "active"
@@ -212,8 +213,11 @@ def test_health_and_reflection_serve_grpcurl(cluster: LocalCluster) -> None:
         assert resp.file_descriptor_response.file_descriptor_proto
     finally:
         channel.close()
-    # the TCP listener other fleetds forward to serves the same API
-    tcp = grpc.insecure_channel(cluster.machines[0].api_tcp)
+    # the TCP listener other fleetds forward to serves the same API (mutual TLS)
+    tls = cluster.client_tls
+    creds = grpc.ssl_channel_credentials(*(open(p, "rb").read() for p in (
+        tls.ca_file, tls.key_file, tls.cert_file)))
+    tcp = grpc.secure_channel(cluster.machines[0].api_tcp, creds)
     try:
         machines = pb_grpc.FleetStub(tcp).ListMachines(pb.ListMachinesRequest()).machines
         assert {m.api_address for m in machines} == {m.api_tcp for m in cluster.machines}

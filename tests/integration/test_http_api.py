@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import stat
 from typing import Any
 
@@ -50,13 +51,17 @@ class Response:
 
 
 def request(target: str | LocalCluster, method: str, path: str, body: Any = None,
-            headers: dict[str, str] | None = None, raw: bytes | None = None) -> Response:
-    """One HTTP request; `target` is a unix socket path, "tcp:host:port" or a cluster (its
-    first live machine's socket)."""
+            headers: dict[str, str] | None = None, raw: bytes | None = None,
+            tls: ssl.SSLContext | None = None) -> Response:
+    """One HTTP request; `target` is a unix socket path, "tcp:host:port" (HTTPS with `tls`)
+    or a cluster (its first live machine's socket)."""
     if isinstance(target, LocalCluster):
         target = next(m.http_socket for m in target.machines if m.alive)
     conn: http.client.HTTPConnection
-    if target.startswith("tcp:"):
+    if target.startswith("tcp:") and tls is not None:
+        host, _, port = target[4:].rpartition(":")
+        conn = http.client.HTTPSConnection(host, int(port), timeout=30, context=tls)
+    elif target.startswith("tcp:"):
         host, _, port = target[4:].rpartition(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
     else:
@@ -333,20 +338,23 @@ def test_patched_metadata_schedules_units_and_survives_fleetd_restart(
                             "value": {"value": "web"}}]).status == 204
     wait_until(lambda: machines_running(cluster, name) == [m2.machine_id], 20,
                what="unit placed on the machine given role=web")
-    # restart m2's fleetd, this time also serving HTTP on TCP (loopback)
+    # restart m2's fleetd, this time also serving HTTP on TCP (its loopback IP, HTTPS with
+    # client certificates of the cluster's CA)
     port = free_port()
     base_env = m2.fleetd_env
-    m2.fleetd_env = lambda: {**base_env(), "FLEET_HTTP_TCP": f"127.0.0.1:{port}"}  # type: ignore
+    m2.fleetd_env = lambda: {**base_env(), "FLEET_HTTP_TCP": f"{m2.ip}:{port}"}  # type: ignore
+    ctx = ssl.create_default_context(cafile=cluster.client_tls.ca_file)
+    ctx.load_cert_chain(cluster.client_tls.cert_file, cluster.client_tls.key_file)
     try:
         m2.stop_fleetd()
         m2.start_fleetd()
         wait_until(lambda: os.path.exists(m2.http_socket), what="http socket back")
-        tcp = f"tcp:127.0.0.1:{port}"
-        wait_until(lambda: request(tcp, "GET", f"{V1}/machines").status == 200,
+        tcp = f"tcp:{m2.ip}:{port}"
+        wait_until(lambda: request(tcp, "GET", f"{V1}/machines", tls=ctx).status == 200,
                    what="http on tcp")
         after = wait_until(lambda: (ms := {m["id"]: m for m in request(
-            tcp, "GET", f"{V1}/machines").json["machines"]}).get(m2.machine_id) and ms,
-            what="m2 registered again")
+            tcp, "GET", f"{V1}/machines", tls=ctx).json["machines"]}).get(m2.machine_id)
+            and ms, what="m2 registered again")
         assert after[m2.machine_id]["metadata"] == {"region": "us-west", "role": "web"}
         assert stat.S_IMODE(os.stat(m2.http_socket).st_mode) == 0o660
         # the unit stays where its metadata lets it run

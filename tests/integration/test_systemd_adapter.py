@@ -363,3 +363,26 @@ def test_object_path_escaping() -> None:
     for n in ("a.service", "x\\x2dy.mount", "a_b:c@d.socket", "-.slice", "ünï.service"):
         assert unit_name_from_path(unit_object_path(n)) == n
     assert unit_name_from_path("/org/freedesktop/systemd1/job/1") is None
+
+
+async def test_many_concurrent_calls_and_reconnect_after_the_bus_drops(
+        um: UserManager, sd: SystemdManager) -> None:
+    # 300 concurrent status reads: bounded in flight, so the bus connection survives them.
+    names = [f"conc{i}.service" for i in range(300)]
+    for n in names:
+        sd.write_unit_file(n, SLEEPER)
+    await sd.daemon_reload()
+    statuses = await asyncio.gather(*(sd.unit_status(n) for n in names))
+    assert {s.load_state for s in statuses} == {"loaded"} and sd.connected
+    # The connection drops (dbus-daemon restarted, socket error): calls fail until reconnect.
+    sd._bus.disconnect()
+    await asyncio.sleep(0.1)
+    assert not sd.connected
+    with pytest.raises(SystemdError):
+        await sd.start_unit(names[0])
+    await sd.reconnect()
+    rec = Recorder()
+    sd.watch(lambda: {names[0]}, rec)
+    await sd.start_unit(names[0])
+    await rec.wait_for(lambda s: s.active_state == "active")
+    assert um.systemctl("is-active", names[0]).stdout.strip() == "active"

@@ -8,9 +8,11 @@ import os
 import pathlib
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -58,12 +60,20 @@ def test_up_boots_machines_that_fleetctl_lists() -> None:
 
 
 def test_env_points_old_fleet_clients_at_the_http_api_v1() -> None:
-    """`fleet-lab env` also exports FLEET_HTTP_ENDPOINT: fleet's JSON API on m1:49153."""
+    """`fleet-lab env` also exports FLEET_HTTP_ENDPOINT: fleet's JSON API on m1:49153, over
+    mutual TLS with the client certificate fleet's clients take as --ca-file/--cert-file/
+    --key-file (FLEETCTL_CA_FILE, ...); without one the API refuses the connection."""
     ms = machines()
     m1 = next(m for m in ms if m["name"] == "m1")
-    endpoint = lab_env()["FLEET_HTTP_ENDPOINT"]
-    assert endpoint == f"http://{m1['ip']}:49153"
-    with urllib.request.urlopen(endpoint + "/fleet/v1/machines", timeout=10) as r:
+    env = lab_env()
+    endpoint = env["FLEET_HTTP_ENDPOINT"]
+    assert endpoint == f"https://{m1['ip']}:49153"
+    anonymous = ssl.create_default_context(cafile=env["FLEETCTL_CA_FILE"])
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(endpoint + "/fleet/v1/machines", timeout=10, context=anonymous)
+    ctx = ssl.create_default_context(cafile=env["FLEETCTL_CA_FILE"])
+    ctx.load_cert_chain(env["FLEETCTL_CERT_FILE"], env["FLEETCTL_KEY_FILE"])
+    with urllib.request.urlopen(endpoint + "/fleet/v1/machines", timeout=10, context=ctx) as r:
         assert r.status == 200
         body = json.load(r)
     assert {m["id"] for m in body["machines"]} == {m["machine_id"] for m in ms}

@@ -112,6 +112,10 @@ def test_vagrantfile_defines_three_vms_with_etcd_and_the_shared_fleetd_provision
 def test_provision_fleetd_offline_root(tmp_path: pathlib.Path) -> None:
     """--root writes the unit, the ExecStart drop-in, fleet.conf and the enable link."""
     script = REPO / "packaging" / "provision-fleetd.sh"
+    tls = tmp_path / "etc/fleet/tls"  # picked up by default: mutual TLS on --api-tcp
+    tls.mkdir(parents=True)
+    for name in ("ca.pem", "fleetd.pem", "fleetd-key.pem"):
+        (tls / name).write_text("")
     r = subprocess.run([str(script), "--root", str(tmp_path), "--fleetd", "/opt/x/fleetd",
                         "--etcd-servers", "http://10.0.0.1:2379", "--public-ip", "10.0.0.2",
                         "--metadata", "region=us-east,disk=ssd", "--api-tcp", "10.0.0.2:9810",
@@ -128,4 +132,20 @@ def test_provision_fleetd_offline_root(tmp_path: pathlib.Path) -> None:
     conf = read_config_file(str(tmp_path / "etc/fleet/fleet.conf"))
     assert conf == {"etcd_servers": "http://10.0.0.1:2379", "public_ip": "10.0.0.2",
                     "metadata": "region=us-east,disk=ssd", "api_tcp": "10.0.0.2:9810",
-                    "agent_ttl": "5s"}
+                    "agent_ttl": "5s", "api_tls_cafile": "/etc/fleet/tls/ca.pem",
+                    "api_tls_certfile": "/etc/fleet/tls/fleetd.pem",
+                    "api_tls_keyfile": "/etc/fleet/tls/fleetd-key.pem"}
+
+
+def test_provision_fleetd_refuses_plain_tcp_unless_told(tmp_path: pathlib.Path) -> None:
+    script = REPO / "packaging" / "provision-fleetd.sh"
+    base = [str(script), "--root", str(tmp_path), "--api-tcp", "10.0.0.2:9810"]
+    r = subprocess.run(base, capture_output=True, text=True)
+    assert r.returncode == 2 and "need mutual TLS" in r.stderr
+    r = subprocess.run([*base, "--api-tcp-insecure", "--api-socket-group", "fleet"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    from fleetd.config import read_config_file
+
+    conf = read_config_file(str(tmp_path / "etc/fleet/fleet.conf"))
+    assert conf["api_tcp_insecure"] == "true" and conf["api_socket_group"] == "fleet"

@@ -284,7 +284,6 @@ def test_comment_continuation_swallows_next_line() -> None:
         ("[Unit]\nA=1 # not a comment\n", (("Unit", "A", "1 # not a comment"),)),
         ("[Unit]\n\t# indented comment\nA=1", (("Unit", "A", "1"),)),
         ("[X-Fleet]\nGlobal=true", (("X-Fleet", "Global", "true"),)),
-        ("[Unit]\n=orphan\n", (("Unit", "", "orphan"),)),
         (
             "[Unit]\nA=1\n[Service]\nB=2\n[Unit]\nC=3\n",
             (
@@ -310,6 +309,7 @@ def test_parse_table(text: str, expected: tuple[tuple[str, str, str], ...]) -> N
         ("[Unit\nA=1\n", 1, 'has no closing "]"'),
         ("[Unit] trailing\nA=1\n", 1, "after section header"),
         ("[Unit]\nA=1\n[Service]x\n", 3, "after section header"),
+        ("[Unit]\n=orphan\n", 2, "option without a name"),
     ],
 )
 def test_parse_errors_name_line(text: str, line: int, problem: str) -> None:

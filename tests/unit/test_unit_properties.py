@@ -31,7 +31,8 @@ def _option_name() -> st.SearchStrategy[str]:
 
 
 def _section_name() -> st.SearchStrategy[str]:
-    return st.text(_TEXT, max_size=12).filter(lambda s: "]" not in s and s.isprintable())
+    return st.text(_TEXT, min_size=1, max_size=12).filter(
+        lambda s: "]" not in s and s.isprintable() and s.strip() != "")
 
 
 def _simple_value() -> st.SearchStrategy[str]:

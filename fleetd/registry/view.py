@@ -1,0 +1,159 @@
+"""An in-memory copy of the cluster state, kept current by one etcd watch, for the API's reads.
+
+Listing 10,000 units by re-reading and decoding every key costs most of a second; the view
+answers from memory. Reads stay linearizable: before answering, `snapshot()` asks etcd for a
+progress notification on the view's own watch stream, which etcd sends only after every event
+up to its current revision has been delivered, so a write acknowledged before the read (by any
+fleetd) is always visible. If the view is not in sync (starting, resyncing, or etcd does not
+answer in time) the read falls back to a full `Registry.cluster_state()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+
+from fleetd.registry._etcd import EtcdError, WatchCompacted, WatchStream, backoff_sleep
+from fleetd.registry.registry import ClusterState, Registry, UnitView
+from fleetd.registry.schema import MachineRecord, UnitRecord, merge_metadata
+
+log = logging.getLogger("fleetd.registry.view")
+
+
+class ClusterView:
+    """The registry's state in memory; `snapshot()` returns it once proven current."""
+
+    def __init__(self, registry: Registry, *, progress_timeout_s: float = 1.0) -> None:
+        self.registry = registry
+        self.progress_timeout_s = progress_timeout_s
+        self.state: ClusterState | None = None
+        self._records: dict[str, UnitRecord] = {}
+        self._desired: dict[str, str] = {}
+        self._raw_machines: dict[str, MachineRecord] = {}
+        self._stream: WatchStream | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.fallbacks = 0
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def snapshot(self) -> ClusterState:
+        """The cluster state, at least as new as every write etcd acknowledged before the
+        call. The object is shared: read it, do not mutate it."""
+        stream, state = self._stream, self.state
+        if stream is not None and state is not None:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            if await stream.request_progress():
+                try:
+                    await asyncio.wait_for(fut, self.progress_timeout_s)
+                    if self.state is not None:
+                        return self.state
+                except TimeoutError:
+                    pass
+            if fut in self._waiters:
+                self._waiters.remove(fut)
+        self.fallbacks += 1
+        return await self.registry.cluster_state()
+
+    # --- keeping it current ---------------------------------------------------------------
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                st = await self.registry.cluster_state()
+                # cluster_state() merges API metadata into machines: keep the raw records too.
+                # A machine changed between the two reads comes again through the watch.
+                self._load(st, await self.registry.list_machines())
+                self._stream = WatchStream(self.registry.etcd, self.registry.keys.root,
+                                           st.revision + 1)
+                attempt = 0
+                async for events, revision in self._stream.responses():
+                    if events:
+                        self._apply(events)
+                    else:  # a progress notification: every event up to `revision` is in
+                        if self.state is not None:
+                            self.state.revision = max(self.state.revision, revision)
+                        waiters, self._waiters = self._waiters, []
+                        for w in waiters:
+                            if not w.done():
+                                w.set_result(None)
+            except WatchCompacted as e:
+                log.info("cluster view: %s; reloading", e)
+            except EtcdError as e:
+                log.warning("cluster view out of sync: %s", e)
+                await backoff_sleep(attempt)
+                attempt += 1
+            finally:
+                self._stream = None
+                self.state = None
+
+    def _load(self, st: ClusterState, raw_machines: dict[str, MachineRecord]) -> None:
+        self._records = {n: v.record for n, v in st.units.items()}
+        self._desired = {n: v.desired for n, v in st.units.items()}
+        self._raw_machines = dict(raw_machines)
+        self.state = st
+
+    def _apply(self, events: list) -> None:  # type: ignore[type-arg]
+        st = self.state
+        if st is None:
+            return
+        for ev in events:
+            ch = self.registry.decode_change(ev)
+            if ch is None:
+                continue
+            st.revision = max(st.revision, ch.revision)
+            rec = ch.record
+            if ch.kind in ("unit", "desired"):
+                if ch.kind == "unit":
+                    if rec is None:
+                        self._records.pop(ch.name, None)
+                    else:
+                        self._records[ch.name] = rec
+                elif rec is None:
+                    self._desired.pop(ch.name, None)
+                else:
+                    self._desired[ch.name] = rec
+                record = self._records.get(ch.name)
+                if record is None:
+                    st.units.pop(ch.name, None)
+                else:
+                    st.units[ch.name] = UnitView(record, self._desired.get(ch.name, "inactive"))
+            elif ch.kind in ("schedule", "state"):
+                table = st.schedule if ch.kind == "schedule" else st.states
+                if rec is None:
+                    per = table.get(ch.name, {})
+                    per.pop(ch.machine_id, None)
+                    if not per:
+                        table.pop(ch.name, None)
+                else:
+                    table.setdefault(ch.name, {})[ch.machine_id] = rec
+            elif ch.kind == "unschedulable":
+                if rec is None:
+                    st.unschedulable.pop(ch.name, None)
+                else:
+                    st.unschedulable[ch.name] = rec
+            elif ch.kind in ("machine", "metadata"):
+                mid = ch.machine_id
+                if ch.kind == "machine":
+                    if rec is None:
+                        self._raw_machines.pop(mid, None)
+                    else:
+                        self._raw_machines[mid] = rec
+                elif rec is None:
+                    st.metadata.pop(mid, None)
+                else:
+                    st.metadata[mid] = rec
+                raw = self._raw_machines.get(mid)
+                if raw is None:
+                    st.machines.pop(mid, None)
+                else:
+                    st.machines[mid] = replace(raw, metadata=merge_metadata(
+                        raw.metadata, st.metadata.get(mid)))
