@@ -47,8 +47,8 @@ class UnitOutputs:
     async def locate(self, name: str, machine_id: str = "") -> tuple[str, str]:
         """(machine id that should answer, its API address; "" when it is this machine)."""
         _check_name(name)  # never hand systemctl/journalctl a name fleet would refuse
-        if machine_id == self.machine_id and machine_id:
-            return machine_id, ""
+        # Checked even when this machine is the one named (as on a forwarded call): a unit is
+        # only ever shown from a machine it is scheduled to.
         st = await self.service._state()
         if name not in st.units:
             raise NotFound(f"unit {name} does not exist")
