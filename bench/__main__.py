@@ -126,7 +126,7 @@ def agent_launch(units: int, idle_s: float) -> tuple[float, float]:
                 raise SystemExit("units did not all become active")
             time.sleep(0.1)
         launch_s = time.monotonic() - t0
-        time.sleep(2)
+        time.sleep(10)  # idle means settled: the last state publications and signals are done
         assert m.fleetd is not None
         before, t1 = cpu_seconds(m.fleetd.pid), time.monotonic()
         time.sleep(idle_s)
