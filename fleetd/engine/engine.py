@@ -45,7 +45,7 @@ from fleetd.registry import (
 )
 from fleetd.registry._etcd import Op
 from fleetd.registry.schema import decode_metadata, merge_metadata
-from fleetd.unit import Unit, UnitError, UnitName, XFleet
+from fleetd.unit import Unit, UnitError, XFleet
 
 log = logging.getLogger("fleetd.engine")
 
@@ -94,13 +94,6 @@ class XFleetCache:
         for key in [k for k in self._cache if live.get(k[0]) is None
                     or live[k[0]].hash != k[1]]:
             del self._cache[key]
-
-
-def is_template(name: str) -> bool:
-    try:
-        return UnitName.parse(name).is_template
-    except UnitError:
-        return False
 
 
 class Engine:

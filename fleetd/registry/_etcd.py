@@ -374,37 +374,9 @@ class EtcdClient:
     ) -> AsyncIterator[list[WatchEvent]]:
         """Yield batches of events under `prefix` from `start_revision` on (one batch per revision
         group etcd sends). Raises WatchCompacted or EtcdError when the watch cannot continue."""
-        await self._authenticate()
-        self.requests += 1
-        call = self._watch.Watch(metadata=self._metadata)
-        create = rpc.WatchCreateRequest(key=prefix.encode(), range_end=prefix_end(prefix),
-                                        start_revision=start_revision)
-        try:
-            await call.write(rpc.WatchRequest(create_request=create))
-            while True:
-                resp = await call.read()
-                if resp is grpc.aio.EOF:
-                    raise EtcdError(f"etcd watch on {prefix} closed")
-                if resp.compact_revision:
-                    raise WatchCompacted(f"watch on {prefix}: revision {start_revision} "
-                                         f"compacted (now {resp.compact_revision})")
-                if resp.canceled:
-                    if "auth" in resp.cancel_reason or "permission" in resp.cancel_reason:
-                        self._metadata = None  # the caller's next watch authenticates afresh
-                    raise EtcdError(f"etcd watch on {prefix} canceled: {resp.cancel_reason}")
-                if not resp.events:
-                    continue
-                batch = []
-                for ev in resp.events:
-                    kind = "delete" if ev.type == rpc.Event.DELETE else "put"
-                    batch.append(WatchEvent(kind, _kv(ev.kv), ev.kv.mod_revision))
-                yield batch
-        except grpc.aio.AioRpcError as e:
-            self._token_rejected(e)
-            raise EtcdError(f"etcd watch on {prefix} failed: {e.code().name}: {e.details()}") \
-                from None
-        finally:
-            call.cancel()
+        async for events, _revision in WatchStream(self, prefix, start_revision).responses():
+            if events:  # empty: a progress notification, which only WatchStream users ask for
+                yield events
 
 
 def _read_pem(path: str | None, option: str) -> bytes | None:
@@ -453,8 +425,11 @@ class WatchStream:
                     raise EtcdError(f"etcd watch on {self.prefix} closed")
                 if resp.compact_revision:
                     raise WatchCompacted(f"watch on {self.prefix}: revision "
-                                         f"{self.start_revision} compacted")
+                                         f"{self.start_revision} compacted (now "
+                                         f"{resp.compact_revision})")
                 if resp.canceled:
+                    if "auth" in resp.cancel_reason or "permission" in resp.cancel_reason:
+                        c._metadata = None  # the caller's next watch authenticates afresh
                     raise EtcdError(f"etcd watch on {self.prefix} canceled: "
                                     f"{resp.cancel_reason}")
                 if resp.created:
