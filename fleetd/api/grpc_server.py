@@ -143,7 +143,7 @@ class FleetServicer(pb_grpc.FleetServicer):
             await context.abort(_CODES.get(type(e), grpc.StatusCode.INTERNAL), str(e))
 
     async def Watch(self, request: Any, context: Any) -> AsyncIterator[pb.WatchEvent]:
-        from fleetd.api import watch as w
+        from fleetd.registry import changes as w
 
         every = not (request.machines or request.units or request.states)
         want = {"machine": every or request.machines, "unit": every or request.units,
@@ -181,7 +181,7 @@ class FleetServicer(pb_grpc.FleetServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
 
     def _event_pb(self, view: Any, ev: Any) -> pb.WatchEvent:
-        from fleetd.api import watch as w
+        from fleetd.registry import changes as w
 
         st = view.state
         out = pb.WatchEvent(revision=ev.revision, name=ev.name, machine_id=ev.machine_id)

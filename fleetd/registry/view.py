@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 
-from fleetd.registry._etcd import EtcdError, WatchCompacted, WatchStream, backoff_sleep
-from fleetd.registry.registry import ClusterState, Registry, UnitView
-from fleetd.registry.schema import MachineRecord, UnitRecord, merge_metadata
+from fleetd.registry._etcd import (
+    EtcdError,
+    WatchCompacted,
+    WatchEvent,
+    WatchStream,
+    backoff_sleep,
+)
+from fleetd.registry.changes import WatchView
+from fleetd.registry.registry import ClusterState, Registry
+from fleetd.registry.schema import MachineRecord
 
 log = logging.getLogger("fleetd.registry.view")
 
@@ -28,9 +34,7 @@ class ClusterView:
         self.registry = registry
         self.progress_timeout_s = progress_timeout_s
         self.state: ClusterState | None = None
-        self._records: dict[str, UnitRecord] = {}
-        self._desired: dict[str, str] = {}
-        self._raw_machines: dict[str, MachineRecord] = {}
+        self._changes: WatchView | None = None  # applies watch events to `state`
         self._stream: WatchStream | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
@@ -96,64 +100,11 @@ class ClusterView:
                 self.state = None
 
     def _load(self, st: ClusterState, raw_machines: dict[str, MachineRecord]) -> None:
-        self._records = {n: v.record for n, v in st.units.items()}
-        self._desired = {n: v.desired for n, v in st.units.items()}
-        self._raw_machines = dict(raw_machines)
+        self._changes = WatchView(st, configured=raw_machines)
         self.state = st
 
-    def _apply(self, events: list) -> None:  # type: ignore[type-arg]
-        st = self.state
-        if st is None:
+    def _apply(self, events: list[WatchEvent]) -> None:
+        if self.state is None or self._changes is None:
             return
-        for ev in events:
-            ch = self.registry.decode_change(ev)
-            if ch is None:
-                continue
-            st.revision = max(st.revision, ch.revision)
-            rec = ch.record
-            if ch.kind in ("unit", "desired"):
-                if ch.kind == "unit":
-                    if rec is None:
-                        self._records.pop(ch.name, None)
-                    else:
-                        self._records[ch.name] = rec
-                elif rec is None:
-                    self._desired.pop(ch.name, None)
-                else:
-                    self._desired[ch.name] = rec
-                record = self._records.get(ch.name)
-                if record is None:
-                    st.units.pop(ch.name, None)
-                else:
-                    st.units[ch.name] = UnitView(record, self._desired.get(ch.name, "inactive"))
-            elif ch.kind in ("schedule", "state"):
-                table = st.schedule if ch.kind == "schedule" else st.states
-                if rec is None:
-                    per = table.get(ch.name, {})
-                    per.pop(ch.machine_id, None)
-                    if not per:
-                        table.pop(ch.name, None)
-                else:
-                    table.setdefault(ch.name, {})[ch.machine_id] = rec
-            elif ch.kind == "unschedulable":
-                if rec is None:
-                    st.unschedulable.pop(ch.name, None)
-                else:
-                    st.unschedulable[ch.name] = rec
-            elif ch.kind in ("machine", "metadata"):
-                mid = ch.machine_id
-                if ch.kind == "machine":
-                    if rec is None:
-                        self._raw_machines.pop(mid, None)
-                    else:
-                        self._raw_machines[mid] = rec
-                elif rec is None:
-                    st.metadata.pop(mid, None)
-                else:
-                    st.metadata[mid] = rec
-                raw = self._raw_machines.get(mid)
-                if raw is None:
-                    st.machines.pop(mid, None)
-                else:
-                    st.machines[mid] = replace(raw, metadata=merge_metadata(
-                        raw.metadata, st.metadata.get(mid)))
+        self._changes.apply(c for c in map(self.registry.decode_change, events)
+                            if c is not None)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fleetd.api import watch as w
 from fleetd.registry import Change, ClusterState, MachineRecord, ScheduleEntry, UnitRecord
+from fleetd.registry import changes as w
 from fleetd.registry.schema import UnitStateRecord
 from fleetd.systemd.cli_tools import SystemdTools, ToolError
 

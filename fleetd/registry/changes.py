@@ -1,8 +1,9 @@
-"""Cluster watches for dashboards: a snapshot, then typed change events from the registry.
+"""Applying the registry's decoded changes to a `ClusterState`.
 
 `WatchView` keeps a `ClusterState` current from the registry's decoded changes and says, for
 each batch, which machines, units and unit states changed, so a front end can push the new
-version of each (or its deletion). Pure: no I/O here; the gRPC front end drives it.
+version of each (or its deletion). Pure: no I/O here; the gRPC `Watch` and the API's
+in-memory `ClusterView` both drive it.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from fleetd.registry import Change, ClusterState, MachineRecord, UnitView
-from fleetd.registry.schema import merge_metadata
+from fleetd.registry.registry import Change, ClusterState, UnitView
+from fleetd.registry.schema import MachineRecord, merge_metadata
 
 MACHINE_PUT = "machine_put"
 MACHINE_DELETED = "machine_deleted"
@@ -34,14 +35,14 @@ class Event:
 class WatchView:
     """The cluster state as of the last applied change, starting from a snapshot."""
 
-    def __init__(self, state: ClusterState) -> None:
+    def __init__(self, state: ClusterState,
+                 configured: dict[str, MachineRecord] | None = None) -> None:
+        """`configured`: the machines as they registered, before API-set metadata is laid
+        over them (default: the snapshot's machines, which already carry it)."""
         self.state = state
-        self.metadata: dict[str, dict[str, str | None]] = dict(
-            getattr(state, "metadata", {}) or {})
-        # Machines as they registered, before API-set metadata is laid over them.
-        self._configured: dict[str, MachineRecord] = {}
-        for mid, m in state.machines.items():
-            self._configured[mid] = m
+        self.metadata: dict[str, dict[str, str | None]] = state.metadata
+        self._configured: dict[str, MachineRecord] = dict(
+            state.machines if configured is None else configured)
         self._records = {n: v.record for n, v in state.units.items()}
         self._desired = {n: v.desired for n, v in state.units.items()}
 
