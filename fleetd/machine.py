@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from fleetd import metrics
+from fleetd import clock, metrics
 from fleetd.registry import EtcdError, MachineRecord, Registry, backoff_sleep
 
 log = logging.getLogger("fleetd.machine")
@@ -70,7 +69,7 @@ class MachineSession:
         """Take a new lease and register the machine under it, retrying until etcd answers."""
         attempt = 0
         while True:
-            sent = time.monotonic()
+            sent = clock.now()
             try:
                 lease = await self.registry.grant_lease(self.ttl_s)
                 await self.registry.register_machine(self.identity.record(), lease)
@@ -111,12 +110,12 @@ class MachineSession:
             lease = self.lease
             # etcd restarts the TTL when it handles the request, which is after we send it:
             # counting from the send keeps our deadline ahead of etcd's.
-            sent = time.monotonic()
+            sent = clock.now()
             try:
                 ttl = await self.registry.renew_lease(lease, self.renew_timeout_s)
             except EtcdError as e:
                 log.warning("lease renewal failed (%s); %.1fs left before fencing", e,
-                            self.fence_deadline - time.monotonic())
+                            self.fence_deadline - clock.now())
                 retry = True
                 continue
             if lease != self.lease:
@@ -148,19 +147,19 @@ class MachineSession:
         """Fence on time, independently of renewal calls that may hang on a dead network."""
         while True:
             lead = self.outage_check_lead_s
-            left = self.fence_deadline - time.monotonic()
+            left = self.fence_deadline - clock.now()
             if self.lease and left <= lead:
                 if await self._hold():
                     await asyncio.sleep(HOLD_RECHECK_S)
                     continue
-                left = self.fence_deadline - time.monotonic()
+                left = self.fence_deadline - clock.now()
                 if left > 0:
                     # Asked early: fence at the deadline unless the lease renews meanwhile.
                     await asyncio.sleep(left)
-                    if self.fence_deadline > time.monotonic() or not self.lease:
+                    if self.fence_deadline > clock.now() or not self.lease:
                         continue
                 log.error("lease %x not renewed for %.1fs (ttl %ss): presumed expired",
-                          self.lease, time.monotonic() - self._last_renewed, self.ttl_s)
+                          self.lease, clock.now() - self._last_renewed, self.ttl_s)
                 await self._lost()
                 continue
             if self.holding and left > 0:
@@ -174,7 +173,7 @@ class MachineSession:
         if self.outage_check is None:
             return False
         etcd = self.registry.etcd
-        outage = etcd.unreachable_for_s() or (time.monotonic() - self._last_renewed)
+        outage = etcd.unreachable_for_s() or (clock.now() - self._last_renewed)
         try:
             down = await self.outage_check(outage)
         except Exception:
@@ -185,15 +184,15 @@ class MachineSession:
                 self.holds += 1
                 log.warning("lease %x not renewed for %.1fs, but etcd answers no machine: "
                             "holding units (etcd extends every lease when it returns)",
-                            self.lease, time.monotonic() - self._last_renewed)
+                            self.lease, clock.now() - self._last_renewed)
             self.holding = True
             return True
         if self.holding:
             # Some machine reaches etcd again: it is back, with every lease extended by its new
             # leader. Renew now (our channel may still be reconnecting) rather than fence.
-            deadline = time.monotonic() + self.ttl_s / 2
-            while time.monotonic() < deadline:
-                sent = time.monotonic()
+            deadline = clock.now() + self.ttl_s / 2
+            while clock.now() < deadline:
+                sent = clock.now()
                 try:
                     ttl = await self.registry.renew_lease(self.lease)
                 except EtcdError:

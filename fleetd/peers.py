@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from fleetd import clock
 from fleetd.registry import (
     EtcdError,
     MachineRecord,
@@ -98,14 +98,14 @@ class PeerDirectory:
             return False
         peers = {mid: a for mid, a in self.addresses.items() if mid != self.machine_id}
         known = len(peers) + 1
-        t0 = time.monotonic()
+        t0 = clock.now()
         answers = await asyncio.gather(*(self._ask(a) for a in peers.values()))
         down = etcd_down_for_everyone(known, own_outage_s, answers)
         log.info("etcd unreachable here for %.1fs; peers say %s (%.0f ms): %s",
                  own_outage_s, ", ".join(
                      f"{mid[:8]}=" + ("no answer" if a is None else f"{a:.1f}s ago")
                      for mid, a in zip(peers, answers, strict=True)) or "nothing (no peers)",
-                 (time.monotonic() - t0) * 1000,
+                 (clock.now() - t0) * 1000,
                  "etcd is down for everyone: holding units" if down else "fencing")
         return down
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetd import metrics
+from fleetd import clock, metrics
 from fleetd.engine.scheduler import (
     Assign,
     ClusterSnapshot,
@@ -186,7 +186,7 @@ class Engine:
                 # Under a burst (the last pass ended moments ago), let changes pile up for as
                 # long as a pass takes: passes then grow with the load instead of running back
                 # to back, and the API keeps half the CPU. An isolated change waits for nothing.
-                since_last = time.monotonic() - self._last_pass_end
+                since_last = clock.now() - self._last_pass_end
                 if since_last < 0.5 * self.last_reconcile_s:
                     await asyncio.sleep(min(self.last_reconcile_s, 0.25))
                 if watcher.done():
@@ -399,7 +399,7 @@ class Engine:
                 self._apply_kv(c, op.key, value)
         self.reconciles += 1
         self.last_reconcile_s = time.perf_counter() - t0
-        self._last_pass_end = time.monotonic()
+        self._last_pass_end = clock.now()
         metrics.ENGINE_RECONCILES.inc()
         metrics.ENGINE_RECONCILE_SECONDS.observe(self.last_reconcile_s)
         by_check: dict[str, int] = {}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
-from fleetd import metrics
+from fleetd import clock, metrics
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +243,7 @@ class EtcdClient:
         for attempt in (0, 1):
             await self._authenticate()
             self.requests += 1
-            sent = time.monotonic()
+            sent = clock.now()
             try:
                 resp = await method(request, timeout=self.request_timeout_s,
                                     metadata=self._metadata)
@@ -260,7 +259,7 @@ class EtcdClient:
         raise AssertionError("unreachable")
 
     def _answered(self) -> None:
-        self.last_ok_at = time.monotonic()
+        self.last_ok_at = clock.now()
         self.failing_since = 0.0
 
     def _failed(self, sent: float, code: grpc.StatusCode | None = None) -> None:
@@ -274,11 +273,11 @@ class EtcdClient:
         send time of the first failed request since its last answer."""
         if not self.failing_since:
             return 0.0
-        return time.monotonic() - self.failing_since
+        return clock.now() - self.failing_since
 
     def last_answer_age_s(self) -> float:
         """Seconds since etcd last answered this client (inf if it never did)."""
-        return time.monotonic() - self.last_ok_at if self.last_ok_at else float("inf")
+        return clock.now() - self.last_ok_at if self.last_ok_at else float("inf")
 
     # --- KV -------------------------------------------------------------------------------
     async def get(self, key: str) -> KV | None:
@@ -348,7 +347,7 @@ class EtcdClient:
         remaining TTL in seconds (<= 0: the lease is gone)."""
         await self._authenticate()
         self.requests += 1
-        sent = time.monotonic()
+        sent = clock.now()
         call = self._lease.LeaseKeepAlive(metadata=self._metadata,
                                           timeout=timeout_s or self.request_timeout_s)
         try:
