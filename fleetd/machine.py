@@ -94,8 +94,11 @@ class MachineSession:
         return max(0.5, self.ttl_s * 0.1)
 
     async def run(self) -> None:
-        """Renew the lease forever, fence when it may have expired, re-register after."""
-        await asyncio.gather(self._renew_loop(), self._watchdog())
+        """Renew the lease forever, fence when it may have expired, re-register after; stop
+        (MachineIdConflict) if another machine takes over this machine id's registration."""
+        await asyncio.gather(self._renew_loop(), self._watchdog(),
+                             self.registry.guard_registration(self.identity.record,
+                                                              lambda: self.lease))
 
     async def _renew_loop(self) -> None:
         retry = False
