@@ -25,7 +25,13 @@ from fleetd.api.service import (
     UnitInfo,
 )
 from fleetd.api.tls import ApiTls, secure_unix_socket
-from fleetd.registry import EtcdError, MachineRecord, UnitStateRecord, WatchCompacted
+from fleetd.registry import (
+    EtcdError,
+    MachineRecord,
+    UnitStateRecord,
+    WatchCompacted,
+    backoff_sleep,
+)
 
 log = logging.getLogger("fleetd.api")
 
@@ -152,10 +158,9 @@ class FleetServicer(pb_grpc.FleetServicer):
         try:
             if request.start_revision:
                 st = await registry.cluster_state(request.start_revision)
-                start = request.start_revision + 1
+                st.revision = request.start_revision  # the header says etcd's current one
             else:
                 st = await registry.cluster_state()
-                start = st.revision + 1
                 leader = await registry.leader()
                 ips = {m.id: m.ip for m in st.machines.values()}
                 snap = pb.Snapshot(
@@ -168,11 +173,39 @@ class FleetServicer(pb_grpc.FleetServicer):
                 yield pb.WatchEvent(kind=pb.WatchEvent.SNAPSHOT, revision=st.revision,
                                     snapshot=snap)
             view = w.WatchView(st)
-            async for changes in registry.watch_changes(start):
-                for ev in view.apply(changes):
-                    if not want[ev.kind.split("_")[0]]:
+            sent = bool(not request.start_revision)
+            attempt = 0
+            while True:
+                # The stream outlives etcd faults: resume from the last revision applied, and
+                # only when that history is gone (compacted), re-list and send the difference.
+                try:
+                    async for changes in registry.watch_changes(view.state.revision + 1):
+                        attempt = 0
+                        for ev in view.apply(changes):
+                            if want[ev.kind.split("_")[0]]:
+                                sent = True
+                                yield self._event_pb(view, ev)
+                except WatchCompacted as e:
+                    if not sent:  # the client asked for history that is gone
+                        raise
+                    log.info("Watch: %s; re-listing", e)
+                    try:
+                        fresh = await registry.cluster_state()
+                    except EtcdError as err:
+                        log.info("Watch: re-listing failed (%s); retrying", err)
+                        await backoff_sleep(attempt)
+                        attempt += 1
                         continue
-                    yield self._event_pb(view, ev)
+                    missed = w.diff(view.state, fresh)
+                    view = w.WatchView(fresh)
+                    for ev in missed:
+                        if want[ev.kind.split("_")[0]]:
+                            yield self._event_pb(view, ev)
+                except EtcdError as e:
+                    log.info("Watch: etcd watch interrupted (%s); resuming from revision %d",
+                             e, view.state.revision + 1)
+                    await backoff_sleep(attempt)
+                    attempt += 1
         except WatchCompacted as e:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(e))
         except EtcdError as e:
