@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from fleetd.api.pb import fleet_pb2 as pb
 from fleetd.api.pb import fleet_pb2_grpc as pb_grpc
-from fleetd.api.remote import NotRunning, UnitOutputs
+from fleetd.api.remote import KEEPALIVE_SERVER_OPTIONS, CallContext, NotRunning, UnitOutputs
 from fleetd.api.service import (
     AlreadyExists,
     ApiError,
@@ -131,19 +131,19 @@ class FleetServicer(pb_grpc.FleetServicer):
 
     async def UnitStatus(self, request: Any, context: Any) -> pb.UnitStatusResponse:
         mid, out, rc = await _call(context, lambda: self._outputs().status(
-            request.name, request.machine_id, request.lines))
+            request.name, request.machine_id, request.lines, CallContext.from_grpc(context)))
         return pb.UnitStatusResponse(machine_id=mid, output=out, exit_code=rc)
 
     async def RestartUnit(self, request: Any, context: Any) -> pb.UnitStatusResponse:
         mid, out, rc = await _call(context, lambda: self._outputs().restart(
-            request.name, request.machine_id))
+            request.name, request.machine_id, CallContext.from_grpc(context)))
         return pb.UnitStatusResponse(machine_id=mid, output=out, exit_code=rc)
 
     async def Journal(self, request: Any, context: Any) -> AsyncIterator[pb.JournalChunk]:
         try:
             async for mid, data in self._outputs().journal(
                     request.name, request.machine_id, request.lines, request.output,
-                    request.follow):
+                    request.follow, CallContext.from_grpc(context)):
                 yield pb.JournalChunk(machine_id=mid, data=data)
         except ApiError as e:
             await context.abort(_CODES.get(type(e), grpc.StatusCode.INTERNAL), str(e))
@@ -267,8 +267,11 @@ async def start_grpc_server(service: FleetService, *, unix_socket: str = "",
     (mutual TLS with `tls`; plain text without it, which the caller must have allowed); returns
     the server. `outputs` answers UnitStatus/Journal (this machine's systemd tools and
     forwarding)."""
+    # Keepalive: a client that vanished (powered off, cut off) without closing its connection
+    # is noticed within seconds, and its streams (a followed journal's journalctl) end.
     server = grpc.aio.server(options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                                      ("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
+                                      ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                                      *KEEPALIVE_SERVER_OPTIONS])
     pb_grpc.add_FleetServicer_to_server(FleetServicer(service, outputs), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
