@@ -112,10 +112,14 @@ class MachineSession:
         self.lease_changed = asyncio.Event()
 
     async def run(self) -> None:
-        """Register, renew the lease forever, fence when it may have expired, re-register."""
+        """Register, renew the lease forever, fence when it may have expired, re-register
+        after; stop (MachineIdConflict) if another machine takes over this machine id's
+        registration."""
         if not self.lease:
             await self.establish()
-        await asyncio.gather(self._renew_loop(), self._watchdog())
+        await asyncio.gather(self._renew_loop(), self._watchdog(),
+                             self.registry.guard_registration(self.identity.record,
+                                                              lambda: self.lease))
 
     async def _renew_loop(self) -> None:
         retry = False

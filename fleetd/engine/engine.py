@@ -322,8 +322,14 @@ class Engine:
                     if relevant:
                         self._changed_since_full = True
                         self._wake.set()
-            except WatchCompacted:
+            except WatchCompacted as e:
+                # Changes in the compacted gap are gone unseen (a machine that died, a unit
+                # destroyed): only a full pass over the reloaded cache can catch up.
+                log.info("engine: %s; reloading and reconciling everything", e)
                 await self._load()
+                self._dirty.clear()
+                self._need_full = True
+                self._changed_since_full = True
                 self._wake.set()
 
     def _note_change(self, key: str, deleted: bool) -> None:

@@ -4,6 +4,7 @@ from fleetd.registry._etcd import EtcdClient, EtcdError, WatchCompacted, WatchEv
 from fleetd.registry.registry import (
     Change,
     ClusterState,
+    MachineIdConflict,
     NotLeader,
     Registry,
     RegistryError,
@@ -30,6 +31,7 @@ __all__ = [
     "EtcdClient",
     "EtcdError",
     "Keys",
+    "MachineIdConflict",
     "MachineRecord",
     "NotLeader",
     "Registry",

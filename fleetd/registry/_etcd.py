@@ -285,6 +285,13 @@ class EtcdClient:
                                  read_only=True)
         return _kv(resp.kvs[0]) if resp.kvs else None
 
+    async def current_revision(self) -> int:
+        """The store's revision, by a linearizable (quorum) read: every write acknowledged
+        before this call has a revision at most this."""
+        resp = await self._unary("revision", self._kv.Range,
+                                 rpc.RangeRequest(key=b"\0", count_only=True), read_only=True)
+        return int(resp.header.revision)
+
     async def get_prefix(self, prefix: str, revision: int = 0) -> tuple[list[KV], int]:
         """All keys under `prefix` (at `revision` when non-zero) and the store revision read."""
         req = rpc.RangeRequest(key=prefix.encode(), range_end=prefix_end(prefix),
