@@ -406,7 +406,7 @@ def test_put_refusals(cluster: LocalCluster, existing: str) -> None:
     assert_error(request(cluster, "PUT", url, {**ok, "name": "other.service"}), 400, "differs")
     # invalid options
     for opts, what in [(service(Bogus="1"), "unknown option"),
-                       (service(Global="true", Conflicts="x*"), "Global"),
+                       (service(Global="true", MachineID="x"), "Global"),
                        (service(MachineOf="httpnew.service"), "itself"),
                        (service(MachineMetadata="noequals"), "key=value")]:
         assert_error(request(cluster, "PUT", url, {**ok, "options": opts}), 400, what)
