@@ -271,7 +271,7 @@ def test_list_commands_speak_json_for_scripts(cluster: LocalCluster,
     files = json.loads(cluster.fleetctl("list-unit-files", "--output", "json", "--fields",
                                         "unit,hash,dstate,state,target,global,desc").stdout)
     assert files == [{"unit": "ticker.service", "hash": units[0]["hash"], "dstate": "launched",
-                      "state": "launched", "target": [mid], "global": False,
+                      "state": "launched", "target": mid, "global": False,
                       "desc": "Ticks five times a second"}]
     r = cluster.fleetctl("list-units", "-o", "yaml")
     assert r.returncode == 1 and "invalid output format 'yaml'" in r.stderr
