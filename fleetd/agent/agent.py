@@ -35,7 +35,7 @@ from fleetd.registry import (
     backoff_sleep,
     decode,
 )
-from fleetd.systemd import SystemdManager, UnitStatus
+from fleetd.systemd import SystemdManager, UnitStatus, install
 from fleetd.unit import UnitError, UnitFile
 
 log = logging.getLogger("fleetd.agent")
@@ -193,10 +193,13 @@ class Agent:
                 if t.name in self.applied:
                     self.applied[t.name] = "loaded"
             elif isinstance(t, WriteUnitFile):
+                self._install_links(t.name, None)
                 self.systemd.write_unit_file(t.name, t.text)
+                self._install_links(t.name, t.text)
                 self.file_hashes[t.name] = desired[t.name].hash
                 self.applied.setdefault(t.name, "loaded")
             elif isinstance(t, RemoveUnitFile):
+                self._install_links(t.name, None)
                 self.systemd.remove_unit_file(t.name)
                 self.file_hashes.pop(t.name, None)
                 self.applied.pop(t.name, None)
@@ -219,6 +222,18 @@ class Agent:
             else:
                 self.statuses.pop(name, None)
             self._mark(name)
+
+    def _install_links(self, name: str, text: str | None) -> None:
+        """Remove (None) or create the links of the unit's [Install] section, as `systemctl
+        enable` would (fleetd/systemd/install.py); a manager without directories has none."""
+        link_dir = getattr(self.systemd, "unit_dir", None)
+        files_dir = getattr(self.systemd, "files_dir", None)
+        if link_dir is None or files_dir is None:
+            return
+        if text is None:
+            install.unlink_installed(name, link_dir, files_dir)
+        else:
+            install.link_installed(name, text, link_dir, files_dir)
 
     # --- state publication ----------------------------------------------------------------
     def _on_systemd_change(self, status: UnitStatus) -> None:

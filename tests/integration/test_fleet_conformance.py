@@ -191,3 +191,31 @@ def test_list_unit_files_json_names_the_target_machine(cluster: LocalCluster,
     assert row["target"] == mid  # the table shows it as id/ip; JSON has the full id
     assert row["dstate"] == "launched" and row["state"] == "launched"
     assert row["global"] is False and row["desc"] == "sleeps" and len(row["hash"]) == 40
+
+
+# --- 4: [Install] sections (fleet's TestInstallUnit) ----------------------------------------------
+def test_install_section_makes_a_loaded_unit_start_and_stop_with_its_main_unit(
+        cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+    main = write(tmp_path, "main.service", SLEEPER)
+    disc = write(tmp_path, "disc.service",
+                 "[Unit]\nBindsTo=main.service\n[Service]\nExecStart=/bin/sleep 3000\n"
+                 "[Install]\nWantedBy=main.service\n[X-Fleet]\nMachineOf=main.service\n")
+    r = cluster.fleetctl("load", main, disc)
+    assert r.returncode == 0, r.stderr
+    rows = wait_until(lambda: [row for row in unit_rows(cluster) if row["unit"] == "disc.service"],
+                      what="disc.service loaded")
+    machine = cluster.machine(rows[0]["machine"])
+    assert not machine.is_active("disc.service")
+    assert cluster.fleetctl("start", main).returncode == 0
+    wait_until(lambda: machine.is_active("disc.service"), what="disc started with main")
+    assert machines_running(cluster, "disc.service") == [machine.machine_id]
+    assert cluster.fleetctl("stop", main).returncode == 0
+    wait_until(lambda: not machine.is_active("disc.service"), what="disc stopped with main")
+    wants = machine.systemctl("show", "-p", "Wants", "main.service").stdout
+    assert "disc.service" in wants
+    # Destroying the unit removes its links: main no longer pulls it in.
+    assert cluster.fleetctl("destroy", "disc.service").returncode == 0
+    wait_until(lambda: "disc.service" not in machine.systemctl(
+        "show", "-p", "Wants", "main.service").stdout, what="links removed")
+    assert cluster.fleetctl("start", main).returncode == 0
+    assert not machine.is_active("disc.service")
