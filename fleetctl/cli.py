@@ -351,6 +351,13 @@ def set_state(args: list[str], target: str, no_block: bool, block_attempts: int,
               command: str = "", replace: bool = False) -> None:
     """Set the desired state of units; `command` (submit/load/start) first submits the
     arguments that are not in the cluster yet (see `ensure_units`)."""
+    if target != "inactive":
+        from fleetd.unit import UnitName
+
+        for name, _ in resolve_args(args):
+            if UnitName.parse(name).is_template:
+                fail(f"cannot activate template {name}: a template is only submitted; "
+                     "start its instances (e.g. " + name.replace("@.", "@1.") + ")")
     c = client()
     try:
         done: set[str] = set()

@@ -188,7 +188,11 @@ class FleetService:
             raise InvalidArgument(f"invalid desired state {desired_state!r}: expected one of "
                                   + ", ".join(TARGET_STATES))
         parsed = _check_name(name)
-        _refuse_template_activation(parsed, desired_state)
+        if parsed.is_template:
+            # fleet's API creates a template with any desiredState (python-fleet sends
+            # "launched" by default) and only refuses to activate an existing one; a template
+            # is never scheduled, so it is kept as what it is: submitted.
+            desired_state = "inactive"
         if not text:
             if not parsed.is_instance:
                 raise InvalidArgument(f"unit {name}: no unit file given")
