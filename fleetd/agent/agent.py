@@ -43,7 +43,7 @@ from fleetd.registry import (
     backoff_sleep,
     decode,
 )
-from fleetd.systemd import SystemdError, SystemdManager, UnitStatus
+from fleetd.systemd import SystemdError, SystemdManager, UnitStatus, install
 from fleetd.unit import UnitError, UnitFile
 
 log = logging.getLogger("fleetd.agent")
@@ -267,10 +267,13 @@ class Agent:
                 self.applied[t.name] = "loaded"
         elif isinstance(t, WriteUnitFile):
             want = desired[t.name]
+            self._install_links(t.name, None)
             self.systemd.write_unit_file(t.name, t.text, _drop_in(want))
+            self._install_links(t.name, t.text)
             self.file_hashes[t.name] = want.hash
             self.applied.setdefault(t.name, "loaded")
         elif isinstance(t, RemoveUnitFile):
+            self._install_links(t.name, None)
             self.systemd.remove_unit_file(t.name)
             self.file_hashes.pop(t.name, None)
             self.applied.pop(t.name, None)
@@ -281,6 +284,18 @@ class Agent:
             await self.systemd.reset_failed_unit(t.name)
             await self.systemd.start_unit(t.name)
             self.applied[t.name] = "launched"
+
+    def _install_links(self, name: str, text: str | None) -> None:
+        """Remove (None) or create the links of the unit's [Install] section, as `systemctl
+        enable` would (fleetd/systemd/install.py); a manager without directories has none."""
+        link_dir = getattr(self.systemd, "unit_dir", None)
+        files_dir = getattr(self.systemd, "files_dir", None)
+        if link_dir is None or files_dir is None:
+            return
+        if text is None:
+            install.unlink_installed(name, link_dir, files_dir)
+        else:
+            install.link_installed(name, text, link_dir, files_dir)
 
     # --- state publication ----------------------------------------------------------------
     def _on_systemd_change(self, status: UnitStatus) -> None:
