@@ -14,9 +14,8 @@ import logging
 import random
 import time as _real_time
 import types
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from fleetd import clock
 from fleetd.agent.agent import Agent
@@ -33,8 +32,7 @@ PREFIX = "/fleet-sim/"
 REPLAY = "PYTHONHASHSEED=0 .venv/bin/python -m tests.sim --seed {seed}{opts} --trace"
 
 
-class Violation(Exception):
-    """The safety invariant broke: the run stops at once."""
+Script = Callable[["Simulation"], Awaitable[None]]
 
 
 @dataclass
@@ -163,9 +161,10 @@ class Fleetd:
 
 
 class Simulation:
-    def __init__(self, seed: int, cfg: SimConfig | None = None, *, verbose: bool = False
-                 ) -> None:
+    def __init__(self, seed: int, cfg: SimConfig | None = None, *, verbose: bool = False,
+                 script: Script | None = None) -> None:
         self.seed = seed
+        self.script = script
         self.cfg = cfg or SimConfig()
         self.rng = random.Random(seed)
         self.loop = VirtualLoop()
@@ -289,6 +288,23 @@ class Simulation:
             self.down.discard(m)
             self.start_fleetd(m)
 
+    # --- building blocks for hand-written scripts --------------------------------------
+    async def launch(self, name: str) -> str:
+        """Submit and start `name` (fleetctl start); returns the machine it came up on."""
+        text = self.pool[name]
+        await self.ctl.create_unit(UnitRecord(name, text, UnitFile.parse(text, name=name).hash()),
+                                   "launched")
+        self.desired[name] = "launched"
+        self.note(f"CHANGE start {name}")
+        while True:
+            on = [m for m in self.machines if self.systemds[m].active_state(name) == "active"]
+            if on:
+                return on[0]
+            await asyncio.sleep(0.05)
+
+    def fleetd(self, machine: str) -> Fleetd:
+        return self.fleetds[machine]
+
     async def change(self) -> None:
         """One desired-state change, as fleetctl start/stop/destroy would make it."""
         rng = self.rng
@@ -369,18 +385,26 @@ class Simulation:
         for m in self.machines:
             self.start_fleetd(m)
         await asyncio.sleep(1.0)
-        await self.schedule()
+        await (self.script(self) if self.script else self.schedule())
         if self.result.violation:
             return self.result
         self.heal_all()
         bound = cfg.liveness_bound_s()
         deadline = self.loop.time() + bound
-        while self.loop.time() < deadline and self.liveness_problems():
-            await asyncio.sleep(0.5)
+        hold_s = 2 * cfg.ttl_s  # the good state must last, not merely be passed through
+        good_since: float | None = None
         problems = self.liveness_problems()
-        if not problems:  # and it stays so (no flapping, no late second copy)
-            await asyncio.sleep(2 * cfg.ttl_s)
+        while self.loop.time() < deadline + hold_s and not self.result.violation:
             problems = self.liveness_problems()
+            if problems:
+                good_since = None
+                if self.loop.time() >= deadline:
+                    break
+            else:
+                good_since = self.loop.time() if good_since is None else good_since
+                if self.loop.time() - good_since >= hold_s:
+                    break
+            await asyncio.sleep(0.25)
         if problems and not self.result.violation:
             self.result.liveness = (f"{bound:.0f}s after healing: " + "; ".join(problems))
             self.note("LIVENESS " + self.result.liveness)
@@ -410,10 +434,12 @@ def virtual_time(loop: VirtualLoop) -> Iterator[None]:
         clock.use(None)
 
 
-def run_schedule(seed: int, cfg: SimConfig | None = None, *, verbose: bool = False) -> Result:
-    """Simulate one seeded schedule to its end (or its first violation)."""
+def run_schedule(seed: int, cfg: SimConfig | None = None, *, verbose: bool = False,
+                 script: Script | None = None) -> Result:
+    """Simulate one seeded schedule (or the hand-written `script`, a coroutine function
+    that drives the Simulation's faults and changes) to its end or its first violation."""
     random.seed(seed)  # fleetd's own jitter (backoff_sleep) draws from the global source
-    sim = Simulation(seed, cfg, verbose=verbose)
+    sim = Simulation(seed, cfg, verbose=verbose, script=script)
     loop = sim.loop
     if not verbose:
         logging.disable(logging.CRITICAL)
@@ -448,6 +474,3 @@ def describe(result: Result, opts: str = "") -> str:
     return (f"seed {result.seed}: {what}\n  replay: "
             + REPLAY.format(seed=result.seed, opts=opts))
 
-
-def _unused(*_: Any) -> None:  # keeps linters quiet about the optional real-time import
-    _real_time.perf_counter()
