@@ -274,7 +274,12 @@ class SimEtcd:
                 self._arm(lease)
             self.trace("etcd new leader: every lease extended")
         self.loop.call_at(self.no_leader_until, promote, context=self.ctx)
-        # A leader change does not cancel watches in etcd: they continue on the new leader.
+        # Clients connected to the member that went away lose their watch streams (the others
+        # keep theirs: watches are served by any member).
+        for w in list(self.watches):
+            if self.rng.random() < 0.5 and not w.broken:
+                w.broken = f"etcd watch on {w.prefix} failed: UNAVAILABLE: member went away"
+                w.wake.set()
 
     def has_leader(self) -> bool:
         return self.loop.time() >= self.no_leader_until

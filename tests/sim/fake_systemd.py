@@ -26,6 +26,8 @@ from tests.sim.loop import VirtualLoop, context_of
 RUNNING = frozenset({"activating", "active", "reloading", "deactivating"})
 #: D-Bus round trip of one call.
 CALL_S = 0.001
+#: How long a SIGKILLed service takes to be reaped.
+SIGKILL_S = 0.01
 
 
 @dataclass
@@ -52,8 +54,22 @@ class _Watcher:
     on_change: Callable[[UnitStatus], None]
 
 
-def _directives(text: str, key: str) -> list[str]:
-    """Values of `key` in the [Unit] sections of `text` (unit file plus drop-ins)."""
+def _timespan_s(value: str) -> float | None:
+    v = value.strip().lower()
+    for suffix, mult in (("ms", 1e-3), ("min", 60.0), ("s", 1.0)):
+        if v.endswith(suffix):
+            try:
+                return float(v[: -len(suffix)]) * mult
+            except ValueError:
+                return None
+    try:
+        return float(v)
+    except ValueError:
+        return None
+
+
+def _directives(text: str, key: str, in_section: str = "Unit") -> list[str]:
+    """Values of `key` in the `in_section` sections of `text` (unit file plus drop-ins)."""
     out: list[str] = []
     section = ""
     for line in text.splitlines():
@@ -62,7 +78,7 @@ def _directives(text: str, key: str) -> list[str]:
             section = line[1:-1]
             continue
         k, sep, v = line.partition("=")
-        if sep and section == "Unit" and k.strip() == key:
+        if sep and section == in_section and k.strip() == key:
             out.extend(v.split())
     return out
 
@@ -86,6 +102,7 @@ class FakeSystemd:
         self.loaded: dict[str, str] = {}  # unit -> text as of the last daemon-reload / load
         self.units: dict[str, _Unit] = {}
         self.timers: dict[str, _Timer] = {}
+        self.fired_timers: set[str] = set()  # elapsed transient timers (RemainAfterElapse=)
         self.stop_delay_s: dict[str, float] = {}
         self.start_delay_s: dict[str, float] = {}
         self.default_stop_delay_s = 0.01
@@ -109,7 +126,15 @@ class FakeSystemd:
         return {n for n, u in self.units.items() if u.active in RUNNING}
 
     def text(self, name: str) -> str | None:
-        base = self.loaded.get(name)
+        """The unit as systemd loaded it (file plus drop-ins, as of its last load/reload)."""
+        return self.loaded.get(name)
+
+    def _source(self, name: str) -> str | None:
+        """The unit's file and drop-ins on disk now (a template instance reads its template)."""
+        base = self.files.get(name, self.host_units.get(name))
+        if base is None and "@" in name and not name.split("@", 1)[1].startswith("."):
+            template = name.split("@", 1)[0] + "@." + name.rsplit(".", 1)[1]
+            base = self.files.get(template, self.host_units.get(template))
         if base is None:
             return None
         return "\n".join([base, *self.drop_ins.get(name, {}).values()])
@@ -143,18 +168,17 @@ class FakeSystemd:
     def _load(self, name: str) -> None:
         if name in self.loaded:
             return
-        text = self.files.get(name, self.host_units.get(name))
+        text = self._source(name)
         if text is None:
-            if name.endswith(".target") and name in self.drop_ins:
-                text = "[Unit]"
-            else:
-                raise SystemdError(f"start {name}: Unit {name} not found.",
-                                   dbus_error="org.freedesktop.systemd1.NoSuchUnit")
+            raise SystemdError(f"start {name}: Unit {name} not found.",
+                               dbus_error="org.freedesktop.systemd1.NoSuchUnit")
         self.loaded[name] = text
 
     def start(self, name: str) -> None:
         self._load(name)
         u = self.unit(name)
+        for req in _directives(self.text(name) or "", "Requires"):
+            self.start(req)
         for other in self._conflicting(name):
             self.stop(other)
         if u.active in ("active", "activating", "reloading"):
@@ -163,11 +187,22 @@ class FakeSystemd:
             u.start_after_stop = True
             return
         if name.endswith(".target") or name.endswith(".timer"):
-            self._set(u, "active", "active")
+            # Units ordered Before= the target (fleet's fence drop-in) must be down first.
+            self._set(u, "activating", "start")
+            self._settle_target(name)
             return
         self._set(u, "activating", "start")
         delay = self.start_delay_s.get(name, self.default_start_delay_s)
         u.job = self.loop.call_later(delay, self._started, name, context=self.ctx)
+
+    def _settle_target(self, name: str) -> None:
+        u = self.units.get(name)
+        if u is None or u.active != "activating":
+            return
+        waiting = [o for o, ou in self.units.items() if ou.active in RUNNING and o != name
+                   and name in _directives(self.text(o) or "", "Before")]
+        if not waiting:
+            self._set(u, "active", "active")
 
     def _started(self, name: str) -> None:
         u = self.unit(name)
@@ -189,16 +224,36 @@ class FakeSystemd:
             self._set(u, "inactive", "dead")
             return
         self._set(u, "deactivating", "stop-sigterm")
-        delay = self.stop_delay_s.get(name, self.default_stop_delay_s)
-        u.job = self.loop.call_later(delay, self._stopped, name, context=self.ctx)
+        delay = self.stop_delay_s.get(name, self._exec_stop_sleep(name))
+        cap = [t for t in (_timespan_s(v) for v in _directives(
+            self.text(name) or "", "TimeoutStopSec", "Service")) if t]
+        timed_out = bool(cap) and delay > cap[-1]
+        if timed_out:
+            delay = cap[-1] + SIGKILL_S  # SIGKILL after TimeoutStopSec=; the unit ends failed
+        u.job = self.loop.call_later(delay, self._stopped, name, timed_out, context=self.ctx)
 
-    def _stopped(self, name: str) -> None:
+    def _exec_stop_sleep(self, name: str) -> float:
+        """A unit whose ExecStop= is `sleep N` takes N seconds to stop, as on a real system."""
+        for line in (self.text(name) or "").splitlines():
+            k, _, v = line.partition("=")
+            words = v.split()
+            if k.strip() == "ExecStop" and len(words) == 2 and words[0].endswith("sleep"):
+                try:
+                    return float(words[1])
+                except ValueError:
+                    break
+        return self.default_stop_delay_s
+
+    def _stopped(self, name: str, timed_out: bool = False) -> None:
         u = self.unit(name)
         u.job = None
         if u.active != "deactivating":
             return
-        self._set(u, "inactive", "dead")
+        self._set(u, *(("failed", "failed") if timed_out else ("inactive", "dead")))
         u.pid = 0
+        for target, tu in list(self.units.items()):
+            if tu.active == "activating" and target.endswith(".target"):
+                self._settle_target(target)
         if u.start_after_stop:
             u.start_after_stop = False
             self.start(name)
@@ -217,15 +272,16 @@ class FakeSystemd:
     def daemon_reload(self) -> None:
         self.reloads += 1
         for name in list(self.loaded):
-            text = self.files.get(name, self.host_units.get(name))
-            if text is None and name not in self.drop_ins:
+            text = self._source(name)
+            if text is None:
                 u = self.units.get(name)
                 if u is None or u.active not in RUNNING:
                     del self.loaded[name]  # garbage-collected: no file, not running
-            elif text is not None:
+            else:
                 self.loaded[name] = text
         for name in self.files:
-            self.loaded[name] = self.files[name]
+            if "@." not in name:
+                self.loaded[name] = self._source(name)  # type: ignore[assignment]
         for name in list(self.loaded):
             self._notify(name)
 
@@ -234,6 +290,7 @@ class FakeSystemd:
         """A transient timer `name` that starts `unit` in `delay_s` seconds; starting one
         with the same name replaces it (as fleetd re-arming it at every renewal would)."""
         self.stop_timer(name)
+        self.fired_timers.discard(name)
         handle = self.loop.call_later(delay_s, self._fire, name, context=self.ctx)
         self.timers[name] = _Timer(name, unit, handle)
 
@@ -246,6 +303,7 @@ class FakeSystemd:
         t = self.timers.pop(name, None)
         if t is None:
             return
+        self.fired_timers.add(name)
         self.trace(f"{self.machine} timer {name} fired: start {t.unit}")
         try:
             self.start(t.unit)
@@ -257,6 +315,7 @@ class FakeSystemd:
         """The machine lost power: every process is gone, /run (fleet's files) too."""
         for t in list(self.timers):
             self.stop_timer(t)
+        self.fired_timers.clear()
         for u in self.units.values():
             if u.job is not None:
                 u.job.cancel()

@@ -7,48 +7,16 @@ of strings then match the printed replay command exactly), two at a time (the CI
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import time
 
 import pytest
 
 from tests.sim.cluster import SimConfig, run_schedule
+from tests.sim.driver import run_many, spawn_sim
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCHEDULES = int(os.environ.get("SIM_SCHEDULES", "2000"))
-WORKERS = 2
 #: The faults the code on main already survives; the full set waits for the fencing rework.
 SURVIVED_ON_MAIN = "peer_partition,restart,slow_stop,compact,leader_change,power_cut"
-
-
-def _sim(*args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    return subprocess.Popen([sys.executable, "-m", "tests.sim", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def run_many(count: int, *extra: str) -> dict[str, object]:
-    """`count` schedules split over WORKERS processes; the merged JSON figures."""
-    t0 = time.perf_counter()
-    step = -(-count // WORKERS)
-    procs = [_sim("--seeds", f"{lo}:{min(lo + step, count)}", "--json", *extra)
-             for lo in range(0, count, step)]
-    totals: dict[str, object] = {"sim_schedules": 0, "sim_faults": 0, "sim_violations": 0,
-                                 "sim_liveness_failures": 0, "failing_seeds": []}
-    failures = []
-    for p in procs:
-        out, err = p.communicate(timeout=600)
-        figures = json.loads(out.strip().splitlines()[-1])
-        for k in ("sim_schedules", "sim_faults", "sim_violations", "sim_liveness_failures"):
-            totals[k] = int(totals[k]) + figures[k]  # type: ignore[call-overload]
-        totals["failing_seeds"] += figures["failing_seeds"]  # type: ignore[operator]
-        failures.append(err)
-    totals["elapsed_s"] = round(time.perf_counter() - t0, 1)
-    totals["report"] = "".join(failures)
-    return totals
 
 
 def _assert_clean(figures: dict[str, object]) -> None:
@@ -70,7 +38,7 @@ def test_a_seed_replays_exactly() -> None:
 def test_a_seed_replays_exactly_in_a_new_process_from_the_printed_command() -> None:
     outs = []
     for _ in range(2):
-        p = _sim("--seed", "23")
+        p = spawn_sim("--seed", "23")
         out, _ = p.communicate(timeout=120)
         outs.append(out)
     assert "replay: PYTHONHASHSEED=0" in outs[0]
