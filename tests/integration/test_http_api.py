@@ -346,8 +346,7 @@ def test_patched_metadata_schedules_units_and_survives_fleetd_restart(
     ctx = ssl.create_default_context(cafile=cluster.client_tls.ca_file)
     ctx.load_cert_chain(cluster.client_tls.cert_file, cluster.client_tls.key_file)
     try:
-        m2.stop_fleetd()
-        m2.start_fleetd()
+        m2.restart_fleetd()
         wait_until(lambda: os.path.exists(m2.http_socket), what="http socket back")
         tcp = f"tcp:{m2.ip}:{port}"
         wait_until(lambda: request(tcp, "GET", f"{V1}/machines", tls=ctx).status == 200,
