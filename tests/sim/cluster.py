@@ -20,15 +20,19 @@ from dataclasses import dataclass, field
 from fleetd import clock
 from fleetd.agent.agent import Agent
 from fleetd.engine.engine import Engine
+from fleetd.fencing import engine_grace_s, keep_units_on_exit
 from fleetd.machine import MachineIdentity, MachineSession
-from fleetd.peers import PeerDirectory
 from fleetd.registry import EtcdError, Registry, RegistryError, UnitRecord
 from fleetd.unit import UnitFile
 from tests.sim.etcd_model import WATCH_DEAD_AFTER_S, Network, SimEtcd, SimEtcdClient
 from tests.sim.fake_systemd import RUNNING, FakeSystemd
-from tests.sim.loop import VirtualLoop
+from tests.sim.loop import VirtualLoop, context_of
 
 PREFIX = "/fleet-sim/"
+#: fleetd.service's RestartSec= (packaging): Restart=on-failure brings a failed fleetd back.
+RESTART_SEC_S = 2.0
+#: fleetd.service's TimeoutStopSec=: SIGKILL after that long.
+STOP_TIMEOUT_S = 15.0
 REPLAY = "PYTHONHASHSEED=0 .venv/bin/python -m tests.sim --seed {seed}{opts} --trace"
 
 
@@ -43,8 +47,8 @@ class SimConfig:
     faults: int = 8
     changes: int = 8
     max_stop_delay_s: float = 12.0
-    #: Grace the engine waits after a lease expires before rescheduling (0 on main).
-    engine_grace_s: float = 0.0
+    #: Grace the engine waits after a lease expires before rescheduling (fleetd.fencing).
+    engine_grace_s: float = field(default_factory=lambda: engine_grace_s(5))
     reconcile_interval_s: float = 2.0
     kinds: tuple[str, ...] = ("partition", "peer_partition", "crash", "freeze", "restart",
                               "stop", "slow_stop", "compact", "leader_change", "power_cut")
@@ -110,47 +114,42 @@ class Fleetd:
                                    version="sim", api_address=machine)
         self.session = MachineSession(self.registry, identity, sim.cfg.ttl_s)
         self.agent = Agent(self.registry, self.systemd, self.session)  # type: ignore[arg-type]
-        self.engine = Engine(self.registry, self.session,
-                             reconcile_interval_s=sim.cfg.reconcile_interval_s)
-        self.peers = PeerDirectory(self.registry, machine, self._ask_peer)
-        self.session.outage_check = self.peers.etcd_down_for_everyone
+        self.engine: Engine | None = Engine(self.registry, self.session,
+                                            reconcile_interval_s=sim.cfg.reconcile_interval_s)
         self.stopping = asyncio.Event()
         self.task = sim.loop.spawn(self.process, self.main())
         self.exited = False
 
     async def main(self) -> None:
-        """What `fleetd.main.serve` does, without the API servers."""
-        await self.session.establish()
+        """What `fleetd.main.serve` does, without the API servers: run the components; on a
+        termination request purge and leave unless systemd is restarting fleetd; exit
+        non-zero when a component dies (systemd's Restart=on-failure then restarts it)."""
         jobs = [asyncio.ensure_future(self.session.run()),
-                asyncio.ensure_future(self.agent.run()),
-                asyncio.ensure_future(self.peers.run()),
-                asyncio.ensure_future(self.engine.run())]
+                asyncio.ensure_future(self.agent.run())]
+        if self.engine is not None:
+            jobs.append(asyncio.ensure_future(self.engine.run()))
         waiter = asyncio.ensure_future(self.stopping.wait())
         done, _ = await asyncio.wait([waiter, *jobs], return_when=asyncio.FIRST_COMPLETED)
+        failed: BaseException | None = None
         for j in jobs:
-            if j in done and j.exception():
-                self.sim.note(f"{self.process} component failed: {j.exception()!r}")
+            if j in done:
+                failed = j.exception() or RuntimeError("component returned")
+                self.sim.note(f"{self.process} component failed: {failed!r}")
         for j in jobs:
             j.cancel()
         await asyncio.gather(*jobs, return_exceptions=True)
-        await self.systemd.close()
-        await self.registry.close()
-        self.exited = True
-        self.sim.note(f"{self.process} exited")
-
-    async def _ask_peer(self, address: str, timeout_s: float) -> float | None:
-        """The PeerEtcdStatus RPC: across the simulated network to the peer's process."""
-        peer = self.sim.fleetds.get(address)
-        await asyncio.sleep(0.001)
-        if (peer is None or peer.exited or not self.sim.net.up(self.machine, address)
-                or peer.process in self.sim.loop.frozen or peer.process in self.sim.loop.killed):
-            await asyncio.sleep(timeout_s)
-            return None
-        if peer.etcd.last_answer_age_s() > 0.3:  # the peer probes etcd first (grpc_server)
-            with contextlib.suppress(EtcdError, TimeoutError):
-                await asyncio.wait_for(peer.registry.leader(), 0.5)
-        age = peer.etcd.last_answer_age_s()
-        return age
+        try:
+            if failed is None and not keep_units_on_exit(self.systemd.own_job, False):
+                await self.agent.purge()
+                await self.session.leave()
+        finally:
+            await self.systemd.close()
+            await self.registry.close()
+            self.exited = True
+            self.sim.note(f"{self.process} exited" + (" (failure)" if failed else ""))
+        if failed is not None:
+            self.sim.loop.call_later(RESTART_SEC_S, self.sim.start_fleetd, self.machine,
+                                     context=context_of(""))
 
     def kill(self) -> None:
         self.sim.loop.kill(self.process)
@@ -192,8 +191,8 @@ class Simulation:
             print(line, flush=True)
 
     def _on_unit_change(self, machine: str, unit: str, old: str, new: str) -> None:
-        if (new not in RUNNING or unit in self.global_units or self.result.violation
-                or self.finished):
+        if (new not in RUNNING or unit not in self.pool or unit in self.global_units
+                or self.result.violation or self.finished):
             return
         on = [m for m in self.machines if self.systemds[m].active_state(unit) in RUNNING]
         if len(on) > 1:
@@ -213,14 +212,16 @@ class Simulation:
         self.fleetds[m] = Fleetd(self, m, self.generation)
         self.note(f"{m} fleetd started ({self.fleetds[m].process})")
 
-    async def stop_fleetd(self, m: str) -> None:
-        """`systemctl stop fleetd`: SIGTERM, then up to 90 s before SIGKILL."""
+    async def stop_fleetd(self, m: str, job: str = "stop") -> None:
+        """`systemctl stop fleetd` (or `restart`: job "restart"): SIGTERM with that job
+        pending for fleetd's unit, SIGKILL after fleetd.service's TimeoutStopSec=."""
         f = self.fleetds.get(m)
         if f is None or f.exited:
             return
         self.loop.thaw(f.process)
+        f.systemd.own_job = job
         f.stopping.set()
-        deadline = self.loop.time() + 90
+        deadline = self.loop.time() + STOP_TIMEOUT_S
         while not f.exited and self.loop.time() < deadline:
             await asyncio.sleep(0.1)
         if not f.exited:
@@ -264,7 +265,7 @@ class Simulation:
         elif kind in ("restart", "stop"):
             self.note(f"FAULT systemctl {kind} fleetd on {m}"
                       + (f", start in {dur:.2f}s" if kind == "stop" else ""))
-            await self.stop_fleetd(m)
+            await self.stop_fleetd(m, kind)
             if kind == "stop":
                 await asyncio.sleep(dur)
             self.start_fleetd(m)

@@ -18,6 +18,13 @@ from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
+from fleetd import clock
+from fleetd.fencing import (
+    FENCE_DROP_IN,
+    FENCE_SERVICE_TEMPLATE,
+    FENCE_TARGET,
+    FENCE_TIMER_PREFIX,
+)
 from fleetd.systemd import SystemdError, UnitStatus, is_unit_name
 from tests.sim.loop import VirtualLoop, context_of
 
@@ -99,6 +106,7 @@ class FakeSystemd:
         self.files: dict[str, str] = {}  # fleet's unit files (files_dir, linked into unit_dir)
         self.drop_ins: dict[str, dict[str, str]] = {}  # unit -> drop-in name -> text
         self.host_units: dict[str, str] = {}  # units systemd loads from elsewhere (/usr/lib)
+        self.fence_units: dict[str, str] = {}  # fleet's fence target and template (/run)
         self.loaded: dict[str, str] = {}  # unit -> text as of the last daemon-reload / load
         self.units: dict[str, _Unit] = {}
         self.timers: dict[str, _Timer] = {}
@@ -129,12 +137,17 @@ class FakeSystemd:
         """The unit as systemd loaded it (file plus drop-ins, as of its last load/reload)."""
         return self.loaded.get(name)
 
+    def _file(self, name: str) -> str | None:
+        for where in (self.files, self.fence_units, self.host_units):
+            if name in where:
+                return where[name]
+        return None
+
     def _source(self, name: str) -> str | None:
         """The unit's file and drop-ins on disk now (a template instance reads its template)."""
-        base = self.files.get(name, self.host_units.get(name))
+        base = self._file(name)
         if base is None and "@" in name and not name.split("@", 1)[1].startswith("."):
-            template = name.split("@", 1)[0] + "@." + name.rsplit(".", 1)[1]
-            base = self.files.get(template, self.host_units.get(template))
+            base = self._file(name.split("@", 1)[0] + "@." + name.rsplit(".", 1)[1])
         if base is None:
             return None
         return "\n".join([base, *self.drop_ins.get(name, {}).values()])
@@ -208,9 +221,16 @@ class FakeSystemd:
         u = self.unit(name)
         u.job = None
         if u.active == "activating":
+            if "Type=oneshot" in (self.text(name) or ""):
+                self._set(u, "inactive", "dead")  # ran its ExecStart= and exited
+                return
             self._set(u, "active", "running")
 
     def stop(self, name: str) -> None:
+        if name in self.timers or name in self.fired_timers:
+            self.stop_timer(name)  # a stopped transient timer is unloaded
+            self.fired_timers.discard(name)
+            return
         u = self.units.get(name)
         if u is None:
             return
@@ -324,6 +344,7 @@ class FakeSystemd:
                 self._set(u, "inactive", "dead")
         self.units.clear()
         self.files.clear()
+        self.fence_units.clear()
         self.drop_ins.clear()
         self.loaded.clear()
         self.connections.clear()
@@ -368,16 +389,72 @@ class FakeSystemdConnection:
     def read_unit_files(self) -> dict[str, str]:
         return dict(self.systemd.files)
 
-    def write_unit_file(self, name: str, text: str) -> None:
+    def write_unit_file(self, name: str, text: str, drop_in: str | None = None) -> None:
         if not is_unit_name(name):
             raise SystemdError(f"unit file {name!r}: not a valid unit name")
         if name in self.systemd.host_units:
             raise SystemdError(f"write unit file {name}: exists and was not written by fleet; "
                                "refusing to replace it")
+        self._write_drop_in(name, drop_in)
         self.systemd.files[name] = text
 
+    def _write_drop_in(self, name: str, text: str | None) -> None:
+        if text is None:
+            self.systemd.drop_ins.pop(name, None)
+        else:
+            self.systemd.drop_ins[name] = {FENCE_DROP_IN: text}
+
+    def has_drop_in(self, name: str) -> bool:
+        return FENCE_DROP_IN in self.systemd.drop_ins.get(name, {})
+
     def remove_unit_file(self, name: str) -> None:
+        self._write_drop_in(name, None)
         self.systemd.files.pop(name, None)
+
+    # --- the dead-man switch (fleetd.fencing) ---------------------------------------------
+    def install_fence(self) -> bool:
+        want = {FENCE_TARGET: "[Unit]\nDescription=fleet fence\nDefaultDependencies=no\n",
+                FENCE_SERVICE_TEMPLATE: (f"[Unit]\nRequires={FENCE_TARGET}\nAfter={FENCE_TARGET}"
+                                         "\n\n[Service]\nType=oneshot\nExecStart=/bin/true\n")}
+        changed = self.systemd.fence_units != want
+        self.systemd.fence_units = dict(want)
+        return changed
+
+    async def arm_fence_timer(self, name: str, delay_s: float) -> None:
+        await self._call()
+        sd = self.systemd
+        if name in sd.timers or name in sd.fired_timers:
+            raise SystemdError(f"arm {name}: Unit {name} already exists.",
+                               dbus_error="org.freedesktop.systemd1.UnitExists")
+        sd.start_transient_timer(name, name[: -len(".timer")] + ".service", delay_s)
+
+    async def list_fence_timers(self) -> list[str]:
+        await self._call()
+        sd = self.systemd
+        return sorted(n for n in set(sd.timers) | sd.fired_timers
+                      if n.startswith(FENCE_TIMER_PREFIX))
+
+    async def timer_fired(self, name: str) -> bool:
+        await self._call()
+        return name in self.systemd.fired_timers or name not in self.systemd.timers
+
+    async def fence(self, timeout_s: float) -> bool:
+        await self._call()
+        self.systemd.start(FENCE_TARGET)
+        deadline = clock.now() + timeout_s
+        while True:
+            if self.systemd.active_state(FENCE_TARGET) == "active":
+                return True
+            if clock.now() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+
+    async def job_type_of_pid(self, pid: int) -> str | None:
+        await self._call()
+        return self.own_job
+
+    #: The job systemd has pending for fleetd's unit ("stop", "restart"), set by the simulation.
+    own_job: str | None = None
 
     # --- manager calls --------------------------------------------------------------------
     async def daemon_reload(self) -> None:
