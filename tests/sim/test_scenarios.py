@@ -10,8 +10,6 @@ import pytest
 from tests.sim.cluster import Result, SimConfig, Simulation, run_schedule
 
 TTL_S = 5
-#: Double runs of the code on main (issue 10); the fencing rework (safety branch) fixes them.
-ISSUE_10 = pytest.mark.xfail(strict=True, reason="issue 10: fencing lives only in fleetd")
 
 
 def _run(script, machines: int = 3, **cfg: object) -> Result:  # type: ignore[no-untyped-def]
@@ -21,7 +19,6 @@ def _run(script, machines: int = 3, **cfg: object) -> Result:  # type: ignore[no
     return r
 
 
-@ISSUE_10
 def test_a_killed_fleetd_that_stays_down_does_not_leave_a_second_copy_running() -> None:
     # issue 10 item 1: kill -9 of fleetd, not restarted; its unit must not keep running once
     # the engine has started it elsewhere.
@@ -34,7 +31,6 @@ def test_a_killed_fleetd_that_stays_down_does_not_leave_a_second_copy_running() 
     _run(script)
 
 
-@ISSUE_10
 def test_a_frozen_fleetd_does_not_leave_a_second_copy_running() -> None:
     # issue 10 item 1: kill -s STOP of fleetd (SIGSTOP: nothing of it runs, systemd does).
     async def script(sim: Simulation) -> None:
@@ -47,7 +43,6 @@ def test_a_frozen_fleetd_does_not_leave_a_second_copy_running() -> None:
     _run(script)
 
 
-@ISSUE_10
 def test_systemctl_stop_fleetd_for_longer_than_the_ttl_does_not_leave_a_copy() -> None:
     # issue 10 item 1 / DESIGN: `systemctl stop fleetd` stops the machine's units.
     async def script(sim: Simulation) -> None:
@@ -59,7 +54,6 @@ def test_systemctl_stop_fleetd_for_longer_than_the_ttl_does_not_leave_a_copy() -
     _run(script)
 
 
-@ISSUE_10
 def test_a_slow_stopping_unit_is_inactive_before_its_replacement_starts() -> None:
     # issue 10 item 3: fencing queued the stop; a unit that takes 8 s to stop overlapped its
     # replacement on another machine.
@@ -72,7 +66,6 @@ def test_a_slow_stopping_unit_is_inactive_before_its_replacement_starts() -> Non
     _run(script, max_stop_delay_s=8.0)
 
 
-@ISSUE_10
 def test_a_minority_that_hears_its_peers_but_not_etcd_does_not_hold_its_units() -> None:
     # issue 10 item 2: {m1,m2,m3 | m4,m5+etcd}: m1 hears m2 and m3 (stale ages, a "majority"),
     # holds its unit, while the engine on the etcd side reschedules it.

@@ -98,7 +98,38 @@ async def unknown_units_are_not_errors(sd: UnitManager, tag: str) -> None:
     assert (st.load_state, st.active_state) == ("not-found", "inactive")
 
 
-CONTRACTS = [start_stop_and_signals, a_stop_takes_as_long_as_exec_stop_and_is_capped_by_timeout,
+async def the_dead_man_timer_stops_non_global_units_to_inactive(sd: UnitManager,
+                                                              tag: str) -> None:
+    from fleetd import fencing
+
+    fenced, kept = f"c-{tag}-fenced.service", f"c-{tag}-global.service"
+    sd.install_fence()
+    sd.write_unit_file(fenced, _unit("fenced", svc="ExecStop=/bin/sleep 1\n"),
+                       fencing.fence_drop_in(fenced, None, False))
+    sd.write_unit_file(kept, _unit("global"), None)
+    assert sd.has_drop_in(fenced) and not sd.has_drop_in(kept)
+    await sd.daemon_reload()
+    for n in (fenced, kept):
+        await sd.start_unit(n)
+        await _until(sd, n, "active")
+    timer = f"{fencing.FENCE_TIMER_PREFIX}{tag}.timer"
+    await sd.arm_fence_timer(timer, 0.5)
+    assert timer in await sd.list_fence_timers()
+    t0 = clock.now()
+    await _until(sd, fencing.FENCE_TARGET, "active")
+    assert (await sd.unit_status(fenced)).active_state in ("inactive", "failed"), \
+        "the target is active only once the fenced unit is down (Before=)"
+    assert clock.now() - t0 >= 0.9
+    assert (await sd.unit_status(kept)).active_state == "active"
+    assert await sd.timer_fired(timer)
+    await sd.stop_unit(timer)
+    assert timer not in await sd.list_fence_timers()
+    await sd.start_unit(fenced)  # Conflicts= the other way: the target stops
+    await _until(sd, fenced, "active")
+    await _until(sd, fencing.FENCE_TARGET, "inactive")
+
+
+CONTRACTS = [the_dead_man_timer_stops_non_global_units_to_inactive, start_stop_and_signals, a_stop_takes_as_long_as_exec_stop_and_is_capped_by_timeout,
              conflicts_stop_the_other_unit, unknown_units_are_not_errors]
 
 
