@@ -27,7 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ["start_latency_ms_p50", "start_latency_ms_p99", "failover_s_p50",
         "agent_1000_units_launch_s", "agent_idle_cpu_pct", "engine_schedule_10k_s",
         "engine_one_decision_ms_p50", "etcd_requests_per_decision", "idle_etcd_requests_per_s",
-        "list_units_10k_ms"]
+        "list_units_10k_ms", "sim_schedules", "sim_faults", "sim_violations",
+        "sim_liveness_failures", "sim_schedules_per_s"]
 
 
 def log(msg: str) -> None:
@@ -164,6 +165,15 @@ def main() -> int:
     machines, units = (100, 1000) if q else (1000, 10_000)
     scale = asyncio.run(scale_run(machines, units, 5 if q else 30, log=log))
     res.update({k: v for k, v in scale.items() if k in KEYS})
+    log("deterministic simulation (tests/sim) ...")
+    from tests.sim.driver import run_many
+
+    sim = run_many(1000 if q else 10_000)
+    for k in ("sim_schedules", "sim_faults", "sim_violations", "sim_liveness_failures"):
+        res[k] = float(sim[k])  # type: ignore[arg-type]
+    res["sim_schedules_per_s"] = round(res["sim_schedules"] / float(sim["elapsed_s"]), 1)  # type: ignore[arg-type]
+    if sim["failing_seeds"]:
+        log(str(sim["report"])[:4000])
 
     rows: list[tuple[str, Any, str]] = [
         ("start_latency_ms_p50", f"ms, {len(lat)} runs", "<= 150"),
@@ -177,6 +187,11 @@ def main() -> int:
         ("idle_etcd_requests_per_s", f"requests/s, {machines + 1} machines",
          f"<= {(machines + 1) / (10 / 3):.0f}"),
         ("list_units_10k_ms", f"ms, {units} units", "<= 1000"),
+        ("sim_schedules", "random fault schedules, 3 machines", ""),
+        ("sim_faults", "faults injected", ""),
+        ("sim_violations", "schedules with a unit on 2 machines", "0"),
+        ("sim_liveness_failures", "schedules not converged after healing", "0"),
+        ("sim_schedules_per_s", "schedules/s, 2 processes", ""),
     ]
     print(f"{'benchmark':30} {'value':>10}  {'unit / size':40} {'target':>8}")
     for key, unit, target in rows:
