@@ -11,7 +11,8 @@ Ground truth comes from inside the machines, not from fleet:
   (active, activating, deactivating, reloading) five times a second into `samples/<machine>`;
   two machines seen running a unit within one sampling interval of each other count too.
 
-Faults (one at a time per machine, up to all but one machine at once): power cut and boot,
+Faults (one at a time per machine, up to all but one machine at once, each held for a random
+0.3 to 2.5 lease TTLs): power cut and boot,
 partition and heal, `systemctl kill -s KILL fleetd` (systemd restarts it: its units must be
 adopted, same MainPID), `systemctl restart fleetd` (adopted too), `systemctl stop fleetd` and
 start (its units stop, the machine leaves), `systemctl kill -s STOP fleetd` and CONT after a
@@ -97,6 +98,7 @@ class _Fault:
     kind: str
     machine: str
     since: float
+    until: float  # when the soak heals it
 
 
 class Soak:
@@ -165,11 +167,12 @@ class Soak:
                    "/bin/sh", "-c", loop, check=False)
 
     def _step(self) -> None:
-        r = self.rng.random()
+        now = time.monotonic()
+        for name, f in sorted(self.faulted.items()):
+            if now >= f.until:
+                self._heal(name)
         healthy = [n for n in self.names if n not in self.faulted]
-        if self.faulted and (r < 0.3 or len(healthy) <= 1):
-            self._heal(self.rng.choice(sorted(self.faulted)))
-        elif r < 0.75 and len(healthy) > 1:
+        if self.rng.random() < 0.55 and len(healthy) > 1:
             self._inject(self.rng.choice(FAULTS), self.rng.choice(healthy))
         else:
             self._change()
@@ -192,7 +195,10 @@ class Soak:
                 self._exec(name, "systemctl", "restart", "fleetd")
             self._check_adopted(name, kind, before, old_pid)
             return
-        self.faulted[name] = _Fault(kind, name, time.monotonic())
+        # Held for a random time around the lease TTL: sometimes healed before the fence and
+        # the engine's grace, sometimes long after the units moved.
+        hold_s = self.rng.uniform(*HOLD_TTLS) * self.ttl_s
+        self.faulted[name] = _Fault(kind, name, time.monotonic(), time.monotonic() + hold_s)
         if kind == "power_cut":
             self.lab.stop(name)
         elif kind == "partition":
@@ -201,9 +207,6 @@ class Soak:
             self._exec(name, "systemctl", "stop", "fleetd")
         elif kind == "freeze":
             self._exec(name, "systemctl", "kill", "-s", "STOP", "fleetd")
-            # Thaw after a hold around the TTL: sometimes before the fence, sometimes after.
-            time.sleep(self.rng.uniform(*HOLD_TTLS) * self.ttl_s)
-            self._heal(name)
 
     def _heal(self, name: str) -> None:
         f = self.faulted.pop(name)

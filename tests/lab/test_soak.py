@@ -17,7 +17,7 @@ from tests.lab.conftest import BIN, lab, machines, wait_until
 pytestmark = pytest.mark.usefixtures("lab_up")
 
 SEED = 20261201
-STEPS = 14
+STEPS = 20
 
 
 def test_the_double_run_detector_sees_two_copies() -> None:
