@@ -478,7 +478,7 @@ NO_LEGEND = typer.Option(False, "--no-legend", help="do not print the header lin
 
 MACHINE_FIELDS = ["machine", "ip", "metadata"]
 UNIT_FIELDS = ["unit", "machine", "active", "sub", "load", "hash", "desc"]
-UNIT_FILE_FIELDS = ["unit", "hash", "dstate", "state", "target", "global", "desc"]
+UNIT_FILE_FIELDS = ["unit", "hash", "dstate", "state", "target", "global", "desc", "tmachine"]
 
 
 def _fields(raw: str, allowed: list[str], command: str) -> list[str]:
@@ -590,6 +590,8 @@ def list_unit_files(full: bool = FULL, no_legend: bool = NO_LEGEND,
                     output: str = OUTPUT) -> None:
     """List every submitted unit with its desired and current state and target machine."""
     cols = _fields(fields, UNIT_FILE_FIELDS, "list-unit-files")
+    if "tmachine" in cols:
+        typer.echo('WARNING: The "tmachine" field is deprecated. Use "target" instead', err=True)
     c = client()
     try:
         units = c.call("ListUnits").units
@@ -611,15 +613,20 @@ def list_unit_files(full: bool = FULL, no_legend: bool = NO_LEGEND,
             return "global"
         return u.machine_ids[0] if u.machine_ids else None
 
+    def state(u: Any) -> str | None:
+        """fleet shows no single state for a global unit (it has one per machine)."""
+        return None if u.__getattribute__("global") else (u.current_state or None)
+
     columns = {
         "unit": lambda u: u.name, "hash": lambda u: u.hash if full else u.hash[:7],
-        "dstate": lambda u: u.desired_state, "state": lambda u: u.current_state or "-",
-        "target": target, "global": lambda u: str(u.__getattribute__("global")).lower(),
+        "dstate": lambda u: u.desired_state, "state": lambda u: state(u) or "-",
+        "target": target, "tmachine": target,
+        "global": lambda u: str(u.__getattribute__("global")).lower(),
         "desc": lambda u: u.description or "-",
     }
     _emit(list(units), cols, columns, no_legend, output, {
-        "hash": lambda u: u.hash, "state": lambda u: u.current_state,
-        "target": json_target,
+        "hash": lambda u: u.hash, "state": state,
+        "target": json_target, "tmachine": json_target,
         "global": lambda u: bool(u.__getattribute__("global")), "desc": lambda u: u.description})
 
 

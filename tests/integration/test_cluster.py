@@ -225,12 +225,12 @@ def test_non_utf8_unit_file_is_refused(cluster: LocalCluster, tmp_path: pathlib.
     assert cluster.fleetctl("list-unit-files", "--no-legend").stdout == ""
 
 
-def test_a_different_file_under_an_existing_name_is_refused(
+def test_a_different_file_under_an_existing_name_is_kept_with_a_warning(
         cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
     cluster.fleetctl("submit", unit("hello.service"), check=True)
     path = write_unit(tmp_path, "hello.service", "[Service]\nExecStart=/bin/sleep 99\n")
-    r = cluster.fleetctl("submit", path)
-    assert r.returncode != 0 and "hello.service" in r.stderr and "already exists" in r.stderr
+    r = cluster.fleetctl("submit", path)  # fleet: a warning, the cluster's file stays
+    assert r.returncode == 0 and "hello.service" in r.stderr and "--replace" in r.stderr
     assert cluster.fleetctl("cat", "hello.service").stdout == (UNITS_DIR / "hello.service"
                                                               ).read_text()
 

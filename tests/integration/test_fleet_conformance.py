@@ -162,6 +162,10 @@ def test_global_units_that_conflict_run_once_per_machine(cluster: LocalCluster,
                what="second global judged")
     assert machines_running(cluster, "conflict-global.2.service") == []
     assert len(machines_running(cluster, "conflict-global.1.service")) == 3
+    r = cluster.fleetctl("list-unit-files", "--no-legend", "--fields", "unit,dstate,state,tmachine")
+    assert r.returncode == 0 and "deprecated" in r.stderr  # fleet's warning for tmachine
+    assert r.stdout.split("\n")[0].split() == ["conflict-global.1.service", "launched", "-",
+                                                "global"]
 
 
 # --- 9: MachineOf cycles --------------------------------------------------------------------

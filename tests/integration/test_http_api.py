@@ -417,10 +417,13 @@ def test_put_refusals(cluster: LocalCluster, existing: str) -> None:
                  "options field empty")
     assert_error(request(cluster, "PUT", f"{V1}/units/{existing}", {}), 409,
                  "must provide desiredState")
-    # a template cannot be activated (the service layer's rule, as fleet's API)
-    assert_error(put_unit(cluster, "httptmpl@.service", "launched", service()), 400,
+    # a template is created whatever desiredState it comes with (fleet's API; python-fleet
+    # sends launched), kept submitted, and cannot be activated (the service layer's rule)
+    assert put_unit(cluster, "httptmpl@.service", "launched", service()).status == 201
+    assert get_unit(cluster, "httptmpl@.service")["desiredState"] == "inactive"
+    assert_error(put_unit(cluster, "httptmpl@.service", "launched"), 400,
                  "cannot activate template")
-    assert_error(request(cluster, "GET", f"{V1}/units/httptmpl@.service"), 404)
+    assert request(cluster, "DELETE", f"{V1}/units/httptmpl@.service").status == 204
     # body too large
     big = json.dumps({"options": [{"section": "Service", "name": "X", "value": "v" * 9_000_000}]})
     assert_error(request(cluster, "PUT", url, raw=big.encode(), headers=JSON), 413)
