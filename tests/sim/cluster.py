@@ -43,7 +43,7 @@ Script = Callable[["Simulation"], Awaitable[None]]
 class SimConfig:
     machines: int = 3
     ttl_s: int = 5
-    fault_phase_s: float = 60.0
+    fault_phase_s: float = 40.0
     faults: int = 8
     changes: int = 8
     max_stop_delay_s: float = 12.0
