@@ -164,4 +164,4 @@ def keep_units_on_exit(job_type: str | None, restart_signal: bool) -> bool:
     and unload them and leave the cluster (`systemctl stop fleetd`, a plain SIGTERM)."""
     if restart_signal:
         return True
-    return job_type in ("restart", "try-restart", "reload-or-restart", "reload-or-start")
+    return job_type in ("restart", "try-restart")
