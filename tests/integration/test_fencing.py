@@ -233,3 +233,25 @@ def test_fleetd_stop_purges_and_deregisters_and_start_brings_units_back(
     c.wait_for_machines(3)
     wait_until(lambda: m.is_active("monitor.service"), 20, what="monitor back on the machine")
     print(f"\nfleetd stop took {stopped_in:.1f}s")
+
+
+def test_restart_while_etcd_is_unreachable_is_fenced_and_comes_back_once(
+        fresh_cluster: LocalCluster) -> None:
+    c = fresh_cluster
+    c.fleetctl("start", str(UNITS_DIR / "hello.service"), check=True)
+    m = holder(c, "hello.service")
+    pid = m.main_pid("hello.service")
+    with Sampler(c, "hello.service") as sampler:
+        c.etcd.stop()
+        # An upgrade while etcd is away: the new fleetd never gets a lease, so it must never
+        # start anything; the previous fleetd's timer in systemd fences the unit.
+        m.restart_fleetd()
+        wait_until(lambda: m.machine_id not in machines_not_stopped(c, "hello.service"),
+                   TTL_S + 2, what="hello.service fenced while fleetd has no lease")
+        c.etcd.start()
+        wait_until(lambda: len(machines_running(c, "hello.service")) == 1, 60,
+                   what="hello.service running once after etcd returned")
+        time.sleep(1)
+    assert sampler.most == 1
+    [where] = machines_running(c, "hello.service")
+    assert where != m.machine_id or m.main_pid("hello.service") != pid
