@@ -50,6 +50,8 @@ class SimConfig:
     #: Grace the engine waits after a lease expires before rescheduling (fleetd.fencing).
     engine_grace_s: float = field(default_factory=lambda: engine_grace_s(5))
     reconcile_interval_s: float = 2.0
+    #: Not in the default set: "vm_freeze" (the whole machine paused, systemd included), which
+    #: no lease-based fence can survive (tests/sim/README.md).
     kinds: tuple[str, ...] = ("partition", "peer_partition", "crash", "freeze", "restart",
                               "stop", "slow_stop", "compact", "leader_change", "power_cut")
 
@@ -262,6 +264,18 @@ class Simulation:
             await asyncio.sleep(dur)
             self.loop.thaw(f.process)
             self.note(f"thaw {f.process}")
+        elif kind == "vm_freeze":
+            # The whole machine stops (VM paused, suspend): systemd's timers too; on resume the
+            # realtime deadline of the dead-man timer is already past, so it fires at once.
+            f = self.fleetds.get(m)
+            procs = [self.systemds[m].process] + ([f.process] if f and not f.exited else [])
+            self.note(f"FAULT vm freeze {m} for {dur:.2f}s")
+            for p in procs:
+                self.loop.freeze(p)
+            await asyncio.sleep(dur)
+            for p in procs:
+                self.loop.thaw(p)
+            self.note(f"resume {m}")
         elif kind in ("restart", "stop"):
             self.note(f"FAULT systemctl {kind} fleetd on {m}"
                       + (f", start in {dur:.2f}s" if kind == "stop" else ""))
@@ -359,6 +373,7 @@ class Simulation:
             f = self.fleetds.get(m)
             if f is not None:
                 self.loop.thaw(f.process)
+            self.loop.thaw(self.systemds[m].process)
             self.down.discard(m)
             if f is None or f.exited:
                 self.start_fleetd(m)

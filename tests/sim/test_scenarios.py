@@ -122,3 +122,40 @@ def test_a_fence_that_outlasts_the_next_leases_deadline_does_not_livelock() -> N
     # as it is re-armed: the machine stops and restarts its unit forever.
     r = run_schedule(941, SimConfig(fault_phase_s=60.0))
     assert r.ok, r.liveness or r.violation
+
+
+def test_destroy_and_start_again_while_the_leader_is_cut_off_never_runs_it_twice() -> None:
+    # The engine's grace must hold even when the unit is destroyed and submitted again (a fresh
+    # job, no assignment) while the cut-off engine leader's fenced copy is still stopping.
+    async def script(sim: Simulation) -> None:
+        leader = next(m for m, f in sim.fleetds.items() if f.engine and f.engine.is_leader)
+        for name in ("app0.service", "app1.service", "app2.service", "app3.service"):
+            if await sim.launch(name) == leader:
+                break
+        else:
+            raise AssertionError("no unit landed on the engine leader")
+        sim.systemds[leader].stop_delay_s[name] = 8.0  # within the fence's stop bound
+        sim.note(f"FAULT partition {leader} (engine leader) | etcd")
+        sim.net.partition(leader, "etcd")
+        await asyncio.sleep(TTL_S + 0.5)  # its lease has expired; its fence is still stopping
+        await sim.ctl.destroy_unit(name)
+        del sim.desired[name]
+        sim.note(f"CHANGE destroy {name}")
+        await sim.launch(name)
+        await asyncio.sleep(3 * TTL_S)
+        sim.net.heal()
+    _run(script)
+
+
+@pytest.mark.xfail(strict=True, reason="start on a lease that expired during a VM pause")
+def test_a_paused_machine_resuming_does_not_start_units_on_its_expired_lease() -> None:
+    # Found by the simulation on the safety branch (seed 10, --kinds vm_freeze): m3's VM was
+    # paused (fleetd and systemd) past its lease; on resume, fleetd's parked callbacks ran
+    # before its watchdog: the agent started app1.service (`_may_start` checks that
+    # `session.lease` is non-zero, not that `clock.now()` is before the fence deadline), and
+    # that StartUnit stopped the fleet-fence.target the dead-man timer had just started
+    # (Conflicts=). The engine had placed the re-submitted unit on m3 while m3 was a departed
+    # machine within its grace. (The other copy, on m2, also paused, is the part no lease
+    # fence can prevent: a paused VM runs its units again for their stop time on resume.)
+    r = run_schedule(10, SimConfig(kinds=("vm_freeze",)))
+    assert r.ok, r.violation
