@@ -38,9 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     bad = []
     faults = 0
+    failovers: list[float] = []
     for seed in range(lo, hi):
         r = run_schedule(seed, cfg)
         faults += r.faults
+        failovers += r.failovers_s
         if not r.ok:
             bad.append(r)
             print(describe(r, opts), file=sys.stderr, flush=True)
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
            "sim_violations": sum(1 for r in bad if r.violation),
            "sim_liveness_failures": sum(1 for r in bad if r.liveness and not r.violation),
            "sim_schedules_per_s": round((hi - lo) / dt, 2),
+           "sim_failovers": len(failovers),
+           "sim_failover_s_max": max(failovers, default=0.0),
            "failing_seeds": [r.seed for r in bad]}
     print(json.dumps(out) if a.json else out)
     return 0 if not bad else 1

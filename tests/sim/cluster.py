@@ -77,6 +77,8 @@ class Result:
     trace: list[str] = field(default_factory=list)
     steps: int = 0
     virtual_s: float = 0.0
+    #: For each unit moved off a machine whose lease expired: expiry -> replacement activating.
+    failovers_s: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -183,6 +185,10 @@ class Simulation:
         self.desired: dict[str, str] = {}  # unit -> target state as the user last set it
         self.ctl = Registry(SimEtcdClient(self.etcd, self.net, "ctl"), PREFIX)  # type: ignore
         self.down: set[str] = set()  # machines powered off
+        self._last_ran_on: dict[str, str] = {}
+        self._started_at: dict[str, float] = {}
+        self._expired_at: dict[str, float] = {}
+        self.etcd.on_lease_expired = self._lease_expired
         self.finished = False
 
     # --- tracing and the invariant --------------------------------------------------------
@@ -193,6 +199,14 @@ class Simulation:
             print(line, flush=True)
 
     def _on_unit_change(self, machine: str, unit: str, old: str, new: str) -> None:
+        if new == "activating" and old not in RUNNING and unit in self.pool:
+            prev = self._last_ran_on.get(unit)
+            expired = self._expired_at.get(prev or "")
+            if prev and prev != machine and expired is not None \
+                    and expired >= self._started_at.get(unit, 0.0):
+                self.result.failovers_s.append(round(self.loop.time() - expired, 3))
+            self._last_ran_on[unit] = machine
+            self._started_at[unit] = self.loop.time()
         if (new not in RUNNING or unit not in self.pool or unit in self.global_units
                 or self.result.violation or self.finished):
             return
@@ -202,6 +216,12 @@ class Simulation:
             self.result.violation = (f"t={self.loop.time() - 1000:.3f}s {unit} running on "
                                      f"{len(on)} machines: {states}")
             self.note("VIOLATION " + self.result.violation)
+
+    def _lease_expired(self, keys: list[str]) -> None:
+        prefix = PREFIX + "machines/"
+        for k in keys:
+            if k.startswith(prefix):
+                self._expired_at[k[len(prefix):]] = self.loop.time()
 
     # --- machines -------------------------------------------------------------------------
     def start_fleetd(self, m: str) -> None:
