@@ -150,12 +150,12 @@ def test_destroy_and_start_again_while_the_leader_is_cut_off_never_runs_it_twice
 @pytest.mark.xfail(strict=True, reason="start on a lease that expired during a VM pause")
 def test_a_paused_machine_resuming_does_not_start_units_on_its_expired_lease() -> None:
     # Found by the simulation on the safety branch (seed 10, --kinds vm_freeze): m3's VM was
-    # paused (fleetd and systemd) past its lease; on resume, fleetd's parked callbacks ran
-    # before its watchdog: the agent started app1.service (`_may_start` checks that
-    # `session.lease` is non-zero, not that `clock.now()` is before the fence deadline), and
-    # that StartUnit stopped the fleet-fence.target the dead-man timer had just started
-    # (Conflicts=). The engine had placed the re-submitted unit on m3 while m3 was a departed
-    # machine within its grace. (The other copy, on m2, also paused, is the part no lease
-    # fence can prevent: a paused VM runs its units again for their stop time on resume.)
+    # paused (fleetd and systemd) past its lease; 14 ms after resuming, m3 started the
+    # re-submitted app1.service, and that StartUnit stopped the fleet-fence.target the
+    # dead-man timer had just started (Conflicts=), while m2 (also paused) still ran the old
+    # copy. Suspected: `Agent._may_start` checks that `session.lease` is non-zero rather than
+    # `clock.now()` against the fence deadline, so parked callbacks that run before the
+    # watchdog start units on a lapsed lease. (m2's copy is the part no lease fence can
+    # prevent: a paused VM runs its units again for their stop time on resume.)
     r = run_schedule(10, SimConfig(kinds=("vm_freeze",)))
     assert r.ok, r.violation
