@@ -16,17 +16,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--seeds", default="0:100", help="range start:end")
     p.add_argument("--machines", type=int, default=3)
-    p.add_argument("--grace", type=float, default=0.0)
+    p.add_argument("--grace", type=float, default=None,
+                   help="engine grace assumed by the liveness bound (default: fleetd.fencing's)")
     p.add_argument("--kinds", default="", help="comma-separated fault kinds (default: all)")
     p.add_argument("--trace", action="store_true")
     p.add_argument("--verbose", action="store_true", help="fleetd's logs too")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    cfg = SimConfig(machines=a.machines, engine_grace_s=a.grace)
+    cfg = SimConfig(machines=a.machines)
+    if a.grace is not None:
+        cfg.engine_grace_s = a.grace
     if a.kinds:
         cfg.kinds = tuple(a.kinds.split(","))
-    opts = (f" --machines {a.machines}" if a.machines != 3 else "") + \
-        (f" --grace {a.grace}" if a.grace else "") + (f" --kinds {a.kinds}" if a.kinds else "")
+    opts = ((f" --machines {a.machines}" if a.machines != 3 else "")
+            + (f" --grace {a.grace}" if a.grace is not None else "")
+            + (f" --kinds {a.kinds}" if a.kinds else ""))
     if a.seed is not None:
         r = run_schedule(a.seed, cfg, verbose=a.verbose)
         if a.trace and not a.verbose:
