@@ -41,7 +41,9 @@ def test_thousands_of_random_fault_schedules_never_run_a_unit_twice(
         _failures(figures, "violation")
 
 
-@pytest.mark.xfail(strict=True, reason=(
+# Not strict: whether a run of SIM_SCHEDULES schedules meets one of these bugs depends on the
+# count; the fixed-seed regressions in test_scenarios.py are strict.
+@pytest.mark.xfail(strict=False, reason=(
     "known liveness bugs found by the simulation: the agent counts a deactivating unit as "
     "stopped (a start queued behind its stop is never undone), and at TTL 5 s a fence whose "
     "stop outlasts the new lease's fence deadline livelocks (of seeds 0-1999: 941, 1034, 1274, "
