@@ -17,6 +17,16 @@ The argument, in one place (every duration named here is used by the code, nowhe
   stop bound, the timer's latency and the clock-rate error over a TTL; the fence margin is
   left over as headroom (it is not subtracted).
 
+The timer's clocks. systemd runs a monotonic timer (`OnActiveSec=`) on CLOCK_MONOTONIC (only
+`WakeSystem=` switches it to CLOCK_BOOTTIME_ALARM, which needs CAP_WAKE_ALARM and wakes the
+machine): it stops counting while the machine is suspended or its VM frozen, exactly when etcd
+goes on expiring the lease, so alone it would fire late by the suspend's length. A realtime
+`OnCalendar=` deadline keeps counting through suspend (systemd fires it on resume) but moves
+with the wall clock: a backward step would delay it. The timer carries both, for the same
+instant; it fires at whichever comes first. A forward wall-clock step only fences early
+(liveness, not safety); it fires late only if the machine is suspended *and* its wall clock
+stepped back, both.
+
 Worst case, lease expiry -> replacement may start: `engine_grace_s(ttl)` plus one engine pass
 and the new machine's StartUnit.
 """
@@ -164,4 +174,4 @@ def keep_units_on_exit(job_type: str | None, restart_signal: bool) -> bool:
     and unload them and leave the cluster (`systemctl stop fleetd`, a plain SIGTERM)."""
     if restart_signal:
         return True
-    return job_type in ("restart", "try-restart", "reload-or-restart", "reload-or-start")
+    return job_type in ("restart", "try-restart")

@@ -97,14 +97,14 @@ class MachineSession:
         log.info("machine %s registered with lease %x (ttl %ss)", self.identity.id, lease,
                  self.ttl_s)
         for cb in self.on_new_lease:
-            # A callback reading etcd may fail like any request: retry it while the lease lasts
+            # A callback may fail like any request (etcd, systemd): retry it while the lease lasts
             # (the watchdog drops the lease when it runs out, and the next lease retries all).
             attempt = 0
             while self.lease == lease:
                 try:
                     await cb(lease)
                     break
-                except EtcdError as e:
+                except Exception as e:  # etcd or systemd: neither may end fleetd for good
                     log.warning("new-lease handler failed (%s); retrying", e)
                     await backoff_sleep(attempt)
                     attempt += 1

@@ -73,6 +73,7 @@ class Agent:
         self._armed: str | None = None  # the dead-man timer this process armed last
         self._arm_seq = time.time_ns() // 1000  # timer names stay unique across restarts
         self._fence_installed = False
+        self._drop_ins_checked = False  # units adopted from a fleetd without fencing
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         # Nothing is applied before the schedule has been read once: an empty desired state
@@ -200,6 +201,8 @@ class Agent:
             await self._reconcile_locked()
 
     async def _reconcile_locked(self) -> None:
+        if not self._drop_ins_checked:
+            await self._add_missing_drop_ins()
         tasks = plan(self.desired(), self.current())
         if tasks:
             await self.apply(tasks)
@@ -253,6 +256,27 @@ class Agent:
             else:
                 self.statuses.pop(name, None)
             self._mark(name)
+
+    async def _add_missing_drop_ins(self) -> None:
+        """Units adopted from a fleetd that wrote no fencing drop-in get one (once, at the
+        first reconcile): otherwise the dead-man switch would not stop them."""
+        added = []
+        for name, want in self.desired().items():
+            if self.file_hashes.get(name) != want.hash or self.systemd.has_drop_in(name):
+                continue
+            drop_in = _drop_in(want)
+            if drop_in is not None:
+                try:
+                    self.systemd.write_unit_file(name, want.text, drop_in)
+                except SystemdError as e:
+                    log.error("adding the fencing drop-in to %s failed: %s", name, e)
+                    continue
+                added.append(name)
+        if added:
+            await self.systemd.daemon_reload()
+            log.info("added the fencing drop-in to %d adopted units: %s", len(added),
+                     ", ".join(sorted(added)))
+        self._drop_ins_checked = True
 
     def _may_start(self, unit: DesiredUnit | None) -> bool:
         """Checked right before each StartUnit: the fence may have fallen since the plan."""

@@ -219,6 +219,8 @@ class Engine:
             for mid in per:
                 if mid not in c.machines and mid not in self.departed:
                     self.departed[mid] = (now, MachineView(mid, {}))
+                    log.info("machine %s left (it has units but no key); they stay for "
+                             "%.1fs (grace)", mid, self.grace_s)
         for mid in list(self.departed):
             if mid in c.machines:
                 del self.departed[mid]

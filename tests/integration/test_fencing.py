@@ -10,6 +10,7 @@ CLOCK_MONOTONIC, so the replacement's `ExecMainStartTimestampMonotonic` must com
 
 from __future__ import annotations
 
+import datetime
 import pathlib
 import signal
 import threading
@@ -115,6 +116,22 @@ def assert_moved_after_stop(c: LocalCluster, first: LocalMachine, unit: str,
     return second, started - stopped
 
 
+def expiry_seen_to_start_s(c: LocalCluster, gone: LocalMachine, new: LocalMachine,
+                           unit: str) -> float:
+    """From the engine's log line noting `gone`'s key vanished to `unit`'s process start on
+    `new` (systemd's monotonic timestamp, turned into wall time like the log's)."""
+    seen = []
+    for m in c.machines:
+        for line in (m.root / "fleetd.log").read_text().splitlines():
+            if f"machine {gone.machine_id} left" in line:
+                stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+                seen.append(stamp.timestamp())
+    assert seen, "no engine noticed the machine leave"
+    mono = monotonic_prop(new, unit, "ExecMainStartTimestampMonotonic") / 1e6
+    started = time.time() - (time.monotonic() - mono)
+    return started - min(seen)
+
+
 @pytest.mark.parametrize("fault", ["freeze", "kill"])
 def test_dead_man_timer_fences_a_frozen_or_dead_fleetd_before_the_unit_moves(
         fresh_cluster: LocalCluster, fault: str) -> None:
@@ -149,9 +166,12 @@ def test_dead_man_timer_fences_a_frozen_or_dead_fleetd_before_the_unit_moves(
                                    if r["unit"] == "monitor.service"), 15,
                        what="thawed machine republished its states")
             time.sleep(1)
+    expiry_to_start = expiry_seen_to_start_s(c, first, second, "hello.service")
     print(f"\n{fault}: fenced {fenced_after:.1f}s after the fault, moved after "
-          f"{moved_after:.1f}s, gap original inactive -> replacement start {gap:.1f}s; "
-          f"{sampler.samples} samples")
+          f"{moved_after:.1f}s, gap original inactive -> replacement start {gap:.1f}s, "
+          f"lease expiry seen by the engine -> replacement start {expiry_to_start:.2f}s "
+          f"(grace {engine_grace_s(TTL_S):.2f}s); {sampler.samples} samples")
+    assert expiry_to_start >= engine_grace_s(TTL_S)
     assert sampler.most == 1, "hello.service ran on two machines at once"
     assert machines_running(c, "hello.service") == [second.machine_id]
 
@@ -233,3 +253,25 @@ def test_fleetd_stop_purges_and_deregisters_and_start_brings_units_back(
     c.wait_for_machines(3)
     wait_until(lambda: m.is_active("monitor.service"), 20, what="monitor back on the machine")
     print(f"\nfleetd stop took {stopped_in:.1f}s")
+
+
+def test_restart_while_etcd_is_unreachable_is_fenced_and_comes_back_once(
+        fresh_cluster: LocalCluster) -> None:
+    c = fresh_cluster
+    c.fleetctl("start", str(UNITS_DIR / "hello.service"), check=True)
+    m = holder(c, "hello.service")
+    pid = m.main_pid("hello.service")
+    with Sampler(c, "hello.service") as sampler:
+        c.etcd.stop()
+        # An upgrade while etcd is away: the new fleetd never gets a lease, so it must never
+        # start anything; the previous fleetd's timer in systemd fences the unit.
+        m.restart_fleetd()
+        wait_until(lambda: m.machine_id not in machines_not_stopped(c, "hello.service"),
+                   TTL_S + 2, what="hello.service fenced while fleetd has no lease")
+        c.etcd.start()
+        wait_until(lambda: len(machines_running(c, "hello.service")) == 1, 60,
+                   what="hello.service running once after etcd returned")
+        time.sleep(1)
+    assert sampler.most == 1
+    [where] = machines_running(c, "hello.service")
+    assert where != m.machine_id or m.main_pid("hello.service") != pid

@@ -16,17 +16,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--seeds", default="0:100", help="range start:end")
     p.add_argument("--machines", type=int, default=3)
-    p.add_argument("--grace", type=float, default=0.0)
+    p.add_argument("--grace", type=float, default=None,
+                   help="engine grace assumed by the liveness bound (default: fleetd.fencing's)")
     p.add_argument("--kinds", default="", help="comma-separated fault kinds (default: all)")
     p.add_argument("--trace", action="store_true")
     p.add_argument("--verbose", action="store_true", help="fleetd's logs too")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    cfg = SimConfig(machines=a.machines, engine_grace_s=a.grace)
+    cfg = SimConfig(machines=a.machines)
+    if a.grace is not None:
+        cfg.engine_grace_s = a.grace
     if a.kinds:
         cfg.kinds = tuple(a.kinds.split(","))
-    opts = (f" --machines {a.machines}" if a.machines != 3 else "") + \
-        (f" --grace {a.grace}" if a.grace else "") + (f" --kinds {a.kinds}" if a.kinds else "")
+    opts = ((f" --machines {a.machines}" if a.machines != 3 else "")
+            + (f" --grace {a.grace}" if a.grace is not None else "")
+            + (f" --kinds {a.kinds}" if a.kinds else ""))
     if a.seed is not None:
         r = run_schedule(a.seed, cfg, verbose=a.verbose)
         if a.trace and not a.verbose:
@@ -38,9 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     bad = []
     faults = 0
+    failovers: list[float] = []
     for seed in range(lo, hi):
         r = run_schedule(seed, cfg)
         faults += r.faults
+        failovers += r.failovers_s
         if not r.ok:
             bad.append(r)
             print(describe(r, opts), file=sys.stderr, flush=True)
@@ -49,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
            "sim_violations": sum(1 for r in bad if r.violation),
            "sim_liveness_failures": sum(1 for r in bad if r.liveness and not r.violation),
            "sim_schedules_per_s": round((hi - lo) / dt, 2),
+           "sim_failovers": len(failovers),
+           "sim_failover_s_max": max(failovers, default=0.0),
            "failing_seeds": [r.seed for r in bad]}
     print(json.dumps(out) if a.json else out)
     return 0 if not bad else 1

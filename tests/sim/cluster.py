@@ -43,13 +43,15 @@ Script = Callable[["Simulation"], Awaitable[None]]
 class SimConfig:
     machines: int = 3
     ttl_s: int = 5
-    fault_phase_s: float = 60.0
+    fault_phase_s: float = 40.0
     faults: int = 8
     changes: int = 8
     max_stop_delay_s: float = 12.0
     #: Grace the engine waits after a lease expires before rescheduling (fleetd.fencing).
     engine_grace_s: float = field(default_factory=lambda: engine_grace_s(5))
     reconcile_interval_s: float = 2.0
+    #: Not in the default set: "vm_freeze" (the whole machine paused, systemd included), which
+    #: no lease-based fence can survive (tests/sim/README.md).
     kinds: tuple[str, ...] = ("partition", "peer_partition", "crash", "freeze", "restart",
                               "stop", "slow_stop", "compact", "leader_change", "power_cut")
 
@@ -75,6 +77,8 @@ class Result:
     trace: list[str] = field(default_factory=list)
     steps: int = 0
     virtual_s: float = 0.0
+    #: For each unit moved off a machine whose lease expired: expiry -> replacement activating.
+    failovers_s: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -181,6 +185,10 @@ class Simulation:
         self.desired: dict[str, str] = {}  # unit -> target state as the user last set it
         self.ctl = Registry(SimEtcdClient(self.etcd, self.net, "ctl"), PREFIX)  # type: ignore
         self.down: set[str] = set()  # machines powered off
+        self._last_ran_on: dict[str, str] = {}
+        self._started_at: dict[str, float] = {}
+        self._expired_at: dict[str, float] = {}
+        self.etcd.on_lease_expired = self._lease_expired
         self.finished = False
 
     # --- tracing and the invariant --------------------------------------------------------
@@ -191,6 +199,14 @@ class Simulation:
             print(line, flush=True)
 
     def _on_unit_change(self, machine: str, unit: str, old: str, new: str) -> None:
+        if new == "activating" and old not in RUNNING and unit in self.pool:
+            prev = self._last_ran_on.get(unit)
+            expired = self._expired_at.get(prev or "")
+            if prev and prev != machine and expired is not None \
+                    and expired >= self._started_at.get(unit, 0.0):
+                self.result.failovers_s.append(round(self.loop.time() - expired, 3))
+            self._last_ran_on[unit] = machine
+            self._started_at[unit] = self.loop.time()
         if (new not in RUNNING or unit not in self.pool or unit in self.global_units
                 or self.result.violation or self.finished):
             return
@@ -200,6 +216,12 @@ class Simulation:
             self.result.violation = (f"t={self.loop.time() - 1000:.3f}s {unit} running on "
                                      f"{len(on)} machines: {states}")
             self.note("VIOLATION " + self.result.violation)
+
+    def _lease_expired(self, keys: list[str]) -> None:
+        prefix = PREFIX + "machines/"
+        for k in keys:
+            if k.startswith(prefix):
+                self._expired_at[k[len(prefix):]] = self.loop.time()
 
     # --- machines -------------------------------------------------------------------------
     def start_fleetd(self, m: str) -> None:
@@ -262,6 +284,18 @@ class Simulation:
             await asyncio.sleep(dur)
             self.loop.thaw(f.process)
             self.note(f"thaw {f.process}")
+        elif kind == "vm_freeze":
+            # The whole machine stops (VM paused, suspend): systemd's timers too; on resume the
+            # realtime deadline of the dead-man timer is already past, so it fires at once.
+            f = self.fleetds.get(m)
+            procs = [self.systemds[m].process] + ([f.process] if f and not f.exited else [])
+            self.note(f"FAULT vm freeze {m} for {dur:.2f}s")
+            for p in procs:
+                self.loop.freeze(p)
+            await asyncio.sleep(dur)
+            for p in procs:
+                self.loop.thaw(p)
+            self.note(f"resume {m}")
         elif kind in ("restart", "stop"):
             self.note(f"FAULT systemctl {kind} fleetd on {m}"
                       + (f", start in {dur:.2f}s" if kind == "stop" else ""))
@@ -359,6 +393,7 @@ class Simulation:
             f = self.fleetds.get(m)
             if f is not None:
                 self.loop.thaw(f.process)
+            self.loop.thaw(self.systemds[m].process)
             self.down.discard(m)
             if f is None or f.exited:
                 self.start_fleetd(m)

@@ -33,6 +33,9 @@ def run_many(count: int, *extra: str, workers: int = WORKERS) -> dict[str, objec
         for k in ("sim_schedules", "sim_faults", "sim_violations", "sim_liveness_failures"):
             totals[k] = int(totals[k]) + figures[k]  # type: ignore[call-overload]
         totals["failing_seeds"] += figures["failing_seeds"]  # type: ignore[operator]
+        totals["sim_failovers"] = int(totals.get("sim_failovers", 0)) + figures["sim_failovers"]  # type: ignore[call-overload]
+        totals["sim_failover_s_max"] = max(float(totals.get("sim_failover_s_max", 0.0)),  # type: ignore[arg-type]
+                                           figures["sim_failover_s_max"])
         failures.append(err)
     totals["elapsed_s"] = round(time.perf_counter() - t0, 1)
     totals["report"] = "".join(failures)

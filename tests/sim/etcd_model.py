@@ -109,6 +109,7 @@ class SimEtcd:
         self.watches: list[_Watch] = []
         self.no_leader_until = 0.0
         self._next_lease = 0x7E570000
+        self.on_lease_expired: Callable[[list[str]], None] | None = None
 
     # --- KV -------------------------------------------------------------------------------
     def _kv(self, key: str, k: _Key) -> KV:
@@ -226,7 +227,10 @@ class SimEtcd:
             self._arm(lease)
             return
         self.trace(f"etcd lease {lease_id:x} expired ({sorted(lease.keys)})")
+        keys = sorted(lease.keys)
         self.revoke(lease_id)
+        if self.on_lease_expired is not None:
+            self.on_lease_expired(keys)
 
     def keepalive(self, lease_id: int) -> int:
         lease = self.leases.get(lease_id)

@@ -109,3 +109,53 @@ def test_stop_start_stop_of_a_slow_stopping_unit_leaves_it_stopped() -> None:
                    if sim.systemds[m].active_state("app0.service") == "active"]
         assert not running, f"app0.service desired loaded but active on {running}"
     _run(script, max_stop_delay_s=8.0)
+
+
+@pytest.mark.xfail(strict=True, reason="fence outlasting the next lease's deadline livelocks")
+def test_a_fence_that_outlasts_the_next_leases_deadline_does_not_livelock() -> None:
+    # Found by the simulation on the safety branch (seed 941, 60 s fault phase): after a purge
+    # left fleet-fence.target active, the next fleetd took it for the dead-man timer, gave its
+    # lease up and fenced; the fence holds the agent's lock while the unit stops (4.3 s, within
+    # the 5 s TimeoutStopSec= cap at TTL 5 s), while the renew loop takes a new lease and waits
+    # in establish() for the agent's on_new_lease, which waits for that lock. Nobody renews the
+    # new lease, its fence deadline (TTL - margin = 4 s) passes, the switch fires again as soon
+    # as it is re-armed: the machine stops and restarts its unit forever.
+    r = run_schedule(941, SimConfig(fault_phase_s=60.0))
+    assert r.ok, r.liveness or r.violation
+
+
+def test_destroy_and_start_again_while_the_leader_is_cut_off_never_runs_it_twice() -> None:
+    # The engine's grace must hold even when the unit is destroyed and submitted again (a fresh
+    # job, no assignment) while the cut-off engine leader's fenced copy is still stopping.
+    async def script(sim: Simulation) -> None:
+        leader = next(m for m, f in sim.fleetds.items() if f.engine and f.engine.is_leader)
+        for name in ("app0.service", "app1.service", "app2.service", "app3.service"):
+            if await sim.launch(name) == leader:
+                break
+        else:
+            raise AssertionError("no unit landed on the engine leader")
+        sim.systemds[leader].stop_delay_s[name] = 8.0  # within the fence's stop bound
+        sim.note(f"FAULT partition {leader} (engine leader) | etcd")
+        sim.net.partition(leader, "etcd")
+        await asyncio.sleep(TTL_S + 0.5)  # its lease has expired; its fence is still stopping
+        await sim.ctl.destroy_unit(name)
+        del sim.desired[name]
+        sim.note(f"CHANGE destroy {name}")
+        await sim.launch(name)
+        await asyncio.sleep(3 * TTL_S)
+        sim.net.heal()
+    _run(script)
+
+
+@pytest.mark.xfail(strict=True, reason="start on a lease that expired during a VM pause")
+def test_a_paused_machine_resuming_does_not_start_units_on_its_expired_lease() -> None:
+    # Found by the simulation on the safety branch (seed 10, --kinds vm_freeze): m3's VM was
+    # paused (fleetd and systemd) past its lease; 14 ms after resuming, m3 started the
+    # re-submitted app1.service, and that StartUnit stopped the fleet-fence.target the
+    # dead-man timer had just started (Conflicts=), while m2 (also paused) still ran the old
+    # copy. Suspected: `Agent._may_start` checks that `session.lease` is non-zero rather than
+    # `clock.now()` against the fence deadline, so parked callbacks that run before the
+    # watchdog start units on a lapsed lease. (m2's copy is the part no lease fence can
+    # prevent: a paused VM runs its units again for their stop time on resume.)
+    r = run_schedule(10, SimConfig(kinds=("vm_freeze",)))
+    assert r.ok, r.violation

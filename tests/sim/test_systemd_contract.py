@@ -129,7 +129,8 @@ async def the_dead_man_timer_stops_non_global_units_to_inactive(sd: UnitManager,
     await _until(sd, fencing.FENCE_TARGET, "inactive")
 
 
-CONTRACTS = [the_dead_man_timer_stops_non_global_units_to_inactive, start_stop_and_signals, a_stop_takes_as_long_as_exec_stop_and_is_capped_by_timeout,
+CONTRACTS = [the_dead_man_timer_stops_non_global_units_to_inactive, start_stop_and_signals,
+             a_stop_takes_as_long_as_exec_stop_and_is_capped_by_timeout,
              conflicts_stop_the_other_unit, unknown_units_are_not_errors]
 
 

@@ -1,0 +1,254 @@
+"""fleetd's own lifecycle on the nspawn lab (system manager, real `systemctl`), through
+`fleet-lab` and `fleetctl` only: a killed-and-stopped fleetd and a frozen one are fenced by
+systemd's dead-man timer (the unit moves, never two copies); `systemctl stop fleetd` stops
+the machine's units and takes it out of list-machines, `systemctl start fleetd` brings them
+back; `systemctl restart fleetd` keeps them running with the same MainPID.
+
+Ground truth: a sampler inside every machine prints `date +%s.%N` and `systemctl is-active`
+every 50 ms (the containers share the host's clock); each machine's running intervals, widened
+to the neighbouring samples that saw the unit stopped, must never overlap another machine's.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from fleetd.fencing import engine_grace_s
+from tests.lab.conftest import (
+    BIN,
+    active_on,
+    fleetctl,
+    holders,
+    is_active,
+    lab,
+    machines,
+    restore,
+    wait_until,
+    write_unit,
+)
+
+pytestmark = pytest.mark.usefixtures("lab_up")
+
+TTL_S = 10  # fleetd's default agent_ttl (the lab does not change it)
+NOT_STOPPED = frozenset({"active", "activating", "deactivating", "reloading", "refreshing"})
+
+
+@pytest.fixture(autouse=True)
+def _cleanup() -> Iterator[None]:
+    yield
+    for m in machines():
+        if m["state"] == "running":
+            lab("exec", m["name"], "--", "sh", "-c",
+                "systemctl kill -s CONT fleetd; systemctl start fleetd", check=False)
+    restore()
+    r = fleetctl("list-unit-files", "--no-legend", "--fields", "unit", check=False)
+    names = r.stdout.split()
+    if names:
+        fleetctl("destroy", *names, check=False)
+    wait_until(lambda: not [u for u in fleetctl("list-units", "--no-legend", "--fields",
+                                                "unit", check=False).stdout.split()
+                            if u in names], 60, what="test units destroyed")
+
+
+class MachineSampler:
+    """`systemctl is-active UNIT` every 50 ms inside every machine, timestamped there."""
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit
+        self.samples: dict[str, list[tuple[float, bool]]] = {}
+        self._procs: list[subprocess.Popen[str]] = []
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> MachineSampler:
+        script = (f"while :; do echo \"$(date +%s.%N) $(systemctl is-active {self.unit})\"; "
+                  "sleep 0.05; done")
+        exe = BIN / "fleet-lab"
+        for m in machines():
+            name = m["name"]
+            self.samples[name] = []
+            p = subprocess.Popen([str(exe), "exec", name, "--", "timeout", "300", "sh", "-c",
+                                  script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 text=True)
+            self._procs.append(p)
+            t = threading.Thread(target=self._read, args=(name, p), daemon=True)
+            t.start()
+            self._threads.append(t)
+        wait_until(lambda: all(self.samples.values()), 30, what="a sample from every machine")
+        return self
+
+    def _read(self, name: str, p: subprocess.Popen[str]) -> None:
+        assert p.stdout is not None
+        for line in p.stdout:
+            ts, _, state = line.strip().partition(" ")
+            try:
+                self.samples[name].append((float(ts), state in NOT_STOPPED))
+            except ValueError:
+                continue
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self._procs:
+            p.terminate()
+        for p in self._procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for t in self._threads:
+            t.join(5)
+
+    def intervals(self, name: str) -> list[tuple[float, float]]:
+        """Where `unit` may have run on `name`: from the last stopped sample before a running
+        stretch to the first stopped sample after it (or +inf while it still runs)."""
+        out = []
+        samples = self.samples[name]
+        start: float | None = None
+        prev_stopped = float("-inf")
+        for ts, running in samples:
+            if running and start is None:
+                start = prev_stopped
+            elif not running:
+                if start is not None:
+                    out.append((start, ts))
+                    start = None
+                prev_stopped = ts
+        if start is not None:
+            out.append((start, float("inf")))
+        return out
+
+    def overlaps(self) -> list[str]:
+        found = []
+        names = sorted(self.samples)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                for s1, e1 in self.intervals(a):
+                    for s2, e2 in self.intervals(b):
+                        if s1 < e2 and s2 < e1:
+                            found.append(f"{a} [{s1:.2f}, {e1:.2f}] and {b} [{s2:.2f}, {e2:.2f}]")
+        return found
+
+    def stopped_at(self, name: str) -> float:
+        """Time of the first sample seeing the unit stopped after it last ran on `name`."""
+        return self.intervals(name)[-1][1]
+
+    def started_at(self, name: str) -> float:
+        """Time of the first sample seeing it run on `name` (after its last stop there)."""
+        last_stop = max((ts for ts, running in self.samples[name] if not running),
+                        default=float("-inf"))
+        return min(ts for ts, running in self.samples[name] if running and ts > last_stop)
+
+
+def only_holder(unit: str, timeout_s: float, exclude: str | None = None) -> str:
+    def check() -> str | None:
+        h = holders(unit)
+        if len(h) == 1 and h[0] != exclude and is_active(h[0], unit):
+            return h[0]
+        return None
+    return wait_until(check, timeout_s, what=f"{unit} active on one machine"
+                      + (f" other than {exclude}" if exclude else ""))
+
+
+def fleetd_pid(name: str) -> str:
+    return lab("exec", name, "--", "systemctl", "show", "-p", "MainPID", "--value",
+               "fleetd").stdout.strip()
+
+
+def move_bound_s() -> float:
+    return TTL_S + engine_grace_s(TTL_S) + 20
+
+
+@pytest.mark.parametrize("fault", ["kill-and-stop", "freeze"])
+def test_fleetd_down_or_frozen_the_unit_moves_and_never_runs_twice(
+        units_dir: pathlib.Path, fault: str) -> None:
+    unit = write_unit(units_dir, f"lab-{fault}.service")
+    name = f"lab-{fault}.service"
+    fleetctl("start", unit)
+    victim = only_holder(name, 60)
+    with MachineSampler(name) as sampler:
+        t0 = time.time()
+        if fault == "freeze":
+            lab("exec", victim, "--", "systemctl", "kill", "-s", "STOP", "fleetd")
+        else:
+            # Killed, then stopped before Restart= brings it back: fleetd stays down.
+            lab("exec", victim, "--", "sh", "-c",
+                "systemctl kill -s KILL fleetd; systemctl stop fleetd")
+            assert lab("exec", victim, "--", "systemctl", "is-active", "fleetd",
+                       check=False).stdout.strip() != "active"
+        # systemd's word, not fleetctl's: the lab's fleetctl endpoint may be the victim.
+        new = wait_until(lambda: next((n for n in active_on(name) if n != victim), None),
+                         move_bound_s(), what=f"{name} active on a machine other than {victim}")
+        wait_until(lambda: sampler.samples[new] and sampler.samples[new][-1][1], 10,
+                   what="the sampler inside the new holder sees it")
+        time.sleep(1)
+    overlaps = sampler.overlaps()
+    fenced_s = sampler.stopped_at(victim) - t0
+    moved_s = sampler.started_at(new) - t0
+    print(f"\n{fault}: {victim} fenced {fenced_s:.1f}s after the fault, {name} running on "
+          f"{new} {moved_s:.1f}s after it ({sum(map(len, sampler.samples.values()))} samples)")
+    assert not overlaps, "two copies at once: " + "; ".join(overlaps)
+    assert not is_active(victim, name)
+    assert fenced_s < TTL_S
+    if fault == "freeze":
+        lab("exec", victim, "--", "systemctl", "kill", "-s", "CONT", "fleetd")
+        wait_until(lambda: len(fleetctl("list-machines", "--no-legend", check=False)
+                               .stdout.splitlines()) == 3, 60, what="thawed machine back")
+        time.sleep(2)
+        assert not is_active(victim, name)
+        assert only_holder(name, 30) == new
+
+
+def test_systemctl_stop_fleetd_stops_units_and_leaves_the_cluster_start_brings_them_back(
+        units_dir: pathlib.Path) -> None:
+    target = machines()[1]  # not the lab's fleetctl endpoint (m1): that one goes away here
+    mid = target["machine_id"]
+    pinned = write_unit(units_dir, "lab-pinned.service", xfleet=f"MachineID={mid}")
+    monitor = write_unit(units_dir, "lab-monitor.service", xfleet="Global=true")
+    fleetctl("start", pinned, monitor)
+    name = target["name"]
+    wait_until(lambda: is_active(name, "lab-pinned.service")
+               and is_active(name, "lab-monitor.service"), 60, what="units on the machine")
+    lab("exec", name, "--", "systemctl", "stop", "fleetd")
+    # fleet's TestNodeShutdown: its units are stopped (and unloaded), it is gone from
+    # list-machines at once (lease revoked, not left to lapse).
+    for u in ("lab-pinned.service", "lab-monitor.service"):
+        assert not is_active(name, u)
+        load = lab("exec", name, "--", "systemctl", "show", "-p", "LoadState", "--value", u,
+                   check=False).stdout.strip()
+        assert load == "not-found", (u, load)
+    listed = fleetctl("list-machines", "--no-legend", "-l").stdout
+    assert mid not in listed
+    lab("exec", name, "--", "systemctl", "start", "fleetd")
+    wait_until(lambda: is_active(name, "lab-pinned.service")
+               and is_active(name, "lab-monitor.service"), 60,
+               what="units back after systemctl start fleetd")
+    assert mid in fleetctl("list-machines", "--no-legend", "-l").stdout
+
+
+def test_systemctl_restart_fleetd_keeps_the_unit_and_its_main_pid(
+        units_dir: pathlib.Path) -> None:
+    unit = write_unit(units_dir, "lab-upgrade.service")
+    fleetctl("start", unit)
+    holder = only_holder("lab-upgrade.service", 60)
+
+    def main_pid() -> str:
+        return lab("exec", holder, "--", "systemctl", "show", "-p", "MainPID", "--value",
+                   "lab-upgrade.service").stdout.strip()
+
+    pid = main_pid()
+    assert pid not in ("", "0")
+    before = fleetd_pid(holder)
+    lab("exec", holder, "--", "systemctl", "restart", "fleetd")
+    assert fleetd_pid(holder) != before
+    # Past the TTL and the engine's grace: neither the old lease lapsing nor the old dead-man
+    # timer touches the adopted unit.
+    deadline = time.monotonic() + TTL_S + 3
+    while time.monotonic() < deadline:
+        assert main_pid() == pid
+        time.sleep(0.5)
+    assert only_holder("lab-upgrade.service", 10) == holder
+    assert main_pid() == pid

@@ -1,0 +1,70 @@
+"""MachineSession against a scripted registry: a failing new-lease handler is retried, a lease
+given up is revoked, and the fence deadline keeps a positive margin."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fleetd.machine import MachineIdentity, MachineSession
+from fleetd.registry import EtcdError
+
+
+class ScriptedRegistry:
+    """Just the lease calls MachineSession makes."""
+
+    def __init__(self) -> None:
+        self.granted = 0
+        self.revoked: list[int] = []
+
+    async def grant_lease(self, ttl_s: int) -> int:
+        self.granted += 1
+        return 100 + self.granted
+
+    async def register_machine(self, record: object, lease: int) -> None:
+        pass
+
+    async def revoke_lease(self, lease: int) -> None:
+        self.revoked.append(lease)
+
+
+def session() -> tuple[MachineSession, ScriptedRegistry]:
+    reg = ScriptedRegistry()
+    return MachineSession(reg, MachineIdentity("m1", "10.0.0.1"), 2), reg  # type: ignore[arg-type]
+
+
+def test_an_etcd_error_in_a_new_lease_handler_is_retried_not_fatal() -> None:
+    s, _ = session()
+    calls = []
+
+    async def flaky(lease: int) -> None:
+        calls.append(lease)
+        if len(calls) < 3:
+            raise EtcdError("etcd hiccup")
+
+    s.on_new_lease.append(flaky)
+    asyncio.run(asyncio.wait_for(s.establish(), 10))
+    assert s.lease == 101 and calls == [101, 101, 101]
+
+
+def test_a_lease_given_up_is_fenced_first_then_revoked() -> None:
+    s, reg = session()
+    order: list[str] = []
+
+    async def fence() -> None:
+        order.append(f"fence (lease {s.lease})")
+
+    s.on_lease_lost.append(fence)
+
+    async def go() -> None:
+        await s.establish()
+        await s.lose("test")
+
+    asyncio.run(go())
+    assert order == ["fence (lease 0)"] and reg.revoked == [101] and s.lease == 0
+
+
+def test_fence_deadline_is_before_the_ttl_at_the_smallest_ttl() -> None:
+    s, _ = session()
+    asyncio.run(s.establish())
+    assert 0 < s.fence_delay_s() < s.ttl_s
+    assert s.fence_margin_s > 0
