@@ -199,8 +199,12 @@ async def serve(cfg: Config) -> None:
             else:
                 log.info("fleetd stopping (systemd job: %s): stopping and unloading this "
                          "machine's units, leaving the cluster", job_type or "none")
-                await agent.purge()
-                await session.leave()
+                # Revoking starts the engine's grace now: only once the non-global units are
+                # inactive. Otherwise the lease lapses at its deadline, the timer fencing first.
+                if await agent.purge():
+                    await session.leave()
+                else:
+                    log.error("purge incomplete: not revoking the lease (it lapses on its own)")
         else:
             # Crash-like: exit non-zero so Restart=on-failure brings fleetd back; the units
             # keep running under the armed switch, adopted by the next fleetd.

@@ -463,17 +463,22 @@ class Agent:
             await self.systemd.stop_unit(name)
         self._armed = None
 
-    async def purge(self) -> None:
+    async def purge(self) -> bool:
         """`systemctl stop fleetd`: stop every fleet unit (non-global ones through the fence,
-        to inactive), unload them (files removed, daemon-reload) and disarm the switch."""
+        to inactive), unload them (files removed, daemon-reload) and disarm the switch. True
+        if the non-global units are known inactive (then the lease may be revoked)."""
         self.fenced = True
+        fenced = False
         async with self._lock:
             names = set(self.systemd.read_unit_files())
             try:
-                await self.systemd.fence(fencing.FENCE_STOP_BOUND_S
-                                         + fencing.FENCE_TIMER_LATENCY_S)
+                fenced = await self.systemd.fence(fencing.FENCE_STOP_BOUND_S
+                                                  + fencing.FENCE_TIMER_LATENCY_S)
             except SystemdError as e:
                 log.error("purge: fence failed: %s", e)
+            if not fenced:
+                # The armed timer stays: it fences at the lease deadline whatever happens next.
+                log.error("purge: non-global units not known inactive; keeping the switch")
             for name in sorted(names):
                 try:
                     await self.systemd.stop_unit(name)
@@ -486,8 +491,10 @@ class Agent:
                 except SystemdError as e:
                     log.error("purge: %s", e)
             await self.systemd.daemon_reload()
-            await self.disarm()
+            if fenced:
+                await self.disarm()
             log.info("purged %d units: %s", len(names), ", ".join(sorted(names)) or "none")
+        return fenced
 
     async def _wait_inactive(self, names: set[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -212,8 +212,13 @@ class Engine:
         c = EngineCache(revision=rev)
         for kv in kvs:
             self._apply_kv(c, kv.key, kv.value)
-        # Units assigned to a machine we do not see: it may have expired a moment ago (this
-        # leader cannot know when), so it gets the full grace from now.
+        self._note_unseen_machines(c)
+        self.cache = c
+        self.xfleet.prune(c.units)
+
+    def _note_unseen_machines(self, c: EngineCache) -> None:
+        """Units assigned to a machine we do not see: it may have expired a moment ago (this
+        leader cannot know when), so it gets the full grace from now."""
         now = clock.now()
         for per in c.schedule.values():
             for mid in per:
@@ -224,8 +229,7 @@ class Engine:
         for mid in list(self.departed):
             if mid in c.machines:
                 del self.departed[mid]
-        self.cache = c
-        self.xfleet.prune(c.units)
+        c.stale_machines = True
 
     @property
     def grace_s(self) -> float:

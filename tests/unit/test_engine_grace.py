@@ -1,0 +1,111 @@
+"""The engine's grace after a machine's key vanishes, on the real Engine with a virtual clock and
+a registry that records the decisions it would write (no etcd)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from fleetd import clock
+from fleetd.engine.engine import Engine
+from fleetd.fencing import engine_grace_s
+from fleetd.machine import MachineIdentity, MachineSession
+from fleetd.registry import MachineRecord, Registry, ScheduleEntry, UnitRecord
+from fleetd.registry._etcd import Op, Put
+from fleetd.registry.schema import encode
+
+TTL_S = 10
+TEXT = "[Service]\nExecStart=/bin/sleep 1000\n"
+
+
+class RecordingRegistry(Registry):
+    def __init__(self) -> None:
+        super().__init__(None, "/t/")  # type: ignore[arg-type]
+        self.written: list[Op] = []
+
+    async def write_decisions(self, machine_id: str, lease: int, ops: Sequence[Op]) -> None:
+        self.written.extend(ops)
+
+
+@pytest.fixture
+def now() -> Iterator[list[float]]:
+    t = [1000.0]
+    clock.use(lambda: t[0])
+    yield t
+    clock.use(None)
+
+
+def engine_with(machines: list[str], units: dict[str, str]) -> tuple[Engine, RecordingRegistry]:
+    reg = RecordingRegistry()
+    session = MachineSession(reg, MachineIdentity("m1", "10.0.0.1"), TTL_S)
+    eng = Engine(reg, session)
+    c = eng.cache
+    k = reg.keys
+    for mid in machines:
+        eng._apply_kv(c, k.machine(mid), encode(MachineRecord(mid, "10.0.0.9", {})))
+    for name, mid in units.items():
+        rec = UnitRecord(name, TEXT, f"h-{name}")
+        eng._apply_kv(c, k.unit(name), encode(rec))
+        eng._apply_kv(c, k.desired_state(name), encode("launched"))
+        eng._apply_kv(c, k.assignment(mid, name),
+                      encode(ScheduleEntry(name, mid, "launched", rec.hash, False)))
+    return eng, reg
+
+
+def placements(reg: RecordingRegistry) -> list[str]:
+    return sorted(op.key.split("/")[-2] + ":" + op.key.split("/")[-1] for op in reg.written
+                  if isinstance(op, Put) and "/schedule/" in op.key)
+
+
+@pytest.mark.parametrize(("back_after_s", "moved"), [
+    (None, True),  # gone for good: moved once the grace is over
+    (3.0, False),  # re-registered within the grace: keeps its unit
+])
+def test_a_machine_gone_keeps_its_units_for_the_grace(now: list[float],
+                                                      back_after_s: float | None,
+                                                      moved: bool) -> None:
+    eng, reg = engine_with(["m1", "m2"], {"web.service": "m2"})
+    k = reg.keys
+    eng._apply_kv(eng.cache, k.machine("m2"), None)  # m2's lease expired
+
+    async def passes() -> None:
+        await eng.reconcile_once(1)
+        assert not placements(reg), "moved during the grace"
+        if back_after_s is not None:
+            now[0] += back_after_s
+            eng._apply_kv(eng.cache, k.machine("m2"),
+                          encode(MachineRecord("m2", "10.0.0.9", {})))
+        now[0] += engine_grace_s(TTL_S) - 0.01 - (back_after_s or 0)
+        assert not eng._expire_departed()
+        await eng.reconcile_once(1)
+        assert not placements(reg), "moved before the grace was over"
+        now[0] += 0.02
+        if eng._expire_departed():
+            await eng.reconcile_once(1)
+
+    asyncio.run(passes())
+    assert placements(reg) == (["m1:web.service"] if moved else [])
+
+
+def test_nothing_new_is_placed_on_a_machine_in_its_grace(now: list[float]) -> None:
+    eng, reg = engine_with(["m1", "m2"], {"web.service": "m1"})
+    k = reg.keys
+    eng._apply_kv(eng.cache, k.machine("m2"), None)
+    for name in ("a.service", "b.service", "c.service"):
+        eng._apply_kv(eng.cache, k.unit(name), encode(UnitRecord(name, TEXT, f"h-{name}")))
+        eng._apply_kv(eng.cache, k.desired_state(name), encode("launched"))
+    asyncio.run(eng.reconcile_once(1))
+    assert not [p for p in placements(reg) if p.startswith("m2:")]
+
+
+def test_a_new_leader_gives_machines_it_cannot_see_the_full_grace(now: list[float]) -> None:
+    eng, reg = engine_with(["m1"], {"web.service": "m3"})  # m3: units, no key
+    eng._note_unseen_machines(eng.cache)  # what a new leader's _load does
+    asyncio.run(eng.reconcile_once(1))
+    assert not placements(reg)
+    now[0] += engine_grace_s(TTL_S) + 0.01
+    assert eng._expire_departed()
+    asyncio.run(eng.reconcile_once(1))
+    assert placements(reg) == ["m1:web.service"]
