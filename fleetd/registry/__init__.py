@@ -1,6 +1,13 @@
 """The registry: fleet-py's cluster state in etcd v3. The only package that talks to etcd."""
 
-from fleetd.registry._etcd import EtcdClient, EtcdError, WatchCompacted, WatchEvent, backoff_sleep
+from fleetd.registry._etcd import (
+    EtcdApi,
+    EtcdClient,
+    EtcdError,
+    WatchCompacted,
+    WatchEvent,
+    backoff_sleep,
+)
 from fleetd.registry.registry import (
     Change,
     ClusterState,
@@ -28,6 +35,7 @@ __all__ = [
     "TARGET_STATES",
     "Change",
     "ClusterState",
+    "EtcdApi",
     "EtcdClient",
     "EtcdError",
     "Keys",

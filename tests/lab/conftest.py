@@ -7,6 +7,7 @@ owns fixed host names (bridge flab0, 10.77.0.0/24, /var/lib/fleet-lab).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -24,6 +25,7 @@ T = TypeVar("T")
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.prefix) / "bin"
 LOCK = "/run/lock/fleet-lab-tests.lock"
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / "units"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -151,18 +153,165 @@ def _require_root() -> None:
     assert os.geteuid() == 0, "the lab tests boot systemd-nspawn containers and need root"
 
 
-@pytest.fixture(scope="module")
-def lab_up() -> Iterator[None]:
-    """`fleet-lab up` for three machines (m2 with metadata); `fleet-lab down` afterwards."""
+@contextlib.contextmanager
+def running_lab(n: int = 3, metadata: dict[str, str] | None = None) -> Iterator[None]:
+    """Hold the lab lock, `fleet-lab up` n machines (metadata: name -> "k=v,k=v"), and
+    `fleet-lab down` at the end."""
     lock = open(LOCK, "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         lab("down")
-        lab("up", "--machines", "3", "--metadata", "m2:region=us-east,disk=ssd")
+        args = ["up", "--machines", str(n)]
+        for name, md in (metadata or {}).items():
+            args += ["--metadata", f"{name}:{md}"]
+        t0 = time.monotonic()
+        lab(*args, timeout_s=180)
+        print(f"fleet-lab up ({n} machines) took {time.monotonic() - t0:.1f}s")
         yield
     finally:
         lab("down", check=False)
         lock.close()
+
+
+@pytest.fixture(scope="module")
+def lab_up() -> Iterator[None]:
+    """`fleet-lab up` for three machines (m2 with metadata); `fleet-lab down` afterwards."""
+    with running_lab(3, {"m2": "region=us-east,disk=ssd"}):
+        yield
+
+
+# ---------------------------------------------------------------------------------------------
+# fleet's functional-test vocabulary (functional/platform: WaitForNMachines,
+# WaitForNActiveUnits, WaitForNUnitFiles, ActiveToSingleStates), as fleetctl shows it
+
+def fixture(name: str) -> str:
+    """Path of a unit file under tests/lab/fixtures/units (an instance name may have only
+    its template on disk, as in fleet's fixtures)."""
+    return str(FIXTURES / name)
+
+
+def machine_ids() -> dict[str, str]:
+    """Lab machine name -> machine id."""
+    return {m["name"]: m["machine_id"] for m in machines()}
+
+
+def listed_machines() -> list[str]:
+    """Machine ids in `fleetctl list-machines`."""
+    r = fleetctl("list-machines", "--no-legend", "-l", "--fields", "machine", check=False)
+    return r.stdout.split() if r.returncode == 0 else []
+
+
+def wait_machines(n: int, timeout_s: float = 60) -> list[str]:
+    return wait_until(lambda: (lambda ms: ms if len(ms) == n else None)(listed_machines()),
+                      timeout_s, what=f"{n} machines in list-machines")
+
+
+def list_units() -> list[dict[str, str]]:
+    """`fleetctl list-units` rows (unit, machine id, active, sub). Fails the test at once if
+    fleetctl reports a non-global unit active on two machines (its exit code 2)."""
+    r = fleetctl("list-units", "--no-legend", "-l", "--fields", "unit,machine,active,sub",
+                 check=False)
+    assert r.returncode != 2, f"a unit runs twice:\n{r.stdout}{r.stderr}"
+    if r.returncode != 0:
+        return []
+    rows = []
+    for line in r.stdout.splitlines():
+        unit, machine, active, sub = line.split()
+        rows.append({"unit": unit, "machine": machine.split("/")[0], "active": active,
+                     "sub": sub})
+    return rows
+
+
+def active_units() -> dict[str, list[str]]:
+    """unit -> machine ids where list-units shows it active."""
+    out: dict[str, list[str]] = {}
+    for r in list_units():
+        if r["active"] == "active":
+            out.setdefault(r["unit"], []).append(r["machine"])
+    return out
+
+
+def wait_active(n: int, timeout_s: float = 60) -> dict[str, list[str]]:
+    """Wait until exactly n (unit, machine) rows of list-units are active, as fleet's
+    WaitForNActiveUnits; return unit -> machine ids."""
+    def check() -> dict[str, list[str]] | None:
+        a = active_units()
+        return a if sum(len(v) for v in a.values()) == n else None
+    if n == 0:
+        wait_until(lambda: not active_units(), timeout_s, what="no active units")
+        return {}
+    return wait_until(check, timeout_s, what=f"{n} active units")
+
+
+def single(active: dict[str, list[str]]) -> dict[str, str]:
+    """unit -> its one machine id (fleet's ActiveToSingleStates)."""
+    for unit, ms in active.items():
+        assert len(ms) == 1, f"{unit} active on {ms}"
+    return {u: ms[0] for u, ms in active.items()}
+
+
+def wait_units(n: int, timeout_s: float = 60) -> list[dict[str, str]]:
+    """Wait until list-units shows exactly n rows (fleet's WaitForNUnits)."""
+    def check() -> list[dict[str, str]] | None:
+        rows = list_units()
+        return rows if len(rows) == n else None
+    if n == 0:
+        wait_until(lambda: not list_units(), timeout_s, what="no units in list-units")
+        return []
+    return wait_until(check, timeout_s, what=f"{n} units in list-units")
+
+
+def unit_files() -> dict[str, dict[str, str]]:
+    """`fleetctl list-unit-files`: unit -> {dstate, state, target (machine id, "global" or
+    "-")}."""
+    r = fleetctl("list-unit-files", "--no-legend", "-l", "--fields", "unit,dstate,state,target")
+    out = {}
+    for line in r.stdout.splitlines():
+        unit, dstate, state, target = line.split()
+        out[unit] = {"dstate": dstate, "state": state, "target": target.split("/")[0]}
+    return out
+
+
+def wait_unit_files(n: int, timeout_s: float = 30) -> dict[str, dict[str, str]]:
+    def check() -> dict[str, dict[str, str]] | None:
+        uf = unit_files()
+        return uf if len(uf) == n else None
+    if n == 0:
+        wait_until(lambda: not unit_files(), timeout_s, what="no unit files")
+        return {}
+    return wait_until(check, timeout_s, what=f"{n} unit files")
+
+
+def show(name: str, unit: str, prop: str) -> str:
+    """`systemctl show -p PROP --value UNIT` inside machine `name`."""
+    return lab("exec", name, "--", "systemctl", "show", "-p", prop, "--value", unit,
+               check=False).stdout.strip()
+
+
+def ensure_fleetd() -> None:
+    """Start fleetd again on every running machine where a test stopped it."""
+    for m in machines():
+        if m["state"] == "running" and show(m["name"], "fleetd.service", "ActiveState") \
+                != "active":
+            lab("exec", m["name"], "--", "systemctl", "reset-failed", "fleetd", check=False)
+            lab("exec", m["name"], "--", "systemctl", "start", "fleetd", check=False)
+
+
+def destroy_all() -> None:
+    """Destroy every unit in the cluster and wait until none is listed or active anywhere."""
+    r = fleetctl("list-unit-files", "--no-legend", "--fields", "unit", check=False)
+    names = r.stdout.split()
+    if names:
+        fleetctl("destroy", *names, check=False)
+    wait_until(lambda: not unit_files() and not list_units(), 60, what="every unit destroyed")
+
+
+def reset_cluster() -> None:
+    """Between tests: every machine running with fleetd up and registered, no units."""
+    restore()
+    ensure_fleetd()
+    wait_machines(len(machines()))
+    destroy_all()
 
 
 @pytest.fixture
