@@ -47,8 +47,9 @@ class Dashboard:
             self.error = e
         self.events.put(None)
 
-    def until(self, pred: Any, timeout_s: float) -> Any:
+    def until(self, pred: Any, timeout_s: float, what: str = "event") -> Any:
         deadline = time.monotonic() + timeout_s
+        seen: list[str] = []
         while True:
             try:
                 ev = self.events.get(timeout=max(0.1, deadline - time.monotonic()))
@@ -56,10 +57,16 @@ class Dashboard:
                 ev = False
             if ev is None:
                 raise AssertionError(f"the Watch stream ended: {self.error}")
-            if ev is not False and pred(ev):
-                return ev
+            if ev is not False:
+                if pred(ev):
+                    return ev
+                seen.append(f"{K.Kind.Name(ev.kind)} {ev.machine_id} rev {ev.revision}")
             if time.monotonic() > deadline:
-                raise AssertionError("no matching event in time")
+                m1_log = lab("exec", "m1", "--", "journalctl", "-u", "fleetd", "-o", "cat",
+                             "--no-pager", check=False).stdout
+                raise AssertionError(f"no {what} in {timeout_s}s; saw {seen}; m1: "
+                                     + " | ".join(line for line in m1_log.splitlines()
+                                                  if "Watch" in line or "etcd" in line)[-3000:])
 
     def close(self) -> None:
         self.call.cancel()
@@ -73,12 +80,13 @@ def test_watch_stream_survives_power_cuts_of_another_machine() -> None:
     try:
         snap = d.until(lambda e: e.kind == K.SNAPSHOT, 20)
         assert m3["machine_id"] in {m.id for m in snap.snapshot.machines}
-        for _ in range(3):
+        for cycle in range(3):
             lab("stop", "m3")  # power cut
             d.until(lambda e: e.kind == K.MACHINE_DELETED
-                    and e.machine_id == m3["machine_id"], 90)
+                    and e.machine_id == m3["machine_id"], 90, f"m3 departure (cycle {cycle})")
             lab("start", "m3")
-            d.until(lambda e: e.kind == K.MACHINE_PUT and e.machine.id == m3["machine_id"], 90)
+            d.until(lambda e: e.kind == K.MACHINE_PUT and e.machine.id == m3["machine_id"], 90,
+                    f"m3 return (cycle {cycle})")
         assert d.error is None
     finally:
         d.close()
