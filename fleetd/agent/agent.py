@@ -66,6 +66,7 @@ class Agent:
         self.applied: dict[str, str] = {}  # unit -> "loaded" | "launched"
         self.file_hashes: dict[str, str] = {}
         self.statuses: dict[str, UnitStatus] = {}
+        self.host_units: dict[str, str] = {}  # scheduled here, refused: the host's own file
         # Fenced until the first lease has armed the dead-man switch: no lease, no units.
         self.fenced = True
         self.errors: dict[str, str] = {}  # unit -> why its last task failed
@@ -151,13 +152,29 @@ class Agent:
             for name, rec in (await self.registry.unit_texts(missing)).items():
                 self.texts[name] = (rec.hash, rec.text)
         self.schedule = entries
+        await self._refuse_host_units()
         self._schedule_loaded.set()
         self._wake.set()
+
+    async def _refuse_host_units(self) -> None:
+        """Never write a unit systemd already loads from outside fleet's directory (the host's
+        own ssh.service...): it is left out of the plan and its state says why."""
+        for name in self.schedule.keys() - self.applied.keys() - self.host_units.keys():
+            path = await self.systemd.host_unit_file(name)
+            if path is not None:
+                log.error("unit %s: refused, the host has its own %s", name, path)
+                self.host_units[name] = path
+                self._mark(name)
+        for name in self.host_units.keys() - self.schedule.keys():
+            del self.host_units[name]
+            self._mark(name)
 
     # --- reconcile ------------------------------------------------------------------------
     def desired(self) -> dict[str, DesiredUnit]:
         out = {}
         for name, e in self.schedule.items():
+            if name in self.host_units:
+                continue
             h, text = self.texts.get(name, ("", ""))
             if h != e.hash or e.target_state not in ("loaded", "launched"):
                 continue  # body not readable yet (e.g. replaced meanwhile): next event retries
@@ -391,8 +408,15 @@ class Agent:
                 state=applied or "inactive", load_state="error",
                 active_state=st.active_state if st else "inactive",
                 sub_state=st.sub_state if st else "dead", main_pid=st.main_pid if st else 0,
-                updated_ns=time.time_ns())
+                updated_ns=time.time_ns(), error=self.errors[name])
         if applied is None:
+            if name in self.host_units and name in self.schedule:
+                return UnitStateRecord(
+                    unit=name, machine_id=self.machine_id, hash=self.schedule[name].hash,
+                    state="inactive", load_state="error", active_state="inactive",
+                    sub_state="refused", updated_ns=time.time_ns(),
+                    error=f"refused: the host's own unit {self.host_units[name]} exists; "
+                          "fleet does not override it")
             return None
         return UnitStateRecord(
             unit=name, machine_id=self.machine_id, hash=self.file_hashes.get(name, ""),

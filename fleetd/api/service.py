@@ -25,6 +25,7 @@ from fleetd.registry import (
 )
 from fleetd.registry.view import ClusterView
 from fleetd.unit import Unit, UnitError, UnitName
+from fleetd.unit.host_units import host_unit_reason
 
 _RANK = {"inactive": 0, "loaded": 1, "launched": 2}
 _MACHINE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -188,6 +189,8 @@ class FleetService:
             raise InvalidArgument(f"invalid desired state {desired_state!r}: expected one of "
                                   + ", ".join(TARGET_STATES))
         parsed = _check_name(name)
+        if (host := host_unit_reason(name)) is not None:
+            raise InvalidArgument(host)
         if parsed.is_template:
             # fleet's API creates a template with any desiredState (python-fleet sends
             # "launched" by default) and only refuses to activate an existing one; a template

@@ -41,6 +41,7 @@ from fleetd.certificates import CertificateAuthority, IssuedCertificate
 
 STATE_DIR = pathlib.Path(os.environ.get("FLEET_LAB_DIR", "/var/lib/fleet-lab"))
 BRIDGE = "flab0"
+BRIDGE_MAC = "02:77:00:00:00:01"  # locally administered
 SUBNET = "10.77.0"
 PREFIX_LEN = 24
 HOST_IP = f"{SUBNET}.1"
@@ -380,7 +381,11 @@ class Lab:
             return time.monotonic() - t0
 
     def _network_up(self) -> None:
-        run("ip", "link", "add", BRIDGE, "type", "bridge")
+        # A fixed MAC: a bridge without one takes its lowest port's, so a machine's power cut
+        # (its veth vanishing) changed the host's MAC under every other machine, whose ARP
+        # entries then blackholed their etcd connections for tens of seconds (survivors lost
+        # their leases and Watch streams with "recvmsg: Connection timed out").
+        run("ip", "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge")
         run("ip", "addr", "add", f"{HOST_IP}/{PREFIX_LEN}", "dev", BRIDGE)
         run("ip", "link", "set", BRIDGE, "up")
         run("nft", "-f", "-", input_text=f"""

@@ -81,6 +81,7 @@ class UnitStateRecord:
     sub_state: str
     main_pid: int = 0
     updated_ns: int = 0
+    error: str = ""  # why the agent refused or failed the unit ("" when it did not)
 
 
 def encode(record: Any) -> bytes:

@@ -211,6 +211,7 @@ class SystemdManager:
         self._closed = False
         # How to open the bus again (address, type, description), set by connect().
         self._bus_factory: tuple[str | None, BusType, str] = (None, BusType.SYSTEM, "")
+        self._search_path: list[pathlib.Path] | None = None  # systemd's UnitPath minus ours
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -323,6 +324,28 @@ class SystemdManager:
 
     def _is_our_link(self, link: pathlib.Path) -> bool:
         return link.is_symlink() and pathlib.Path(os.readlink(link)) == self.files_dir / link.name
+
+    async def host_unit_file(self, name: str) -> str | None:
+        """The file systemd would load unit `name` (or its template) from outside fleet's
+        directories, i.e. the host's own unit, or None. See fleetd/unit/host_units.py."""
+        if self._search_path is None:
+            try:
+                paths = await self._get_prop(SD_PATH, MANAGER_IFACE, "UnitPath", name)
+            except SystemdError:
+                return None  # unknown for now; asked again for the next unit
+            ours = (self.unit_dir, self.files_dir)
+            self._search_path = [pathlib.Path(p) for p in paths or () if pathlib.Path(p)
+                                 not in ours]
+        at, dot = name.find("@"), name.rfind(".")
+        names = [name] + ([name[:at + 1] + name[dot:]] if 0 < at < dot - 1 else [])
+        for d in self._search_path:
+            for n in names:
+                if os.path.lexists(d / n):
+                    return str(d / n)
+        link = self._link(name)
+        if (link.exists() or link.is_symlink()) and not self._is_our_link(link):
+            return str(link)
+        return None
 
     def read_unit_files(self) -> dict[str, str]:
         """name -> text of every unit file fleet wrote (those in files_dir)."""

@@ -7,6 +7,7 @@ stays in `list-machines` with its units. A fleetd whose own key vanishes puts it
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -79,3 +80,23 @@ def test_a_deleted_machine_key_is_restored_by_its_fleetd(cluster3: LocalCluster)
                what="m2's registration restored")
     lease = etcdctl(c, "get", key, "-w", "fields")
     assert '"Lease" : 0' not in lease, lease  # on m2's lease again, not a persistent key
+
+
+def test_a_fleetd_whose_registration_another_lease_takes_over_says_so_and_stops(
+        cluster3: LocalCluster) -> None:
+    c = cluster3
+    m = c.machines[1]
+    key = c.prefix + "machines/" + m.machine_id
+    lease = etcdctl(c, "lease", "grant", "60").split()[1]
+    proc = m.fleetd
+    assert proc is not None
+    try:
+        record = json.dumps({"id": m.machine_id, "ip": "10.9.9.9"})
+        etcdctl(c, "put", key, record, "--lease=" + lease)
+        wait_until(lambda: proc.poll() is not None, 15, what="m2's fleetd to stop acting")
+        log = (m.root / "fleetd.log").read_text()
+        assert f"machine {m.machine_id}: registration taken over by lease {lease}" in log
+    finally:
+        etcdctl(c, "lease", "revoke", lease)
+        m.start_fleetd()
+    wait_until(lambda: listed_machines(c).get(m.machine_id) == m.ip, 15, what="m2 back")

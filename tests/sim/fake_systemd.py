@@ -389,6 +389,14 @@ class FakeSystemdConnection:
     def read_unit_files(self) -> dict[str, str]:
         return dict(self.systemd.files)
 
+    async def host_unit_file(self, name: str) -> str | None:
+        """The host's own file of `name` or of its template, as the real adapter reports it."""
+        at, dot = name.find("@"), name.rfind(".")
+        for n in (name, name[:at + 1] + name[dot:] if 0 < at < dot - 1 else ""):
+            if n and n in self.systemd.host_units:
+                return f"/usr/lib/systemd/system/{n}"
+        return None
+
     def write_unit_file(self, name: str, text: str, drop_in: str | None = None) -> None:
         if not is_unit_name(name):
             raise SystemdError(f"unit file {name!r}: not a valid unit name")
