@@ -27,7 +27,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ["start_latency_ms_p50", "start_latency_ms_p99", "failover_s_p50",
         "agent_1000_units_launch_s", "agent_idle_cpu_pct", "engine_schedule_10k_s",
         "engine_one_decision_ms_p50", "etcd_requests_per_decision", "idle_etcd_requests_per_s",
-        "list_units_10k_ms"]
+        "list_units_10k_ms", "sim_schedules", "sim_faults", "sim_violations",
+        "sim_liveness_failures", "sim_schedules_per_s", "soak_faults", "soak_double_runs",
+        "soak_lost_changes", "soak_adoption_failures"]
 
 
 def log(msg: str) -> None:
@@ -134,6 +136,26 @@ def agent_launch(units: int, idle_s: float) -> tuple[float, float]:
     return launch_s, cpu_pct
 
 
+def soak(steps: int, seed: int) -> dict[str, Any]:
+    """The lab fault soak (fleetd.lab.soak) on a 3-machine nspawn lab of its own."""
+    import fcntl
+
+    from fleetd.config import Config
+    from fleetd.lab.lab import Lab
+    from fleetd.lab.soak import Soak
+
+    lab = Lab()
+    with open("/run/lock/fleet-lab-tests.lock", "w") as lock:  # the lab tests' turn lock
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lab.down()
+        lab.up(3, {})
+        try:
+            return Soak(lab, seed=seed, steps=steps, ttl_s=Config().agent_ttl, log=log
+                        ).run().to_json()
+        finally:
+            lab.down()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,6 +186,25 @@ def main() -> int:
     machines, units = (100, 1000) if q else (1000, 10_000)
     scale = asyncio.run(scale_run(machines, units, 5 if q else 30, log=log))
     res.update({k: v for k, v in scale.items() if k in KEYS})
+    log("deterministic simulation (tests/sim) ...")
+    from tests.sim.driver import run_many
+
+    sim = run_many(1000 if q else 10_000)
+    for k in ("sim_schedules", "sim_faults", "sim_violations", "sim_liveness_failures"):
+        res[k] = float(sim[k])  # type: ignore[arg-type]
+    res["sim_schedules_per_s"] = round(res["sim_schedules"] / float(sim["elapsed_s"]), 1)  # type: ignore[arg-type]
+    if sim["failing_seeds"]:
+        log(str(sim["report"])[:4000])
+
+    log("fault soak on the nspawn lab ...")
+    steps = 12 if q else 80
+    sk = soak(steps, seed=int(os.environ.get("FLEET_SOAK_SEED", "1")))
+    res["soak_faults"] = sk["faults_injected"]
+    res["soak_double_runs"] = len(sk["double_runs"])
+    res["soak_lost_changes"] = len(sk["lost_changes"])
+    res["soak_adoption_failures"] = len(sk["adoption_failures"])
+    for line in sk["double_runs"] + sk["lost_changes"] + sk["adoption_failures"]:
+        log("soak: " + line)
 
     rows: list[tuple[str, Any, str]] = [
         ("start_latency_ms_p50", f"ms, {len(lat)} runs", "<= 150"),
@@ -177,6 +218,15 @@ def main() -> int:
         ("idle_etcd_requests_per_s", f"requests/s, {machines + 1} machines",
          f"<= {(machines + 1) / (10 / 3):.0f}"),
         ("list_units_10k_ms", f"ms, {units} units", "<= 1000"),
+        ("sim_schedules", "random fault schedules, 3 machines", ""),
+        ("sim_faults", "faults injected", ""),
+        ("sim_violations", "schedules with a unit on 2 machines", "0"),
+        ("sim_liveness_failures", "schedules not converged after healing", "0"),
+        ("sim_schedules_per_s", "schedules/s, 2 processes", ""),
+        ("soak_faults", f"faults, {steps} steps, seed {sk['seed']}, {sk['duration_s']} s", ""),
+        ("soak_double_runs", "units seen on two machines", "0"),
+        ("soak_lost_changes", "desired states not reached", "0"),
+        ("soak_adoption_failures", "restarted instead of adopted", "0"),
     ]
     print(f"{'benchmark':30} {'value':>10}  {'unit / size':40} {'target':>8}")
     for key, unit, target in rows:

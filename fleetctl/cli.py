@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import typer
@@ -114,26 +115,20 @@ def _root(
 
 # --- unit arguments ------------------------------------------------------------------------
 def resolve_args(args: list[str]) -> list[tuple[str, str | None]]:
-    """(unit name, file path or None) for each argument: a path to an existing file, or a
-    unit name (a name without a suffix means .service)."""
+    """(unit name, path of the argument's local file or None) for each argument, by fleet's
+    rule: the name is the argument's base name, `.service` appended when it has no unit
+    type; the file is the argument itself (with that suffix) when it exists."""
     from fleetd.unit import UnitError, normalize_name, validate_name
 
     out = []
     for arg in args:
-        if "/" in arg or (os.path.isfile(arg) and not arg.startswith("-")):
-            if not os.path.isfile(arg):
-                fail(f"unable to find unit file {arg}: no such file")
-            name = normalize_name(os.path.basename(arg))
-            path: str | None = arg
-        else:
-            name, path = normalize_name(arg), None
-            if os.path.isfile(name):
-                path = name
+        path = normalize_name(arg)
+        name = normalize_name(os.path.basename(arg))
         try:
             validate_name(name)
         except UnitError as e:
             fail(str(e))
-        out.append((name, path))
+        out.append((name, path if os.path.isfile(path) else None))
     return out
 
 
@@ -154,43 +149,134 @@ def read_unit_file(path: str) -> str:
     raise AssertionError("unreachable")
 
 
-def ensure_units(c: Client, args: list[str], desired: str = "", replace: bool = False,
-                 already_set: set[str] | None = None) -> list[str]:
-    """Submit every argument that is not yet in the cluster (files, template instances) and
-    return the unit names. Nothing is changed unless every argument is valid. Units created
-    here get `desired` in the same call; their names are added to `already_set`."""
-    resolved = resolve_args(args)
-    plans: list[tuple[str, str]] = []
-    for name, path in resolved:
-        text = read_unit_file(path) if path else ""
+#: Desired states in which `<command> --replace` may replace a unit's file (fleet's rule: a
+#: command never moves a unit backwards, e.g. `submit --replace` leaves a launched unit alone).
+REPLACEABLE_IN = {"submit": ("inactive",), "load": ("inactive", "loaded"),
+                  "start": ("inactive", "loaded", "launched")}
+
+
+def _checked(name: str, text: str, source: str) -> str:
+    """`text` if it is a valid unit file for `name` (an instance's template expanded for the
+    instance); otherwise exit naming the unit and the file."""
+    from fleetd.unit import Unit, UnitError
+
+    try:
+        Unit.from_text(name, text)
+    except UnitError as e:
+        fail(f"{e} (from {source})")
+    return text
+
+
+def _file_hash(text: str) -> str | None:
+    from fleetd.unit import UnitError, UnitFile
+
+    try:
+        return UnitFile.parse(text).hash()
+    except UnitError:
+        return None
+
+
+def _warn(message: str) -> None:
+    typer.echo(f"WARNING: {message}", err=True)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    name: str
+    text: str  # "" = the cluster instantiates the instance from its submitted template
+    replace: bool
+
+
+def ensure_units(c: Client, args: list[str], command: str, desired: str = "",
+                 replace: bool = False, already_set: set[str] | None = None) -> list[str]:
+    """Make every argument a unit in the cluster, by fleet's rules, and return the names:
+
+    1. a unit of that name in the cluster is used as it is (a warning if the local file, or
+       the local template of an instance, differs; `--replace` replaces it with the local
+       file instead, when the unit's desired state allows it for `command`);
+    2. else the local file is submitted;
+    3. else, for an instance, its template submitted in the cluster, or else the template
+       file next to the argument (DIR/foo@.service for DIR/foo@1.service), is instantiated.
+
+    Nothing is changed unless every argument is valid. Units created here get `desired` in
+    the same call; their names are added to `already_set`."""
+    from fleetd.unit import UnitName
+
+    cluster = {u.name: u for u in c.call("ListUnits").units}
+    plans: list[_Plan] = []
+    for arg, (name, path) in zip(args, resolve_args(args), strict=True):
+        parsed = UnitName.parse(name)
+        tmpl_path = None
+        if parsed.is_instance:
+            candidate = os.path.join(os.path.dirname(arg), parsed.template())
+            tmpl_path = candidate if os.path.isfile(candidate) else None
+        local: tuple[str, str] | None = None
         if path:
-            from fleetd.unit import Unit, UnitError
-            try:
-                Unit.from_text(name, text)
-            except UnitError as e:
-                fail(str(e))
-        plans.append((name, text))
-    names = []
-    for name, text in plans:
-        if not text:
-            try:
-                c.call("GetUnit", name=name)
-                names.append(name)
+            local = (read_unit_file(path), f"local unit file {path}")
+        elif tmpl_path:
+            local = (read_unit_file(tmpl_path), f"local template unit file {tmpl_path}")
+        existing = cluster.get(name)
+        if existing is not None:
+            differs = local is not None and _file_hash(local[0]) != existing.hash
+            if not replace:
+                if differs:
+                    assert local is not None
+                    _warn(f"Unit {name} in the cluster differs from {local[1]}; "
+                          "add --replace to override")
                 continue
-            except NotFoundError:
-                pass  # maybe an instance of a submitted template: the API instantiates it
+            if local is None:
+                fail(f"unable to replace unit {name}: no unit file {normalize(arg)}"
+                     + (f" nor template {parsed.template()} next to it"
+                        if parsed.is_instance else ""))
+                raise AssertionError("unreachable")
+            text = _checked(name, local[0], local[1])
+            if not differs:
+                typer.echo(f"Found same Unit({name}) in the cluster, nothing to do")
+            elif existing.desired_state not in REPLACEABLE_IN.get(command, ()):
+                _warn(f"can not replace Unit({name}) in state '{existing.desired_state}', "
+                      "use the appropriate command")
+            else:
+                plans.append(_Plan(name, text, True))
+            continue
+        if path:
+            plans.append(_Plan(name, _checked(name, read_unit_file(path), path), False))
+            continue
+        if not parsed.is_instance:
+            fail(f"unable to find unit file {normalize(arg)}: no such file, and unit {name} "
+                 "is not in the cluster")
+        template = cluster.get(parsed.template())
+        if template is not None:
+            if tmpl_path and local is not None and _file_hash(local[0]) != template.hash:
+                _warn(f"Unit {template.name} in the cluster differs from {local[1]}; "
+                      f"instantiating {name} from the cluster's")
+            tmpl_text = c.call("GetUnit", name=template.name).text
+            _checked(name, tmpl_text, f"template {template.name} in the cluster")
+            plans.append(_Plan(name, "", False))
+        elif local is not None:
+            plans.append(_Plan(name, _checked(name, local[0], local[1]), False))
+        else:
+            fail(f"unable to find unit file {normalize(arg)} or template "
+                 f"{parsed.template()}: neither is in the cluster or on disk "
+                 f"(looked for {os.path.join(os.path.dirname(arg), parsed.template())})")
+    for plan in plans:
         try:
-            c.call("CreateUnit", name=name, text=text, desired_state=desired, replace=replace)
-            if already_set is not None and desired:
-                already_set.add(name)
-            if replace and text:
-                _replace_instances(c, name)
-        except NotFoundError:
-            fail(f"unit {name} not found")
-        except FleetctlError as e:
+            c.call("CreateUnit", name=plan.name, text=plan.text, desired_state=desired,
+                   replace=plan.replace)
+        except NotFoundError as e:
             fail(str(e))
-        names.append(name)
-    return names
+        except FleetctlError as e:
+            fail(str(e), e.exit_code)
+        if already_set is not None and desired:
+            already_set.add(plan.name)
+        if plan.replace:
+            _replace_instances(c, plan.name)
+    return [name for name, _ in resolve_args(args)]
+
+
+def normalize(arg: str) -> str:
+    from fleetd.unit import normalize_name
+
+    return normalize_name(arg)
 
 
 def _replace_instances(c: Client, template: str) -> None:
@@ -262,12 +348,21 @@ def _reached(u: Any, states: list[Any], target: str) -> tuple[bool, str]:
 
 
 def set_state(args: list[str], target: str, no_block: bool, block_attempts: int,
-              submit_files: bool = True, replace: bool = False) -> None:
+              command: str = "", replace: bool = False) -> None:
+    """Set the desired state of units; `command` (submit/load/start) first submits the
+    arguments that are not in the cluster yet (see `ensure_units`)."""
+    if target != "inactive":
+        from fleetd.unit import UnitName
+
+        for name, _ in resolve_args(args):
+            if UnitName.parse(name).is_template:
+                fail(f"cannot activate template {name}: a template is only submitted; "
+                     "start its instances (e.g. " + name.replace("@.", "@1.") + ")")
     c = client()
     try:
         done: set[str] = set()
-        if submit_files:
-            names = ensure_units(c, args, target, replace=replace, already_set=done)
+        if command:
+            names = ensure_units(c, args, command, target, replace=replace, already_set=done)
         else:
             names = [n for n, _ in resolve_args(args)]
             if target == "loaded":
@@ -311,16 +406,9 @@ def submit(units: list[str] = UNITS,
     """Upload unit files into the cluster without scheduling them."""
     c = client()
     try:
-        ensure_units(c, units, replace=replace)
+        ensure_units(c, units, "submit", replace=replace)
     except FleetctlError as e:
         fail(str(e), e.exit_code)
-
-
-@app.command()
-def load(units: list[str] = UNITS, no_block: bool = NO_BLOCK,
-         block_attempts: int = BLOCK_ATTEMPTS) -> None:
-    """Schedule units onto machines and load them into systemd, without starting them."""
-    set_state(units, "loaded", no_block, block_attempts)
 
 
 REPLACE = typer.Option(False, "--replace",
@@ -328,24 +416,31 @@ REPLACE = typer.Option(False, "--replace",
 
 
 @app.command()
+def load(units: list[str] = UNITS, no_block: bool = NO_BLOCK,
+         block_attempts: int = BLOCK_ATTEMPTS, replace: bool = REPLACE) -> None:
+    """Schedule units onto machines and load them into systemd, without starting them."""
+    set_state(units, "loaded", no_block, block_attempts, "load", replace=replace)
+
+
+@app.command()
 def start(units: list[str] = UNITS, no_block: bool = NO_BLOCK,
           block_attempts: int = BLOCK_ATTEMPTS, replace: bool = REPLACE) -> None:
     """Schedule units (submitting files first) and start them."""
-    set_state(units, "launched", no_block, block_attempts, replace=replace)
+    set_state(units, "launched", no_block, block_attempts, "start", replace=replace)
 
 
 @app.command()
 def stop(units: list[str] = UNITS, no_block: bool = NO_BLOCK,
          block_attempts: int = BLOCK_ATTEMPTS) -> None:
     """Stop units; they stay loaded on their machines."""
-    set_state(units, "loaded", no_block, block_attempts, submit_files=False)
+    set_state(units, "loaded", no_block, block_attempts)
 
 
 @app.command()
 def unload(units: list[str] = UNITS, no_block: bool = NO_BLOCK,
            block_attempts: int = BLOCK_ATTEMPTS) -> None:
     """Stop units and unschedule them from their machines."""
-    set_state(units, "inactive", no_block, block_attempts, submit_files=False)
+    set_state(units, "inactive", no_block, block_attempts)
 
 
 @app.command()
@@ -510,6 +605,12 @@ def list_unit_files(full: bool = FULL, no_legend: bool = NO_LEGEND,
         mid = u.machine_ids[0]
         return f"{short_id(mid, full)}/{ips.get(mid, '-')}"
 
+    def json_target(u: Any) -> str | None:
+        """As the table: "global", the machine's full id, or null when not scheduled."""
+        if u.__getattribute__("global"):
+            return "global"
+        return u.machine_ids[0] if u.machine_ids else None
+
     columns = {
         "unit": lambda u: u.name, "hash": lambda u: u.hash if full else u.hash[:7],
         "dstate": lambda u: u.desired_state, "state": lambda u: u.current_state or "-",
@@ -518,7 +619,7 @@ def list_unit_files(full: bool = FULL, no_legend: bool = NO_LEGEND,
     }
     _emit(list(units), cols, columns, no_legend, output, {
         "hash": lambda u: u.hash, "state": lambda u: u.current_state,
-        "target": lambda u: "global" if u.__getattribute__("global") else list(u.machine_ids),
+        "target": json_target,
         "global": lambda u: bool(u.__getattribute__("global")), "desc": lambda u: u.description})
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -32,7 +33,8 @@ class Config:
     etcd_certfile: str = ""
     etcd_keyfile: str = ""
     etcd_username: str = ""
-    etcd_password: str = ""
+    etcd_password: str = ""  # prefer etcd_password_file or FLEET_ETCD_PASSWORD: flags show in ps
+    etcd_password_file: str = ""  # file holding the etcd password (trailing newline ignored)
     public_ip: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     agent_ttl: float = 10.0  # seconds; fleet's default was 30s
@@ -167,7 +169,12 @@ def read_config_file(path: str) -> dict[str, str]:
 
 def load_config(argv: Sequence[str] | None = None,
                 environ: Mapping[str, str] | None = None) -> tuple[Config, argparse.Namespace]:
-    """Build the Config from flags, environment and config file; raise ConfigError if invalid."""
+    """Build the Config from flags, environment and config file; raise ConfigError if invalid.
+
+    Without `argv` (a real process reading sys.argv), a password given as a flag is first
+    moved out of the command line, where every user sees it in `ps` (see hide_password)."""
+    if argv is None and environ is None:
+        hide_password(sys.argv)
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(prog="fleetd", description="fleet-py daemon")
     parser.add_argument("--config", "-config", default=None, help="path to fleet.conf")
@@ -203,8 +210,60 @@ def load_config(argv: Sequence[str] | None = None,
         raw = getattr(args, name)
         if raw is not None:
             _set(cfg, name, raw, "--" + name, sources)
+    if cfg.etcd_password_file:
+        if cfg.etcd_password:
+            raise ConfigError(f"etcd_password (from {sources.get('etcd_password')}) and "
+                              f"etcd_password_file (from {sources.get('etcd_password_file')}) "
+                              "both given: use one")
+        cfg.etcd_password = read_password_file(cfg.etcd_password_file)
+        sources["etcd_password"] = cfg.etcd_password_file
     validate(cfg, sources)
     return cfg, args
+
+
+PASSWORD_FLAGS = ("--etcd_password", "--etcd-password")
+
+
+def read_password_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read(64 * 1024).rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read etcd_password_file {path}: "
+                          f"{getattr(e, 'strerror', None) or e}") from None
+
+
+def hide_password(argv: Sequence[str]) -> None:
+    """If `argv` (this process's sys.argv) carries --etcd_password, warn, and re-execute this
+    same process (same PID, so systemd keeps tracking it) with the password moved to
+    FLEET_ETCD_PASSWORD, which only root and the process's user can read (/proc/PID/environ),
+    instead of its command line, which `ps` shows everyone. Returns when there is none."""
+    args = list(argv[1:])
+    kept: list[str] = []
+    password = None
+    i = 0
+    while i < len(args):
+        a = args[i]
+        name, eq, value = a.partition("=")
+        if name in PASSWORD_FLAGS and eq:
+            password = value
+        elif a in PASSWORD_FLAGS and i + 1 < len(args):
+            password = args[i + 1]
+            i += 1
+        else:
+            kept.append(a)
+        i += 1
+    if password is None:
+        return
+    print("fleetd: warning: --etcd_password is visible to every user in ps; use "
+          "etcd_password_file or FLEET_ETCD_PASSWORD (moving it to the environment now)",
+          file=sys.stderr, flush=True)
+    orig = list(getattr(sys, "orig_argv", []))
+    interpreter = orig[:len(orig) - len(args)]
+    if not interpreter or orig[len(orig) - len(args):] != args:
+        return  # cannot rebuild the command line: keep going, warned
+    os.execve(sys.executable, [*interpreter, *kept],
+              {**os.environ, "FLEET_ETCD_PASSWORD": password})
 
 
 def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> None:

@@ -1,10 +1,11 @@
 """This host's presence in the cluster: its identity and the etcd lease everything live hangs on.
 
 The machine key, the unit states the agent publishes and the engine leadership are all attached
-to one lease, renewed every `agent_ttl/3`. When renewal fails for longer than the TTL the lease
-must be presumed gone: `on_lease_lost` fires (the agent fences) and a new lease is sought.
-Unless `outage_check` says etcd is down for every machine (see `fleetd.peers`): then no lease
-can expire, and the session holds (keeps its units) until etcd answers again.
+to one lease, renewed every `renew_interval_s`. Each successful renewal calls `on_renewed` (the
+agent re-arms systemd's dead-man timer, see `fleetd.fencing`). When renewal fails until the
+fence deadline the lease must be presumed gone: `on_lease_lost` fires (the agent fences), the
+old lease is revoked if etcd still answers, and a new lease is sought. There is no "hold":
+etcd being unreachable is no evidence that it will not expire the lease.
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from fleetd import clock, metrics
+from fleetd import clock, fencing, metrics
 from fleetd.registry import EtcdError, MachineRecord, Registry, backoff_sleep
 
 log = logging.getLogger("fleetd.machine")
 
-#: How often a holding watchdog asks its peers again.
-HOLD_RECHECK_S = 1.0
 #: Pause before retrying a failed lease renewal.
 RENEW_RETRY_S = 0.25
 
@@ -52,18 +51,32 @@ class MachineSession:
         self.lease_changed = asyncio.Event()
         self.on_lease_lost: list[Callable[[], Awaitable[None]]] = []
         self.on_new_lease: list[Callable[[int], Awaitable[None]]] = []
+        # After each renewal: False means "cannot stay protected" (the dead-man timer could not
+        # be re-armed, or it already fired): the lease is given up and the machine fences.
+        self.on_renewed: list[Callable[[], Awaitable[bool]]] = []
         self._last_renewed = 0.0
         self.renewals = 0
-        # Before fencing: "is etcd down for everyone?", given how long it has failed us.
-        self.outage_check: Callable[[float], Awaitable[bool]] | None = None
-        self.holding = False  # past the fence deadline, but etcd is down for everyone
-        self.holds = 0  # outages held through, for tests and logs
 
     @property
     def renew_interval_s(self) -> float:
-        # 0.4 x TTL: two renewal attempts fit in one TTL, and an idle cluster costs at most
-        # machines / (ttl/2.5) keep-alives per second.
-        return self.ttl_s * 0.4
+        return fencing.renew_interval_s(self.ttl_s)
+
+    @property
+    def fence_margin_s(self) -> float:
+        """How long before etcd can expire the lease the machine fences."""
+        return fencing.fence_margin_s(self.ttl_s)
+
+    @property
+    def fence_deadline(self) -> float:
+        return self._last_renewed + self.ttl_s - self.fence_margin_s
+
+    def fence_delay_s(self) -> float:
+        """Seconds from now until the fence is due (0: due now)."""
+        return fencing.fence_delay_s(self.ttl_s, clock.now() - self._last_renewed)
+
+    @property
+    def renew_timeout_s(self) -> float:
+        return max(0.5, self.ttl_s * 0.2)
 
     async def establish(self) -> None:
         """Take a new lease and register the machine under it, retrying until etcd answers."""
@@ -84,18 +97,29 @@ class MachineSession:
         log.info("machine %s registered with lease %x (ttl %ss)", self.identity.id, lease,
                  self.ttl_s)
         for cb in self.on_new_lease:
-            await cb(lease)
+            # A callback reading etcd may fail like any request: retry it while the lease lasts
+            # (the watchdog drops the lease when it runs out, and the next lease retries all).
+            attempt = 0
+            while self.lease == lease:
+                try:
+                    await cb(lease)
+                    break
+                except EtcdError as e:
+                    log.warning("new-lease handler failed (%s); retrying", e)
+                    await backoff_sleep(attempt)
+                    attempt += 1
         self.lease_changed.set()
         self.lease_changed = asyncio.Event()
 
-    @property
-    def fence_margin_s(self) -> float:
-        """How long before etcd can expire the lease the agent stops its units."""
-        return max(0.5, self.ttl_s * 0.1)
-
     async def run(self) -> None:
-        """Renew the lease forever, fence when it may have expired, re-register after."""
-        await asyncio.gather(self._renew_loop(), self._watchdog())
+        """Register, renew the lease forever, fence when it may have expired, re-register
+        after; stop (MachineIdConflict) if another machine takes over this machine id's
+        registration."""
+        if not self.lease:
+            await self.establish()
+        await asyncio.gather(self._renew_loop(), self._watchdog(),
+                             self.registry.guard_registration(self.identity.record,
+                                                              lambda: self.lease))
 
     async def _renew_loop(self) -> None:
         retry = False
@@ -122,108 +146,58 @@ class MachineSession:
                 continue  # fenced meanwhile; the next round registers again
             if ttl <= 0:
                 log.error("lease %x expired in etcd", lease)
-                await self._lost()
+                await self.lose("expired in etcd")
                 await self.establish()
                 continue
             self._last_renewed = sent
             self.renewals += 1
             metrics.LEASE_RENEWALS.inc()
-
-    @property
-    def renew_timeout_s(self) -> float:
-        return max(0.5, self.ttl_s * 0.2)
-
-    @property
-    def fence_deadline(self) -> float:
-        return self._last_renewed + self.ttl_s - self.fence_margin_s
-
-    @property
-    def outage_check_lead_s(self) -> float:
-        """How long before the fence deadline the peers are asked (their answers take up to
-        `fleetd.peers.PEER_TIMEOUT_S`), so that fencing, if due, still happens on time."""
-        return min(1.5, self.ttl_s * 0.25) if self.outage_check else 0.0
+            for cb in self.on_renewed:
+                if not await cb():
+                    await self.lose("the dead-man switch could not be re-armed or fired")
+                    break
 
     async def _watchdog(self) -> None:
         """Fence on time, independently of renewal calls that may hang on a dead network."""
         while True:
-            lead = self.outage_check_lead_s
+            if not self.lease:
+                await asyncio.sleep(0.1)  # establishing; the new lease brings a new deadline
+                continue
             left = self.fence_deadline - clock.now()
-            if self.lease and left <= lead:
-                if await self._hold():
-                    await asyncio.sleep(HOLD_RECHECK_S)
-                    continue
-                left = self.fence_deadline - clock.now()
-                if left > 0:
-                    # Asked early: fence at the deadline unless the lease renews meanwhile.
-                    await asyncio.sleep(left)
-                    if self.fence_deadline > clock.now() or not self.lease:
-                        continue
+            if left <= 0:
                 log.error("lease %x not renewed for %.1fs (ttl %ss): presumed expired",
                           self.lease, clock.now() - self._last_renewed, self.ttl_s)
-                await self._lost()
+                await self.lose("not renewed in time")
                 continue
-            if self.holding and left > 0:
-                self.holding = False
-                log.warning("etcd is back: lease %x renewed, units kept", self.lease)
-            await asyncio.sleep(min(max(left - lead, 0.05), self.renew_interval_s))
+            await asyncio.sleep(min(max(left, 0.02), self.renew_interval_s))
 
-    async def _hold(self) -> bool:
-        """True to keep the units running past the fence deadline: etcd is down for everyone
-        (so it expires no lease), or it just came back and our lease renewed."""
-        if self.outage_check is None:
-            return False
-        etcd = self.registry.etcd
-        outage = etcd.unreachable_for_s() or (clock.now() - self._last_renewed)
-        try:
-            down = await self.outage_check(outage)
-        except Exception:
-            log.exception("asking peers about etcd failed")
-            down = False
-        if down:
-            if not self.holding:
-                self.holds += 1
-                log.warning("lease %x not renewed for %.1fs, but etcd answers no machine: "
-                            "holding units (etcd extends every lease when it returns)",
-                            self.lease, clock.now() - self._last_renewed)
-            self.holding = True
-            return True
-        if self.holding:
-            # Some machine reaches etcd again: it is back, with every lease extended by its new
-            # leader. Renew now (our channel may still be reconnecting) rather than fence.
-            deadline = clock.now() + self.ttl_s / 2
-            while clock.now() < deadline:
-                sent = clock.now()
-                try:
-                    ttl = await self.registry.renew_lease(self.lease)
-                except EtcdError:
-                    await asyncio.sleep(0.2)
-                    continue
-                if ttl > 0:
-                    self._last_renewed = sent
-                    self.holding = False
-                    log.warning("etcd is back: lease %x renewed, units kept", self.lease)
-                    return True
-                break
-            self.holding = False
-        return False
-
-    async def _lost(self) -> None:
-        self.lease = 0
+    async def lose(self, why: str) -> None:
+        """Give the lease up: fence (the `on_lease_lost` handlers), then revoke it if etcd
+        answers, so the machine key and engine leadership go at once instead of at expiry."""
+        lease, self.lease = self.lease, 0
+        if not lease:
+            return
+        log.error("giving up lease %x: %s", lease, why)
         metrics.LEASE_LOSSES.inc()
         for cb in self.on_lease_lost:
             try:
                 await cb()
             except Exception:
                 log.exception("lease-lost handler failed")
+        try:
+            await asyncio.wait_for(self.registry.revoke_lease(lease), fencing.REVOKE_TIMEOUT_S)
+        except (EtcdError, TimeoutError) as e:
+            log.info("revoking lease %x failed (%s); it lapses on its own", lease, e)
 
     async def leave(self) -> None:
-        """Revoke the lease: the machine leaves the cluster at once and its units move.
+        """Revoke the lease: the machine leaves the cluster at once (list-machines drops it).
 
-        Not done on a plain SIGTERM: a restarting fleetd must find its units still scheduled
-        here so it adopts them."""
-        if self.lease:
+        Only after the agent stopped its units (`systemctl stop fleetd`); a restarting fleetd
+        keeps its lease alive so the next one finds its units still scheduled here."""
+        lease, self.lease = self.lease, 0
+        if lease:
             try:
-                await self.registry.revoke_lease(self.lease)
-            except EtcdError as e:
+                await asyncio.wait_for(self.registry.revoke_lease(lease),
+                                       fencing.REVOKE_TIMEOUT_S * 3)
+            except (EtcdError, TimeoutError) as e:
                 log.warning("revoking lease failed: %s", e)
-            self.lease = 0

@@ -19,11 +19,22 @@ from fleetd.config import (
     load_config,
     read_machine_id,
 )
+from fleetd.fencing import keep_units_on_exit
 
 if TYPE_CHECKING:
     from fleetd.api.tls import ApiTls
+    from fleetd.systemd import SystemdManager
 
 log = logging.getLogger("fleetd")
+
+#: Without systemd (a harness, a manual run): this signal means "exit keeping the units
+#: running" (an upgrade); SIGTERM/SIGINT mean stop: units stopped, unloaded, machine gone.
+#: Under systemd, a pending restart job for fleetd's unit means the same as this signal.
+RESTART_SIGNAL = signal.SIGUSR2
+
+
+class ComponentFailed(Exception):
+    """A fleetd component ended: fleetd exits non-zero (Restart=on-failure restarts it)."""
 
 
 class JournalFormatter(logging.Formatter):
@@ -149,45 +160,74 @@ async def serve(cfg: Config) -> None:
         from fleetd.metrics import start_metrics_server
 
         metrics_runner = await start_metrics_server(cfg.metrics_listen)
-    await session.establish()
     jobs = [asyncio.ensure_future(session.run()), asyncio.ensure_future(agent.run())]
-    from fleetd.api.remote import peer_etcd_age
-    from fleetd.peers import PeerDirectory
-
-    peers = PeerDirectory(registry, machine_id,
-                          lambda address, timeout_s: peer_etcd_age(address, timeout_s, tls,
-                                                                   machine_id))
-    session.outage_check = peers.etcd_down_for_everyone
-    jobs.append(asyncio.ensure_future(peers.run()))
     if not cfg.disable_engine:
         engine = Engine(registry, session, reconcile_interval_s=cfg.engine_reconcile_interval)
         jobs.append(asyncio.ensure_future(engine.run()))
     stop = asyncio.Event()
+    restart_signal = False
     loop = asyncio.get_running_loop()
+
+    def on_restart_signal() -> None:
+        nonlocal restart_signal
+        restart_signal = True
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(RESTART_SIGNAL, on_restart_signal)
     sd_notify("READY=1\nSTATUS=fleetd running as machine " + machine_id)
     log.info("fleetd %s started: machine %s, ip %s, metadata %s", __version__, machine_id,
              identity.ip, identity.metadata or "{}")
     waiter = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait([waiter, *jobs], return_when=asyncio.FIRST_COMPLETED)
+    failed: BaseException | None = None
     for j in jobs:
-        if j in done and j.exception():
-            log.error("fleetd component failed: %r", j.exception())
+        if j in done:
+            failed = j.exception() or RuntimeError("component returned")
+            log.error("fleetd component failed: %r", failed)
     sd_notify("STOPPING=1")
-    log.info("fleetd shutting down (units keep running; the lease lapses on its own)")
     for j in jobs:
         j.cancel()
     await asyncio.gather(*jobs, return_exceptions=True)
-    await server.stop(grace=1)
-    await http_server.stop()
-    if metrics_runner is not None:
-        await metrics_runner.cleanup()
-    await systemd.close()
-    await view.close()
-    await registry.close()
-    if cfg.api_socket and os.path.exists(cfg.api_socket):
-        os.unlink(cfg.api_socket)
+    try:
+        if failed is None:
+            job_type = await _own_job_type(systemd)
+            if keep_units_on_exit(job_type, restart_signal):
+                log.info("fleetd exiting for a restart (%s): units keep running, the dead-man "
+                         "switch stays armed", job_type or RESTART_SIGNAL.name)
+            else:
+                log.info("fleetd stopping (systemd job: %s): stopping and unloading this "
+                         "machine's units, leaving the cluster", job_type or "none")
+                await agent.purge()
+                await session.leave()
+        else:
+            # Crash-like: exit non-zero so Restart=on-failure brings fleetd back; the units
+            # keep running under the armed switch, adopted by the next fleetd.
+            log.info("fleetd exiting after a failure: units keep running")
+    finally:
+        await server.stop(grace=1)
+        await http_server.stop()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+        await systemd.close()
+        await view.close()
+        await registry.close()
+        if cfg.api_socket and os.path.exists(cfg.api_socket):
+            os.unlink(cfg.api_socket)
+    if failed is not None:
+        raise ComponentFailed(f"component failed: {failed!r}")
+
+
+async def _own_job_type(systemd: SystemdManager) -> str | None:
+    """The job systemd has pending for fleetd's own unit ("restart", "stop"), or None."""
+    from fleetd.systemd import SystemdError
+
+    try:
+        return await systemd.job_type_of_pid(os.getpid())
+    except SystemdError as e:
+        log.warning("asking systemd for fleetd's own job failed: %s", e)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,7 +106,8 @@ conf="$etc/fleet/fleet.conf"
   [ "$tcp_insecure" = 1 ] && echo "api_tcp_insecure=true"
   true
 } > "$conf.tmp"
-chmod 0644 "$conf.tmp"
+# 0600: it may name credentials (etcd_password is better kept in etcd_password_file)
+chmod 0600 "$conf.tmp"
 mv "$conf.tmp" "$conf"
 ln -sfn ../fleetd.service "$unit_dir/multi-user.target.wants/fleetd.service"
 if [ -z "$root" ] && [ "$start" = 1 ]; then

@@ -3,6 +3,13 @@
 Event-driven: a watch on `schedule/<this machine>/` wakes it when the engine decides something
 for this machine, systemd's PropertiesChanged signals tell it when a unit's state changes.
 `tasks.plan` decides; this module only gathers inputs and applies the tasks.
+
+Fencing (see `fleetd.fencing`): every non-global unit is written with a drop-in that makes it
+conflict with `fleet-fence.target`; at each lease renewal the agent re-arms systemd's dead-man
+timer (a new generation first, then the old one stopped, so one is armed at every instant).
+Reconcile and fence are serialised by one lock, and a fenced or lease-less agent starts no
+non-global unit. A task that fails affects its unit only: the error is logged and published in
+that unit's state (LoadState "error"), the rest of the plan goes on.
 """
 
 from __future__ import annotations
@@ -10,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
+from typing import Any
 
-from fleetd import metrics
+from fleetd import fencing, metrics
 from fleetd.agent.tasks import (
     CurrentUnit,
     DaemonReload,
@@ -35,7 +43,7 @@ from fleetd.registry import (
     backoff_sleep,
     decode,
 )
-from fleetd.systemd import SystemdManager, UnitStatus
+from fleetd.systemd import SystemdError, SystemdManager, UnitStatus, install
 from fleetd.unit import UnitError, UnitFile
 
 log = logging.getLogger("fleetd.agent")
@@ -58,7 +66,14 @@ class Agent:
         self.applied: dict[str, str] = {}  # unit -> "loaded" | "launched"
         self.file_hashes: dict[str, str] = {}
         self.statuses: dict[str, UnitStatus] = {}
-        self.fenced = False
+        # Fenced until the first lease has armed the dead-man switch: no lease, no units.
+        self.fenced = True
+        self.errors: dict[str, str] = {}  # unit -> why its last task failed
+        self._lock = asyncio.Lock()  # one of reconcile / fence / purge at a time
+        self._armed: str | None = None  # the dead-man timer this process armed last
+        self._arm_seq = time.time_ns() // 1000  # timer names stay unique across restarts
+        self._fence_installed = False
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         # Nothing is applied before the schedule has been read once: an empty desired state
         # would stop every unit an earlier fleetd left running.
@@ -68,6 +83,7 @@ class Agent:
         self.tasks_applied = 0
         session.on_lease_lost.append(self._on_lease_lost)
         session.on_new_lease.append(self._on_new_lease)
+        session.on_renewed.append(self._on_renewed)
 
     # --- startup --------------------------------------------------------------------------
     def adopt_existing(self) -> None:
@@ -80,6 +96,8 @@ class Agent:
                 self.file_hashes[name] = "?"  # unparseable leftovers are replaced or removed
 
     async def run(self) -> None:
+        while not self.session.lease or self.fenced:
+            await self.session.lease_changed.wait()
         self.adopt_existing()
         statuses = await self.systemd.list_units(self.file_hashes.keys())
         for name, st in statuses.items():
@@ -98,7 +116,7 @@ class Agent:
                              self._publish_loop())
 
     def _watched_names(self) -> set[str]:
-        return set(self.file_hashes) | set(self.schedule)
+        return set(self.file_hashes) | set(self.schedule) | {fencing.FENCE_TARGET}
 
     # --- desired state from etcd ----------------------------------------------------------
     async def _watch_schedule(self) -> None:
@@ -178,50 +196,117 @@ class Agent:
                         log.warning("reconnecting to systemd failed: %s", e)
 
     async def reconcile(self) -> None:
+        async with self._lock:
+            await self._reconcile_locked()
+
+    async def _reconcile_locked(self) -> None:
         tasks = plan(self.desired(), self.current())
         if tasks:
             await self.apply(tasks)
 
     async def apply(self, tasks: Iterable[Task]) -> None:
-        """Apply tasks in order through systemd, keeping the agent's bookkeeping in step."""
+        """Apply tasks in order through systemd, keeping the agent's bookkeeping in step.
+
+        A failing task fails its unit only: that unit's later tasks are skipped, its error is
+        recorded (and published), the other units proceed. Call with the lock held."""
         desired = self.desired()
         touched: set[str] = set()
+        failed: set[str] = set()
+        wrote = False
         for t in tasks:
+            name = getattr(t, "name", "")
+            if name in failed:
+                continue
+            if isinstance(t, DaemonReload) and not wrote:
+                continue  # every file task failed: nothing to reload
+            if isinstance(t, StartUnit) and not self._may_start(desired.get(name)):
+                log.warning("not starting %s: fenced or without a lease", name)
+                continue
             t0 = time.perf_counter()
-            if isinstance(t, StopUnit):
-                await self.systemd.stop_unit(t.name)
-                if t.name in self.applied:
-                    self.applied[t.name] = "loaded"
-            elif isinstance(t, WriteUnitFile):
-                self.systemd.write_unit_file(t.name, t.text)
-                self.file_hashes[t.name] = desired[t.name].hash
-                self.applied.setdefault(t.name, "loaded")
-            elif isinstance(t, RemoveUnitFile):
-                self.systemd.remove_unit_file(t.name)
-                self.file_hashes.pop(t.name, None)
-                self.applied.pop(t.name, None)
-            elif isinstance(t, DaemonReload):
-                await self.systemd.daemon_reload()
-            elif isinstance(t, StartUnit):
-                await self.systemd.reset_failed_unit(t.name)
-                await self.systemd.start_unit(t.name)
-                self.applied[t.name] = "launched"
+            try:
+                await self._apply_one(t, desired)
+            except (SystemdError, OSError) as e:
+                if isinstance(t, DaemonReload):
+                    raise  # the whole batch depends on it: the loop retries
+                log.error("%s failed: %s", _describe(t), e)
+                metrics.AGENT_TASKS.labels("failed").inc()
+                self.errors[name] = str(e)
+                failed.add(name)
+                touched.add(name)
+                continue
+            wrote = wrote or isinstance(t, WriteUnitFile | RemoveUnitFile)
             self.tasks_applied += 1
             elapsed = time.perf_counter() - t0
             metrics.AGENT_TASKS.labels(type(t).__name__).inc()
             metrics.AGENT_TASK_SECONDS.labels(type(t).__name__).observe(elapsed)
             log.info("%s (%.1f ms)", _describe(t), (time.perf_counter() - t0) * 1000)
-            if hasattr(t, "name"):
-                touched.add(t.name)
+            if name:
+                touched.add(name)
+                if name not in failed:
+                    self.errors.pop(name, None)
         for name in touched:
-            if name in self.applied:
-                self.statuses[name] = await self.systemd.unit_status(name)
+            if name in self.applied or name in self.errors:
+                try:
+                    self.statuses[name] = await self.systemd.unit_status(name)
+                except SystemdError as e:
+                    log.warning("status of %s: %s", name, e)
             else:
                 self.statuses.pop(name, None)
             self._mark(name)
 
+    def _may_start(self, unit: DesiredUnit | None) -> bool:
+        """Checked right before each StartUnit: the fence may have fallen since the plan."""
+        if unit is None:
+            return False
+        return unit.is_global or (not self.fenced and bool(self.session.lease))
+
+    async def _apply_one(self, t: Task, desired: dict[str, DesiredUnit]) -> None:
+        if isinstance(t, StopUnit):
+            await self.systemd.stop_unit(t.name)
+            if t.name in self.applied:
+                self.applied[t.name] = "loaded"
+        elif isinstance(t, WriteUnitFile):
+            want = desired[t.name]
+            self._install_links(t.name, None)
+            self.systemd.write_unit_file(t.name, t.text, _drop_in(want))
+            self._install_links(t.name, t.text)
+            self.file_hashes[t.name] = want.hash
+            self.applied.setdefault(t.name, "loaded")
+        elif isinstance(t, RemoveUnitFile):
+            self._install_links(t.name, None)
+            self.systemd.remove_unit_file(t.name)
+            self.file_hashes.pop(t.name, None)
+            self.applied.pop(t.name, None)
+            self.errors.pop(t.name, None)
+        elif isinstance(t, DaemonReload):
+            await self.systemd.daemon_reload()
+        elif isinstance(t, StartUnit):
+            await self.systemd.reset_failed_unit(t.name)
+            await self.systemd.start_unit(t.name)
+            self.applied[t.name] = "launched"
+
+    def _install_links(self, name: str, text: str | None) -> None:
+        """Remove (None) or create the links of the unit's [Install] section, as `systemctl
+        enable` would (fleetd/systemd/install.py); a manager without directories has none."""
+        link_dir = getattr(self.systemd, "unit_dir", None)
+        files_dir = getattr(self.systemd, "files_dir", None)
+        if link_dir is None or files_dir is None:
+            return
+        if text is None:
+            install.unlink_installed(name, link_dir, files_dir)
+        else:
+            install.link_installed(name, text, link_dir, files_dir)
+
     # --- state publication ----------------------------------------------------------------
     def _on_systemd_change(self, status: UnitStatus) -> None:
+        if status.name == fencing.FENCE_TARGET:
+            if status.active_state == "active" and not self.fenced and self.session.lease:
+                # Only the dead-man timer starts it behind our back: its deadline passed (we
+                # were frozen, or could not renew in time). The units are stopping: give the
+                # lease up and come back through a fresh one.
+                log.error("%s started by the dead-man timer: fenced", status.name)
+                self._spawn(self.session.lose("the dead-man timer fired"))
+            return
         old = self.statuses.get(status.name)
         self.statuses[status.name] = status
         if old != status:
@@ -274,31 +359,137 @@ class Agent:
 
     def state_record(self, name: str) -> UnitStateRecord | None:
         applied = self.applied.get(name)
+        st = self.statuses.get(name)
+        if name in self.errors:
+            # systemd's own LoadState for "could not be loaded"; the reason is in fleetd's log.
+            return UnitStateRecord(
+                unit=name, machine_id=self.machine_id, hash=self.file_hashes.get(name, ""),
+                state=applied or "inactive", load_state="error",
+                active_state=st.active_state if st else "inactive",
+                sub_state=st.sub_state if st else "dead", main_pid=st.main_pid if st else 0,
+                updated_ns=time.time_ns())
         if applied is None:
             return None
-        st = self.statuses.get(name)
         return UnitStateRecord(
             unit=name, machine_id=self.machine_id, hash=self.file_hashes.get(name, ""),
             state=applied, load_state=st.load_state if st else "",
             active_state=st.active_state if st else "", sub_state=st.sub_state if st else "",
             main_pid=st.main_pid if st else 0, updated_ns=time.time_ns())
 
-    # --- lease loss and recovery ----------------------------------------------------------
+    # --- lease loss, recovery and the dead-man switch -------------------------------------
     async def _on_lease_lost(self) -> None:
-        """Fencing: without a lease the engine may already have moved our units elsewhere."""
+        """Fencing: without a lease the engine may soon move our units elsewhere. Returns once
+        every non-global unit is inactive (or the stop bound ran out, logged)."""
         log.error("lease lost: stopping non-global units (fencing)")
-        self.fenced = True
-        await self.reconcile()
+        self.fenced = True  # before the lock: an apply in progress skips its remaining starts
+        async with self._lock:
+            try:
+                done = await self.systemd.fence(fencing.FENCE_STOP_BOUND_S
+                                                + fencing.FENCE_TIMER_LATENCY_S)
+                if not done:
+                    log.error("fence: units still stopping after %.0fs",
+                              fencing.FENCE_STOP_BOUND_S)
+            except SystemdError as e:
+                log.error("fence: starting %s failed: %s (the plan stops the units)",
+                          fencing.FENCE_TARGET, e)
+            await self._reconcile_locked()
+        self._wake.set()
 
     async def _on_new_lease(self, lease: int) -> None:
-        if self.fenced:
-            # Only resume from a fresh read: the engine may have moved units while we were cut off.
-            entries, _ = await self.registry.machine_schedule(self.machine_id)
-            await self._set_schedule(entries)
-        self.fenced = False
+        async with self._lock:
+            if not self._fence_installed:
+                if self.systemd.install_fence():
+                    await self.systemd.daemon_reload()
+                self._fence_installed = True
+            if not await self._arm():
+                raise SystemdError("cannot arm the dead-man switch")
+            if self.fenced:
+                # Only resume from a fresh read: the engine may have moved units meanwhile.
+                entries, _ = await self.registry.machine_schedule(self.machine_id)
+                await self._set_schedule(entries)
+            self.fenced = False
         self._dirty_states |= set(self.applied)
         self._publish_wake.set()
         self._wake.set()
+
+    async def _on_renewed(self) -> bool:
+        if self.fenced:
+            return True
+        return await self._arm()
+
+    async def _arm(self) -> bool:
+        """Arm a new generation of the dead-man timer at the current fence deadline, then stop
+        every older one (ours or an earlier fleetd's). False if systemd refused."""
+        self._arm_seq += 1
+        name = f"{fencing.FENCE_TIMER_PREFIX}{self._arm_seq}.timer"
+        try:
+            await self.systemd.arm_fence_timer(name, self.session.fence_delay_s())
+            for old in await self.systemd.list_fence_timers():
+                if old != name:
+                    await self.systemd.stop_unit(old)
+        except SystemdError as e:
+            log.error("arming the dead-man switch failed: %s", e)
+            return False
+        self._armed = name
+        return True
+
+    async def disarm(self) -> None:
+        """Stop every dead-man timer (after a purge: nothing is left to fence)."""
+        for name in await self.systemd.list_fence_timers():
+            await self.systemd.stop_unit(name)
+        self._armed = None
+
+    async def purge(self) -> None:
+        """`systemctl stop fleetd`: stop every fleet unit (non-global ones through the fence,
+        to inactive), unload them (files removed, daemon-reload) and disarm the switch."""
+        self.fenced = True
+        async with self._lock:
+            names = set(self.systemd.read_unit_files())
+            try:
+                await self.systemd.fence(fencing.FENCE_STOP_BOUND_S
+                                         + fencing.FENCE_TIMER_LATENCY_S)
+            except SystemdError as e:
+                log.error("purge: fence failed: %s", e)
+            for name in sorted(names):
+                try:
+                    await self.systemd.stop_unit(name)
+                except SystemdError as e:
+                    log.error("purge: stopping %s failed: %s", name, e)
+            await self._wait_inactive(names, fencing.FENCE_STOP_BOUND_S)
+            for name in sorted(names):
+                try:
+                    self.systemd.remove_unit_file(name)
+                except SystemdError as e:
+                    log.error("purge: %s", e)
+            await self.systemd.daemon_reload()
+            await self.disarm()
+            log.info("purged %d units: %s", len(names), ", ".join(sorted(names)) or "none")
+
+    async def _wait_inactive(self, names: set[str], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while names:
+            statuses = await self.systemd.list_units(names)
+            names = {n for n, st in statuses.items()
+                     if st.active_state not in ("inactive", "failed")}
+            if not names or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        if names:
+            log.error("purge: still stopping after %.0fs: %s", timeout_s, ", ".join(names))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+
+def _drop_in(unit: DesiredUnit) -> str | None:
+    try:
+        options: tuple[tuple[str, str, str], ...] | None = UnitFile.parse(
+            unit.text, name=unit.name).options
+    except UnitError:
+        options = None
+    return fencing.fence_drop_in(unit.name, options, unit.is_global)
 
 
 def _describe(task: Task) -> str:

@@ -85,7 +85,10 @@ def plan(desired: Mapping[str, DesiredUnit], current: Mapping[str, CurrentUnit])
         want = desired[name]
         cur = current.get(name) or CurrentUnit(name, None, None, False)
         changed = cur.file_hash != want.hash
-        if cur.running and (want.target_state == "loaded" or changed):
+        # "loaded" means the agent does not start it (fleet): a unit systemd started as a
+        # dependency ([Install] WantedBy= of a running unit) is left running.
+        if cur.running and (changed or (want.target_state == "loaded"
+                                        and cur.applied == "launched")):
             stops.append(StopUnit(name))
         if changed:
             files.append(WriteUnitFile(name, want.text))

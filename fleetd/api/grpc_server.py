@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from fleetd.api.pb import fleet_pb2 as pb
 from fleetd.api.pb import fleet_pb2_grpc as pb_grpc
-from fleetd.api.remote import NotRunning, UnitOutputs
+from fleetd.api.remote import KEEPALIVE_SERVER_OPTIONS, CallContext, NotRunning, UnitOutputs
 from fleetd.api.service import (
     AlreadyExists,
     ApiError,
@@ -25,7 +25,13 @@ from fleetd.api.service import (
     UnitInfo,
 )
 from fleetd.api.tls import ApiTls, secure_unix_socket
-from fleetd.registry import EtcdError, MachineRecord, UnitStateRecord, WatchCompacted
+from fleetd.registry import (
+    EtcdError,
+    MachineRecord,
+    UnitStateRecord,
+    WatchCompacted,
+    backoff_sleep,
+)
 
 log = logging.getLogger("fleetd.api")
 
@@ -125,19 +131,19 @@ class FleetServicer(pb_grpc.FleetServicer):
 
     async def UnitStatus(self, request: Any, context: Any) -> pb.UnitStatusResponse:
         mid, out, rc = await _call(context, lambda: self._outputs().status(
-            request.name, request.machine_id, request.lines))
+            request.name, request.machine_id, request.lines, CallContext.from_grpc(context)))
         return pb.UnitStatusResponse(machine_id=mid, output=out, exit_code=rc)
 
     async def RestartUnit(self, request: Any, context: Any) -> pb.UnitStatusResponse:
         mid, out, rc = await _call(context, lambda: self._outputs().restart(
-            request.name, request.machine_id))
+            request.name, request.machine_id, CallContext.from_grpc(context)))
         return pb.UnitStatusResponse(machine_id=mid, output=out, exit_code=rc)
 
     async def Journal(self, request: Any, context: Any) -> AsyncIterator[pb.JournalChunk]:
         try:
             async for mid, data in self._outputs().journal(
                     request.name, request.machine_id, request.lines, request.output,
-                    request.follow):
+                    request.follow, CallContext.from_grpc(context)):
                 yield pb.JournalChunk(machine_id=mid, data=data)
         except ApiError as e:
             await context.abort(_CODES.get(type(e), grpc.StatusCode.INTERNAL), str(e))
@@ -152,10 +158,9 @@ class FleetServicer(pb_grpc.FleetServicer):
         try:
             if request.start_revision:
                 st = await registry.cluster_state(request.start_revision)
-                start = request.start_revision + 1
+                st.revision = request.start_revision  # the header says etcd's current one
             else:
                 st = await registry.cluster_state()
-                start = st.revision + 1
                 leader = await registry.leader()
                 ips = {m.id: m.ip for m in st.machines.values()}
                 snap = pb.Snapshot(
@@ -168,11 +173,39 @@ class FleetServicer(pb_grpc.FleetServicer):
                 yield pb.WatchEvent(kind=pb.WatchEvent.SNAPSHOT, revision=st.revision,
                                     snapshot=snap)
             view = w.WatchView(st)
-            async for changes in registry.watch_changes(start):
-                for ev in view.apply(changes):
-                    if not want[ev.kind.split("_")[0]]:
+            sent = bool(not request.start_revision)
+            attempt = 0
+            while True:
+                # The stream outlives etcd faults: resume from the last revision applied, and
+                # only when that history is gone (compacted), re-list and send the difference.
+                try:
+                    async for changes in registry.watch_changes(view.state.revision + 1):
+                        attempt = 0
+                        for ev in view.apply(changes):
+                            if want[ev.kind.split("_")[0]]:
+                                sent = True
+                                yield self._event_pb(view, ev)
+                except WatchCompacted as e:
+                    if not sent:  # the client asked for history that is gone
+                        raise
+                    log.info("Watch: %s; re-listing", e)
+                    try:
+                        fresh = await registry.cluster_state()
+                    except EtcdError as err:
+                        log.info("Watch: re-listing failed (%s); retrying", err)
+                        await backoff_sleep(attempt)
+                        attempt += 1
                         continue
-                    yield self._event_pb(view, ev)
+                    missed = w.diff(view.state, fresh)
+                    view = w.WatchView(fresh)
+                    for ev in missed:
+                        if want[ev.kind.split("_")[0]]:
+                            yield self._event_pb(view, ev)
+                except EtcdError as e:
+                    log.info("Watch: etcd watch interrupted (%s); resuming from revision %d",
+                             e, view.state.revision + 1)
+                    await backoff_sleep(attempt)
+                    attempt += 1
         except WatchCompacted as e:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(e))
         except EtcdError as e:
@@ -234,8 +267,11 @@ async def start_grpc_server(service: FleetService, *, unix_socket: str = "",
     (mutual TLS with `tls`; plain text without it, which the caller must have allowed); returns
     the server. `outputs` answers UnitStatus/Journal (this machine's systemd tools and
     forwarding)."""
+    # Keepalive: a client that vanished (powered off, cut off) without closing its connection
+    # is noticed within seconds, and its streams (a followed journal's journalctl) end.
     server = grpc.aio.server(options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                                      ("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
+                                      ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                                      *KEEPALIVE_SERVER_OPTIONS])
     pb_grpc.add_FleetServicer_to_server(FleetServicer(service, outputs), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -17,8 +17,9 @@ Resources (under `/fleet/v1`, and under fleet's older `/v1-alpha` prefix as flee
 Behaviour follows fleet's code where it and its documentation disagree: PUT needs
 `Content-Type: application/json` (415 otherwise); PUT of an unknown unit without options, or of
 an existing one without desiredState, is 409; metadata PATCH values may be plain strings (the
-docs) or `{"value": "..."}` objects (fleet's code and its clients). fleet-py refuses to change a
-submitted unit's file in place: a PUT with different options under an existing name is 409.
+docs) or `{"value": "..."}` objects (fleet's code and its clients). A PUT with options that
+differ from an existing unit's replaces its file (201), as fleet 0.13+ does for
+`fleetctl --replace`; the unit keeps its desired state unless the body sets one.
 Pages hold `token_limit` entities; `nextPageToken` is fleet's token (base64url of two
 little-endian uint16: limit, page). Every refusal is fleet's error entity
 `{"error": {"code": N, "message": "..."}}`; no input yields a 500.
@@ -504,23 +505,25 @@ class HttpApi:
             raise HttpError(400, f"name in URL {name!r} differs from unit name in request "
                                  f"body {body.name!r}")
         try:
-            parsed = UnitName.parse(name)
+            UnitName.parse(name)  # templates and MachineOf cycles: the service layer's rules
         except UnitError as e:
             raise HttpError(400, str(e)) from None
         desired = body.desired_state
         if desired and desired not in TARGET_STATES:
             raise HttpError(400, f"invalid desiredState {desired!r}: expected one of "
                                  + ", ".join(TARGET_STATES))
-        if parsed.is_template and desired not in ("", "inactive"):
-            raise HttpError(400, f"cannot activate template {name!r}: start its instances "
-                                 "(e.g. foo@1.service)")
         if body.options:
             text = unit_text(name, body.options)
             try:
-                _, created = await self.service.create_unit(name, text, desired)
+                existing: UnitInfo | None = await self.service.get_unit(name)
+            except NotFound:
+                existing = None
+            replace = existing is not None and existing.hash != UnitFile.parse(text).hash()
+            try:
+                _, created = await self.service.create_unit(name, text, desired, replace)
             except AlreadyExists as e:
                 raise HttpError(409, str(e)) from None
-            return _no_content(201 if created else 204)
+            return _no_content(201 if created or replace else 204)
         try:
             await self.service.get_unit(name)
         except NotFound:

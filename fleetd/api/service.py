@@ -91,6 +91,13 @@ def _check_name(name: str) -> UnitName:
         raise InvalidArgument(str(e)) from None
 
 
+def _refuse_template_activation(name: UnitName, desired_state: str) -> None:
+    if name.is_template and desired_state not in ("", "inactive"):
+        raise InvalidArgument(f"cannot activate template {name.full}: a template is only "
+                              f"submitted; start its instances (e.g. {name.prefix}@1."
+                              f"{name.suffix})")
+
+
 class FleetService:
     """Cluster operations over one registry; `leader_id` reports who leads the engine."""
 
@@ -181,6 +188,11 @@ class FleetService:
             raise InvalidArgument(f"invalid desired state {desired_state!r}: expected one of "
                                   + ", ".join(TARGET_STATES))
         parsed = _check_name(name)
+        if parsed.is_template:
+            # fleet's API creates a template with any desiredState (python-fleet sends
+            # "launched" by default) and only refuses to activate an existing one; a template
+            # is never scheduled, so it is kept as what it is: submitted.
+            desired_state = "inactive"
         if not text:
             if not parsed.is_instance:
                 raise InvalidArgument(f"unit {name}: no unit file given")
@@ -194,6 +206,7 @@ class FleetService:
             else:
                 text = tmpl.text
         unit = _parse(name, text)
+        await self._refuse_machine_of_cycle(unit)
         rec = UnitRecord(unit.name, unit.text, unit.hash)
         try:
             if replace and await self._get_record(name) is not None:
@@ -224,11 +237,51 @@ class FleetService:
             raise Unavailable(str(e)) from None
         return view.record if view else None
 
+    async def _refuse_machine_of_cycle(self, unit: Unit) -> None:
+        """InvalidArgument naming the cycle if following `unit`'s MachineOf targets (as they
+        are submitted now) leads back to it: such units could never be placed."""
+        path = [unit.name]
+        seen = {unit.name}
+
+        async def walk(current: Unit) -> str | None:
+            for target in current.xfleet.machine_of:
+                if target == unit.name:
+                    return " -> ".join([*path, target])
+                if target in seen:
+                    continue
+                rec = await self._get_record(target)
+                if rec is None:
+                    continue
+                try:
+                    follower = Unit.from_text(target, rec.text)
+                except UnitError:
+                    continue
+                seen.add(target)
+                path.append(target)
+                found = await walk(follower)
+                if found:
+                    return found
+                path.pop()
+            return None
+
+        cycle = await walk(unit)
+        if cycle:
+            raise InvalidArgument(f"unit {unit.name}: MachineOf cycle {cycle}: units that "
+                                  "follow each other can never be scheduled")
+
     async def set_target_state(self, name: str, desired_state: str) -> UnitInfo:
-        _check_name(name)
+        parsed = _check_name(name)
         if desired_state not in TARGET_STATES:
             raise InvalidArgument(f"invalid desired state {desired_state!r}: expected one of "
                                   + ", ".join(TARGET_STATES))
+        _refuse_template_activation(parsed, desired_state)
+        if desired_state != "inactive":
+            rec = await self._get_record(name)
+            if rec is not None:
+                try:
+                    await self._refuse_machine_of_cycle(Unit.from_text(name, rec.text))
+                except UnitError:
+                    pass  # an unparsable file is the engine's to report
         try:
             await self.registry.set_target_state(name, desired_state)
         except UnitNotFound as e:

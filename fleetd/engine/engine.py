@@ -6,6 +6,12 @@ an in-memory copy of units, desired states, machines and assignments fed by one 
 reconciles on every relevant event (debounced by `debounce_ms`) and every
 `reconcile_interval_s` as a safety net. `scheduler.reconcile` decides; this module only feeds it
 and writes its decisions.
+
+A machine whose key vanishes is not written off at once: for `fleetd.fencing.engine_grace_s`
+after the engine sees it go (or, for a new leader, after it finds units assigned to a machine it
+does not see) it stays in the scheduler's view, so its units stay assigned to it, and nothing
+new is placed on it. Its dead-man switch has stopped them by then; a machine that re-registers
+within the grace keeps them.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetd import clock, metrics
+from fleetd import clock, fencing, metrics
 from fleetd.engine.scheduler import (
     Assign,
     ClusterSnapshot,
@@ -119,6 +125,9 @@ class Engine:
         self._changed_since_full = False
         self.fast_passes = 0
         self._last_pass_end = 0.0
+        # machine id -> (when its key was seen gone, its last view): kept in the scheduler's
+        # view for the grace, see the module doc.
+        self.departed: dict[str, tuple[float, MachineView]] = {}
 
     async def run(self) -> None:
         attempt = 0
@@ -169,13 +178,15 @@ class Engine:
         try:
             self._need_full = True
             while self.session.lease == lease:
+                if self._expire_departed():
+                    self._need_full = True
                 if self._need_full:
                     await self.reconcile_once(lease)
                 elif self._dirty:
                     dirty, self._dirty = self._dirty, set()
                     await self.reconcile_once(lease, dirty)
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self.reconcile_interval_s)
+                    await asyncio.wait_for(self._wake.wait(), self._next_wait_s())
                 except TimeoutError:
                     # The safety-net pass: only worth its cost if something changed since the
                     # last full pass (the cache cannot drift without an event).
@@ -201,8 +212,39 @@ class Engine:
         c = EngineCache(revision=rev)
         for kv in kvs:
             self._apply_kv(c, kv.key, kv.value)
+        # Units assigned to a machine we do not see: it may have expired a moment ago (this
+        # leader cannot know when), so it gets the full grace from now.
+        now = clock.now()
+        for per in c.schedule.values():
+            for mid in per:
+                if mid not in c.machines and mid not in self.departed:
+                    self.departed[mid] = (now, MachineView(mid, {}))
+        for mid in list(self.departed):
+            if mid in c.machines:
+                del self.departed[mid]
         self.cache = c
         self.xfleet.prune(c.units)
+
+    @property
+    def grace_s(self) -> float:
+        return fencing.engine_grace_s(self.session.ttl_s)
+
+    def _expire_departed(self) -> bool:
+        """Forget machines whose grace is over (their units may now move); True if any."""
+        now = clock.now()
+        gone = [mid for mid, (t, _) in self.departed.items() if now - t >= self.grace_s]
+        for mid in gone:
+            del self.departed[mid]
+            log.info("machine %s gone for %.1fs (grace): its units may move", mid, self.grace_s)
+        if gone:
+            self.cache.stale_machines = True
+        return bool(gone)
+
+    def _next_wait_s(self) -> float:
+        if not self.departed:
+            return self.reconcile_interval_s
+        first = min(t for t, _ in self.departed.values()) + self.grace_s - clock.now()
+        return max(0.01, min(self.reconcile_interval_s, first))
 
     def _apply_kv(self, c: EngineCache, key: str, value: bytes | None) -> bool:
         """Fold one key change into the cache; True if it can change a decision."""
@@ -225,9 +267,14 @@ class Engine:
             mid = key[len(k.machines):]
             c.stale_machines = True
             if value is None:
-                c.machines.pop(mid, None)
+                if c.machines.pop(mid, None) is not None and c is self.cache:
+                    view = c.machine_views.get(mid) or MachineView(mid, {})
+                    self.departed[mid] = (clock.now(), view)
+                    log.info("machine %s left; its units stay for %.1fs (grace)", mid,
+                             self.grace_s)
             else:
                 c.machines[mid] = decode(MachineRecord, value)
+                self.departed.pop(mid, None)
         elif key.startswith(k.metadata):
             mid = key[len(k.metadata):]
             c.stale_machines = True
@@ -275,8 +322,14 @@ class Engine:
                     if relevant:
                         self._changed_since_full = True
                         self._wake.set()
-            except WatchCompacted:
+            except WatchCompacted as e:
+                # Changes in the compacted gap are gone unseen (a machine that died, a unit
+                # destroyed): only a full pass over the reloaded cache can catch up.
+                log.info("engine: %s; reloading and reconciling everything", e)
                 await self._load()
+                self._dirty.clear()
+                self._need_full = True
+                self._changed_since_full = True
                 self._wake.set()
 
     def _note_change(self, key: str, deleted: bool) -> None:
@@ -323,6 +376,8 @@ class Engine:
             c.machine_views = {
                 m.id: MachineView(m.id, merge_metadata(m.metadata, c.metadata.get(m.id)))
                 for m in c.machines.values()}
+            for mid, (_, view) in self.departed.items():
+                c.machine_views.setdefault(mid, view)
             c.stale_machines = False
         return ClusterSnapshot(c.machine_views, c.jobs, c.sched_sets), c.broken
 
@@ -358,6 +413,10 @@ class Engine:
             self.xfleet.prune(c.units)
         else:
             self.fast_passes += 1
+        if self.departed:
+            # A machine in its grace keeps what it has and gets nothing new.
+            decisions = [d for d in decisions
+                         if not (isinstance(d, Assign) and d.machine_id in self.departed)]
         ops: list[Op] = []
         reg = self.registry
         scope = c.schedule if dirty is None else {u: c.schedule[u] for u in dirty

@@ -6,6 +6,9 @@
   fleet-lab exec NAME -- CMD...      run CMD inside machine NAME
   fleet-lab stop NAME                power cut; `fleet-lab start NAME` boots it again
   fleet-lab partition NAME           cut the machine off the network; `heal NAME` restores it
+  fleet-lab soak [--seed S] [--steps N] [--json]
+                                     random faults while units change; fails on any unit
+                                     running twice, lost change or unadopted restart
   fleet-lab down                     remove everything the lab made
 
 Environment: FLEET_LAB_DIR (state directory, default /var/lib/fleet-lab),
@@ -40,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
                        ("partition", "cut a machine off the network"),
                        ("heal", "restore a partitioned machine's network")):
         sub.add_parser(name, help=text).add_argument("name")
+    soak = sub.add_parser("soak", help="fault soak on the running lab (see fleetd.lab.soak)")
+    soak.add_argument("--seed", type=int, default=1)
+    soak.add_argument("--steps", type=int, default=20)
+    soak.add_argument("--json", action="store_true")
     return p
 
 
@@ -89,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
             lab.partition(args.name)
             print(f"fleet-lab: {args.name} partitioned")
             return 0
+        if args.command == "soak":
+            from fleetd.config import Config
+            from fleetd.lab.soak import main as soak_main
+
+            ttl = float(os.environ.get("FLEET_LAB_AGENT_TTL") or Config().agent_ttl)
+            return soak_main(lab, args.seed, args.steps, ttl, args.json)
         if args.command == "heal":
             lab.heal(args.name)
             print(f"fleet-lab: {args.name} healed")

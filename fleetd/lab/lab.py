@@ -8,6 +8,8 @@ Layout on the host (all of it removed by `Lab.down()`):
                                          machine-id, hostname, network unit, masked host
                                          services, fleetd.service and /etc/fleet/fleet.conf
                                          (written by packaging/provision-fleetd.sh --root)
+  /var/lib/fleet-lab/shared/             bind-mounted read-write at /run/fleet-lab-shared in
+                                         every machine (the soak's locks and samples)
   bridge flab0 (10.77.0.1/24); machine mN is 10.77.0.(10+N) on the container side of veth
   vb-mN; nft table `bridge fleet_lab` drops the traffic of partitioned machines' ports;
   cgroups fleet-lab-mN (one per container, in the name=systemd and cgroup2 hierarchies).
@@ -45,6 +47,7 @@ HOST_IP = f"{SUBNET}.1"
 ETCD_PORT = 2379
 ETCD_PEER_PORT = 2380
 API_PORT = 9810
+SHARED_IN_MACHINE = "/run/fleet-lab-shared"  # the host's STATE_DIR/shared, in every machine
 HTTP_PORT = 49153  # fleet's HTTP API v1, for unmodified fleet clients
 NFT_TABLE = "fleet_lab"
 CGROUP_PREFIX = "fleet-lab-"
@@ -515,6 +518,11 @@ WantedBy=multi-user.target
                f"--uuid={uuid.UUID(m.machine_id)}", "--boot", "--register=no", "--keep-unit",
                f"--network-bridge={BRIDGE}", "--console=read-only", "--link-journal=no"]
         cmd += [f"--bind-ro={p}" for p in bind_paths()]
+        # One host directory every machine sees (same kernel, so flock(2) locks on its files
+        # are shared): the soak's units lock there to prove they never run twice at once.
+        shared = self.dir / "shared"
+        shared.mkdir(exist_ok=True)
+        cmd.append(f"--bind={shared}:{SHARED_IN_MACHINE}")
         logf = open(self.dir / "machines" / m.name / "console.log", "ab")
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                 start_new_session=True, preexec_fn=enter_cgroups)

@@ -19,6 +19,10 @@ from typing import Self
 from fleetd.certificates import CertificateAuthority
 from fleetd.localcluster.usermanager import UserManager
 
+#: The signal that makes fleetd exit keeping its units (see fleetd.main.RESTART_SIGNAL; not
+#: imported from there to keep the harness free of fleetd's runtime imports).
+RESTART_SIGNAL = signal.SIGUSR2
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -202,19 +206,38 @@ class LocalMachine:
                 raise RuntimeError(f"fleetd {self.name} did not open its API socket")
             time.sleep(0.05)
 
-    def stop_fleetd(self, sig: int = signal.SIGTERM) -> None:
-        """Stop fleetd alone (its units keep running in the manager)."""
+    def stop_fleetd(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
+        """Send fleetd `sig` and wait for it to exit. SIGTERM is `systemctl stop fleetd`: it
+        stops and unloads its units and leaves the cluster. `RESTART_SIGNAL` (SIGUSR2) is the
+        restart of an upgrade: it exits leaving its units running for the next fleetd to
+        adopt. SIGKILL is a crash: units keep running until the dead-man switch fires."""
         if self.fleetd and self.fleetd.poll() is None:
             self.fleetd.send_signal(sig)
             try:
-                self.fleetd.wait(10)
+                self.fleetd.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 self.fleetd.kill()
                 self.fleetd.wait()
         self.fleetd = None
 
+    def restart_fleetd(self) -> None:
+        """`systemctl restart fleetd`: the new fleetd adopts the running units."""
+        self.stop_fleetd(RESTART_SIGNAL)
+        self.start_fleetd()
+
+    def freeze_fleetd(self) -> None:
+        """SIGSTOP: fleetd hangs (no renewal, no in-process fence); systemd's timer fences."""
+        assert self.fleetd is not None
+        self.fleetd.send_signal(signal.SIGSTOP)
+
+    def thaw_fleetd(self) -> None:
+        assert self.fleetd is not None
+        self.fleetd.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """A power cut: fleetd, the systemd manager and every unit process die at once."""
+        if self.fleetd and self.fleetd.poll() is None:
+            self.fleetd.send_signal(signal.SIGCONT)  # a frozen fleetd dies as well
         self.stop_fleetd(signal.SIGKILL)
         self.manager.kill()
         with contextlib.suppress(FileNotFoundError):

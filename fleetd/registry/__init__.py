@@ -1,9 +1,17 @@
 """The registry: fleet-py's cluster state in etcd v3. The only package that talks to etcd."""
 
-from fleetd.registry._etcd import EtcdClient, EtcdError, WatchCompacted, WatchEvent, backoff_sleep
+from fleetd.registry._etcd import (
+    EtcdApi,
+    EtcdClient,
+    EtcdError,
+    WatchCompacted,
+    WatchEvent,
+    backoff_sleep,
+)
 from fleetd.registry.registry import (
     Change,
     ClusterState,
+    MachineIdConflict,
     NotLeader,
     Registry,
     RegistryError,
@@ -27,9 +35,11 @@ __all__ = [
     "TARGET_STATES",
     "Change",
     "ClusterState",
+    "EtcdApi",
     "EtcdClient",
     "EtcdError",
     "Keys",
+    "MachineIdConflict",
     "MachineRecord",
     "NotLeader",
     "Registry",

@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import grpc
 from aetcd import rpc
@@ -234,8 +234,9 @@ class EtcdClient:
             try:
                 return await self._unary_once(what, method, request)
             except EtcdError as e:
-                if election == READ_RETRIES or not any(s in str(e) for s in _ELECTION_ERRORS):
-                    raise
+                if (not read_only or election == READ_RETRIES
+                        or not any(s in str(e) for s in _ELECTION_ERRORS)):
+                    raise  # a write is never retried: it may have been applied
             await asyncio.sleep(READ_RETRY_S)
         raise AssertionError("unreachable")
 
@@ -284,6 +285,13 @@ class EtcdClient:
         resp = await self._unary("get " + key, self._kv.Range, rpc.RangeRequest(key=key.encode()),
                                  read_only=True)
         return _kv(resp.kvs[0]) if resp.kvs else None
+
+    async def current_revision(self) -> int:
+        """The store's revision, by a linearizable (quorum) read: every write acknowledged
+        before this call has a revision at most this."""
+        resp = await self._unary("revision", self._kv.Range,
+                                 rpc.RangeRequest(key=b"\0", count_only=True), read_only=True)
+        return int(resp.header.revision)
 
     async def get_prefix(self, prefix: str, revision: int = 0) -> tuple[list[KV], int]:
         """All keys under `prefix` (at `revision` when non-zero) and the store revision read."""
@@ -454,6 +462,37 @@ class WatchStream:
         except (grpc.aio.AioRpcError, grpc.aio.UsageError):
             return False
         return True
+
+
+@runtime_checkable
+class EtcdApi(Protocol):
+    """What the registry needs from an etcd connection: `EtcdClient` over gRPC, or the
+    simulation's in-memory model (tests/sim). Errors are `EtcdError` (`WatchCompacted` for a
+    watch from a compacted revision); every call is bounded by `request_timeout_s`."""
+
+    request_timeout_s: float
+    requests: int
+
+    async def close(self) -> None: ...
+    def unreachable_for_s(self) -> float: ...
+    def last_answer_age_s(self) -> float: ...
+    async def get(self, key: str) -> KV | None: ...
+    async def get_prefix(self, prefix: str, revision: int = 0) -> tuple[list[KV], int]: ...
+    async def get_many(self, ranges: Sequence[tuple[str, bool, bool]]
+                       ) -> tuple[list[list[KV]], int]: ...
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int: ...
+    async def delete(self, key: str, prefix: bool = False) -> int: ...
+    async def txn(self, compare: Sequence[Cmp], success: Sequence[Op],
+                  failure: Sequence[Op] = ()) -> tuple[bool, int]: ...
+    async def grant(self, ttl_s: int) -> int: ...
+    async def revoke(self, lease: int) -> None: ...
+    async def keepalive_once(self, lease: int, timeout_s: float | None = None) -> int: ...
+    def watch_prefix(self, prefix: str, start_revision: int
+                     ) -> AsyncIterator[list[WatchEvent]]: ...
+
+
+if TYPE_CHECKING:
+    _satisfies: type[EtcdApi] = EtcdClient  # mypy checks the real client against the Protocol
 
 
 async def backoff_sleep(attempt: int, base_s: float = 0.1, cap_s: float = 2.0) -> None:

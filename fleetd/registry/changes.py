@@ -125,3 +125,31 @@ class WatchView:
         md = self.metadata.get(machine_id)
         self.state.machines[machine_id] = (
             replace(m, metadata=merge_metadata(m.metadata, md)) if md else m)
+
+
+def diff(old: ClusterState, new: ClusterState) -> list[Event]:
+    """The events that turn `old` into `new` (both whole snapshots), at `new.revision`: what a
+    watcher that lost its history (a compacted watch) missed in between. Deletions first, then
+    machines, units and states, each in name order."""
+    rev = new.revision
+    out: list[Event] = []
+    out += [Event(MACHINE_DELETED, rev, "", m) for m in sorted(old.machines.keys()
+                                                               - new.machines.keys())]
+    out += [Event(UNIT_DELETED, rev, u) for u in sorted(old.units.keys() - new.units.keys())]
+    old_states = {(u, m): s for u, per in old.states.items() for m, s in per.items()}
+    new_states = {(u, m): s for u, per in new.states.items() for m, s in per.items()}
+    out += [Event(STATE_DELETED, rev, u, m) for u, m in sorted(old_states.keys()
+                                                               - new_states.keys())]
+    out += [Event(MACHINE_PUT, rev, "", m) for m in sorted(new.machines)
+            if old.machines.get(m) != new.machines[m]]
+
+    def unit_changed(u: str) -> bool:
+        return (old.units.get(u) != new.units[u]
+                or old.schedule.get(u, {}).keys() != new.schedule.get(u, {}).keys()
+                or old.states.get(u) != new.states.get(u)
+                or old.unschedulable.get(u) != new.unschedulable.get(u))
+
+    out += [Event(UNIT_PUT, rev, u) for u in sorted(new.units) if unit_changed(u)]
+    out += [Event(STATE_PUT, rev, u, m) for u, m in sorted(new_states)
+            if old_states.get((u, m)) != new_states[(u, m)]]
+    return out

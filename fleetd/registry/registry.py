@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,6 +20,7 @@ from fleetd.registry._etcd import (
     Put,
     WatchCompacted,
     WatchEvent,
+    backoff_sleep,
 )
 from fleetd.registry.schema import (
     TARGET_STATES,
@@ -33,10 +35,13 @@ from fleetd.registry.schema import (
     merge_metadata,
 )
 
+log = logging.getLogger("fleetd.registry")
+
 __all__ = [
     "Change",
     "ClusterState",
     "EtcdError",
+    "MachineIdConflict",
     "NotLeader",
     "Registry",
     "RegistryError",
@@ -61,6 +66,24 @@ class UnitConflict(RegistryError):
 
 class NotLeader(RegistryError):
     """The engine lost its leadership while writing decisions."""
+
+
+class MachineIdConflict(RegistryError):
+    """Another live machine (another lease, another host) holds this machine id's registration.
+
+    Two hosts with one /etc/machine-id (a cloned image) must not share a registration: the
+    second would take over the first's units. `other` is the registration found."""
+
+    def __init__(self, machine_id: str, other: MachineRecord) -> None:
+        where = ", ".join(p for p in (f"ip {other.ip}" if other.ip else "",
+                                      f"hostname {other.hostname}" if other.hostname else "")
+                          if p) or "unknown address"
+        super().__init__(
+            f"machine id {machine_id} is already registered by another live machine ({where}); "
+            "refusing to take over its registration: give this host its own /etc/machine-id "
+            "(e.g. rm /etc/machine-id && systemd-machine-id-setup)")
+        self.machine_id = machine_id
+        self.other = other
 
 
 @dataclass(frozen=True)
@@ -345,7 +368,75 @@ class Registry:
         await self.etcd.revoke(lease)
 
     async def register_machine(self, machine: MachineRecord, lease: int) -> None:
-        await self.etcd.put(self.keys.machine(machine.id), encode(machine), lease)
+        """Register `machine` on `lease`: create-if-absent, never over another machine's key.
+
+        The key may be written when it is absent, already on `lease`, or held by a registration
+        from the same host (same IP and hostname: this host's previous fleetd, whose lease has
+        not expired yet, e.g. a restart that adopts its units). Anything else is another live
+        machine with the same id: MachineIdConflict, nothing written. Every write is a
+        transaction guarded by what was read, so two fleetds racing cannot both win."""
+        key = self.keys.machine(machine.id)
+        value = encode(machine)
+        for _ in range(10):
+            ok, _ = await self.etcd.txn([Cmp(key, "create", "==", 0)], [Put(key, value, lease)])
+            if ok:
+                return
+            kv = await self.etcd.get(key)
+            if kv is None:
+                continue  # its lease expired in between: create it again
+            if kv.lease != lease:
+                other = decode(MachineRecord, kv.value)
+                if (other.ip, other.hostname) != (machine.ip, machine.hostname):
+                    raise MachineIdConflict(machine.id, other)
+            ok, _ = await self.etcd.txn([Cmp(key, "mod", "==", kv.mod_revision)],
+                                        [Put(key, value, lease)])
+            if ok:
+                return
+        raise RegistryError(f"registration of machine {machine.id} kept changing "
+                            "concurrently; try again")
+
+    async def guard_registration(self, machine: Callable[[], MachineRecord],
+                                 lease: Callable[[], int]) -> None:
+        """Watch this machine's own key for as long as it runs: restore it when it vanishes
+        while `lease()` is live (deleted by hand, or overwritten by an impostor whose lease
+        then expired); raise MachineIdConflict when another lease holds it.
+
+        `lease()` returning 0 means the session has no lease (it is registering anew): the
+        key is then left alone. Returns never; raises EtcdError only for the caller to retry
+        (the loop itself resumes its watch after connection faults)."""
+        attempt = 0
+        while True:
+            try:
+                mid = machine().id
+                key = self.keys.machine(mid)
+                kvs, rev = await self.etcd.get_prefix(key)
+                await self._check_registration(machine, lease, next(
+                    (kv for kv in kvs if kv.key == key), None))
+                attempt = 0
+                async for batch in self.etcd.watch_prefix(key, rev + 1):
+                    if any(ev.kv.key == key for ev in batch):
+                        await self._check_registration(machine, lease, await self.etcd.get(key))
+            except (EtcdError, WatchCompacted):
+                await backoff_sleep(attempt)
+                attempt += 1
+
+    async def _check_registration(self, machine: Callable[[], MachineRecord],
+                                  lease: Callable[[], int], kv: Any) -> None:
+        own = lease()
+        if not own:
+            return
+        record = machine()
+        if kv is None:
+            log.warning("machine %s: its registration vanished while lease %x is live; "
+                        "restoring it", record.id, own)
+            await self.register_machine(record, own)
+        elif kv.lease != own:
+            other = decode(MachineRecord, kv.value)
+            if lease() == own:  # not re-registering meanwhile
+                log.error("machine %s: registration taken over by lease %x (ip %s, "
+                          "hostname %s); this fleetd stops acting for it", record.id,
+                          kv.lease, other.ip, other.hostname)
+                raise MachineIdConflict(record.id, other)
 
     async def list_machines(self) -> dict[str, MachineRecord]:
         kvs, _ = await self.etcd.get_prefix(self.keys.machines)

@@ -8,10 +8,12 @@ from fleetd.systemd._manager import (
     unit_name_from_path,
     unit_object_path,
 )
+from fleetd.systemd._protocol import UnitManager
 
 __all__ = [
     "SystemdError",
     "SystemdManager",
+    "UnitManager",
     "UnitStatus",
     "is_unit_name",
     "unit_name_from_path",

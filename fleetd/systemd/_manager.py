@@ -13,14 +13,24 @@ import logging
 import os
 import pathlib
 import re
+import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
-from dbus_fast import BusType, Message, MessageType
+from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
+
+from fleetd.fencing import (
+    FENCE_DROP_IN,
+    FENCE_SERVICE_TEMPLATE,
+    FENCE_TARGET,
+    FENCE_TIMER_ACCURACY_S,
+    FENCE_TIMER_PREFIX,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +39,8 @@ SD_PATH = "/org/freedesktop/systemd1"
 SD_UNIT_PATH_PREFIX = SD_PATH + "/unit/"
 MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
 UNIT_IFACE = "org.freedesktop.systemd1.Unit"
+TIMER_IFACE = "org.freedesktop.systemd1.Timer"
+JOB_IFACE = "org.freedesktop.systemd1.Job"
 SERVICE_IFACE = "org.freedesktop.systemd1.Service"
 PROPS_IFACE = "org.freedesktop.DBus.Properties"
 
@@ -145,6 +157,19 @@ def unit_name_from_path(path: str) -> str | None:
         return raw.decode()
     except UnicodeDecodeError:
         return None
+
+
+def _write_atomic(directory: pathlib.Path, dest: pathlib.Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _is_hex(s: str) -> bool:
@@ -315,42 +340,150 @@ class SystemdManager:
                 continue  # removed concurrently
         return out
 
-    def write_unit_file(self, name: str, text: str) -> None:
+    def write_unit_file(self, name: str, text: str, drop_in: str | None = None) -> None:
         """Atomically (tmp file + rename) write unit file ``name`` into files_dir and link it
-        into unit_dir. Refuses to shadow a unit file fleet did not write."""
+        into unit_dir, with fleet's fencing ``drop_in`` (None: none, removed if present).
+        Refuses to shadow a unit file fleet did not write."""
         dest = self._unit_file(name)
         link = self._link(name)
         if (link.exists() or link.is_symlink()) and not self._is_our_link(link):
             raise SystemdError(f"write unit file {name}: {link} exists and was not written by "
                                "fleet; refusing to replace it")
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.files_dir)
         try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
+            # The drop-in first: the unit must never be loadable without its fence.
+            self._write_drop_in(name, drop_in)
+            _write_atomic(self.files_dir, dest, text)
             if not link.is_symlink():
                 os.symlink(dest, link)
-        except BaseException as e:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            if isinstance(e, OSError):
-                raise SystemdError(f"write unit file {name}: {e}") from e
-            raise
+        except OSError as e:
+            raise SystemdError(f"write unit file {name}: {e}") from e
+
+    def _drop_in_path(self, name: str) -> pathlib.Path:
+        return self.unit_dir / f"{name}.d" / FENCE_DROP_IN
+
+    def _write_drop_in(self, name: str, text: str | None) -> None:
+        path = self._drop_in_path(name)
+        if text is None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+            return
+        path.parent.mkdir(exist_ok=True)
+        _write_atomic(path.parent, path, text)
+
+    def has_drop_in(self, name: str) -> bool:
+        """True if fleet's fencing drop-in for ``name`` is on disk."""
+        return self._drop_in_path(name).is_file()
 
     def remove_unit_file(self, name: str) -> None:
-        """Delete unit file ``name`` and its link; a missing file is fine."""
+        """Delete unit file ``name``, its link and fleet's drop-in; a missing file is fine."""
         link = self._link(name)
         try:
             if self._is_our_link(link):
                 link.unlink()
+            self._write_drop_in(name, None)
             self._unit_file(name).unlink()
         except FileNotFoundError:
             pass
         except OSError as e:
             raise SystemdError(f"remove unit file {name}: {e}") from e
+
+    # ------------------------------------------------------------------ the dead-man switch
+
+    def install_fence(self) -> bool:
+        """Write `fleet-fence.target` and the template its timers trigger into fleet's fence
+        directory, linked into unit_dir; True if anything changed (then daemon-reload)."""
+        true = shutil.which("true") or "/bin/true"
+        files = {
+            FENCE_TARGET: (
+                "# Written by fleetd. Starting this target stops every non-global fleet unit\n"
+                "# (they conflict with it and are ordered before it): fleet's fence.\n"
+                "[Unit]\nDescription=fleet fence: this machine's non-global fleet units "
+                "stopped\nDefaultDependencies=no\nRefuseManualStart=no\n"),
+            FENCE_SERVICE_TEMPLATE: (
+                "# Written by fleetd. Triggered by fleetd's dead-man timer at its lease deadline.\n"
+                f"[Unit]\nDescription=fleet fence: lease deadline %i reached\n"
+                f"DefaultDependencies=no\nRequires={FENCE_TARGET}\nAfter={FENCE_TARGET}\n\n"
+                f"[Service]\nType=oneshot\nExecStart={true}\n"),
+        }
+        fence_dir = self.files_dir.parent / "fence"
+        fence_dir.mkdir(parents=True, exist_ok=True)
+        changed = False
+        try:
+            for name, text in files.items():
+                dest = fence_dir / name
+                link = self._link(name)
+                if not dest.is_file() or dest.read_text() != text:
+                    _write_atomic(fence_dir, dest, text)
+                    changed = True
+                if not (link.is_symlink() and os.readlink(link) == str(dest)):
+                    with contextlib.suppress(FileNotFoundError):
+                        link.unlink()
+                    os.symlink(dest, link)
+                    changed = True
+        except OSError as e:
+            raise SystemdError(f"install {FENCE_TARGET}: {e}") from e
+        return changed
+
+    async def arm_fence_timer(self, name: str, delay_s: float) -> None:
+        """Start transient timer ``name`` firing in ``delay_s`` seconds both on the monotonic
+        clock and on the wall clock, whichever comes first (see `fleetd.fencing`): it triggers
+        an instance of the fence template, which starts the fence target."""
+        usec = max(1, int(delay_s * 1e6))
+        deadline = time.time() + delay_s
+        calendar = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(deadline))
+        calendar += f".{int((deadline % 1) * 1e6):06d} UTC"
+        props = [
+            ("Description", Variant("s", "fleet dead-man switch (re-armed at each renewal)")),
+            ("AccuracyUSec", Variant("t", int(FENCE_TIMER_ACCURACY_S * 1e6))),
+            ("RemainAfterElapse", Variant("b", True)),
+            ("TimersMonotonic", Variant("a(st)", [["OnActiveSec", usec]])),
+            ("TimersCalendar", Variant("a(ss)", [["OnCalendar", calendar]])),
+        ]
+        await self._call_manager("StartTransientUnit", "ssa(sv)a(sa(sv))",
+                                 [name, "fail", props, []], op="arm", unit=name)
+
+    async def list_fence_timers(self) -> list[str]:
+        """Names of the fence timers systemd has loaded (any fleetd generation)."""
+        reply = await self._call_manager("ListUnitsByPatterns", "asas",
+                                         [[], [FENCE_TIMER_PREFIX + "*.timer"]],
+                                         op="list fence timers")
+        return sorted(row[0] for row in reply[0]) if reply else []
+
+    async def timer_fired(self, name: str) -> bool:
+        """True if timer ``name`` has triggered (or is gone: it cannot be trusted to fire)."""
+        path = unit_object_path(name)
+        last = await self._get_prop(path, TIMER_IFACE, "LastTriggerUSec", name)
+        return last is None or int(last) != 0
+
+    async def fence(self, timeout_s: float) -> bool:
+        """Start the fence target and wait until it is active, i.e. every non-global fleet unit
+        is inactive; False if that did not happen within ``timeout_s``."""
+        await self._call_manager("StartUnit", "ss", [FENCE_TARGET, "replace"], op="fence",
+                                 unit=FENCE_TARGET)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            st = await self.unit_status(FENCE_TARGET)
+            if st.active_state == "active":
+                return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+
+    async def job_type_of_pid(self, pid: int) -> str | None:
+        """The type of the job systemd has pending for the unit running ``pid`` ("restart",
+        "stop", ...); None if there is none or ``pid`` is not in a unit of this manager."""
+        reply = await self._call(
+            Message(destination=SD_BUS_NAME, path=SD_PATH, interface=MANAGER_IFACE,
+                    member="GetUnitByPID", signature="u", body=[pid]), "unit of pid")
+        if reply.message_type is MessageType.ERROR or not reply.body:
+            return None
+        job = await self._get_prop(reply.body[0], UNIT_IFACE, "Job", "own unit")
+        if not job or not job[0]:
+            return None
+        kind = await self._get_prop(job[1], JOB_IFACE, "JobType", "own job")
+        return str(kind) if kind else None
 
     # ------------------------------------------------------------------ manager calls
 

@@ -219,10 +219,16 @@ class XFleet:
 def xfleet_options(unit_file: UnitFile, name: str) -> XFleet:
     """Read and check the [X-Fleet] options of ``unit_file`` as seen by the unit ``name``.
 
+    Specifiers are expanded for the unit's own name. A template ("foo@.service") has no
+    instance to expand them with: its values are checked as written (so
+    ``MachineMetadata=host=%i`` is accepted) and each instance is checked after expansion.
     Raises InvalidUnitName for a bad ``name`` and InvalidXFleetOptions for an unknown option,
     a malformed value or contradictory options.
     """
     unit_name = parse_name(name)
+
+    def expand(item: str) -> str:
+        return item if unit_name.is_template else expand_specifiers(item, unit_name)
 
     def bad(problem: str) -> InvalidXFleetOptions:
         return InvalidXFleetOptions(problem, unit=name)
@@ -240,7 +246,7 @@ def xfleet_options(unit_file: UnitFile, name: str) -> XFleet:
             raise bad(f"{option}: {exc}") from None
         if canonical == _GLOBAL and len(items) > 1:
             raise bad(f"Global takes a single value, got {quote(raw)}")
-        collected[canonical].extend(expand_specifiers(item, unit_name) for item in items)
+        collected[canonical].extend(expand(item) for item in items)
 
     machine_ids = _unique(collected[_MACHINE_ID])
     if len(machine_ids) > 1:
@@ -258,14 +264,16 @@ def xfleet_options(unit_file: UnitFile, name: str) -> XFleet:
             raise bad(f"Conflicts pattern {quote(pattern)} is malformed: {exc}") from None
 
     if global_:
+        # fleet: a global unit may filter machines (MachineMetadata) and avoid conflicting
+        # units (Conflicts); it cannot be pinned to, follow or replace anything.
         for label, present in (
             (_MACHINE_ID, machine_ids),
             (_MACHINE_OF, machine_of),
-            (_CONFLICTS, conflicts),
             (_REPLACES, replaces),
         ):
             if present:
-                raise bad(f"Global=true cannot be used with {label} (only MachineMetadata)")
+                raise bad(f"Global=true cannot be used with {label} "
+                          "(only MachineMetadata and Conflicts)")
     if machine_ids and machine_of:
         raise bad("MachineID cannot be used with MachineOf")
     if machine_ids and conflicts:

@@ -15,6 +15,7 @@ import pytest
 
 from fleetctl.client import Client
 from fleetd.localcluster import LocalCluster, LocalMachine
+from fleetd.localcluster.cluster import RESTART_SIGNAL
 from tests.integration.conftest import UNITS_DIR, machines_running, unit_rows, wait_until
 
 TTL_S = 4
@@ -79,7 +80,7 @@ def test_engine_leader_loss_lets_another_machine_schedule(fresh_cluster: LocalCl
     assert holder(c, "hello.service") is not lead
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [RESTART_SIGNAL, signal.SIGKILL])
 def test_fleetd_restart_leaves_running_units_untouched(fresh_cluster: LocalCluster,
                                                        sig: signal.Signals) -> None:
     c = fresh_cluster

@@ -346,8 +346,7 @@ def test_patched_metadata_schedules_units_and_survives_fleetd_restart(
     ctx = ssl.create_default_context(cafile=cluster.client_tls.ca_file)
     ctx.load_cert_chain(cluster.client_tls.cert_file, cluster.client_tls.key_file)
     try:
-        m2.stop_fleetd()
-        m2.start_fleetd()
+        m2.restart_fleetd()
         wait_until(lambda: os.path.exists(m2.http_socket), what="http socket back")
         tcp = f"tcp:{m2.ip}:{port}"
         wait_until(lambda: request(tcp, "GET", f"{V1}/machines", tls=ctx).status == 200,
@@ -406,7 +405,7 @@ def test_put_refusals(cluster: LocalCluster, existing: str) -> None:
     assert_error(request(cluster, "PUT", url, {**ok, "name": "other.service"}), 400, "differs")
     # invalid options
     for opts, what in [(service(Bogus="1"), "unknown option"),
-                       (service(Global="true", Conflicts="x*"), "Global"),
+                       (service(Global="true", MachineID="x"), "Global"),
                        (service(MachineOf="httpnew.service"), "itself"),
                        (service(MachineMetadata="noequals"), "key=value")]:
         assert_error(request(cluster, "PUT", url, {**ok, "options": opts}), 400, what)
@@ -418,10 +417,10 @@ def test_put_refusals(cluster: LocalCluster, existing: str) -> None:
                  "options field empty")
     assert_error(request(cluster, "PUT", f"{V1}/units/{existing}", {}), 409,
                  "must provide desiredState")
-    # a different file under an existing name: 409, and the old file is untouched
-    assert_error(put_unit(cluster, existing, "launched", service("/bin/sleep 1")), 409,
-                 "different file")
-    assert get_unit(cluster, existing)["options"] == service()
+    # a template cannot be activated (the service layer's rule, as fleet's API)
+    assert_error(put_unit(cluster, "httptmpl@.service", "launched", service()), 400,
+                 "cannot activate template")
+    assert_error(request(cluster, "GET", f"{V1}/units/httptmpl@.service"), 404)
     # body too large
     big = json.dumps({"options": [{"section": "Service", "name": "X", "value": "v" * 9_000_000}]})
     assert_error(request(cluster, "PUT", url, raw=big.encode(), headers=JSON), 413)

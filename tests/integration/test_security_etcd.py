@@ -204,3 +204,42 @@ def test_fleetd_with_the_right_password_joins_and_with_a_wrong_one_says_why(
     finally:
         good.stop()
         bad.stop()
+
+
+def test_etcd_password_given_as_a_flag_is_not_visible_in_ps_and_a_password_file_works(
+        auth_etcd: SecureEtcd, manager: UserManager, root: pathlib.Path) -> None:
+    import subprocess
+    import sys
+
+    d1, d2 = root / "fleetd-pwflag", root / "fleetd-pwfile"
+    d1.mkdir()
+    d2.mkdir()
+    flag = SingleFleetd(d1, manager, auth_etcd.endpoint, {"etcd_username": "root"},
+                        prefix="/pwflag/")
+    secret = d2 / "etcd-password"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o600)
+    from_file = SingleFleetd(d2, manager, auth_etcd.endpoint,
+                             {"etcd_username": "root", "etcd_password_file": str(secret)},
+                             prefix="/pwflag/")
+    with open(flag.log, "ab") as log:
+        flag.proc = subprocess.Popen([sys.executable, "-m", "fleetd.main",
+                                      f"--etcd_password={PASSWORD}"], env=flag.env,
+                                     stdout=log, stderr=log, start_new_session=True)
+    from_file.start()
+    try:
+        flag.wait_for_socket()
+        from_file.wait_for_socket()
+        listed = wait_until(lambda: (lambda out: out if flag.machine_id in out
+                                     and from_file.machine_id in out else "")(
+            flag.fleetctl("list-machines", "-l").stdout), 20,
+            what="both fleetds registered with etcd password auth")
+        assert listed
+        cmdline = pathlib.Path(f"/proc/{flag.proc.pid}/cmdline").read_bytes()
+        assert PASSWORD.encode() not in cmdline, cmdline
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert PASSWORD not in ps
+        assert "--etcd_password is visible to every user in ps" in flag.output()
+    finally:
+        flag.stop()
+        from_file.stop()

@@ -129,7 +129,9 @@ def test_provision_fleetd_offline_root(tmp_path: pathlib.Path) -> None:
     assert (unit_dir / "multi-user.target.wants/fleetd.service").is_symlink()
     from fleetd.config import read_config_file
 
-    conf = read_config_file(str(tmp_path / "etc/fleet/fleet.conf"))
+    conf_path = tmp_path / "etc/fleet/fleet.conf"
+    assert conf_path.stat().st_mode & 0o777 == 0o600  # it may hold credentials
+    conf = read_config_file(str(conf_path))
     assert conf == {"etcd_servers": "http://10.0.0.1:2379", "public_ip": "10.0.0.2",
                     "metadata": "region=us-east,disk=ssd", "api_tcp": "10.0.0.2:9810",
                     "agent_ttl": "5s", "api_tls_cafile": "/etc/fleet/tls/ca.pem",

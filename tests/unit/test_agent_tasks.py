@@ -59,6 +59,10 @@ CASES = [
         [StopUnit("a.service")],
         id="launched_to_loaded_only_stops"),
     pytest.param(
+        by_name(want("a.service", "loaded")), by_name(have("a.service", applied="loaded")),
+        [],
+        id="loaded_unit_started_by_a_dependency_is_left_running"),
+    pytest.param(
         {}, by_name(have("a.service")),
         [StopUnit("a.service"), RemoveUnitFile("a.service"), DaemonReload()],
         id="unscheduled_running_unit_is_stopped_removed_reloaded"),

@@ -161,7 +161,7 @@ def test_undecodable_bodies_are_400(raw: bytes) -> None:
 
 @pytest.mark.parametrize(("opts", "message"), [
     ([("X-Fleet", "Bogus", "1")], "unknown option"),
-    ([("X-Fleet", "Global", "true"), ("X-Fleet", "Conflicts", "b*")], "Global"),
+    ([("X-Fleet", "Global", "true"), ("X-Fleet", "Replaces", "b.service")], "Global"),
     ([("X-Fleet", "MachineID", "a"), ("X-Fleet", "MachineOf", "b.service")], "MachineOf"),
     ([("Service", "Exec\nStart", "x")], ""),
 ])

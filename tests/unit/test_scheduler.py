@@ -473,6 +473,33 @@ CASES: list[tuple[str, list[Any], list[JobView], dict[str, set[str]], Schedule, 
         {},
     ),
     (
+        "a global conflicting with a running global runs nowhere (TestScheduleGlobalConflicts)",
+        ["m1", "m2", "m3"],
+        [
+            J("conflict-global.1.service", glob=True, conflicts="conflict-global.*.service"),
+            J("conflict-global.2.service", glob=True, conflicts="conflict-global.*.service"),
+        ],
+        {"conflict-global.1.service": {"m1", "m2", "m3"}},
+        {"conflict-global.1.service": {"m1", "m2", "m3"}},
+        {"conflict-global.2.service": "3 filtered by Conflicts (conflict-global.*.service)"},
+    ),
+    (
+        "running global keeps its machines even when a conflicting global sorts first",
+        ["m1", "m2"],
+        [J("a-g.service", glob=True, conflicts="*-g.service"), J("b-g.service", glob=True)],
+        {"b-g.service": {"m1", "m2"}},
+        {"b-g.service": {"m1", "m2"}},
+        {"a-g.service": "2 filtered by Conflicts (*-g.service)"},
+    ),
+    (
+        "global matching its own Conflicts pattern still runs everywhere",
+        ["m1", "m2"],
+        [J("conflict-global.1.service", glob=True, conflicts="conflict-global.*.service")],
+        {},
+        {"conflict-global.1.service": {"m1", "m2"}},
+        {},
+    ),
+    (
         "normal unit avoids machines of a conflicting global",
         [M("m1", role="web"), M("m2", role="db")],
         [

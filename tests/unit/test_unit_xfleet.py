@@ -220,7 +220,13 @@ def test_expand_specifiers(value: str, name: str, expected: str) -> None:
         ("MachineOf=db@%i.service", "web@7.service", XFleet(machine_of=("db@7.service",))),
         ("Conflicts=%p@*.service", "web@7.service", XFleet(conflicts=("web@*.service",))),
         ("MachineID=%i", "pin@abc.service", XFleet(machine_id="abc")),
-        ("MachineID=%i", "pin@.service", XFleet()),
+        ("MachineID=%i", "pin@.service", XFleet(machine_id="%i")),  # templates: as written
+        ("MachineMetadata=hostname=%i", "pinned@.service",
+         XFleet(metadata=(("hostname", ("%i",)),))),
+        ("MachineMetadata=hostname=%i", "pinned@m2.service",
+         XFleet(metadata=(("hostname", ("m2",)),))),
+        ("Conflicts=foo@%i.service", "bar@.service", XFleet(conflicts=("foo@%i.service",))),
+        ("Conflicts=foo@%i.service", "bar@3.service", XFleet(conflicts=("foo@3.service",))),
         ("MachineMetadata=shard=%i", "s@2.service", XFleet(metadata=(("shard", ("2",)),))),
         ("Replaces=%p@old.service", "x@new.service", XFleet(replaces=("x@old.service",))),
         ('Conflicts="%n-%%"', "q.service", XFleet(conflicts=("q.service-%",))),
@@ -239,7 +245,6 @@ def test_specifiers_in_xfleet(body: str, name: str, expected: XFleet) -> None:
     [
         ("Global=true\nMachineID=abc", "Global=true cannot be used with MachineID"),
         ("Global=true\nMachineOf=a.service", "Global=true cannot be used with MachineOf"),
-        ("Global=true\nConflicts=a*", "Global=true cannot be used with Conflicts"),
         ("Global=true\nReplaces=a.service", "Global=true cannot be used with Replaces"),
         ("Replaces=a.service\nConflicts=b*", "Replaces cannot be used with Conflicts"),
         ("MachineOf=foo.service", "MachineOf names the unit itself"),
@@ -268,6 +273,8 @@ def test_contradictions(body: str, problem: str) -> None:
     "body",
     [
         "Global=true\nMachineMetadata=role=web",
+        "Global=true\nConflicts=a*",  # fleet: a global unit avoids machines of its conflicts
+        "Global=true\nConflicts=foo*\nMachineMetadata=role=web",
         "Global=false\nMachineID=abc",
         "Global=false\nMachineOf=a.service\nConflicts=b*",
         "MachineID=abc\nMachineMetadata=a=b\nReplaces=old.service",
@@ -283,8 +290,25 @@ def test_allowed_combinations(body: str) -> None:
 
 def test_template_self_reference_checked_for_instances() -> None:
     text = "[X-Fleet]\nMachineOf=%p@%i.service\n"
+    Unit.from_text("foo@.service", text)  # the template: nothing to expand yet
     with pytest.raises(InvalidXFleetOptions, match="itself"):
-        Unit.from_text("foo@.service", text)
+        Unit.from_text("foo@1.service", text)
+
+
+@pytest.mark.parametrize(
+    ("body", "instance", "problem"),
+    [
+        ("MachineOf=%n", "h@a.service", "MachineOf names the unit itself"),
+        ("Replaces=%p@%i.service", "h@b.service", "Replaces names the unit itself"),
+        ("MachineOf=db@%i.service\nConflicts=db@1.service", "h@1.service", "matches Conflicts"),
+    ],
+)
+def test_template_accepted_instance_refused_after_expansion(
+        body: str, instance: str, problem: str) -> None:
+    text = f"[X-Fleet]\n{body}\n"
+    Unit.from_text("h@.service", text)
+    with pytest.raises(InvalidXFleetOptions, match=problem):
+        Unit.from_text(instance, text)
 
 
 # ---------------------------------------------------------------------------
@@ -445,8 +469,8 @@ def test_unit_from_bytes_keeps_text() -> None:
 def test_unit_template_and_instance() -> None:
     template = Unit.from_text("hello@.service", HELLO)
     assert template.xfleet == XFleet(
-        machine_of=("hello-sidekick@.service",), conflicts=("hello@*.service",)
-    )
+        machine_of=("%p-sidekick@%i.service",), conflicts=("%p@*.service",)
+    )  # a template's values are kept as written; its instances expand them
     instance = template.instantiate("hello@1.service")
     assert instance.name == "hello@1.service"
     assert instance.text == template.text

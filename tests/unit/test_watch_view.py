@@ -72,3 +72,32 @@ def test_journal_and_status_command_lines() -> None:
                                                 "--full", "--lines", "3", "--", "a.service"]
     with pytest.raises(ToolError, match="invalid journal output format"):
         system.journal_argv("a.service", 10, "yaml")
+
+
+def _state(rev: int, *changes: Change) -> ClusterState:
+    v = w.WatchView(ClusterState(rev, {}, {}, {}, {}, {}))
+    v.apply(changes)
+    v.state.revision = rev
+    return v.state
+
+
+M1 = MachineRecord("m1", "10.0.0.1")
+UNIT = Change("unit", 2, "a.service", "", REC)
+
+
+@pytest.mark.parametrize(("old", "new", "events"), [
+    ([], [], []),
+    ([Change("machine", 2, "", "m1", M1)], [], [w.Event(w.MACHINE_DELETED, 9, "", "m1")]),
+    ([], [Change("machine", 2, "", "m1", M1)], [w.Event(w.MACHINE_PUT, 9, "", "m1")]),
+    ([Change("machine", 2, "", "m1", M1)], [Change("machine", 2, "", "m1", M1)], []),
+    ([UNIT], [], [w.Event(w.UNIT_DELETED, 9, "a.service")]),
+    ([UNIT], [UNIT, Change("desired", 3, "a.service", "", "launched")],
+     [w.Event(w.UNIT_PUT, 9, "a.service")]),
+    ([UNIT, Change("state", 3, "a.service", "m1", STATE)], [UNIT],
+     [w.Event(w.STATE_DELETED, 9, "a.service", "m1"), w.Event(w.UNIT_PUT, 9, "a.service")]),
+    ([UNIT], [UNIT, Change("state", 3, "a.service", "m1", STATE)],
+     [w.Event(w.UNIT_PUT, 9, "a.service"), w.Event(w.STATE_PUT, 9, "a.service", "m1")]),
+])
+def test_diff_of_two_snapshots_is_what_a_compacted_watcher_missed(
+        old: list[Change], new: list[Change], events: list[w.Event]) -> None:
+    assert w.diff(_state(5, *old), _state(9, *new)) == events

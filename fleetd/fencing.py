@@ -1,0 +1,167 @@
+"""Fencing: the durations the never-two-copies argument rests on, and its pure decisions.
+
+The argument, in one place (every duration named here is used by the code, nowhere else):
+
+- A machine renews its lease every `renew_interval_s(ttl)`. Counting from the *send* of the
+  last successful renewal `S` (etcd restarts the TTL when it handles it, later), etcd cannot
+  expire the lease before `S + ttl`.
+- At every renewal fleetd re-arms a dead-man switch held by systemd (a transient timer, see
+  `fleetd.systemd`) firing at `S + ttl - fence_margin_s(ttl)`. It starts `fleet-fence.target`,
+  which every non-global fleet unit `Conflicts=` and is ordered `Before=`: one transaction stops
+  them all, and the target is active only once they are inactive. The timer lives in systemd,
+  so it fires whether fleetd is running, killed, frozen, hung or restarting without etcd.
+- Each non-global unit's stop is capped (`stop_timeout_s`, a drop-in `TimeoutStopSec=`) so that
+  the whole stop, every phase included, takes at most `FENCE_STOP_BOUND_S`.
+- The engine, having seen a machine's key vanish (at or after the expiry), waits
+  `engine_grace_s(ttl)` before starting that machine's units elsewhere. The grace covers the
+  stop bound, the timer's latency and the clock-rate error over a TTL; the fence margin is
+  left over as headroom (it is not subtracted).
+
+Worst case, lease expiry -> replacement may start: `engine_grace_s(ttl)` plus one engine pass
+and the new machine's StartUnit.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+#: Longest a fenced (or purged) non-global unit may take to reach inactive, all stop phases
+#: (ExecStop=, SIGTERM, SIGKILL, ExecStopPost=) included.
+FENCE_STOP_BOUND_S = 10.0
+#: systemd's lateness in firing the timer and starting the target's transaction (the timer is
+#: armed with an accuracy of `FENCE_TIMER_ACCURACY_S`).
+FENCE_TIMER_LATENCY_S = 0.5
+FENCE_TIMER_ACCURACY_S = 0.01
+#: Largest rate difference assumed between this machine's clock and etcd's leader's (1000 ppm,
+#: twice NTP's bound for a disciplined clock; an undisciplined quartz drifts ~50 ppm).
+CLOCK_RATE_ERROR = 1e-3
+#: Share of the TTL between renewals: two renewal attempts fit in one TTL.
+RENEW_FRACTION = 0.4
+#: Share of the TTL kept between the fence firing and the earliest expiry in etcd.
+FENCE_MARGIN_FRACTION = 0.2
+#: One quick attempt at revoking a lease we gave up (it may be unreachable anyway).
+REVOKE_TIMEOUT_S = 1.0
+
+#: The unit every non-global fleet unit conflicts with; starting it stops them all.
+FENCE_TARGET = "fleet-fence.target"
+#: The transient timers (one per arming generation) trigger instances of this template, which
+#: requires the target and runs after it.
+FENCE_SERVICE_TEMPLATE = "fleet-fence@.service"
+FENCE_TIMER_PREFIX = "fleet-fence@"
+#: Name of the drop-in fleet writes into a non-global unit's `NAME.d/`.
+FENCE_DROP_IN = "50-fleet-fence.conf"
+
+
+def renew_interval_s(ttl_s: float) -> float:
+    return ttl_s * RENEW_FRACTION
+
+
+def fence_margin_s(ttl_s: float) -> float:
+    """How long before the earliest possible expiry the fence fires; positive for any TTL."""
+    return ttl_s * FENCE_MARGIN_FRACTION
+
+
+def fence_delay_s(ttl_s: float, since_renewal_sent_s: float) -> float:
+    """Seconds from now to the fence, `since_renewal_sent_s` after the last renewal was sent
+    (0 when the fence is already due)."""
+    return max(0.0, ttl_s - fence_margin_s(ttl_s) - since_renewal_sent_s)
+
+
+def engine_grace_s(ttl_s: float) -> float:
+    """How long the engine waits, after it sees a machine's key vanish, before it starts that
+    machine's units elsewhere."""
+    return FENCE_STOP_BOUND_S + FENCE_TIMER_LATENCY_S + CLOCK_RATE_ERROR * ttl_s
+
+
+# --- the stop-time cap ---------------------------------------------------------------------
+
+_SPAN_UNITS_S = {
+    "us": 1e-6, "usec": 1e-6, "ms": 1e-3, "msec": 1e-3, "": 1.0, "s": 1.0, "sec": 1.0,
+    "second": 1.0, "seconds": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0,
+    "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0, "d": 86400.0, "day": 86400.0,
+    "days": 86400.0,
+}
+_SPAN_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-z]*)")
+
+
+def parse_timespan_s(value: str) -> float | None:
+    """systemd's time span ("90", "1min 30s", "500ms", "infinity") in seconds; None when it is
+    not one (infinity, 0 meaning "no timeout", or unparseable: all treated as unbounded)."""
+    text = value.strip().lower()
+    if not text or text == "infinity":
+        return None
+    total = 0.0
+    pos = 0
+    while pos < len(text):
+        m = _SPAN_RE.match(text, pos)
+        if m is None or m.end() == pos or m.group(2) not in _SPAN_UNITS_S:
+            return None
+        total += float(m.group(1)) * _SPAN_UNITS_S[m.group(2)]
+        pos = m.end()
+        while pos < len(text) and text[pos] == " ":
+            pos += 1
+    return total if total > 0 else None
+
+
+@dataclass(frozen=True)
+class StopShape:
+    """What bounds a service's stop: how many ExecStop=/ExecStopPost= commands it runs (each
+    gets a full TimeoutStopSec=) and the timeout the unit asks for (None: default/unbounded)."""
+
+    stop_commands: int = 0
+    timeout_s: float | None = None
+
+
+def stop_shape(options: tuple[tuple[str, str, str], ...]) -> StopShape:
+    """Read the stop-relevant [Service] options of a parsed unit file (last setting wins, an
+    empty ExecStop= resets the list, as systemd does)."""
+    stops = 0
+    posts = 0
+    timeout: float | None = None
+    for section, name, value in options:
+        if section != "Service":
+            continue
+        if name == "ExecStop":
+            stops = stops + 1 if value.strip() else 0
+        elif name == "ExecStopPost":
+            posts = posts + 1 if value.strip() else 0
+        elif name in ("TimeoutStopSec", "TimeoutSec"):
+            timeout = parse_timespan_s(value)
+    return StopShape(stops + posts, timeout)
+
+
+def stop_timeout_s(shape: StopShape, bound_s: float = FENCE_STOP_BOUND_S) -> float:
+    """The TimeoutStopSec= that keeps the whole stop within `bound_s`: each stop command, the
+    SIGTERM phase and the SIGKILL phase may each use one full timeout. A smaller value the unit
+    asks for is kept."""
+    cap = bound_s / (shape.stop_commands + 2)
+    if shape.timeout_s is not None:
+        cap = min(cap, shape.timeout_s)
+    return round(cap, 3)
+
+
+def fence_drop_in(name: str, options: tuple[tuple[str, str, str], ...] | None,
+                  is_global: bool) -> str | None:
+    """The drop-in fleet writes for unit `name` (None for a global unit: it keeps running when
+    the machine is fenced, as in fleet). `options` is the parsed file (None if unparseable: the
+    cap then assumes the worst a file can do within the bound, no stop commands counted)."""
+    if is_global:
+        return None
+    lines = ["# Written by fleetd: fencing stops this unit (see fleetd/fencing.py).",
+             "[Unit]", f"Conflicts={FENCE_TARGET}", f"Before={FENCE_TARGET}"]
+    if name.endswith(".service"):
+        shape = stop_shape(options or ())
+        lines += ["", "[Service]", f"TimeoutStopSec={stop_timeout_s(shape)}s"]
+    return "\n".join(lines) + "\n"
+
+
+# --- stop or restart -----------------------------------------------------------------------
+
+def keep_units_on_exit(job_type: str | None, restart_signal: bool) -> bool:
+    """On a termination request: True to exit leaving units running (an upgrade: systemd has a
+    restart job pending for fleetd, or fleetd got the explicit restart signal); False to stop
+    and unload them and leave the cluster (`systemctl stop fleetd`, a plain SIGTERM)."""
+    if restart_signal:
+        return True
+    return job_type in ("restart", "try-restart", "reload-or-restart", "reload-or-start")

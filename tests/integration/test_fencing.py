@@ -1,0 +1,235 @@
+"""Fencing that holds when fleetd itself fails, on a real cluster (real etcd, real `systemd
+--user` managers): the dead-man timer in systemd stops a machine's non-global units while its
+fleetd is frozen or dead, before the engine starts them elsewhere.
+
+Ground truth is systemd: a sampler asks every manager (`systemctl is-active`) every ~20 ms and
+notes when it first saw the original inactive; the managers and the test share the host's
+CLOCK_MONOTONIC, so the replacement's `ExecMainStartTimestampMonotonic` must come after that
+(systemd garbage-collects an inactive unit's own timestamps, so they cannot be used).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from fleetd.fencing import engine_grace_s
+from fleetd.localcluster import LocalCluster, LocalMachine
+from tests.integration.conftest import UNITS_DIR, machines_running, unit_rows, wait_until
+
+TTL_S = 4
+
+# Ignores SIGTERM (the shell and every child it forks), and its ExecStop takes 2 s: with the
+# cap (10 s bound / (1 stop command + 2) = 3.3 s per phase) it is inactive ~5.3 s after the fence.
+SLOW_UNIT = """[Unit]
+Description=stops slowly: ExecStop sleeps, SIGTERM is ignored
+
+[Service]
+ExecStart=/bin/sh -c 'trap "" TERM; while :; do sleep 1; done'
+ExecStop=/bin/sleep 2
+"""
+
+
+@pytest.fixture
+def fresh_cluster() -> Iterator[LocalCluster]:
+    c = LocalCluster(3, agent_ttl_s=TTL_S)
+    c.start()
+    yield c
+    c.cleanup()
+
+
+def holder(c: LocalCluster, unit: str) -> LocalMachine:
+    [mid] = wait_until(lambda: machines_running(c, unit), 20, what=f"{unit} running")
+    return c.machine(mid)
+
+
+#: systemd states in which a unit may still have processes: a "deactivating" unit is running.
+NOT_STOPPED = frozenset({"active", "activating", "deactivating", "reloading", "refreshing"})
+
+
+def machines_not_stopped(c: LocalCluster, unit: str) -> list[str]:
+    return [m.machine_id for m in c.machines if m.manager.pid is not None
+            and m.systemctl("is-active", unit).stdout.strip() in NOT_STOPPED]
+
+
+def monotonic_prop(m: LocalMachine, unit: str, prop: str) -> int:
+    out = m.systemctl("show", "-p", prop, "--value", unit).stdout.strip()
+    return int(out or 0)
+
+
+class Sampler:
+    """Polls every machine's systemd for `unit`; `most` is the largest number of machines seen
+    where it is not stopped (active, activating, deactivating...) at once."""
+
+    def __init__(self, c: LocalCluster, unit: str) -> None:
+        self.c, self.unit = c, unit
+        self.most = 0
+        self.samples = 0
+        self.seen_active: set[str] = set()
+        self.stopped_at: dict[str, float] = {}  # machine -> first sample seeing it inactive
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            running = machines_not_stopped(self.c, self.unit)
+            now = time.monotonic()
+            self.most = max(self.most, len(running))
+            self.samples += 1
+            for mid in running:
+                self.seen_active.add(mid)
+                self.stopped_at.pop(mid, None)
+            for mid in self.seen_active - set(running):
+                self.stopped_at.setdefault(mid, now)
+            time.sleep(0.02)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        wait_until(lambda: self.samples > 0, 5, what="the sampler's first sample")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def assert_moved_after_stop(c: LocalCluster, first: LocalMachine, unit: str,
+                            timeout_s: float, sampler: Sampler) -> tuple[LocalMachine, float]:
+    """Wait until `unit` runs on another machine; assert the original was inactive before the
+    replacement's process started. Returns the new holder and the gap in seconds."""
+    mid = wait_until(lambda: next((m for m in machines_running(c, unit)
+                                   if m != first.machine_id), None), timeout_s,
+                     what=f"{unit} started on another machine")
+    second = c.machine(mid)
+    started = monotonic_prop(second, unit, "ExecMainStartTimestampMonotonic") / 1e6
+    assert started > 0
+    assert first.machine_id not in machines_not_stopped(c, unit)
+    stopped = sampler.stopped_at.get(first.machine_id)
+    assert first.machine_id in sampler.seen_active and stopped is not None
+    assert stopped < started, f"replacement started {stopped - started:.3f}s early"
+    return second, started - stopped
+
+
+@pytest.mark.parametrize("fault", ["freeze", "kill"])
+def test_dead_man_timer_fences_a_frozen_or_dead_fleetd_before_the_unit_moves(
+        fresh_cluster: LocalCluster, fault: str) -> None:
+    c = fresh_cluster
+    c.fleetctl("start", str(UNITS_DIR / "hello.service"), str(UNITS_DIR / "monitor.service"),
+               check=True)
+    first = holder(c, "hello.service")
+    wait_until(lambda: len(machines_running(c, "monitor.service")) == 3, 15,
+               what="global monitor everywhere")
+    monitor_pid = first.main_pid("monitor.service")
+    with Sampler(c, "hello.service") as sampler:
+        t0 = time.monotonic()
+        if fault == "freeze":
+            first.freeze_fleetd()
+        else:
+            first.stop_fleetd(signal.SIGKILL)  # and it stays down
+        # Nothing in fleetd runs now: only systemd's timer can stop the unit.
+        wait_until(lambda: not first.is_active("hello.service"), TTL_S + 2,
+                   what="hello.service fenced by systemd's timer")
+        fenced_after = time.monotonic() - t0
+        second, gap = assert_moved_after_stop(c, first, "hello.service",
+                                              TTL_S + engine_grace_s(TTL_S) + 15, sampler)
+        moved_after = time.monotonic() - t0
+        # The global unit is not fenced: same process all along.
+        assert first.main_pid("monitor.service") == monitor_pid
+        if fault == "freeze":
+            first.thaw_fleetd()
+            # Thawed, it finds its deadline passed, comes back through a new lease and does
+            # not start its old copy again.
+            c.wait_for_machines(3)
+            wait_until(lambda: any(r["machine"] == first.machine_id for r in unit_rows(c)
+                                   if r["unit"] == "monitor.service"), 15,
+                       what="thawed machine republished its states")
+            time.sleep(1)
+    print(f"\n{fault}: fenced {fenced_after:.1f}s after the fault, moved after "
+          f"{moved_after:.1f}s, gap original inactive -> replacement start {gap:.1f}s; "
+          f"{sampler.samples} samples")
+    assert sampler.most == 1, "hello.service ran on two machines at once"
+    assert machines_running(c, "hello.service") == [second.machine_id]
+
+
+def test_slow_stopping_unit_is_inactive_before_its_replacement_starts(
+        fresh_cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+    c = fresh_cluster
+    unit = tmp_path / "slow.service"
+    unit.write_text(SLOW_UNIT)
+    c.fleetctl("start", str(unit), check=True)
+    first = holder(c, "slow.service")
+    with Sampler(c, "slow.service") as sampler:
+        first.stop_fleetd(signal.SIGKILL)
+        second, gap = assert_moved_after_stop(c, first, "slow.service",
+                                              TTL_S + engine_grace_s(TTL_S) + 20, sampler)
+    print(f"\nslow unit: replacement started {gap:.1f}s after the original was inactive")
+    assert sampler.most == 1
+    assert machines_running(c, "slow.service") == [second.machine_id]
+
+
+def test_one_unit_that_cannot_be_written_does_not_wedge_the_others(
+        fresh_cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+    c = fresh_cluster
+    m = c.machines[0]
+    # Not written by fleet: the agent refuses to replace it.
+    (m.manager.unit_dir / "blocked.service").write_text(
+        "[Service]\nExecStart=/bin/sleep 1000\n")
+    names = []
+    for name in ("blocked.service", "ok1.service", "ok2.service"):
+        (tmp_path / name).write_text(
+            f"[Service]\nExecStart=/bin/sleep 1000\n\n[X-Fleet]\nMachineID={m.machine_id}\n")
+        names.append(str(tmp_path / name))
+    c.fleetctl("start", "--no-block", *names, check=True)
+    wait_until(lambda: m.is_active("ok1.service") and m.is_active("ok2.service"), 20,
+               what="the other units started")
+    rows = wait_until(lambda: (lambda rs: rs if rs and rs[0]["load"] == "error" else None)(
+        [r for r in _rows_with_load(c) if r["unit"] == "blocked.service"]), 20,
+        what="blocked.service reported with LoadState error")
+    assert rows[0]["machine"] == m.machine_id
+    assert not m.is_active("blocked.service")
+    log = (m.root / "fleetd.log").read_text()
+    assert "refusing to replace it" in log
+
+
+def _rows_with_load(c: LocalCluster) -> list[dict[str, str]]:
+    r = c.fleetctl("list-units", "--no-legend", "-l", "--fields", "unit,machine,load,active")
+    assert r.returncode == 0, r.stderr
+    out = []
+    for line in r.stdout.splitlines():
+        unit, machine, load, active = line.split()
+        out.append({"unit": unit, "machine": machine.split("/")[0], "load": load,
+                    "active": active})
+    return out
+
+
+def test_fleetd_stop_purges_and_deregisters_and_start_brings_units_back(
+        fresh_cluster: LocalCluster) -> None:
+    c = fresh_cluster
+    c.fleetctl("start", str(UNITS_DIR / "hello.service"), str(UNITS_DIR / "monitor.service"),
+               check=True)
+    m = holder(c, "hello.service")
+    wait_until(lambda: len(machines_running(c, "monitor.service")) == 3, 15,
+               what="global monitor everywhere")
+    with Sampler(c, "hello.service") as sampler:
+        t0 = time.monotonic()
+        m.stop_fleetd()  # SIGTERM, as `systemctl stop fleetd` outside a restart
+        stopped_in = time.monotonic() - t0
+        # fleet's TestNodeShutdown: the machine's units are stopped and unloaded, and the
+        # machine has left at once (its lease revoked, not lapsed).
+        assert not m.is_active("hello.service") and not m.is_active("monitor.service")
+        assert m.systemctl("show", "-p", "LoadState", "--value",
+                           "hello.service").stdout.strip() == "not-found"
+        ids = c.fleetctl("list-machines", "--no-legend", "-l", check=True).stdout
+        assert m.machine_id not in ids
+        assert_moved_after_stop(c, m, "hello.service", engine_grace_s(TTL_S) + 15, sampler)
+    assert sampler.most == 1
+    # Starting fleetd again brings its (global) units back.
+    m.start_fleetd()
+    c.wait_for_machines(3)
+    wait_until(lambda: m.is_active("monitor.service"), 20, what="monitor back on the machine")
+    print(f"\nfleetd stop took {stopped_in:.1f}s")

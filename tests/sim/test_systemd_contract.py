@@ -1,0 +1,168 @@
+"""The fake systemd behaves as a real one where fleet-py relies on it: the same contracts run
+against a real `systemd --user` manager through `SystemdManager` and against `FakeSystemd`
+through `FakeSystemdConnection` (on the virtual clock)."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+import pytest
+
+from fleetd import clock
+from fleetd.systemd import SystemdManager, UnitManager, UnitStatus
+from tests.harness import UserManager
+from tests.sim.fake_systemd import FakeSystemd
+from tests.sim.loop import VirtualLoop
+
+SLEEPER = "[Unit]\nDescription=contract {n}\n{extra}\n[Service]\nExecStart=/bin/sleep 1000\n{svc}"
+Contract = Callable[[UnitManager, str], Awaitable[None]]
+
+
+def _unit(n: str, extra: str = "", svc: str = "") -> str:
+    return SLEEPER.format(n=n, extra=extra, svc=svc)
+
+
+async def _until(sd: UnitManager, name: str, *active: str, timeout_s: float = 10.0
+                 ) -> UnitStatus:
+    deadline = clock.now() + timeout_s
+    while True:
+        st = await sd.unit_status(name)
+        if st.active_state in active:
+            return st
+        assert clock.now() < deadline, f"{name} stayed {st.active_state}, wanted {active}"
+        await asyncio.sleep(0.05)
+
+
+async def start_stop_and_signals(sd: UnitManager, tag: str) -> None:
+    name = f"c-{tag}-a.service"
+    seen: list[str] = []
+    sd.watch(lambda: {name}, lambda st: seen.append(st.active_state))
+    sd.write_unit_file(name, _unit("a"))
+    assert name in sd.read_unit_files()
+    await sd.daemon_reload()
+    await sd.start_unit(name)  # returns once queued
+    st = await _until(sd, name, "active")
+    assert st.load_state == "loaded" and st.main_pid > 0
+    assert (await sd.list_units([name]))[name].active_state == "active"
+    await sd.stop_unit(name)
+    await _until(sd, name, "inactive")
+    await asyncio.sleep(0.2)
+    assert "active" in seen and seen[-1] == "inactive"
+    sd.remove_unit_file(name)
+    await sd.daemon_reload()
+    assert name not in sd.read_unit_files()
+    assert (await sd.unit_status(name)).load_state == "not-found"
+
+
+async def a_stop_takes_as_long_as_exec_stop_and_is_capped_by_timeout(sd: UnitManager,
+                                                                     tag: str) -> None:
+    slow, capped = f"c-{tag}-slow.service", f"c-{tag}-capped.service"
+    sd.write_unit_file(slow, _unit("slow", svc="ExecStop=/bin/sleep 1\n"))
+    sd.write_unit_file(capped, _unit("capped", svc="ExecStop=/bin/sleep 30\nTimeoutStopSec=1s\n"))
+    await sd.daemon_reload()
+    for n in (slow, capped):
+        await sd.start_unit(n)
+        await _until(sd, n, "active")
+    t0 = clock.now()
+    await sd.stop_unit(slow)
+    await sd.stop_unit(capped)
+    assert (await sd.unit_status(slow)).active_state == "deactivating"
+    await _until(sd, slow, "inactive")
+    st = await _until(sd, capped, "inactive", "failed")
+    assert st.active_state == "failed", "a stop that ran into TimeoutStopSec= ends failed"
+    assert 0.9 <= clock.now() - t0 < 5
+
+
+async def conflicts_stop_the_other_unit(sd: UnitManager, tag: str) -> None:
+    a, b = f"c-{tag}-x.service", f"c-{tag}-y.service"
+    sd.write_unit_file(a, _unit("x"))
+    sd.write_unit_file(b, _unit("y", extra=f"Conflicts={a}\n"))
+    await sd.daemon_reload()
+    await sd.start_unit(a)
+    await _until(sd, a, "active")
+    await sd.start_unit(b)
+    await _until(sd, b, "active")
+    await _until(sd, a, "inactive")
+
+
+async def unknown_units_are_not_errors(sd: UnitManager, tag: str) -> None:
+    name = f"c-{tag}-never.service"
+    await sd.stop_unit(name)
+    await sd.reset_failed_unit(name)
+    st = await sd.unit_status(name)
+    assert (st.load_state, st.active_state) == ("not-found", "inactive")
+
+
+async def the_dead_man_timer_stops_non_global_units_to_inactive(sd: UnitManager,
+                                                              tag: str) -> None:
+    from fleetd import fencing
+
+    fenced, kept = f"c-{tag}-fenced.service", f"c-{tag}-global.service"
+    sd.install_fence()
+    sd.write_unit_file(fenced, _unit("fenced", svc="ExecStop=/bin/sleep 1\n"),
+                       fencing.fence_drop_in(fenced, None, False))
+    sd.write_unit_file(kept, _unit("global"), None)
+    assert sd.has_drop_in(fenced) and not sd.has_drop_in(kept)
+    await sd.daemon_reload()
+    for n in (fenced, kept):
+        await sd.start_unit(n)
+        await _until(sd, n, "active")
+    timer = f"{fencing.FENCE_TIMER_PREFIX}{tag}.timer"
+    await sd.arm_fence_timer(timer, 0.5)
+    assert timer in await sd.list_fence_timers()
+    t0 = clock.now()
+    await _until(sd, fencing.FENCE_TARGET, "active")
+    assert (await sd.unit_status(fenced)).active_state in ("inactive", "failed"), \
+        "the target is active only once the fenced unit is down (Before=)"
+    assert clock.now() - t0 >= 0.9
+    assert (await sd.unit_status(kept)).active_state == "active"
+    assert await sd.timer_fired(timer)
+    await sd.stop_unit(timer)
+    assert timer not in await sd.list_fence_timers()
+    await sd.start_unit(fenced)  # Conflicts= the other way: the target stops
+    await _until(sd, fenced, "active")
+    await _until(sd, fencing.FENCE_TARGET, "inactive")
+
+
+CONTRACTS = [the_dead_man_timer_stops_non_global_units_to_inactive, start_stop_and_signals, a_stop_takes_as_long_as_exec_stop_and_is_capped_by_timeout,
+             conflicts_stop_the_other_unit, unknown_units_are_not_errors]
+
+
+@pytest.fixture
+def um() -> Iterator[UserManager]:
+    root = pathlib.Path(tempfile.mkdtemp(prefix="fsc-", dir="/tmp"))
+    m = UserManager(root)
+    m.start()
+    try:
+        yield m
+    finally:
+        m.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("contract", CONTRACTS, ids=lambda f: f.__name__)
+async def test_contract_on_a_real_systemd(contract: Contract, um: UserManager) -> None:
+    sd = await SystemdManager.connect(user=True, bus_address=um.bus_address,
+                                      unit_dir=str(um.unit_dir))
+    try:
+        await contract(sd, str(int(time.time() * 1000) % 100000))
+    finally:
+        await sd.close()
+
+
+@pytest.mark.parametrize("contract", CONTRACTS, ids=lambda f: f.__name__)
+def test_contract_on_the_fake_systemd(contract: Contract) -> None:
+    loop = VirtualLoop()
+    conn = FakeSystemd(loop, "m1").connect("fleetd:m1#1")
+    clock.use(loop.time)
+    try:
+        loop.run_until_complete(loop.spawn("fleetd:m1#1", contract(conn, "f")))
+    finally:
+        clock.use(None)
+        loop.close()
