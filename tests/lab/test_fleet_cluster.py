@@ -113,8 +113,12 @@ def test_member_reboot_moves_exactly_one_unit() -> None:
     """fleet recreated the member with a new identity; here the power cut and boot keep its
     machine id (as a real reboot does), and the fourth machine gives the unit a home."""
     before = start_conflicts()
-    victim = name_of(before[not_m1(before)])
+    unit = not_m1(before)
+    victim = name_of(before[unit])
     lab("stop", victim)
+    # a reboot longer than the lease: the unit first finds the unoccupied machine
+    wait_until(lambda: active_units().get(unit) not in (None, [before[unit]]), 60,
+               what=f"{unit} active elsewhere while {victim} is down")
     lab("start", victim)
     wait_machines(4)
     after = single(wait_active(3))
