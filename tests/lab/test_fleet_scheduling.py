@@ -150,8 +150,8 @@ def test_replacing_unit_never_shares_the_machine_of_the_replaced_one(
     two = "MachineMetadata=hostname=m1\nMachineMetadata=hostname=m2"
     for i in range(2):  # load m2 so that m1 is the least loaded of the two
         fleetctl("start", _on(tmp_path, f"ballast.{i}.service", "MachineMetadata=hostname=m2"))
-    fleetctl("start", _on(tmp_path, "replace.0.service", "MachineMetadata=hostname=m1"))
-    single(wait_active(3))
+    fleetctl("start", _on(tmp_path, "replace.0.service", two))
+    assert single(wait_active(3))["replace.0.service"] == machine_ids()["m1"]
     body = (FIXTURES / "replace.1.service").read_text().replace(
         "[X-Fleet]\n", f"[X-Fleet]\n{two}\n")
     (tmp_path / "replace.1.service").write_text(body)
