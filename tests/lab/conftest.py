@@ -231,7 +231,7 @@ def active_units() -> dict[str, list[str]]:
     return out
 
 
-def wait_active(n: int, timeout_s: float = 60) -> dict[str, list[str]]:
+def wait_active(n: int, timeout_s: float = 30) -> dict[str, list[str]]:
     """Wait until exactly n (unit, machine) rows of list-units are active, as fleet's
     WaitForNActiveUnits; return unit -> machine ids."""
     def check() -> dict[str, list[str]] | None:
@@ -250,7 +250,7 @@ def single(active: dict[str, list[str]]) -> dict[str, str]:
     return {u: ms[0] for u, ms in active.items()}
 
 
-def wait_units(n: int, timeout_s: float = 60) -> list[dict[str, str]]:
+def wait_units(n: int, timeout_s: float = 30) -> list[dict[str, str]]:
     """Wait until list-units shows exactly n rows (fleet's WaitForNUnits)."""
     def check() -> list[dict[str, str]] | None:
         rows = list_units()
@@ -308,7 +308,11 @@ def destroy_all() -> None:
 
 def reset_cluster() -> None:
     """Between tests: every machine running with fleetd up and registered, no units."""
-    restore()
+    for m in machines():
+        if m["state"] == "partitioned":
+            lab("heal", m["name"])
+        elif m["state"] == "stopped":
+            lab("start", m["name"])
     ensure_fleetd()
     wait_machines(len(machines()))
     destroy_all()

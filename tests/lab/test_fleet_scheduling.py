@@ -61,21 +61,23 @@ def test_machineof_pairs_share_a_machine_and_move_together() -> None:
     where = single(wait_active(6))
     for i in range(3):
         assert where[f"ping.{i}.service"] == where[f"pong.{i}.service"]
-    old = name_of(where["ping.1.service"])
+    # fleet moved pair 1; here the first pair not on m1, the machine fleetctl talks to
+    i = next(i for i in range(3) if where[f"ping.{i}.service"] != machine_ids()["m1"])
+    ping, pong = f"ping.{i}.service", f"pong.{i}.service"
+    old = name_of(where[ping])
     # fleet stops fleet on that machine (systemctl stop fleet): the pair moves together
     lab("exec", old, "--", "systemctl", "stop", "fleetd")
     wait_machines(2)
+
     def migrated() -> dict[str, list[str]] | None:
         a = active_units()
-        ok = sum(map(len, a.values())) == 6 and a.get("ping.1.service") not in (
-            None, [where["ping.1.service"]])
+        ok = sum(map(len, a.values())) == 6 and a.get(ping) not in (None, [where[ping]])
         return a if ok else None
-    moved = wait_until(migrated, 60, what="ping.1.service active on another machine")
-    now = single(moved)
-    assert now["pong.1.service"] == now["ping.1.service"] != where["ping.1.service"]
+    now = single(wait_until(migrated, 60, what=f"{ping} active on another machine"))
+    assert now[pong] == now[ping] != where[ping]
     # ground truth: nothing of the pair still runs on the machine whose fleetd stopped
-    assert not is_active(old, "ping.1.service") and not is_active(old, "pong.1.service")
-    assert systemd_holders("ping.1.service") == [name_of(now["ping.1.service"])]
+    assert not is_active(old, ping) and not is_active(old, pong)
+    assert systemd_holders(ping) == [name_of(now[ping])]
 
 
 # --- TestScheduleConflicts, and the first smoke test's TestCluster ------------------------
@@ -148,8 +150,8 @@ def test_replacing_unit_never_shares_the_machine_of_the_replaced_one(
     two = "MachineMetadata=hostname=m1\nMachineMetadata=hostname=m2"
     for i in range(2):  # load m2 so that m1 is the least loaded of the two
         fleetctl("start", _on(tmp_path, f"ballast.{i}.service", "MachineMetadata=hostname=m2"))
-    fleetctl("start", _on(tmp_path, "replace.0.service", "MachineMetadata=hostname=m1"))
-    single(wait_active(3))
+    fleetctl("start", _on(tmp_path, "replace.0.service", two))
+    assert single(wait_active(3))["replace.0.service"] == machine_ids()["m1"]
     body = (FIXTURES / "replace.1.service").read_text().replace(
         "[X-Fleet]\n", f"[X-Fleet]\n{two}\n")
     (tmp_path / "replace.1.service").write_text(body)
