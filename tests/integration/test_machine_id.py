@@ -93,7 +93,7 @@ def test_a_fleetd_whose_registration_another_lease_takes_over_says_so_and_stops(
     try:
         record = json.dumps({"id": m.machine_id, "ip": "10.9.9.9"})
         etcdctl(c, "put", key, record, "--lease=" + lease)
-        wait_until(lambda: proc.poll() is not None, 15, what="m2's fleetd to stop acting")
+        wait_until(lambda: proc.poll() is not None, 30, what="m2's fleetd to stop acting")
         log = (m.root / "fleetd.log").read_text()
         assert f"machine {m.machine_id}: registration taken over by lease {lease}" in log
     finally:
