@@ -234,13 +234,18 @@ def active_units() -> dict[str, list[str]]:
 def wait_active(n: int, timeout_s: float = 30) -> dict[str, list[str]]:
     """Wait until exactly n (unit, machine) rows of list-units are active, as fleet's
     WaitForNActiveUnits; return unit -> machine ids."""
+    seen: list[dict[str, list[str]]] = [{}]
+
     def check() -> dict[str, list[str]] | None:
-        a = active_units()
+        seen[0] = a = active_units()
         return a if sum(len(v) for v in a.values()) == n else None
-    if n == 0:
-        wait_until(lambda: not active_units(), timeout_s, what="no active units")
-        return {}
-    return wait_until(check, timeout_s, what=f"{n} active units")
+    try:
+        if n == 0:
+            wait_until(lambda: not check() and not seen[0], timeout_s, what="no active units")
+            return {}
+        return wait_until(check, timeout_s, what=f"{n} active units")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last seen active: {seen[0]}") from None
 
 
 def single(active: dict[str, list[str]]) -> dict[str, str]:

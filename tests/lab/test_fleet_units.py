@@ -220,7 +220,9 @@ def test_replace_runs_the_new_version_after_the_old_one_stopped(tmp_path: pathli
     machine = name_of(single(wait_active(1))["replace-sync.service"])
     lab("exec", machine, "--", "rm", "-f", "/tmp/fleet-replace-sync.done")
     new = tmp_path / "replace-sync.service"
-    # the new version starts only if the old one's ExecStopPost (sleep 3; touch) has run
+    # the new version starts only if the old one's ExecStopPost (sleep 1; touch) has run.
+    # fleet's fixture slept 3 s: fleet-py caps each stop command (TimeoutStopSec=2.5s for a
+    # unit with two stop commands) so that fencing stops every unit within its bound.
     new.write_text((FIXTURES / "replace-sync.service").read_text().replace(
         'ExecStartPre=/bin/sh -c "echo sync"',
         "ExecStartPre=/usr/bin/test -f /tmp/fleet-replace-sync.done"))
