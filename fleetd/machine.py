@@ -50,6 +50,7 @@ class MachineSession:
         self.generation = 0  # bumps every time a new lease is taken
         self.lease_changed = asyncio.Event()
         self.on_lease_lost: list[Callable[[], Awaitable[None]]] = []
+        self._losing = asyncio.Lock()  # held while a lease is given up (fence, revoke)
         self.on_new_lease: list[Callable[[int], Awaitable[None]]] = []
         # After each renewal: False means "cannot stay protected" (the dead-man timer could not
         # be re-armed, or it already fired): the lease is given up and the machine fences.
@@ -79,7 +80,12 @@ class MachineSession:
         return max(0.5, self.ttl_s * 0.2)
 
     async def establish(self) -> None:
-        """Take a new lease and register the machine under it, retrying until etcd answers."""
+        """Take a new lease and register the machine under it, retrying until etcd answers.
+
+        Never while a `lose()` is fencing: a lease granted meanwhile would run out while its
+        new-lease handlers wait for the fence to finish, and fire the switch again (livelock)."""
+        async with self._losing:
+            pass
         attempt = 0
         while True:
             sent = clock.now()
@@ -177,6 +183,10 @@ class MachineSession:
         lease, self.lease = self.lease, 0
         if not lease:
             return
+        async with self._losing:
+            await self._give_up(lease, why)
+
+    async def _give_up(self, lease: int, why: str) -> None:
         log.error("giving up lease %x: %s", lease, why)
         metrics.LEASE_LOSSES.inc()
         for cb in self.on_lease_lost:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
-from fleetd import fencing, metrics
+from fleetd import clock, fencing, metrics
 from fleetd.agent.tasks import (
     CurrentUnit,
     DaemonReload,
@@ -48,7 +48,12 @@ from fleetd.unit import UnitError, UnitFile
 
 log = logging.getLogger("fleetd.agent")
 
-RUNNING_STATES = frozenset({"active", "activating", "reloading"})
+#: The fence target turning active this close to (or past) our fence deadline is our timer.
+FIRED_SLACK_S = 0.25
+
+# A unit counts as running until it is inactive: a deactivating unit may have a start queued
+# behind its stop (systemd keeps it), which only a StopUnit cancels.
+RUNNING_STATES = frozenset({"active", "activating", "reloading", "deactivating"})
 
 
 class Agent:
@@ -299,7 +304,10 @@ class Agent:
         """Checked right before each StartUnit: the fence may have fallen since the plan."""
         if unit is None:
             return False
-        return unit.is_global or (not self.fenced and bool(self.session.lease))
+        # The deadline, not just a lease id: callbacks parked through a freeze or VM pause
+        # run before the watchdog notices the lease lapsed.
+        return unit.is_global or (not self.fenced and bool(self.session.lease)
+                                  and clock.now() < self.session.fence_deadline)
 
     async def _apply_one(self, t: Task, desired: dict[str, DesiredUnit]) -> None:
         if isinstance(t, StopUnit):
@@ -341,17 +349,30 @@ class Agent:
     # --- state publication ----------------------------------------------------------------
     def _on_systemd_change(self, status: UnitStatus) -> None:
         if status.name == fencing.FENCE_TARGET:
-            if status.active_state == "active" and not self.fenced and self.session.lease:
-                # Only the dead-man timer starts it behind our back: its deadline passed (we
-                # were frozen, or could not renew in time). The units are stopping: give the
-                # lease up and come back through a fresh one.
+            if status.active_state != "active" or self.fenced or not self.session.lease:
+                return
+            if clock.now() >= self.session.fence_deadline - FIRED_SLACK_S:
+                # The dead-man timer fired at our deadline (we were frozen, or could not renew
+                # in time). The units are stopping: give the lease up, come back with a new one.
                 log.error("%s started by the dead-man timer: fenced", status.name)
                 self._spawn(self.session.lose("the dead-man timer fired"))
+            else:
+                # Not ours to act on: left active by an earlier fleetd, or an older timer
+                # generation that fired just as we re-armed. Our lease is good: the plan starts
+                # the units again (each start stops the target, Conflicts=).
+                self._wake.set()
             return
         old = self.statuses.get(status.name)
         self.statuses[status.name] = status
         if old != status:
             self._mark(status.name)
+            if status.active_state in RUNNING_STATES and not self._should_run(status.name):
+                self._wake.set()  # e.g. a start queued behind a slow stop ran after all
+
+    def _should_run(self, name: str) -> bool:
+        e = self.schedule.get(name)
+        return (e is not None and e.target_state == "launched"
+                and (e.is_global or not self.fenced))
 
     def _count_states(self) -> None:
         counts: dict[str, int] = {}
@@ -517,6 +538,12 @@ class Agent:
             await self.systemd.daemon_reload()
             if fenced:
                 await self.disarm()
+                # Leave no active fence target behind: the next fleetd must not take it for a
+                # firing of its own timer.
+                try:
+                    await self.systemd.stop_unit(fencing.FENCE_TARGET)
+                except SystemdError as e:
+                    log.warning("purge: stopping %s failed: %s", fencing.FENCE_TARGET, e)
             log.info("purged %d units: %s", len(names), ", ".join(sorted(names)) or "none")
         return fenced
 

@@ -128,6 +128,10 @@ class Engine:
         # machine id -> (when its key was seen gone, its last view): kept in the scheduler's
         # view for the grace, see the module doc.
         self.departed: dict[str, tuple[float, MachineView]] = {}
+        # What each departed machine had scheduled when it left: during its grace those units
+        # may still run there (frozen, partitioned, slow to stop), so no copy of them is placed
+        # anywhere, not even a new one after a destroy and a start (same name, same lock).
+        self.departed_units: dict[str, frozenset[str]] = {}
 
     async def run(self) -> None:
         attempt = 0
@@ -224,6 +228,7 @@ class Engine:
             for mid in per:
                 if mid not in c.machines and mid not in self.departed:
                     self.departed[mid] = (now, MachineView(mid, {}))
+                    self.departed_units[mid] = _units_of(c, mid)
                     log.info("machine %s left (it has units but no key); they stay for "
                              "%.1fs (grace)", mid, self.grace_s)
         for mid in list(self.departed):
@@ -276,6 +281,7 @@ class Engine:
                 if c.machines.pop(mid, None) is not None and c is self.cache:
                     view = c.machine_views.get(mid) or MachineView(mid, {})
                     self.departed[mid] = (clock.now(), view)
+                    self.departed_units[mid] = _units_of(c, mid)
                     log.info("machine %s left; its units stay for %.1fs (grace)", mid,
                              self.grace_s)
             else:
@@ -420,9 +426,13 @@ class Engine:
         else:
             self.fast_passes += 1
         if self.departed:
-            # A machine in its grace keeps what it has and gets nothing new.
+            # A machine in its grace keeps what it has and gets nothing new; what it had is
+            # placed nowhere else until the grace is over (global units run everywhere).
+            held = {u for mid in self.departed for u in self.departed_units.get(mid, ())}
             decisions = [d for d in decisions
-                         if not (isinstance(d, Assign) and d.machine_id in self.departed)]
+                         if not (isinstance(d, Assign) and (
+                             d.machine_id in self.departed
+                             or (d.unit in held and not _is_global(snap, d.unit))))]
         ops: list[Op] = []
         reg = self.registry
         scope = c.schedule if dirty is None else {u: c.schedule[u] for u in dirty
@@ -481,3 +491,12 @@ class Engine:
 
 def decode_json(raw: bytes) -> Any:
     return json.loads(raw)
+
+
+def _units_of(c: EngineCache, machine_id: str) -> frozenset[str]:
+    return frozenset(u for u, per in c.schedule.items() if machine_id in per)
+
+
+def _is_global(snap: ClusterSnapshot, unit: str) -> bool:
+    job = snap.jobs.get(unit)
+    return job is not None and job.xfleet.global_

@@ -89,7 +89,7 @@ def test_fleetd_failure_while_its_unit_moves_is_caught_by_the_random_schedules(k
     assert r.faults == 3
 
 
-@pytest.mark.xfail(strict=True, reason="agent treats deactivating as not running (found by sim)")
+
 def test_stop_start_stop_of_a_slow_stopping_unit_leaves_it_stopped() -> None:
     # Found by the simulation (seed 1980 on main): a start issued while the unit is still
     # deactivating is queued behind the stop by systemd; the agent counts "deactivating" as
@@ -111,7 +111,7 @@ def test_stop_start_stop_of_a_slow_stopping_unit_leaves_it_stopped() -> None:
     _run(script, max_stop_delay_s=8.0)
 
 
-@pytest.mark.xfail(strict=True, reason="fence outlasting the next lease's deadline livelocks")
+
 def test_a_fence_that_outlasts_the_next_leases_deadline_does_not_livelock() -> None:
     # Found by the simulation on the safety branch (seed 941, 60 s fault phase): after a purge
     # left fleet-fence.target active, the next fleetd took it for the dead-man timer, gave its
@@ -147,7 +147,7 @@ def test_destroy_and_start_again_while_the_leader_is_cut_off_never_runs_it_twice
     _run(script)
 
 
-@pytest.mark.xfail(strict=True, reason="start on a lease that expired during a VM pause")
+
 def test_a_paused_machine_resuming_does_not_start_units_on_its_expired_lease() -> None:
     # Found by the simulation on the safety branch (seed 10, --kinds vm_freeze): m3's VM was
     # paused (fleetd and systemd) past its lease; 14 ms after resuming, m3 started the

@@ -109,3 +109,29 @@ def test_a_new_leader_gives_machines_it_cannot_see_the_full_grace(now: list[floa
     assert eng._expire_departed()
     asyncio.run(eng.reconcile_once(1))
     assert placements(reg) == ["m1:web.service"]
+
+
+def test_a_unit_destroyed_and_started_again_waits_for_its_old_machines_grace(
+        now: list[float]) -> None:
+    """Found by the simulation (seed 10, VM pauses): m2 left with web.service still running
+    there (paused); the user destroys and starts web.service again. The new copy must not be
+    placed while m2 may still run the old one, whatever its name's history."""
+    eng, reg = engine_with(["m1", "m2"], {"web.service": "m2"})
+    k, c = reg.keys, eng.cache
+    eng._apply_kv(c, k.machine("m2"), None)  # m2's lease expired
+    eng._apply_kv(c, k.assignment("m2", "web.service"), None)  # destroy
+    eng._apply_kv(c, k.unit("web.service"), None)
+    eng._apply_kv(c, k.desired_state("web.service"), None)
+    rec = UnitRecord("web.service", TEXT, "h-new")  # start again
+    eng._apply_kv(c, k.unit("web.service"), encode(rec))
+    eng._apply_kv(c, k.desired_state("web.service"), encode("launched"))
+
+    async def passes() -> None:
+        await eng.reconcile_once(1)
+        assert not placements(reg), "placed while its old machine may still run it"
+        now[0] += engine_grace_s(TTL_S) + 0.01
+        assert eng._expire_departed()
+        await eng.reconcile_once(1)
+
+    asyncio.run(passes())
+    assert placements(reg) == ["m1:web.service"]
