@@ -132,7 +132,10 @@ class MachineSession:
         while True:
             # After a failure retry soon (an etcd leader election lasts about a second), each
             # attempt short enough that several fit before the fence deadline.
-            await asyncio.sleep(RENEW_RETRY_S if retry else self.renew_interval_s)
+            # Never let the deadline come first: a registration that took long (etcd just
+            # back) leaves less than a full interval before it.
+            await asyncio.sleep(RENEW_RETRY_S if retry else min(
+                self.renew_interval_s, max(0.05, (self.fence_deadline - clock.now()) / 2)))
             retry = False
             if not self.lease:
                 await self.establish()
