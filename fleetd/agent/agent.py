@@ -54,6 +54,9 @@ FIRED_SLACK_S = 0.25
 # A unit counts as running until it is inactive: a deactivating unit may have a start queued
 # behind its stop (systemd keeps it), which only a StopUnit cancels.
 RUNNING_STATES = frozenset({"active", "activating", "reloading", "deactivating"})
+# What a restarted agent adopts as launched: not a unit on its way down (stopped by the
+# dead-man switch while fleetd was away, say), which must be started again if still wanted.
+ADOPTED_STATES = RUNNING_STATES - {"deactivating"}
 
 
 class Agent:
@@ -109,7 +112,7 @@ class Agent:
         statuses = await self.systemd.list_units(self.file_hashes.keys())
         for name, st in statuses.items():
             self.statuses[name] = st
-            self.applied[name] = "launched" if st.active_state in RUNNING_STATES else "loaded"
+            self.applied[name] = "launched" if st.active_state in ADOPTED_STATES else "loaded"
         if self.file_hashes:
             log.info("found %d unit files from an earlier run: %s", len(self.file_hashes),
                      ", ".join(f"{n} ({self.applied.get(n, '?')})" for n in sorted(

@@ -159,3 +159,12 @@ def test_a_paused_machine_resuming_does_not_start_units_on_its_expired_lease() -
     # prevent: a paused VM runs its units again for their stop time on resume.)
     r = run_schedule(10, SimConfig(kinds=("vm_freeze",)))
     assert r.ok, r.violation
+
+
+def test_a_unit_still_stopping_when_fleetd_comes_back_is_started_again() -> None:
+    # Found by the simulation (seed 165, after the fixes above): fleetd was killed, the
+    # dead-man timer fired just before systemd restarted it, and the restarted agent adopted
+    # the slow-stopping (deactivating) unit as launched; it then ended failed and nothing
+    # started it again. A unit on its way down is adopted as loaded, so the plan starts it.
+    r = run_schedule(165, SimConfig())
+    assert r.ok, r.liveness or r.violation

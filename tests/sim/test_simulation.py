@@ -41,13 +41,6 @@ def test_thousands_of_random_fault_schedules_never_run_a_unit_twice(
         _failures(figures, "violation")
 
 
-# Not strict: whether a run of SIM_SCHEDULES schedules meets one of these bugs depends on the
-# count; the fixed-seed regressions in test_scenarios.py are strict.
-@pytest.mark.xfail(strict=False, reason=(
-    "known liveness bugs found by the simulation: the agent counts a deactivating unit as "
-    "stopped (a start queued behind its stop is never undone), and at TTL 5 s a fence whose "
-    "stop outlasts the new lease's fence deadline livelocks (of seeds 0-1999: 941, 1034, 1274, "
-    "1571, 1662, 1834 livelock; 1814, 1980 run a unit desired loaded)"))
 def test_every_launched_unit_runs_exactly_once_after_the_faults_heal(
         figures: dict[str, object]) -> None:
     assert figures["sim_liveness_failures"] == 0, "not converged:\n" + \
