@@ -16,9 +16,12 @@ import typer
 
 from fleetctl.client import Client, FleetctlError, NotFoundError
 from fleetctl.table import parse_fields, render, short_id
+from fleetd import __version__
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="fleetctl: control a fleet-py cluster.",
+# Like fleet, a bare `fleetctl` prints the same help as -h, --help and `help` and exits 0, and
+# that help names the version.
+app = typer.Typer(add_completion=False, invoke_without_command=True,
+                  help=f"fleetctl: control a fleet-py cluster.\n\nVersion: {__version__}",
                   context_settings={"help_option_names": ["-h", "--help"]})
 
 
@@ -73,18 +76,34 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def version_text() -> str:
+    """fleet's `fleetctl --version` line."""
+    return f"fleetctl version {__version__}"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit(0)
+
+
+# Every global flag also reads FLEETCTL_<FLAG> from the environment, as fleet's getFlagsFromEnv
+# did; a flag on the command line wins.
 @app.callback()
 def _root(
+    ctx: typer.Context,
     endpoint: str = typer.Option(None, "--endpoint", envvar="FLEETCTL_ENDPOINT",
                                  help="fleetd API: unix:///path or host:port"),
     request_timeout: float = typer.Option(10.0, "--request-timeout",
+                                          envvar="FLEETCTL_REQUEST_TIMEOUT",
                                           help="seconds to wait for one API call"),
     tunnel: str = typer.Option("", "--tunnel", envvar="FLEETCTL_TUNNEL",
                                help="reach the API (and machines) through SSH to this host[:port]"),
     ssh_username: str = typer.Option("core", "--ssh-username", envvar="FLEETCTL_SSH_USERNAME",
                                      help="user name for SSH connections"),
-    ssh_port: int = typer.Option(22, "--ssh-port", help="port of sshd on the machines"),
-    ssh_timeout: float = typer.Option(10.0, "--ssh-timeout",
+    ssh_port: int = typer.Option(22, "--ssh-port", envvar="FLEETCTL_SSH_PORT",
+                                 help="port of sshd on the machines"),
+    ssh_timeout: float = typer.Option(10.0, "--ssh-timeout", envvar="FLEETCTL_SSH_TIMEOUT",
                                       help="seconds to wait for an SSH connection"),
     known_hosts_file: str = typer.Option("~/.fleetctl/known_hosts", "--known-hosts-file",
                                          envvar="FLEETCTL_KNOWN_HOSTS_FILE",
@@ -99,7 +118,12 @@ def _root(
                                   help="TLS client certificate presented to fleetd"),
     key_file: str = typer.Option("", "--key-file", envvar="FLEETCTL_KEY_FILE",
                                  help="private key of the TLS client certificate"),
+    _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                  help="print fleetctl's version and exit"),
 ) -> None:
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
     from fleetctl.client import TlsFiles
     from fleetctl.sshcmd import SSHOptions
 
@@ -655,9 +679,7 @@ def why(unit: str = typer.Argument(..., help="unit name")) -> None:
 @app.command()
 def version() -> None:
     """Print fleetctl's version."""
-    from fleetd import __version__
-
-    typer.echo(f"fleetctl version {__version__}")
+    typer.echo(version_text())
 
 
 @app.command("help")

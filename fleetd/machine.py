@@ -202,6 +202,13 @@ class MachineSession:
         except (EtcdError, TimeoutError) as e:
             log.info("revoking lease %x failed (%s); it lapses on its own", lease, e)
 
+    async def update_metadata(self, metadata: dict[str, str]) -> None:
+        """Publish new configured ``metadata`` (a fleet.conf reload): the registration under the
+        current lease is rewritten now, every later one carries it."""
+        self.identity.metadata = dict(metadata)
+        if self.lease:
+            await self.registry.register_machine(self.identity.record(), self.lease)
+
     async def leave(self) -> None:
         """Revoke the lease: the machine leaves the cluster at once (list-machines drops it).
 

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 from fleetd import __version__
 from fleetd.config import (
+    OPTION_NAMES,
     Config,
     ConfigError,
     api_advertise_address,
@@ -22,7 +23,10 @@ from fleetd.config import (
 from fleetd.fencing import keep_units_on_exit
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from fleetd.api.tls import ApiTls
+    from fleetd.machine import MachineSession
     from fleetd.systemd import SystemdManager
 
 log = logging.getLogger("fleetd")
@@ -60,7 +64,40 @@ def setup_logging(verbosity: int) -> None:
     handler.setFormatter(JournalFormatter("JOURNAL_STREAM" in os.environ))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
+    set_verbosity(verbosity)
+
+
+def set_verbosity(verbosity: int) -> None:
+    logging.getLogger().setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
+
+
+#: Options a SIGHUP applies to the running fleetd; a change to any other needs a restart.
+RELOADABLE = ("metadata", "verbosity")
+
+
+async def reconfigure(current: Config, argv: Sequence[str],
+                      session: MachineSession) -> Config:
+    """SIGHUP (fleet's reconfigure): re-read fleet.conf, the FLEET_* environment and ``argv``;
+    apply the RELOADABLE options, log the other changes as needing a restart, and return the
+    configuration now in force. An invalid configuration changes nothing (fleet exited)."""
+    try:
+        new, _ = load_config(argv)
+    except ConfigError as e:
+        log.error("SIGHUP: configuration not reloaded, keeping the running one: %s", e)
+        return current
+    if new.verbosity != current.verbosity:
+        set_verbosity(new.verbosity)
+    if new.metadata != current.metadata:
+        await session.update_metadata(dict(new.metadata))
+    applied = [n for n in RELOADABLE if getattr(new, n) != getattr(current, n)]
+    pending = [n for n in OPTION_NAMES
+               if n not in RELOADABLE and getattr(new, n) != getattr(current, n)]
+    log.info("SIGHUP: configuration reloaded; applied: %s", ", ".join(applied) or "no change")
+    if pending:
+        log.warning("SIGHUP: changed options that take effect only after a restart of "
+                    "fleetd: %s", ", ".join(pending))
+    kept = {n: getattr(current, n) for n in OPTION_NAMES if n not in RELOADABLE}
+    return Config(**kept, **{n: getattr(new, n) for n in RELOADABLE})
 
 
 def sd_notify(state: str) -> bool:
@@ -110,8 +147,9 @@ def api_tls(cfg: Config) -> ApiTls | None:
         raise ConfigError(str(e)) from None
 
 
-async def serve(cfg: Config) -> None:
-    """Run fleetd until SIGTERM/SIGINT."""
+async def serve(cfg: Config, argv: Sequence[str] = ()) -> None:
+    """Run fleetd until SIGTERM/SIGINT; SIGHUP reloads the configuration read from ``argv``
+    (see `reconfigure`)."""
     from fleetd.agent.agent import Agent
     from fleetd.api.grpc_server import start_grpc_server
     from fleetd.api.remote import UnitOutputs
@@ -173,9 +211,27 @@ async def serve(cfg: Config) -> None:
         restart_signal = True
         stop.set()
 
+    running = cfg
+    reloading: asyncio.Future[None] | None = None
+
+    async def reload() -> None:
+        nonlocal running
+        try:
+            running = await reconfigure(running, argv, session)
+        except Exception as e:  # etcd down: the next SIGHUP (or restart) tries again
+            log.error("SIGHUP: reloading the configuration failed: %s", e)
+
+    def on_reload_signal() -> None:
+        nonlocal reloading
+        if stop.is_set():
+            return
+        if reloading is None or reloading.done():
+            reloading = asyncio.ensure_future(reload())
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(RESTART_SIGNAL, on_restart_signal)
+    loop.add_signal_handler(signal.SIGHUP, on_reload_signal)
     sd_notify("READY=1\nSTATUS=fleetd running as machine " + machine_id)
     log.info("fleetd %s started: machine %s, ip %s, metadata %s", __version__, machine_id,
              identity.ip, identity.metadata or "{}")
@@ -187,6 +243,8 @@ async def serve(cfg: Config) -> None:
             failed = j.exception() or RuntimeError("component returned")
             log.error("fleetd component failed: %r", failed)
     sd_notify("STOPPING=1")
+    if reloading is not None:
+        reloading.cancel()
     for j in jobs:
         j.cancel()
     await asyncio.gather(*jobs, return_exceptions=True)
@@ -245,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging(cfg.verbosity)
     try:
-        asyncio.run(serve(cfg))
+        asyncio.run(serve(cfg, sys.argv[1:] if argv is None else argv))
     except ConfigError as e:
         log.error("%s", e)
         return 2

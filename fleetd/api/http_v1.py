@@ -561,7 +561,8 @@ class HttpApi:
         changes = parse_metadata_patch(decode_json(await request.read()))
         if changes:
             await self.service.set_machine_metadata(changes)
-        return _no_content(204)
+        # fleet answered through sendResponse, which labels even an empty 204 as JSON
+        return web.Response(status=204, content_type="application/json")
 
     # --- discovery ----------------------------------------------------------------------
     async def discovery(self, request: web.Request, _: str) -> web.StreamResponse:

@@ -95,6 +95,7 @@ class WorkingState:
     holders: dict[tuple[str, ...], dict[str, int]] = field(default_factory=dict)
     replaces_of: dict[str, frozenset[str]] = field(default_factory=dict)
     replaced_by: dict[str, frozenset[str]] = field(default_factory=dict)
+    rivals: dict[str, frozenset[str]] = field(default_factory=dict)
     _meta_cache: dict[tuple[tuple[str, tuple[str, ...]], ...], frozenset[str]] = field(
         default_factory=dict
     )
@@ -131,8 +132,12 @@ class WorkingState:
                 replaces[name] = matched - {name}
         replaced_by: dict[str, set[str]] = {}
         for name, targets in replaces.items():
-            # Mutual replacement is ignored, as in fleet (it would reschedule forever).
-            effective = frozenset(t for t in targets if name not in replaces.get(t, ()))
+            # Units that Replace each other would evict each other forever; as in fleet, only
+            # one of them runs (the one already placed; else the first placed in the pass).
+            rivals = frozenset(t for t in targets if name in replaces.get(t, ()))
+            if rivals:
+                state.rivals[name] = rivals
+            effective = targets - rivals
             if effective:
                 state.replaces_of[name] = effective
                 for target in effective:
@@ -409,11 +414,14 @@ class ConflictsCheck(Check):
 
 
 class ReplacesCheck(Check):
-    """X-Fleet Replaces, seen from the replaced unit: it may not stay where a replacer is."""
+    """X-Fleet Replaces, seen from the replaced unit: it may not stay where a replacer is; of
+    units that Replace each other (rivals), none may run anywhere once one is placed."""
 
     name = "Replaces"
 
     def filter(self, state: WorkingState, job: JobView, candidates: Candidates) -> Candidates:
+        if self._placed_rivals(state, job):
+            return set()
         replacers = state.replaced_by.get(job.name)
         if not replacers:
             return candidates
@@ -422,16 +430,30 @@ class ReplacesCheck(Check):
             blocked.update(state.where(replacer))
         return _drop(state, candidates, blocked)
 
+    @staticmethod
+    def _placed_rivals(state: WorkingState, job: JobView) -> list[str]:
+        return sorted(r for r in state.rivals.get(job.name, ()) if state.where(r))
+
+    @staticmethod
+    def _rivals_phrase(rivals: list[str]) -> str:
+        return f"replaced by {', '.join(rivals)}, which it Replaces too: only one of them runs"
+
     def _replacers_on(self, state: WorkingState, job: JobView, machine_ids: set[str]) -> list[str]:
         return sorted(
             r for r in state.replaced_by.get(job.name, ()) if state.where(r) & machine_ids
         )
 
     def detail(self, state: WorkingState, job: JobView, machine_id: str) -> str:
+        rivals = self._placed_rivals(state, job)
+        if rivals:
+            return self._rivals_phrase(rivals)
         found = self._replacers_on(state, job, {machine_id})
         return f"replaced by {found[0] if found else '?'}"
 
     def summary(self, state: WorkingState, job: JobView, removed: set[str]) -> str:
+        rivals = self._placed_rivals(state, job)
+        if rivals:
+            return self._rivals_phrase(rivals)
         return "replaced by " + ", ".join(self._replacers_on(state, job, removed))
 
 

@@ -15,6 +15,8 @@ Rules (fleet's, plus the engine's own):
 * a still-feasible assignment is kept (no rebalancing); an infeasible one is moved;
 * units are processed MachineOf-targets (and replacers) first so followers land with their
   target; MachineOf cycles make every unit in the cycle unschedulable;
+* of units that Replace each other only one runs: the one already placed, else the first in
+  processing order; the others are unschedulable;
 * global units go to every live machine that passes the checks.
 """
 

@@ -1,4 +1,5 @@
-"""fleetd as a systemd service: Type=notify readiness, fleet.conf, clean SIGTERM shutdown."""
+"""fleetd as a systemd service: Type=notify readiness, fleet.conf, SIGHUP reload, clean SIGTERM
+shutdown."""
 
 from __future__ import annotations
 
@@ -65,6 +66,17 @@ def test_fleetd_runs_as_a_notify_service_configured_by_fleet_conf(
                      what="fleetd registered")
     assert (m.id, m.ip, dict(m.metadata)) == (machine_id, "10.1.2.3",
                                               {"role": "api", "zone": "a"})
+    # SIGHUP re-reads fleet.conf (fleet's TestReconfigureServer): same process, still serving,
+    # the new metadata published.
+    pid = manager.systemctl("show", "-p", "MainPID", "--value", "fleetd.service").stdout.strip()
+    conf.write_text(conf.read_text().replace('metadata="role=api,zone=a"', 'metadata="role=db"'))
+    assert manager.systemctl("kill", "-s", "HUP", "fleetd.service").returncode == 0
+    wait_until(lambda: [dict(m.metadata) for m in Client("unix://" + str(sock))
+                        .call("ListMachines").machines] == [{"role": "db"}], 10,
+               what="metadata reloaded on SIGHUP")
+    assert manager.systemctl("is-active", "fleetd.service").stdout.strip() == "active"
+    assert manager.systemctl("show", "-p", "MainPID", "--value",
+                             "fleetd.service").stdout.strip() == pid
     # SIGTERM (systemctl stop) is a clean shutdown: exit status 0, socket removed.
     assert manager.systemctl("stop", "fleetd.service").returncode == 0
     show = manager.systemctl("show", "-p", "Result", "-p", "ExecMainStatus",

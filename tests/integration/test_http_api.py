@@ -298,6 +298,7 @@ def test_patch_machine_metadata(cluster: LocalCluster) -> None:
         {"op": "add", "path": "/not-registered-yet/metadata/role", "value": "spare"},
     ])
     assert r.status == 204 and r.raw == b"", r
+    assert r.headers.get("Content-Type", "").startswith("application/json"), r.headers
     got = machines(cluster)
     assert got[m1.machine_id]["metadata"] == {"region": "eu-north", "rack": "r1"}
     assert got[m2.machine_id]["metadata"] == {"region": "us-west", "rack": "r2"}

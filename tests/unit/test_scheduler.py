@@ -429,12 +429,44 @@ CASES: list[tuple[str, list[Any], list[JobView], dict[str, set[str]], Schedule, 
         {"old.service": "1 filtered by Replaces (replaced by new.service)"},
     ),
     (
-        "mutual Replaces is ignored",
-        ["m1"],
+        "mutual Replaces: the placed unit keeps running, its rival runs nowhere",
+        ["m1", "m2", "m3"],
         [J("a.service", replaces="b.service"), J("b.service", replaces="a.service")],
-        {"a.service": {"m1"}, "b.service": {"m1"}},
-        {"a.service": {"m1"}, "b.service": {"m1"}},
+        {"b.service": {"m2"}},
+        {"b.service": {"m2"}},
+        {"a.service": "3 filtered by Replaces (replaced by b.service, which it Replaces too: "
+                      "only one of them runs)"},
+    ),
+    (
+        "mutual Replaces, neither placed: the first by name runs",
+        ["m1", "m2"],
+        [J("b.service", replaces="a.service"), J("a.service", replaces="b.service")],
         {},
+        {"a.service": {"m1"}},
+        {"b.service": "2 filtered by Replaces (replaced by a.service, which it Replaces too: "
+                      "only one of them runs)"},
+    ),
+    (
+        "mutual Replaces, both placed: one is unscheduled",
+        ["m1", "m2"],
+        [J("a.service", replaces="b.service"), J("b.service", replaces="a.service")],
+        {"a.service": {"m1"}, "b.service": {"m2"}},
+        {"b.service": {"m2"}},
+        {"a.service": "2 filtered by Replaces (replaced by b.service, which it Replaces too: "
+                      "only one of them runs)"},
+    ),
+    (
+        "mutual Replaces by glob, beside a one-way replacer",
+        ["m1", "m2"],
+        [
+            J("r.0.service", replaces="r.*.service"),
+            J("r.1.service", replaces="r.0.service"),
+            J("x.service", machine_id="m1", replaces="r.1.service"),
+        ],
+        {"r.1.service": {"m1"}},
+        {"r.1.service": {"m2"}, "x.service": {"m1"}},
+        {"r.0.service": "2 filtered by Replaces (replaced by r.1.service, which it Replaces "
+                        "too: only one of them runs)"},
     ),
     (
         "Replaces: followers of the replaced unit move with it",
