@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from fleetd import clock
 from fleetd.agent.agent import Agent
 from fleetd.agent.tasks import DaemonReload, StartUnit, WriteUnitFile
 from fleetd.fencing import FENCE_TARGET
@@ -70,6 +71,7 @@ def agent_with(units: dict[str, str]) -> tuple[Agent, FakeSystemd]:
     sd = FakeSystemd()
     session = MachineSession(object(), MachineIdentity("m1", "10.0.0.1"), 10)  # type: ignore
     session.lease = 7
+    session._last_renewed = clock.now()  # a lease renewed just now: starts are allowed
     agent = Agent(object(), sd, session)  # type: ignore[arg-type]
     agent.fenced = False
     for name, text in units.items():
