@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -235,20 +234,6 @@ class FleetServicer(pb_grpc.FleetServicer):
         else:
             out.kind = pb.WatchEvent.STATE_DELETED
         return out
-
-    async def PeerEtcdStatus(self, request: Any, context: Any) -> pb.PeerEtcdStatusResponse:
-        from fleetd.peers import PEER_PROBE_AFTER_S, PEER_PROBE_TIMEOUT_S
-
-        etcd = self.service.registry.etcd
-        if etcd.last_answer_age_s() > PEER_PROBE_AFTER_S:
-            try:  # a fresh answer: "etcd works for me" must not be a renewal-interval old
-                await asyncio.wait_for(self.service.registry.leader(), PEER_PROBE_TIMEOUT_S)
-            except (TimeoutError, EtcdError):
-                pass
-        age = etcd.last_answer_age_s()
-        return pb.PeerEtcdStatusResponse(
-            machine_id=self.outputs.machine_id if self.outputs else "",
-            last_answer_age_s=age if age != float("inf") else -1.0)
 
     async def ExplainUnit(self, request: Any, context: Any) -> pb.Explanation:
         ex = await _call(context, lambda: self.service.explain_unit(request.name))

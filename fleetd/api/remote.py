@@ -258,20 +258,3 @@ def _forward_error(address: str, e: Any) -> ApiError:
         return InvalidArgument(e.details())
     return Unavailable(f"fleetd at {address}: {e.details() or code.name}")
 
-
-async def peer_etcd_age(address: str, timeout_s: float, tls: ApiTls | None,
-                        machine_id: str) -> float | None:
-    """Seconds since the fleetd at `address` last got an answer from etcd (inf: never); None
-    when that fleetd does not answer within `timeout_s` (asked by `machine_id`)."""
-    import grpc
-
-    from fleetd.api.pb import fleet_pb2 as pb
-
-    try:
-        async with _channel(address, tls) as stub:
-            resp = await stub.PeerEtcdStatus(pb.PeerEtcdStatusRequest(machine_id=machine_id),
-                                             timeout=timeout_s)
-    except grpc.aio.AioRpcError:
-        return None
-    age = float(resp.last_answer_age_s)
-    return age if age >= 0 else float("inf")

@@ -313,17 +313,3 @@ class WatchEvent(_message.Message):
     name: str
     machine_id: str
     def __init__(self, kind: _Optional[_Union[WatchEvent.Kind, str]] = ..., revision: _Optional[int] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., machine: _Optional[_Union[Machine, _Mapping]] = ..., unit: _Optional[_Union[Unit, _Mapping]] = ..., state: _Optional[_Union[UnitState, _Mapping]] = ..., name: _Optional[str] = ..., machine_id: _Optional[str] = ...) -> None: ...
-
-class PeerEtcdStatusRequest(_message.Message):
-    __slots__ = ("machine_id",)
-    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
-    machine_id: str
-    def __init__(self, machine_id: _Optional[str] = ...) -> None: ...
-
-class PeerEtcdStatusResponse(_message.Message):
-    __slots__ = ("machine_id", "last_answer_age_s")
-    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
-    LAST_ANSWER_AGE_S_FIELD_NUMBER: _ClassVar[int]
-    machine_id: str
-    last_answer_age_s: float
-    def __init__(self, machine_id: _Optional[str] = ..., last_answer_age_s: _Optional[float] = ...) -> None: ...

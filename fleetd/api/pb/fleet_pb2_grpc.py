@@ -100,11 +100,6 @@ class FleetStub:
                 request_serializer=fleetpy_dot_v1_dot_fleet__pb2.WatchRequest.SerializeToString,
                 response_deserializer=fleetpy_dot_v1_dot_fleet__pb2.WatchEvent.FromString,
                 _registered_method=True)
-        self.PeerEtcdStatus = channel.unary_unary(
-                '/fleetpy.v1.Fleet/PeerEtcdStatus',
-                request_serializer=fleetpy_dot_v1_dot_fleet__pb2.PeerEtcdStatusRequest.SerializeToString,
-                response_deserializer=fleetpy_dot_v1_dot_fleet__pb2.PeerEtcdStatusResponse.FromString,
-                _registered_method=True)
 
 
 class FleetServicer:
@@ -212,15 +207,6 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def PeerEtcdStatus(self, request, context):
-        """PeerEtcdStatus tells another fleetd how long ago this fleetd last got an answer from etcd.
-        A machine that cannot renew its lease asks its peers before fencing itself: if etcd answers
-        none of them either, etcd is down for everyone and no lease can expire meanwhile.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_FleetServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -288,11 +274,6 @@ def add_FleetServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=fleetpy_dot_v1_dot_fleet__pb2.WatchRequest.FromString,
                     response_serializer=fleetpy_dot_v1_dot_fleet__pb2.WatchEvent.SerializeToString,
-            ),
-            'PeerEtcdStatus': grpc.unary_unary_rpc_method_handler(
-                    servicer.PeerEtcdStatus,
-                    request_deserializer=fleetpy_dot_v1_dot_fleet__pb2.PeerEtcdStatusRequest.FromString,
-                    response_serializer=fleetpy_dot_v1_dot_fleet__pb2.PeerEtcdStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -647,33 +628,6 @@ class Fleet:
             '/fleetpy.v1.Fleet/Watch',
             fleetpy_dot_v1_dot_fleet__pb2.WatchRequest.SerializeToString,
             fleetpy_dot_v1_dot_fleet__pb2.WatchEvent.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def PeerEtcdStatus(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/fleetpy.v1.Fleet/PeerEtcdStatus',
-            fleetpy_dot_v1_dot_fleet__pb2.PeerEtcdStatusRequest.SerializeToString,
-            fleetpy_dot_v1_dot_fleet__pb2.PeerEtcdStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
