@@ -2,8 +2,9 @@
 
 The engine's watch falls behind (its stream ends) while the machine running a unit dies and
 etcd compacts its history; the engine's resumed watch then meets a real compaction error, and
-after reloading it must reconcile everything at once: the unit moves to the surviving machine
-without waiting for any safety-net pass (set to a minute here).
+after reloading it must reconcile everything at once: it sees the machine gone and moves the
+unit to the surviving machine after its grace (fleetd.fencing), without waiting for any
+safety-net pass (set to a minute here).
 """
 
 from __future__ import annotations
@@ -115,7 +116,13 @@ async def test_engine_reconciles_everything_after_its_watch_was_compacted(
             return ("u.service" in (await reg.machine_schedule(survivor))[0]
                     and not (await reg.machine_schedule(holder[0]))[0])
 
-        await wait_for(moved, 10, "u.service rescheduled from the dead machine")
+        async def departure_seen() -> bool:
+            return holder[0] in engine.departed
+
+        # The death in the gap is noticed on the reload, not at the next safety-net pass...
+        await wait_for(departure_seen, 5, "the engine to see the dead machine leave")
+        # ...and the unit moves once the engine's grace for that machine is over.
+        await wait_for(moved, engine.grace_s + 5, "u.service rescheduled from the dead machine")
         assert compacted, "the engine's watch never met the compaction"
         assert engine.reconciles > passes
     finally:
