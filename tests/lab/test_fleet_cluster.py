@@ -234,7 +234,9 @@ def test_machine_losing_etcd_keeps_global_units_and_fences_the_rest(
     assert show("m3", "single@loaded.service", "ActiveState") == "inactive"
     reconnect_etcd("m3")
     wait_until(as_expected, 60, what="the states back after etcd returns")
-    assert holders("single@launched.service") == ["m3"]
+    # fleetctl's view follows systemd's within a publication: wait for it, then hold it.
+    wait_until(lambda: holders("single@launched.service") == ["m3"], 30,
+               what="fleetctl to show single@launched.service on m3")
     journal = lab("exec", "m3", "--", "journalctl", "_PID=1", "--since", since, "-o", "cat",
                   "--no-pager").stdout
     assert "Stopping global@" not in journal, journal
