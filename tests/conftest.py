@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+
 import pytest
 
+from fleetd.localcluster import EtcdServer
 from tests.harness.cases import CASES_FILE, COUNTS
 
 
@@ -17,3 +23,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"{kind}: {entry['cases']} cases" + (f" ({notes})"
                                                                           if notes else ""))
     terminalreporter.write_line(f"(also written to {CASES_FILE})")
+
+
+@pytest.fixture(scope="module")
+def etcd_server() -> Iterator[EtcdServer]:
+    """A real etcd on a free loopback port with a temporary data dir, one per test module."""
+    root = pathlib.Path(tempfile.mkdtemp(prefix="fetcd-", dir="/tmp"))
+    server = EtcdServer(root)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -12,12 +12,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import pathlib
-import shutil
 import subprocess
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -31,16 +28,6 @@ pytestmark = pytest.mark.integration
 TEXT = ("[Service]\nExecStart=/bin/sleep 1000\n\n[X-Fleet]\nMachineMetadata=role=worker\n")
 
 
-@pytest.fixture
-def etcd_server() -> Iterator[EtcdServer]:
-    root = pathlib.Path(tempfile.mkdtemp(prefix="feng-", dir="/tmp"))
-    server = EtcdServer(root)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def wait_for(pred, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]

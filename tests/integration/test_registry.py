@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import pathlib
-import shutil
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from aetcd import rpc
@@ -37,16 +34,6 @@ TEXT2 = "[Unit]\nDescription=test v2\n\n[Service]\nExecStart=/bin/sleep 2000\n"
 WATCH_TIMEOUT_S = 5.0
 
 
-@pytest.fixture(scope="module")
-def etcd_server() -> Iterator[EtcdServer]:
-    root = pathlib.Path(tempfile.mkdtemp(prefix="freg-", dir="/tmp"))
-    server = EtcdServer(root)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

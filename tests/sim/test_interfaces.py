@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import pathlib
 import random
-import shutil
-import tempfile
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aetcd import rpc
@@ -170,16 +167,6 @@ CONTRACTS = [kv_revisions_and_reads_at_a_revision, txn_compares,
              watch_from_a_revision_then_live, compaction, leases]
 
 
-@pytest.fixture(scope="module")
-def etcd_server() -> Iterator[EtcdServer]:
-    root = pathlib.Path(tempfile.mkdtemp(prefix="fsim-", dir="/tmp"))
-    server = EtcdServer(root)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.integration
