@@ -1,11 +1,13 @@
 """Run every fleet-py benchmark and print the figures (never asserted: see README).
 
-  python -m bench [--quick] [--json]
+  python -m bench [--quick] [--json] [--lab | --lab-only]
 
 --quick runs everything at a tenth of the size (for CI). --json prints one JSON object with
-the figures on the last line. Real parts throughout: etcd, systemd --user managers, fleetd,
-fleetctl; the 1,000 machines of the scale benchmark are real agents whose systemd is simulated
-in-process (bench/simulation.py, `SimulatedSystemd`, a test double named as such).
+the figures on the last line. --lab adds the figures a user meets on the 3-machine nspawn lab
+(bench/lab.py, keys `lab_*`); --lab-only measures just those. Real parts throughout: etcd,
+systemd --user managers, fleetd, fleetctl; the 1,000 machines of the scale benchmark are real
+agents whose systemd is simulated in-process (bench/simulation.py, `SimulatedSystemd`, a test
+double named as such).
 """
 
 from __future__ import annotations
@@ -161,12 +163,16 @@ def main() -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a tenth of the size, for CI")
     p.add_argument("--json", action="store_true", help="print a JSON object on the last line")
+    p.add_argument("--lab", action="store_true", help="add the nspawn lab figures (lab_*)")
+    p.add_argument("--lab-only", action="store_true", help="only the nspawn lab figures")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("python -m bench: must run as root (it starts systemd managers)", file=sys.stderr)
         return 2
     os.chdir(ROOT)
     q = args.quick
+    if args.lab_only:
+        return print_lab(lab_figures(q), args.json)
     from bench.scale import run as scale_run
 
     res: dict[str, float] = {}
@@ -235,8 +241,40 @@ def main() -> int:
         print(f"{key:30} {res[key]:10.2f}  {unit:40} {target:>8}")
     if q:
         print("(--quick: a tenth of the size; targets apply to the full run)")
-    if args.json:
+    if args.json and not args.lab:
         print(json.dumps({k: res[k] for k in KEYS}))
+    if args.lab:
+        lab = lab_figures(q)
+        print_lab(lab, False)
+        if args.json:
+            print(json.dumps({**{k: res[k] for k in KEYS}, **lab}))
+    return 0
+
+
+def lab_figures(quick: bool) -> dict[str, float]:
+    from bench.lab import run as lab_run
+
+    log("nspawn lab figures ...")
+    return lab_run(quick, log)
+
+
+LAB_ROWS = [
+    ("lab_fleetctl_version_ms", "ms, whole process, median", "<= 30"),
+    ("lab_list_units_100_ms", "ms, whole process, 100 units, median", "<= 60"),
+    ("lab_block_start_ms", "ms, blocking start, whole process, median", "<= 100"),
+    ("lab_nb_start_ms", "ms, --no-block returned -> active, median", "<= 25"),
+    ("lab_start_100_s", "s, 100 units --no-block -> all active, median", "<= 0.5"),
+    ("lab_destroy_100_s", "s, destroy 100 -> none active, median", "<= 0.5"),
+    ("lab_failover_s", "s, power cut -> active elsewhere, median of 3", "<= 5"),
+    ("lab_ghost_rows_s", "s, power cut -> rows gone from list-units", "<= failover"),
+]
+
+
+def print_lab(lab: dict[str, float], as_json: bool) -> int:
+    for key, unit, target in LAB_ROWS:
+        print(f"{key:30} {lab[key]:10.2f}  {unit:46} {target:>12}")
+    if as_json:
+        print(json.dumps(lab))
     return 0
 
 
