@@ -1,12 +1,12 @@
 """aiohttp handlers of the dashboard: its static files and its `/dashboard/api/` endpoints.
 
-| method | path                                     | does                                           |
-| ------ | ---------------------------------------- | ---------------------------------------------- |
-| GET    | `/dashboard/`                            | the page (`index.html`, `app.js`, `style.css`) |
-| GET    | `/dashboard/api/events`                  | SSE: a snapshot, then every change (`Watch`)   |
-| GET    | `/dashboard/api/units/NAME`              | one unit with its file and placement reasons   |
-| GET    | `/dashboard/api/units/NAME/journal`      | SSE: the unit's journal, followed              |
-| POST   | `/dashboard/api/units/NAME/ACTION`       | start, stop, unload, restart or destroy        |
+| method | path                                | does                                            |
+| ------ | ----------------------------------- | ----------------------------------------------- |
+| GET    | `/dashboard/`                       | the page (`index.html`, `app.js`, `style.css`)  |
+| GET    | `/dashboard/api/events`             | SSE: a snapshot, then every change (`Watch`)    |
+| GET    | `/dashboard/api/units/NAME`         | one unit with its file and placement reasons    |
+| GET    | `/dashboard/api/units/NAME/journal` | SSE: the unit's journal, followed               |
+| POST   | `/dashboard/api/units/NAME/ACTION`  | start, stop, unload, restart or destroy         |
 
 Events carry their etcd revision as the SSE `id`: a browser that reconnects sends it back
 (`Last-Event-ID`, or `?since=`) and the stream resumes after it, or starts over with a fresh
