@@ -269,8 +269,8 @@ class Dashboard:
                 if queue.qsize() > MAX_QUEUED_EVENTS:
                     break  # the browser reconnects and resumes from the last id it got
                 await resp.write(sse(item, int(item.get("revision", 0))))
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionError:
+            pass  # the browser went away: the pump and what it reads stop below
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -346,8 +346,8 @@ class Dashboard:
                 if item is None:
                     break
                 await resp.write(sse(item))
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionError:
+            pass  # the browser went away: the pump and what it reads stop below
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

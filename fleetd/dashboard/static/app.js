@@ -380,14 +380,25 @@ function openUnitPage(name) {
     h("h2", null, "Journal ", h("span", { id: "journal-where", class: "muted" })),
     h("pre", { id: "journal", class: "journal" }),
     h("div", { id: "journal-notice" }));
+  loadUnitFile(name);
+}
+
+function loadUnitFile(name) {
+  if (ui.unit.loading) return;
+  ui.unit.loading = true;
+  ui.unit.tried = (model.units.get(name) || {}).hash;
   fetch(`api/units/${enc(name)}`).then(async (r) => {
     const body = await r.json();
     if (!ui.unit || ui.unit.name !== name) return;
+    ui.unit.loading = false;
     if (!r.ok) { $("#unit-file").textContent = body.error ? body.error.message : r.statusText; return; }
     ui.unit.file = body;
     $("#unit-file").textContent = body.text;
     scheduleRender();
-  }).catch((e) => { $("#unit-file").textContent = `cannot load the unit file: ${e}`; });
+  }).catch((e) => {
+    if (ui.unit) ui.unit.loading = false;
+    $("#unit-file").textContent = `cannot load the unit file: ${e}`;
+  });
 }
 
 function renderUnitPage() {
@@ -403,6 +414,9 @@ function renderUnitPage() {
     return;
   }
   const per = model.states.get(name) || new Map();
+  // the file changed (replaced), or could not be read before the unit existed: read it again
+  if (!ui.unit.loading && ui.unit.tried !== u.hash &&
+      (!ui.unit.file || ui.unit.file.hash !== u.hash)) loadUnitFile(name);
   const ex = ui.unit.file && ui.unit.file.explanation;
   fill(live,
     h("h1", { id: "unit-name" }, name), u.description ? h("div", { class: "muted" }, u.description) : null,
