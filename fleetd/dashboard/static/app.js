@@ -244,6 +244,7 @@ function goneColumn(id, g) {
     h("h3", null, h("span", { title: id, class: "mono" }, m.hostname || short(id)),
       h("span", { class: "badge gone" }, "lost")),
     h("div", { class: "meta" }, h("span", { class: "mono", title: id }, short(id)), " · ", m.ip || "",
+      h("br"), Object.entries(m.metadata).sort().map(([k, v]) => h("span", { class: "chip" }, `${k}=${v}`)),
       h("br"), `lease expired ${ago(g.at)}`),
     g.units.map((name) => {
       const u = model.units.get(name);
@@ -355,7 +356,8 @@ function machinesTable() {
     }),
     [...model.gone].map(([id, g]) => h("tr", { "data-machine-id": id, "data-gone": "true" },
       h("td", { class: "mono", title: id }, short(id)), h("td", null, g.machine.ip),
-      h("td", null, g.machine.hostname), h("td", null, ""),
+      h("td", null, g.machine.hostname),
+      h("td", null, Object.entries(g.machine.metadata).sort().map(([k, v]) => h("span", { class: "chip" }, `${k}=${v}`))),
       h("td", null, h("span", { class: "pill s-failed" }, `lease expired ${ago(g.at)}`)),
       h("td", null, 0)))));
 }
