@@ -41,6 +41,8 @@ FORWARDED_EXACT = ("/dashboard", "/fleet/v1")
 CONNECT_TIMEOUT_S = 10.0
 #: fleetd pings every open event stream each 5 s: a stream silent this long lost its fleetd.
 READ_TIMEOUT_S = 30.0
+#: On Ctrl-C, open event streams are cut after this long (they never end by themselves).
+SHUTDOWN_TIMEOUT_S = 1.0
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailer", "transfer-encoding", "upgrade", "host"}
 #: Never sent on: the browser's credentials for the proxy's origin are not the cluster's.
@@ -160,7 +162,8 @@ class DashboardProxy:
             await self._probe()
             app = web.Application()
             app.router.add_route("*", "/{tail:.*}", self.handle)
-            self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+            self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
+                                        shutdown_timeout=SHUTDOWN_TIMEOUT_S)
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.host or None, self.port)
             try:

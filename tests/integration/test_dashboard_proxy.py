@@ -343,3 +343,48 @@ def test_action_buttons_stop_restart_and_destroy_a_unit(
     wait_until(lambda: not m2.is_active("act.service"), 20, what="act.service destroyed")
     r = cluster.fleetctl("list-unit-files", "--no-legend")
     assert "act.service" not in r.stdout
+
+
+def test_a_browser_resuming_from_compacted_history_gets_a_fresh_snapshot(
+        cluster: LocalCluster, proxy: Proxy, tmp_units: pathlib.Path) -> None:
+    stream = EventStream(proxy, "/dashboard/api/events")
+    try:
+        stream.next()
+        cluster.fleetctl("submit", unit_file(tmp_units, "old.service",
+                                             cluster.machines[0].machine_id), check=True)
+        old_id, _ = stream.until(lambda e: e["kind"] == "unit_put"
+                                 and e["unit"]["name"] == "old.service")
+    finally:
+        stream.close()
+    cluster.fleetctl("destroy", "old.service", check=True)
+    etcdctl = ["etcdctl", "--endpoints", cluster.etcd.endpoint]
+    status = subprocess.run([*etcdctl, "endpoint", "status", "-w", "json"], capture_output=True,
+                            text=True, check=True, env={**os.environ, "ETCDCTL_API": "3"})
+    revision = json.loads(status.stdout)[0]["Status"]["header"]["revision"]
+    assert revision > int(old_id)
+    subprocess.run([*etcdctl, "compact", str(revision)], capture_output=True, check=True,
+                   env={**os.environ, "ETCDCTL_API": "3"})
+    stream = EventStream(proxy, "/dashboard/api/events", {"Last-Event-ID": old_id})
+    try:
+        _, first = stream.next()
+        assert first["kind"] == "resumed"
+        _, snap = stream.next()
+        assert snap["kind"] == "snapshot" and snap["revision"] >= revision
+        assert "old.service" not in {u["name"] for u in snap["units"]}
+        assert len(snap["machines"]) == len(cluster.machines)
+    finally:
+        stream.close()
+
+
+def test_proxy_stops_at_once_on_sigterm_with_an_event_stream_open(
+        cluster: LocalCluster) -> None:
+    p = start_proxy(cluster, "--listen", "127.0.0.1:0")
+    stream = EventStream(p, "/dashboard/api/events")
+    try:
+        assert stream.next()[1]["kind"] == "snapshot"
+        p.proc.terminate()
+        assert p.proc.wait(5) == 0
+    finally:
+        stream.close()
+        if p.proc.poll() is None:
+            p.proc.kill()

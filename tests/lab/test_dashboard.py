@@ -57,21 +57,46 @@ def lab_workers() -> Iterator[None]:
         yield
 
 
+class DashboardProxy:
+    """`fleetctl dashboard` on a loopback port, with the lab's fleetctl environment."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self, listen: str = "127.0.0.1:0") -> str:
+        proc = subprocess.Popen([*DASHBOARD_COMMAND, "--listen", listen],
+                                env={**os.environ, **lab_env()}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("Dashboard: "):
+            proc.kill()
+            raise AssertionError(f"fleetctl dashboard did not start: {line}"
+                                 f"{proc.communicate()[1]}")
+        self.proc, self.url = proc, line.split()[-1]
+        return self.url
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            assert self.proc.wait(10) == 0
+            self.proc = None
+
+
 @pytest.fixture(scope="module")
-def proxy_url(lab_workers: None) -> Iterator[str]:
-    proc = subprocess.Popen([*DASHBOARD_COMMAND, "--listen", "127.0.0.1:0"],
-                            env={**os.environ, **lab_env()}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("Dashboard: "):
-        proc.kill()
-        raise AssertionError(f"fleetctl dashboard did not start: {line}{proc.communicate()[1]}")
+def proxy(lab_workers: None) -> Iterator[DashboardProxy]:
+    p = DashboardProxy()
+    p.start()
     try:
-        yield line.split()[-1]
+        yield p
     finally:
-        proc.terminate()
-        proc.wait(10)
+        p.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy_url(proxy: DashboardProxy) -> str:
+    return proxy.url
 
 
 @pytest.fixture(scope="module")
@@ -320,3 +345,27 @@ def test_journal_line_written_by_the_unit_appears_on_its_page(
     file_text = browser.find_element(By.ID, "unit-file").text
     assert "MachineMetadata=role=worker" in file_text and token in file_text
     shot(browser, "07-unit-page-journal")
+
+
+def test_page_shows_a_dropped_connection_and_resumes_from_the_last_revision(
+        browser: WebDriver, proxy: DashboardProxy, clean: None,
+        units_dir: pathlib.Path) -> None:
+    url = proxy.url
+    open_dashboard(browser, url)
+    browser.execute_script("window.__no_reload = 'same page';")
+    conn = browser.find_element(By.ID, "conn")
+    proxy.stop()
+    until(browser, lambda: conn.get_attribute("data-state") == "disconnected", 15,
+          "the disconnected indicator")
+    banner = browser.find_element(By.ID, "banner")
+    assert banner.is_displayed() and "Disconnected from fleetd" in banner.text
+    shot(browser, "08-disconnected")
+    # a change made while the page is cut off arrives once it reconnects, without a reload
+    fleetctl("start", "--no-block", worker_unit(units_dir, "dash-while-away.service"))
+    proxy.start("127.0.0.1:" + url.split("/")[2].rpartition(":")[2])
+    until(browser, lambda: conn.get_attribute("data-state") == "live", 15, "live again")
+    until(browser, lambda: active_card(browser, "dash-while-away.service"), 30,
+          "the unit started while disconnected")
+    assert not banner.is_displayed()
+    assert browser.execute_script("return window.__no_reload;") == "same page"
+    shot(browser, "09-reconnected")
