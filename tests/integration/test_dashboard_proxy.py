@@ -388,3 +388,19 @@ def test_proxy_stops_at_once_on_sigterm_with_an_event_stream_open(
         stream.close()
         if p.proc.poll() is None:
             p.proc.kill()
+
+
+def test_proxy_forwards_to_fleetds_unix_socket_listener(cluster: LocalCluster) -> None:
+    m2 = cluster.machines[1]
+    p = start_proxy(cluster, "--listen", "127.0.0.1:0", "--http-endpoint", m2.http_socket)
+    try:
+        status, machines = p.json("GET", "/fleet/v1/machines")
+        assert status == 200 and len(machines["machines"]) == len(cluster.machines)
+        stream = EventStream(p, "/dashboard/api/events")
+        try:
+            assert stream.next()[1]["kind"] == "snapshot"
+        finally:
+            stream.close()
+    finally:
+        p.proc.terminate()
+        assert p.proc.wait(5) == 0
