@@ -210,6 +210,22 @@ def test_page_lists_every_machine_and_unit(browser: WebDriver, proxy_url: str, c
         By.CSS_SELECTOR, "#machines tbody tr")}
     assert machines_table == set(ids.values())
     shot(browser, "01-overview")
+
+    def table_order() -> list[str]:
+        return [e.get_attribute("data-unit") or "" for e in browser.find_elements(
+            By.CSS_SELECTOR, "#units tbody tr[data-unit]")]
+    assert table_order() == names  # sorted by name
+    browser.find_element(By.CSS_SELECTOR, '#units th[data-sort="name"]').click()
+    until(browser, lambda: table_order() == names[::-1], 5, "the units sorted descending")
+    box = browser.find_element(By.ID, "filter")
+    box.send_keys("dash-b")
+    until(browser, lambda: table_order() == ["dash-b.service"], 5, "the filtered table")
+    assert {e.get_attribute("data-unit") for e in browser.find_elements(
+        By.CSS_SELECTOR, "#cluster .card[data-unit]")} == {"dash-b.service"}
+    shot(browser, "01b-filtered")
+    box.clear()
+    box.send_keys(" ")  # clear() fires no input event: this does (and filters on nothing)
+    until(browser, lambda: len(table_order()) == len(names), 5, "the filter cleared")
     # load time and bytes: Navigation/Resource Timing of a load through the proxy with the
     # browser's cache off, and the size of the snapshot the live feed starts with
     browser.execute_cdp_cmd("Network.enable", {})

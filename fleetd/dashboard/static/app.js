@@ -379,7 +379,11 @@ function openUnitPage(name) {
     h("div", null, h("a", { href: "#/" }, "← cluster")),
     h("div", { id: "unit-live" }),
     h("h2", null, "Unit file"), h("pre", { id: "unit-file" }, "loading…"),
-    h("h2", null, "Journal ", h("span", { id: "journal-where", class: "muted" })),
+    h("h2", null, "Journal ", h("span", { id: "journal-where", class: "muted" }), " ",
+      h("select", { id: "journal-machine", hidden: true, onchange: (e) => {
+        ui.unit.journalMachine = e.target.value;
+        openJournal(name, e.target.value);
+      } })),
     h("pre", { id: "journal", class: "journal" }),
     h("div", { id: "journal-notice" }));
   loadUnitFile(name);
@@ -511,9 +515,18 @@ function followJournal(u) {
     if (w) w.textContent = "(not running anywhere)";
     return;
   }
+  const select = $("#journal-machine");  // a global unit: which machine's journal
+  select.hidden = where.length < 2;
+  const options = where.map((m) => `${m}`).join(",");
+  if (select.dataset.options !== options) {
+    select.dataset.options = options;
+    fill(select, where.map((m) => h("option", { value: m, selected: m === journal.machine }, machineLabel(m))));
+  }
   if (journal.es && where.includes(journal.machine)) return;
   if (journal.retry && !journal.es) return;
-  openJournal(u.name, where[0]);
+  const wanted = where.includes(ui.unit.journalMachine) ? ui.unit.journalMachine : where[0];
+  openJournal(u.name, wanted);
+  select.value = wanted;
 }
 
 function openJournal(name, machine) {
