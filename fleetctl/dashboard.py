@@ -41,6 +41,8 @@ FORWARDED_EXACT = ("/dashboard", "/fleet/v1")
 CONNECT_TIMEOUT_S = 10.0
 #: fleetd pings every open event stream each 5 s: a stream silent this long lost its fleetd.
 READ_TIMEOUT_S = 30.0
+#: fleetd's own limit on HTTP bodies (fleetd.api.http_v1.MAX_BODY_BYTES): fleetd judges them.
+MAX_BODY_BYTES = 8 * 1024 * 1024 + 1
 #: On Ctrl-C, open event streams are cut after this long (they never end by themselves).
 SHUTDOWN_TIMEOUT_S = 1.0
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -160,7 +162,7 @@ class DashboardProxy:
                                           sock_read=READ_TIMEOUT_S))
         try:
             await self._probe()
-            app = web.Application()
+            app = web.Application(client_max_size=MAX_BODY_BYTES)
             app.router.add_route("*", "/{tail:.*}", self.handle)
             self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
                                         shutdown_timeout=SHUTDOWN_TIMEOUT_S)

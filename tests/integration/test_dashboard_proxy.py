@@ -404,3 +404,22 @@ def test_proxy_forwards_to_fleetds_unix_socket_listener(cluster: LocalCluster) -
     finally:
         p.proc.terminate()
         assert p.proc.wait(5) == 0
+
+
+def test_api_writes_pass_through_the_proxy_and_fleetd_judges_them(
+        cluster: LocalCluster, proxy: Proxy) -> None:
+    opts = [{"section": "Service", "name": "ExecStart", "value": "/bin/sleep infinity"}]
+    status, _ = proxy.json("PUT", "/fleet/v1/units/via-proxy.service",
+                           {"desiredState": "loaded", "options": opts})
+    assert status == 201
+    try:
+        r = cluster.fleetctl("list-unit-files", "--no-legend", "--fields", "unit,dstate")
+        assert r.stdout.split() == ["via-proxy.service", "loaded"], r.stdout
+        # a body past fleet's 1 MiB unit file limit reaches fleetd, which refuses it
+        big = [{"section": "Service", "name": "Environment", "value": "X=" + "y" * 2_000_000}]
+        status, body = proxy.json("PUT", "/fleet/v1/units/big.service",
+                                  {"desiredState": "loaded", "options": big})
+        assert status == 400 and "too large" in body["error"]["message"]
+        assert "big.service" not in cluster.fleetctl("list-unit-files").stdout
+    finally:
+        cluster.fleetctl("destroy", "via-proxy.service")
