@@ -75,7 +75,13 @@ def unit_json(u: Any) -> dict[str, Any]:
     return {"name": u.name, "hash": u.hash, "desired_state": u.desired_state,
             "current_state": u.current_state, "machine_ids": list(u.machine_ids),
             "unschedulable_reason": u.unschedulable_reason, "description": u.description,
-            "global": getattr(u, "global")}
+            "global": _is_global(u)}
+
+
+def _is_global(u: Any) -> bool:
+    # the proto field is `global` (a Python keyword), or `is_global` where it was renamed
+    fields = u.DESCRIPTOR.fields_by_name
+    return bool(getattr(u, "is_global" if "is_global" in fields else "global"))
 
 
 def state_json(s: Any) -> dict[str, Any]:

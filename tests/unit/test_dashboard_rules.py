@@ -12,6 +12,8 @@ from fleetctl.dashboard import check_listen, forwarded, http_upstream
 from fleetd.api.pb import fleet_pb2 as pb
 from fleetd.dashboard._server import event_json, sse
 
+GLOBAL = "is_global" if "is_global" in pb.Unit.DESCRIPTOR.fields_by_name else "global"
+
 
 @pytest.mark.parametrize(("listen", "expected"), [
     ("127.0.0.1:8089", ("127.0.0.1", 8089)),
@@ -79,7 +81,7 @@ def test_watch_events_become_the_pages_json() -> None:
         machines=[pb.Machine(id="m1", ip="10.0.0.1", metadata={"a": "b"}, hostname="h1",
                              engine_leader=True)],
         units=[pb.Unit(name="u.service", hash="ab", desired_state="launched",
-                       current_state="launched", machine_ids=["m1"], **{"global": True})],
+                       current_state="launched", machine_ids=["m1"], **{GLOBAL: True})],
         states=[pb.UnitState(name="u.service", machine_id="m1", active_state="active",
                              sub_state="running", main_pid=42)]))
     got = event_json(snap)
