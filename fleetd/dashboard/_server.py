@@ -11,8 +11,9 @@
 Events carry their etcd revision as the SSE `id`: a browser that reconnects sends it back
 (`Last-Event-ID`, or `?since=`) and the stream resumes after it, or starts over with a fresh
 snapshot when that history was compacted. A `ping` every HEARTBEAT_S lets the page see a
-stalled connection. POSTs must be `Content-Type: application/json`, which a cross-site form
-cannot send without a CORS preflight this server never answers.
+stalled connection, and names the engine leader (a leader change is no watched event).
+POSTs must be `Content-Type: application/json`, which a cross-site form cannot send without
+a CORS preflight this server never answers.
 """
 
 from __future__ import annotations
@@ -268,7 +269,8 @@ class Dashboard:
                 try:
                     item = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
                 except TimeoutError:
-                    await resp.write(sse({"kind": "ping"}))
+                    # the engine leader is no watched object: the ping says who it is now
+                    await resp.write(sse({"kind": "ping", "leader": await self._leader()}))
                     continue
                 if item is None:
                     break
@@ -282,6 +284,13 @@ class Dashboard:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         return resp
+
+    async def _leader(self) -> str | None:
+        """The engine leader's machine id ("" if none, None if etcd does not say in time)."""
+        try:
+            return await asyncio.wait_for(self.service.registry.leader(), HEARTBEAT_S) or ""
+        except Exception:
+            return None
 
     # --- one unit -----------------------------------------------------------------------
     async def unit(self, request: web.Request) -> web.StreamResponse:

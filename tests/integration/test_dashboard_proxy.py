@@ -274,6 +274,14 @@ def test_event_stream_sends_a_snapshot_then_changes_and_resumes(
         assert ev["name"] == "feed.service"
     finally:
         stream.close()
+    stream = EventStream(proxy, "/dashboard/api/events")
+    try:
+        _, snap = stream.next()
+        leaders = [m["id"] for m in snap["machines"] if m["engine_leader"]]
+        _, ping = stream.until(lambda e: e["kind"] == "ping")  # within HEARTBEAT_S
+        assert len(leaders) == 1 and ping["leader"] == leaders[0]
+    finally:
+        stream.close()
     status, body = proxy.json("GET", "/dashboard/api/events?since=abc")
     assert status == 400 and "is not a revision" in body["error"]["message"]
 

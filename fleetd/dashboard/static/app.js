@@ -115,6 +115,16 @@ function apply(msg) {
       }
       break;
     }
+    case "ping": {
+      if (typeof msg.leader !== "string") return;  // etcd did not say
+      let changed = false;
+      for (const m of model.machines.values()) {
+        const lead = m.id === msg.leader;
+        if (m.engine_leader !== lead) { m.engine_leader = lead; changed = true; }
+      }
+      if (!changed) return;
+      break;
+    }
     case "unit_put": putUnit(msg.unit); break;
     case "unit_deleted":
       model.units.delete(msg.name); model.states.delete(msg.name); model.moved.delete(msg.name);
