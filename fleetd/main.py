@@ -183,16 +183,17 @@ async def serve(cfg: Config, argv: Sequence[str] = ()) -> None:
     tools = SystemdTools(user=cfg.systemd_user, env=(
         {("DBUS_SESSION_BUS_ADDRESS" if cfg.systemd_user else "DBUS_SYSTEM_BUS_ADDRESS"):
          cfg.systemd_bus_address} if cfg.systemd_bus_address else {}))
+    outputs = UnitOutputs(service, machine_id, tools, tls)
     server = await start_grpc_server(service, unix_socket=cfg.api_socket,
-                                     tcp_address=cfg.api_tcp,
-                                     outputs=UnitOutputs(service, machine_id, tools, tls),
+                                     tcp_address=cfg.api_tcp, outputs=outputs,
                                      tls=tls, socket_group=cfg.api_socket_group)
     from fleetd.api.http_v1 import start_http_server
 
     http_server = await start_http_server(service, unix_socket=cfg.http_socket,
                                           tcp_address=cfg.http_tcp,
                                           token_limit=cfg.token_limit,
-                                          tls=tls, socket_group=cfg.api_socket_group)
+                                          tls=tls, socket_group=cfg.api_socket_group,
+                                          outputs=outputs)
     metrics_runner = None
     if cfg.metrics_listen:
         from fleetd.metrics import start_metrics_server

@@ -403,13 +403,18 @@ def _not_allowed(allowed: Sequence[str], what: str) -> HttpError:
 class HttpApi:
     """fleet's HTTP API v1 over a FleetService (one aiohttp application)."""
 
-    def __init__(self, service: FleetService, token_limit: int = DEFAULT_TOKEN_LIMIT) -> None:
+    def __init__(self, service: FleetService, token_limit: int = DEFAULT_TOKEN_LIMIT,
+                 outputs: Any = None) -> None:
         self.service = service
         self.token_limit = token_limit
+        self.outputs = outputs  # the dashboard's journals and restarts (api.remote.UnitOutputs)
         self._discovery = json.dumps(discovery_document(), indent=1)
 
     def app(self) -> web.Application:
+        from fleetd.dashboard import Dashboard
+
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors])
+        Dashboard(self.service, self.outputs).add_routes(app)  # /dashboard/, before the rest
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         return app
 
@@ -608,11 +613,11 @@ async def start_http_server(service: FleetService, *, unix_socket: str = "",
                             tcp_address: str = "",
                             token_limit: int = DEFAULT_TOKEN_LIMIT,
                             tls: ApiTls | None = None,
-                            socket_group: str = "") -> HttpServer:
+                            socket_group: str = "", outputs: Any = None) -> HttpServer:
     """Serve the HTTP API v1 on a unix socket (mode 0660, group `socket_group`) and/or TCP
     host:port (HTTPS requiring a client certificate with `tls`; plain HTTP without it, which
     the caller must have allowed)."""
-    runner = web.AppRunner(HttpApi(service, token_limit).app(), access_log=None)
+    runner = web.AppRunner(HttpApi(service, token_limit, outputs).app(), access_log=None)
     await runner.setup()
     try:
         if unix_socket:
