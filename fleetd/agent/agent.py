@@ -353,7 +353,12 @@ class Agent:
             else:
                 # Not ours to act on: left active by an earlier fleetd, or an older timer
                 # generation that fired just as we re-armed. Our lease is good: the plan starts
-                # the units again (each start stops the target, Conflicts=).
+                # the units again (each start stops the target, Conflicts=). The plan does not
+                # start a unit it launched that merely exited: these were stopped by the fence.
+                for name, applied in self.applied.items():
+                    entry = self.schedule.get(name)
+                    if applied == "launched" and entry is not None and not entry.is_global:
+                        self.applied[name] = "loaded"
                 self._wake.set()
             return
         old = self.statuses.get(status.name)
