@@ -302,10 +302,10 @@ class Registry:
         k = self.keys
         ranges = ([(k.states + u + "/", True, False) for u in units] if units is not None
                   else [(k.states, True, False)])
-        *state_groups, machines = (await self.etcd.get_many(
-            [*ranges, (k.machines, True, False)]))[0]
-        states = [decode(UnitStateRecord, kv.value) for group in state_groups for kv in group]
-        return states, [decode(MachineRecord, kv.value) for kv in machines]
+        groups, rev = await self.etcd.get_many([*ranges, (k.machines, True, False)])
+        st = state_from(k, [kv for group in groups for kv in group], rev)
+        return ([s for per in st.states.values() for s in per.values()],
+                list(st.configured.values()))
 
     async def unit_state(self, name: str) -> ClusterState | None:
         """Everything about one unit (record, desired state, assignments, reported states,
