@@ -39,9 +39,7 @@ from fleetd.registry import (
     Registry,
     ScheduleEntry,
     UnitStateRecord,
-    WatchCompacted,
     backoff_sleep,
-    decode,
 )
 from fleetd.systemd import SystemdError, SystemdManager, UnitStatus, install
 from fleetd.unit import UnitError, UnitFile
@@ -130,28 +128,21 @@ class Agent:
 
     # --- desired state from etcd ----------------------------------------------------------
     async def _watch_schedule(self) -> None:
-        attempt = 0
         prefix = self.registry.keys.machine_schedule(self.machine_id)
-        while True:
-            try:
-                entries, rev = await self.registry.machine_schedule(self.machine_id)
-                await self._set_schedule(entries)
-                attempt = 0
-                async for batch in self.registry.watch(prefix, rev + 1):
-                    changed = dict(self.schedule)
-                    for ev in batch:
-                        name = ev.kv.key[len(prefix):]
-                        if ev.kind == "delete":
-                            changed.pop(name, None)
-                        else:
-                            changed[name] = decode(ScheduleEntry, ev.kv.value)
-                    await self._set_schedule(changed)
-            except WatchCompacted as e:
-                log.info("%s; re-reading schedule", e)
-            except EtcdError as e:
-                log.warning("schedule watch interrupted: %s", e)
-                await backoff_sleep(attempt)
-                attempt += 1
+        async for update in self.registry.follow(prefix, retry_first_read=True):
+            if update.kind not in ("reset", "changes"):
+                continue
+            attempt = 0
+            while True:  # the unit bodies are read too: retry that read, not the schedule's
+                try:
+                    await self._set_schedule({
+                        name: per[self.machine_id]
+                        for name, per in update.state.schedule.items() if self.machine_id in per})
+                    break
+                except EtcdError as e:
+                    log.warning("reading the units scheduled here failed: %s", e)
+                    await backoff_sleep(attempt)
+                    attempt += 1
 
     async def _set_schedule(self, entries: dict[str, ScheduleEntry]) -> None:
         missing = [n for n, e in entries.items()
@@ -362,7 +353,12 @@ class Agent:
             else:
                 # Not ours to act on: left active by an earlier fleetd, or an older timer
                 # generation that fired just as we re-armed. Our lease is good: the plan starts
-                # the units again (each start stops the target, Conflicts=).
+                # the units again (each start stops the target, Conflicts=). The plan does not
+                # start a unit it launched that merely exited: these were stopped by the fence.
+                for name, applied in self.applied.items():
+                    entry = self.schedule.get(name)
+                    if applied == "launched" and entry is not None and not entry.is_global:
+                        self.applied[name] = "loaded"
                 self._wake.set()
             return
         old = self.statuses.get(status.name)

@@ -25,12 +25,13 @@ from fleetd.api.service import (
 )
 from fleetd.api.tls import ApiTls, secure_unix_socket
 from fleetd.registry import (
+    ClusterState,
     EtcdError,
     MachineRecord,
     UnitStateRecord,
     WatchCompacted,
-    backoff_sleep,
 )
+from fleetd.registry.changes import Event
 
 log = logging.getLogger("fleetd.api")
 
@@ -148,63 +149,45 @@ class FleetServicer(pb_grpc.FleetServicer):
             await context.abort(_CODES.get(type(e), grpc.StatusCode.INTERNAL), str(e))
 
     async def Watch(self, request: Any, context: Any) -> AsyncIterator[pb.WatchEvent]:
-        from fleetd.registry import changes as w
-
         every = not (request.machines or request.units or request.states)
         want = {"machine": every or request.machines, "unit": every or request.units,
                 "state": every or request.states}
-        registry = self.service.registry
+        follower = self.service.registry.follow(revision=request.start_revision)
+        sent = bool(not request.start_revision)
         try:
-            if request.start_revision:
-                st = await registry.cluster_state(request.start_revision)
-                st.revision = request.start_revision  # the header says etcd's current one
-            else:
-                st = await registry.cluster_state()
-                leader = await registry.leader()
-                ips = {m.id: m.ip for m in st.machines.values()}
-                snap = pb.Snapshot(
-                    machines=[machine_pb(st.machines[k], leader) for k in sorted(st.machines)]
-                    if want["machine"] else [],
-                    units=[unit_pb(self.service._info(st, n, False)) for n in sorted(st.units)]
-                    if want["unit"] else [],
-                    states=[state_pb(st.states[u][m], ips.get(m, "")) for u in sorted(st.states)
-                            for m in sorted(st.states[u])] if want["state"] else [])
-                yield pb.WatchEvent(kind=pb.WatchEvent.SNAPSHOT, revision=st.revision,
-                                    snapshot=snap)
-            view = w.WatchView(st)
-            sent = bool(not request.start_revision)
-            attempt = 0
-            while True:
-                # The stream outlives etcd faults: resume from the last revision applied, and
-                # only when that history is gone (compacted), re-list and send the difference.
-                try:
-                    async for changes in registry.watch_changes(view.state.revision + 1):
-                        attempt = 0
-                        for ev in view.apply(changes):
-                            if want[ev.kind.split("_")[0]]:
-                                sent = True
-                                yield self._event_pb(view, ev)
-                except WatchCompacted as e:
-                    if not sent:  # the client asked for history that is gone
-                        raise
-                    log.info("Watch: %s; re-listing", e)
-                    try:
-                        fresh = await registry.cluster_state()
-                    except EtcdError as err:
-                        log.info("Watch: re-listing failed (%s); retrying", err)
-                        await backoff_sleep(attempt)
-                        attempt += 1
+            # The stream outlives etcd faults: the follower resumes from the last revision
+            # applied, and only when that history is gone (compacted) re-lists and says what
+            # changed in between.
+            async for update in follower:
+                st = update.state
+                if update.kind == "reset" and not update.compacted:
+                    if request.start_revision:
                         continue
-                    missed = w.diff(view.state, fresh)
-                    view = w.WatchView(fresh)
-                    for ev in missed:
-                        if want[ev.kind.split("_")[0]]:
-                            yield self._event_pb(view, ev)
-                except EtcdError as e:
+                    leader = await self.service.registry.leader()
+                    ips = {m.id: m.ip for m in st.machines.values()}
+                    snap = pb.Snapshot(
+                        machines=[machine_pb(st.machines[k], leader) for k in sorted(st.machines)]
+                        if want["machine"] else [],
+                        units=[unit_pb(self.service._info(st, n, False))
+                               for n in sorted(st.units)] if want["unit"] else [],
+                        states=[state_pb(st.states[u][m], ips.get(m, ""))
+                                for u in sorted(st.states) for m in sorted(st.states[u])]
+                        if want["state"] else [])
+                    yield pb.WatchEvent(kind=pb.WatchEvent.SNAPSHOT, revision=st.revision,
+                                        snapshot=snap)
+                    continue
+                if update.kind == "interrupted":
                     log.info("Watch: etcd watch interrupted (%s); resuming from revision %d",
-                             e, view.state.revision + 1)
-                    await backoff_sleep(attempt)
-                    attempt += 1
+                             update.reason, update.revision + 1)
+                    continue
+                if update.compacted:
+                    if not sent:  # the client asked for history that is gone
+                        raise WatchCompacted(update.reason)
+                    log.info("Watch: %s; re-listing", update.reason)
+                for ev in update.events:
+                    if want[ev.kind.split("_")[0]]:
+                        sent = True
+                        yield self._event_pb(st, ev)
         except WatchCompacted as e:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(e))
         except EtcdError as e:
@@ -212,10 +195,9 @@ class FleetServicer(pb_grpc.FleetServicer):
                 await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(e))
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
 
-    def _event_pb(self, view: Any, ev: Any) -> pb.WatchEvent:
+    def _event_pb(self, st: ClusterState, ev: Event) -> pb.WatchEvent:
         from fleetd.registry import changes as w
 
-        st = view.state
         out = pb.WatchEvent(revision=ev.revision, name=ev.name, machine_id=ev.machine_id)
         if ev.kind == w.MACHINE_PUT:
             out.kind = pb.WatchEvent.MACHINE_PUT

@@ -17,11 +17,10 @@ within the grace keeps them.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any
 
 from fleetd import clock, fencing, metrics
 from fleetd.engine.scheduler import (
@@ -39,18 +38,21 @@ from fleetd.engine.scheduler import (
 )
 from fleetd.machine import MachineSession
 from fleetd.registry import (
+    Change,
+    ClusterState,
     EtcdError,
     MachineRecord,
     NotLeader,
+    Op,
     Registry,
     ScheduleEntry,
     UnitRecord,
-    WatchCompacted,
+    Update,
     backoff_sleep,
-    decode,
+    decode_change,
 )
-from fleetd.registry._etcd import Op
-from fleetd.registry.schema import decode_metadata, merge_metadata
+from fleetd.registry.model import MACHINE_DELETED
+from fleetd.registry.schema import merge_metadata
 from fleetd.unit import Unit, UnitError, XFleet
 
 log = logging.getLogger("fleetd.engine")
@@ -58,14 +60,10 @@ log = logging.getLogger("fleetd.engine")
 
 @dataclass
 class EngineCache:
-    """The leader's view of the registry, kept current by the watch."""
+    """The leader's view of the registry: the cluster model `Registry.follow` keeps current,
+    plus the scheduler's views derived from it."""
 
-    revision: int = 0
-    units: dict[str, UnitRecord] = field(default_factory=dict)
-    desired: dict[str, str] = field(default_factory=dict)
-    machines: dict[str, MachineRecord] = field(default_factory=dict)
-    schedule: dict[str, dict[str, ScheduleEntry]] = field(default_factory=dict)
-    unschedulable: dict[str, str] = field(default_factory=dict)
+    state: ClusterState = field(default_factory=ClusterState.empty)
     # The scheduler's view, derived from the above and refreshed only where keys changed:
     # rebuilding 10,000 JobViews on every pass would dominate a one-unit decision.
     jobs: dict[str, JobView] = field(default_factory=dict)
@@ -75,7 +73,36 @@ class EngineCache:
     stale_jobs: set[str] = field(default_factory=set)
     stale_sched: set[str] = field(default_factory=set)
     stale_machines: bool = True
-    metadata: dict[str, dict[str, str | None]] = field(default_factory=dict)  # set via the API
+
+    # What `Engine.snapshot` reads, by the names it has always used.
+    @property
+    def revision(self) -> int:
+        return self.state.revision
+
+    @property
+    def units(self) -> dict[str, UnitRecord]:
+        return self.state.records
+
+    @property
+    def desired(self) -> dict[str, str]:
+        return self.state.desired
+
+    @property
+    def machines(self) -> dict[str, MachineRecord]:
+        """The machines as they registered (API-set metadata not merged in)."""
+        return self.state.configured
+
+    @property
+    def schedule(self) -> dict[str, dict[str, ScheduleEntry]]:
+        return self.state.schedule
+
+    @property
+    def unschedulable(self) -> dict[str, str]:
+        return self.state.unschedulable
+
+    @property
+    def metadata(self) -> dict[str, dict[str, str | None]]:
+        return self.state.metadata
 
 
 class XFleetCache:
@@ -158,17 +185,10 @@ class Engine:
 
     async def _await_vacancy(self) -> None:
         """Block until the leader key disappears (or our lease changes)."""
-        leader_key = self.registry.keys.leader
-        kv = await self.registry.etcd.get(leader_key)
-        if kv is None:
-            return
-        rev = kv.mod_revision
         lease_changed = asyncio.ensure_future(self.session.lease_changed.wait())
         try:
-            async for batch in self.registry.watch(leader_key, rev + 1):
-                if any(ev.kind == "delete" and ev.kv.key == leader_key for ev in batch):
-                    return
-                if lease_changed.done():
+            async for update in self.registry.follow(self.registry.keys.leader):
+                if not update.state.leader or lease_changed.done():
                     return
         finally:
             lease_changed.cancel()
@@ -177,8 +197,10 @@ class Engine:
         log.info("engine: machine %s is now the leader", self.machine_id)
         self.is_leader = True
         metrics.ENGINE_LEADER.set(1)
-        await self._load()
-        watcher = asyncio.ensure_future(self._watch(lease))
+        updates = self.registry.follow().__aiter__()
+        first = await anext(updates)  # the first read; its failure ends this term (run retries)
+        self._load(first.state)
+        watcher = asyncio.ensure_future(self._watch(updates))
         try:
             self._need_full = True
             while self.session.lease == lease:
@@ -208,14 +230,15 @@ class Engine:
                     watcher.result()  # re-raise the watch failure
         finally:
             watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            await updates.aclose()
 
     # --- the cache ------------------------------------------------------------------------
-    async def _load(self) -> None:
-        k = self.registry.keys
-        kvs, rev = await self.registry.read_prefix(k.root)
-        c = EngineCache(revision=rev)
-        for kv in kvs:
-            self._apply_kv(c, kv.key, kv.value)
+    def _load(self, state: ClusterState) -> None:
+        """Start over from a fresh read: every derived view is rebuilt."""
+        c = EngineCache(state)
+        c.stale_jobs = set(state.records) | set(state.desired)
+        c.stale_sched = set(state.schedule)
         self._note_unseen_machines(c)
         self.cache = c
         self.xfleet.prune(c.units)
@@ -258,103 +281,70 @@ class Engine:
         return max(0.01, min(self.reconcile_interval_s, first))
 
     def _apply_kv(self, c: EngineCache, key: str, value: bytes | None) -> bool:
-        """Fold one key change into the cache; True if it can change a decision."""
-        k = self.registry.keys
-        if key.startswith(k.units):
-            name = key[len(k.units):]
-            c.stale_jobs.add(name)
-            if value is None:
-                c.units.pop(name, None)
-            else:
-                c.units[name] = decode(UnitRecord, value)
-        elif key.startswith(k.desired):
-            name = key[len(k.desired):]
-            c.stale_jobs.add(name)
-            if value is None:
-                c.desired.pop(name, None)
-            else:
-                c.desired[name] = str(decode_json(value))
-        elif key.startswith(k.machines):
-            mid = key[len(k.machines):]
-            c.stale_machines = True
-            if value is None:
-                if c.machines.pop(mid, None) is not None and c is self.cache:
-                    view = c.machine_views.get(mid) or MachineView(mid, {})
-                    self.departed[mid] = (clock.now(), view)
-                    self.departed_units[mid] = _units_of(c, mid)
-                    log.info("machine %s left; its units stay for %.1fs (grace)", mid,
-                             self.grace_s)
-            else:
-                c.machines[mid] = decode(MachineRecord, value)
-                self.departed.pop(mid, None)
-        elif key.startswith(k.metadata):
-            mid = key[len(k.metadata):]
-            c.stale_machines = True
-            if value is None:
-                c.metadata.pop(mid, None)
-            else:
-                c.metadata[mid] = decode_metadata(value)
-        elif key.startswith(k.schedule):
-            mid, name = k.split_assignment(key)
-            c.stale_sched.add(name)
-            if value is None:
-                per = c.schedule.get(name, {})
-                per.pop(mid, None)
-                if not per:
-                    c.schedule.pop(name, None)
-            else:
-                c.schedule.setdefault(name, {})[mid] = decode(ScheduleEntry, value)
-            return False  # our own writes echoing back
-        elif key.startswith(k.unschedulable):
-            name = key[len(k.unschedulable):]
-            if value is None:
-                c.unschedulable.pop(name, None)
-            else:
-                c.unschedulable[name] = str(decode_json(value).get("reason", ""))
+        """Fold one key's new value (None: deleted) into the cache; True if it can change a
+        decision."""
+        ch = decode_change(self.registry.keys, key, value, c.state.revision)
+        if ch is None:
             return False
-        else:
-            return False
-        return True
+        touched = c.state.apply(ch)
+        return self._track(c, ch, (MACHINE_DELETED, "", ch.machine_id) in touched)
 
-    async def _watch(self, lease: int) -> None:
-        k = self.registry.keys
-        while True:
-            try:
-                async for batch in self.registry.watch(k.root, self.cache.revision + 1):
-                    relevant = False
-                    for ev in batch:
-                        key = ev.kv.key
-                        if key.startswith(k.states):
-                            continue
-                        value = None if ev.kind == "delete" else ev.kv.value
-                        if self._apply_kv(self.cache, key, value):
-                            relevant = True
-                            self._note_change(key, value is None)
-                        self.cache.revision = max(self.cache.revision, ev.revision)
-                    if relevant:
-                        self._changed_since_full = True
-                        self._wake.set()
-            except WatchCompacted as e:
+    def _track(self, c: EngineCache, ch: Change, machine_left: bool) -> bool:
+        """Note what one change, already applied to `c.state`, makes stale; True if it can
+        change a decision. `machine_left`: it removed a machine the cache had."""
+        if ch.kind in ("unit", "desired"):
+            c.stale_jobs.add(ch.name)
+            return True
+        if ch.kind == "machine":
+            mid = ch.machine_id
+            c.stale_machines = True
+            if ch.record is not None:
+                self.departed.pop(mid, None)
+            elif machine_left and c is self.cache:
+                view = c.machine_views.get(mid) or MachineView(mid, {})
+                self.departed[mid] = (clock.now(), view)
+                self.departed_units[mid] = _units_of(c, mid)
+                log.info("machine %s left; its units stay for %.1fs (grace)", mid,
+                         self.grace_s)
+            return True
+        if ch.kind == "metadata":
+            c.stale_machines = True
+            return True
+        if ch.kind == "schedule":
+            c.stale_sched.add(ch.name)
+        return False  # our own writes echoing back (schedule, unschedulable), states
+
+    async def _watch(self, updates: AsyncGenerator[Update, None]) -> None:
+        async for update in updates:
+            if update.kind == "reset":
                 # Changes in the compacted gap are gone unseen (a machine that died, a unit
                 # destroyed): only a full pass over the reloaded cache can catch up.
-                log.info("engine: %s; reloading and reconciling everything", e)
-                await self._load()
+                log.info("engine: watch history compacted; reconciling everything")
+                self._load(update.state)
                 self._dirty.clear()
                 self._need_full = True
                 self._changed_since_full = True
                 self._wake.set()
+            elif update.kind == "changes":
+                left = {e.machine_id for e in update.events if e.kind == MACHINE_DELETED}
+                relevant = False
+                for ch in update.changes:
+                    if self._track(self.cache, ch, ch.machine_id in left):
+                        relevant = True
+                        self._note_change(ch)
+                if relevant:
+                    self._changed_since_full = True
+                    self._wake.set()
 
-    def _note_change(self, key: str, deleted: bool) -> None:
+    def _note_change(self, ch: Change) -> None:
         """Classify a relevant change: a unit put can take the fast path, the rest not."""
-        k = self.registry.keys
-        if not deleted and key.startswith(k.units):
-            name = key[len(k.units):]
-            if self.cache.schedule.get(name):
+        if ch.record is not None and ch.kind == "unit":
+            if self.cache.schedule.get(ch.name):
                 self._need_full = True  # a replaced file may bring new constraints
             else:
-                self._dirty.add(name)
-        elif not deleted and key.startswith(k.desired):
-            self._dirty.add(key[len(k.desired):])
+                self._dirty.add(ch.name)
+        elif ch.record is not None and ch.kind == "desired":
+            self._dirty.add(ch.name)
         else:
             self._need_full = True
 
@@ -487,10 +477,6 @@ class Engine:
             for check, n in by_check.items():
                 metrics.ENGINE_UNSCHEDULABLE.labels(check).set(n)
         return len(ops)
-
-
-def decode_json(raw: bytes) -> Any:
-    return json.loads(raw)
 
 
 def _units_of(c: EngineCache, machine_id: str) -> frozenset[str]:

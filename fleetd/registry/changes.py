@@ -1,25 +1,30 @@
-"""Applying the registry's decoded changes to a `ClusterState`.
+"""Which objects a batch of decoded changes touched: the events a dashboard is pushed.
 
 `WatchView` keeps a `ClusterState` current from the registry's decoded changes and says, for
 each batch, which machines, units and unit states changed, so a front end can push the new
-version of each (or its deletion). Pure: no I/O here; the gRPC `Watch` and the API's
-in-memory `ClusterView` both drive it.
+version of each (or its deletion). Pure: no I/O here (the model itself is
+`fleetd.registry.model`); `Registry.follow` drives it for the gRPC `Watch`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from fleetd.registry.registry import Change, ClusterState, UnitView
-from fleetd.registry.schema import MachineRecord, merge_metadata
+from fleetd.registry.model import (
+    MACHINE_DELETED,
+    MACHINE_PUT,
+    STATE_DELETED,
+    STATE_PUT,
+    UNIT_DELETED,
+    UNIT_PUT,
+    Change,
+    ClusterState,
+)
+from fleetd.registry.schema import MachineRecord
 
-MACHINE_PUT = "machine_put"
-MACHINE_DELETED = "machine_deleted"
-UNIT_PUT = "unit_put"
-UNIT_DELETED = "unit_deleted"
-STATE_PUT = "state_put"
-STATE_DELETED = "state_deleted"
+__all__ = ["MACHINE_DELETED", "MACHINE_PUT", "STATE_DELETED", "STATE_PUT", "UNIT_DELETED",
+           "UNIT_PUT", "Event", "WatchView", "diff"]
 
 
 @dataclass(frozen=True)
@@ -38,93 +43,20 @@ class WatchView:
     def __init__(self, state: ClusterState,
                  configured: dict[str, MachineRecord] | None = None) -> None:
         """`configured`: the machines as they registered, before API-set metadata is laid
-        over them (default: the snapshot's machines, which already carry it)."""
+        over them (default: the snapshot's own raw records)."""
         self.state = state
-        self.metadata: dict[str, dict[str, str | None]] = state.metadata
-        self._configured: dict[str, MachineRecord] = dict(
-            state.machines if configured is None else configured)
-        self._records = {n: v.record for n, v in state.units.items()}
-        self._desired = {n: v.desired for n, v in state.units.items()}
+        if configured is not None:
+            state.configured = dict(configured)
 
     def apply(self, changes: Iterable[Change]) -> list[Event]:
         """Apply one batch of changes; the events it causes, one per changed object."""
         events: dict[tuple[str, str, str], Event] = {}
-
-        def emit(kind: str, rev: int, name: str = "", mid: str = "") -> None:
-            key = (kind.split("_")[0], name, mid)
-            events.pop(key, None)  # keep the latest kind, in the order last touched
-            events[key] = Event(kind, rev, name, mid)
-
-        st = self.state
         for c in changes:
-            st.revision = max(st.revision, c.revision)
-            if c.kind in ("unit", "desired"):
-                store = self._records if c.kind == "unit" else self._desired
-                if c.record is None:
-                    store.pop(c.name, None)  # type: ignore[attr-defined]
-                else:
-                    store[c.name] = c.record  # type: ignore[index]
-                rec = self._records.get(c.name)
-                if rec is None:
-                    if st.units.pop(c.name, None) is not None:
-                        emit(UNIT_DELETED, c.revision, c.name)
-                else:
-                    st.units[c.name] = UnitView(rec, self._desired.get(c.name, "inactive"))
-                    emit(UNIT_PUT, c.revision, c.name)
-            elif c.kind == "unschedulable":
-                if c.record is None:
-                    st.unschedulable.pop(c.name, None)
-                else:
-                    st.unschedulable[c.name] = c.record
-                if c.name in st.units:
-                    emit(UNIT_PUT, c.revision, c.name)
-            elif c.kind == "schedule":
-                per = st.schedule.setdefault(c.name, {})
-                if c.record is None:
-                    per.pop(c.machine_id, None)
-                    if not per:
-                        st.schedule.pop(c.name, None)
-                else:
-                    per[c.machine_id] = c.record
-                if c.name in st.units:
-                    emit(UNIT_PUT, c.revision, c.name)
-            elif c.kind == "state":
-                per_state = st.states.setdefault(c.name, {})
-                if c.record is None:
-                    per_state.pop(c.machine_id, None)
-                    if not per_state:
-                        st.states.pop(c.name, None)
-                    emit(STATE_DELETED, c.revision, c.name, c.machine_id)
-                else:
-                    per_state[c.machine_id] = c.record
-                    emit(STATE_PUT, c.revision, c.name, c.machine_id)
-                if c.name in st.units:  # a unit's current state follows its reported states
-                    emit(UNIT_PUT, c.revision, c.name)
-            elif c.kind == "machine":
-                if c.record is None:
-                    self._configured.pop(c.machine_id, None)
-                    if st.machines.pop(c.machine_id, None) is not None:
-                        emit(MACHINE_DELETED, c.revision, "", c.machine_id)
-                else:
-                    self._configured[c.machine_id] = c.record
-                    self._merge(c.machine_id)
-                    emit(MACHINE_PUT, c.revision, "", c.machine_id)
-            elif c.kind == "metadata":
-                if c.record is None:
-                    self.metadata.pop(c.machine_id, None)
-                else:
-                    self.metadata[c.machine_id] = {
-                        str(k): (None if v is None else str(v)) for k, v in c.record.items()}
-                if c.machine_id in self._configured:
-                    self._merge(c.machine_id)
-                    emit(MACHINE_PUT, c.revision, "", c.machine_id)
+            for kind, name, mid in self.state.apply(c):
+                key = (kind.split("_")[0], name, mid)
+                events.pop(key, None)  # keep the latest kind, in the order last touched
+                events[key] = Event(kind, c.revision, name, mid)
         return list(events.values())
-
-    def _merge(self, machine_id: str) -> None:
-        m = self._configured[machine_id]
-        md = self.metadata.get(machine_id)
-        self.state.machines[machine_id] = (
-            replace(m, metadata=merge_metadata(m.metadata, md)) if md else m)
 
 
 def diff(old: ClusterState, new: ClusterState) -> list[Event]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fleetd.metadata import MAX_METADATA_KEYS, check_count
@@ -20,7 +19,16 @@ from fleetd.registry._etcd import (
     Put,
     WatchCompacted,
     WatchEvent,
+    WatchStreamApi,
     backoff_sleep,
+)
+from fleetd.registry.changes import Event, WatchView, diff
+from fleetd.registry.model import (
+    Change,
+    ClusterState,
+    UnitView,
+    decode_change,
+    state_from,
 )
 from fleetd.registry.schema import (
     TARGET_STATES,
@@ -41,12 +49,15 @@ __all__ = [
     "Change",
     "ClusterState",
     "EtcdError",
+    "Follower",
     "MachineIdConflict",
     "NotLeader",
     "Registry",
     "RegistryError",
     "UnitConflict",
     "UnitNotFound",
+    "UnitView",
+    "Update",
     "WatchCompacted",
     "WatchEvent",
 ]
@@ -87,40 +98,111 @@ class MachineIdConflict(RegistryError):
 
 
 @dataclass(frozen=True)
-class UnitView:
-    """One unit as the API shows it: its record and desired state."""
+class Update:
+    """One step of a `Follower`.
 
-    record: UnitRecord
-    desired: str
-
-
-@dataclass(frozen=True)
-class Change:
-    """One decoded change under the prefix (see `Registry.watch_changes`).
-
-    kind: unit, desired, unschedulable, schedule, state, machine or metadata; `record` is the
-    new decoded value (UnitRecord, desired state str, reason str, ScheduleEntry,
-    UnitStateRecord, MachineRecord, metadata dict), None when the key was deleted."""
+    kind: "reset" (a fresh read: `state` is a new object; `compacted` when it replaces a state
+    whose watch history was compacted away, and `events` then says what changed in between),
+    "changes" (one watch batch: `changes` applied to `state`, `events` what they touched),
+    "progress" (etcd confirmed every change up to `revision` is in `state`), or "interrupted"
+    (the watch broke; the follower resumes it after a backoff)."""
 
     kind: str
     revision: int
-    name: str  # unit name ("" for machine and metadata changes)
-    machine_id: str  # "" for unit-wide changes
-    record: Any
+    state: ClusterState
+    changes: tuple[Change, ...] = ()
+    events: tuple[Event, ...] = ()
+    compacted: bool = False
+    reason: str = ""  # why a "reset" after the first, or an "interrupted", came
 
 
-@dataclass
-class ClusterState:
-    """Everything the API needs to answer list/status calls, read at one revision."""
+class Follower:
+    """A `ClusterState` of one prefix, kept current by one watch: the only read-watch-resync
+    loop of fleetd. Iterate it for its `Update`s; `state` is the latest state.
 
-    revision: int
-    units: dict[str, UnitView]
-    machines: dict[str, MachineRecord]
-    schedule: dict[str, dict[str, ScheduleEntry]]  # unit -> machine -> entry
-    states: dict[str, dict[str, UnitStateRecord]]  # unit -> machine -> state
-    unschedulable: dict[str, str]
-    # API-set metadata by machine id (null = removed); `machines` already has it merged in.
-    metadata: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    The first read is linearizable (at `revision` when non-zero, for a watcher resuming its
+    own history); its failure is raised unless `retry_first_read`. Then the watch runs from
+    the revision after the read; a compacted watch (its history is gone) re-reads and yields a
+    "reset"; a connection fault, or a stream that ends, resumes the watch from the last
+    revision applied, after a backoff (an "interrupted" update first)."""
+
+    def __init__(self, registry: Registry, prefix: str, revision: int = 0,
+                 retry_first_read: bool = False) -> None:
+        self.registry = registry
+        self.prefix = prefix
+        self.revision = revision
+        self.retry_first_read = retry_first_read
+        self.state: ClusterState | None = None
+        self._view: WatchView | None = None
+        self._stream: WatchStreamApi | None = None
+
+    async def request_progress(self) -> bool:
+        """Ask etcd for a progress notification on the open watch (a "progress" update
+        follows once everything up to etcd's revision has been delivered); False if no watch
+        is open or the connection does not support it."""
+        stream = self._stream
+        return stream is not None and await stream.request_progress()
+
+    def __aiter__(self) -> AsyncGenerator[Update, None]:
+        return self._run()
+
+    async def _read(self, revision: int) -> ClusterState:
+        kvs, rev = await self.registry.etcd.get_prefix(self.prefix, revision)
+        st = state_from(self.registry.keys, kvs, rev)
+        if revision:
+            st.revision = revision  # the header says etcd's current one
+        return st
+
+    async def _run(self) -> AsyncGenerator[Update, None]:
+        keys = self.registry.keys
+        attempt = 0
+        need_read = True
+        compacted = False
+        why = ""
+        while True:
+            try:
+                if need_read:
+                    old = self.state
+                    fresh = await self._read(self.revision if old is None else 0)
+                    need_read = False
+                    self.state, self._view = fresh, WatchView(fresh)
+                    events = tuple(diff(old, fresh)) if old is not None and compacted else ()
+                    yield Update("reset", fresh.revision, fresh, events=events,
+                                 compacted=compacted, reason=why)
+                    compacted = False
+                view, st = self._view, self.state
+                assert view is not None and st is not None
+                stream = self._stream = self.registry.etcd.open_watch(self.prefix,
+                                                                      st.revision + 1)
+                async for batch, revision in stream.responses():
+                    attempt = 0
+                    if batch:
+                        changes = tuple(c for c in (decode_change(keys, ev.kv.key,
+                                                                  None if ev.kind == "delete"
+                                                                  else ev.kv.value,
+                                                                  ev.revision)
+                                                    for ev in batch) if c is not None)
+                        events = tuple(view.apply(changes))
+                        st.revision = max(st.revision, max(ev.revision for ev in batch))
+                        yield Update("changes", st.revision, st, changes, events)
+                    else:  # a progress notification: every event up to `revision` is in
+                        st.revision = max(st.revision, revision)
+                        yield Update("progress", st.revision, st)
+                raise EtcdError(f"etcd watch on {self.prefix} ended")
+            except WatchCompacted as e:
+                log.info("%s; reading %s again", e, self.prefix)
+                need_read = compacted = True
+                why = str(e)
+            except EtcdError as e:
+                if self.state is None and not self.retry_first_read:
+                    raise
+                log.warning("following %s: %s; resuming", self.prefix, e)
+                if self.state is not None:
+                    yield Update("interrupted", self.state.revision, self.state, reason=str(e))
+                await backoff_sleep(attempt)
+                attempt += 1
+            finally:
+                self._stream = None
 
 
 class Registry:
@@ -139,7 +221,7 @@ class Registry:
         if kv is None:
             return None
         d = await self.etcd.get(self.keys.desired_state(name))
-        return UnitView(decode(UnitRecord, kv.value), _json_str(d.value) if d else "inactive")
+        return state_from(self.keys, [kv, d] if d else [kv], 0).units.get(name)
 
     async def create_unit(self, record: UnitRecord, target_state: str = "inactive") -> bool:
         """Submit `record`; returns False if the very same file already existed (nothing changed).
@@ -197,36 +279,22 @@ class Registry:
         """Read every unit, machine, assignment and state under the prefix at one revision
         (the current one, or `revision` when non-zero)."""
         kvs, rev = await self.etcd.get_prefix(self.keys.root, revision)
-        st = ClusterState(rev, {}, {}, {}, {}, {})
-        records: dict[str, UnitRecord] = {}
-        desired: dict[str, str] = {}
-        k = self.keys
-        for kv in kvs:
-            key = kv.key
-            if key.startswith(k.units):
-                records[key[len(k.units):]] = decode(UnitRecord, kv.value)
-            elif key.startswith(k.desired):
-                desired[key[len(k.desired):]] = _json_str(kv.value)
-            elif key.startswith(k.machines):
-                m = decode(MachineRecord, kv.value)
-                st.machines[m.id] = m
-            elif key.startswith(k.schedule):
-                e = decode(ScheduleEntry, kv.value)
-                st.schedule.setdefault(e.unit, {})[e.machine_id] = e
-            elif key.startswith(k.states):
-                s = decode(UnitStateRecord, kv.value)
-                st.states.setdefault(s.unit, {})[s.machine_id] = s
-            elif key.startswith(k.unschedulable):
-                st.unschedulable[key[len(k.unschedulable):]] = _reason(kv.value)
-            elif key.startswith(k.metadata):
-                st.metadata[key[len(k.metadata):]] = decode_metadata(kv.value)
-        for mid, m in st.machines.items():
-            if mid in st.metadata:
-                st.machines[mid] = replace(m, metadata=merge_metadata(m.metadata,
-                                                                      st.metadata[mid]))
-        for name, rec in records.items():
-            st.units[name] = UnitView(rec, desired.get(name, "inactive"))
-        return st
+        return state_from(self.keys, kvs, rev)
+
+    async def current_revision(self) -> int:
+        """etcd's current revision, by a linearizable (quorum) read: every write acknowledged
+        before the call has a revision at most this."""
+        return await self.etcd.current_revision()
+
+    def follow(self, prefix: str | None = None, *, revision: int = 0,
+               retry_first_read: bool = False) -> Follower:
+        """Follow `prefix` (default: everything): a `ClusterState` kept current by one watch.
+
+        See `Follower`: a linearizable read first (at `revision` when non-zero), then a watch
+        from the revision after it; a compacted watch re-reads and starts over, a connection
+        fault resumes the watch where it stopped."""
+        return Follower(self, self.keys.root if prefix is None else prefix, revision,
+                        retry_first_read)
 
     async def states_and_machines(self, units: Iterable[str] | None = None
                                   ) -> tuple[list[UnitStateRecord], list[MachineRecord]]:
@@ -234,10 +302,10 @@ class Registry:
         k = self.keys
         ranges = ([(k.states + u + "/", True, False) for u in units] if units is not None
                   else [(k.states, True, False)])
-        *state_groups, machines = (await self.etcd.get_many(
-            [*ranges, (k.machines, True, False)]))[0]
-        states = [decode(UnitStateRecord, kv.value) for group in state_groups for kv in group]
-        return states, [decode(MachineRecord, kv.value) for kv in machines]
+        groups, rev = await self.etcd.get_many([*ranges, (k.machines, True, False)])
+        st = state_from(k, [kv for group in groups for kv in group], rev)
+        return ([s for per in st.states.values() for s in per.values()],
+                list(st.configured.values()))
 
     async def unit_state(self, name: str) -> ClusterState | None:
         """Everything about one unit (record, desired state, assignments, reported states,
@@ -250,66 +318,16 @@ class Registry:
             (k.schedule, True, True)])
         if not unit:
             return None
-        rec = decode(UnitRecord, unit[0].value)
-        st = ClusterState(rev, {name: UnitView(rec, _json_str(desired[0].value) if desired
-                                               else "inactive")}, {}, {}, {}, {})
+        st = state_from(k, [*unit, *desired, *states, *reason], rev)
+        if name not in st.units:
+            return None  # (an undecodable record counts as none)
+        rec = st.units[name].record
         for kv in sched:
             machine_id, assigned = k.split_assignment(kv.key)
             if assigned == name:  # keys only: the entry's details are not needed here
                 st.schedule.setdefault(name, {})[machine_id] = ScheduleEntry(
                     name, machine_id, "", rec.hash)
-        for kv in states:
-            s = decode(UnitStateRecord, kv.value)
-            st.states.setdefault(name, {})[s.machine_id] = s
-        if reason:
-            st.unschedulable[name] = _reason(reason[0].value)
         return st
-
-    async def read_prefix(self, prefix: str, revision: int = 0) -> tuple[list, int]:
-        """Raw read of one schema prefix (engine/agent caches resync from this)."""
-        return await self.etcd.get_prefix(prefix, revision)
-
-    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
-        return self.etcd.watch_prefix(prefix, start_revision)
-
-    async def watch_changes(self, start_revision: int) -> AsyncIterator[list[Change]]:
-        """Decoded changes of everything under the prefix from `start_revision` on, one list per
-        etcd revision group. Raises WatchCompacted if that revision is gone (resync from
-        `cluster_state()`, whose `revision` + 1 is where to start)."""
-        async for batch in self.etcd.watch_prefix(self.keys.root, start_revision):
-            changes = [c for c in (self.decode_change(ev) for ev in batch) if c is not None]
-            if changes:
-                yield changes
-
-    def decode_change(self, ev: WatchEvent) -> Change | None:
-        """The typed change of one watch event; None for keys no reader cares about."""
-        k, key, deleted = self.keys, ev.kv.key, ev.kind == "delete"
-        value = None if deleted else ev.kv.value
-        if key.startswith(k.units):
-            rec = decode(UnitRecord, value) if value else None
-            return Change("unit", ev.revision, key[len(k.units):], "", rec)
-        if key.startswith(k.desired):
-            return Change("desired", ev.revision, key[len(k.desired):], "",
-                          _json_str(value) if value else None)
-        if key.startswith(k.unschedulable):
-            return Change("unschedulable", ev.revision, key[len(k.unschedulable):], "",
-                          _reason(value) if value else None)
-        if key.startswith(k.schedule):
-            mid, name = k.split_assignment(key)
-            return Change("schedule", ev.revision, name, mid,
-                          decode(ScheduleEntry, value) if value else None)
-        if key.startswith(k.states):
-            name, _, mid = key[len(k.states):].rpartition("/")
-            return Change("state", ev.revision, name, mid,
-                          decode(UnitStateRecord, value) if value else None)
-        if key.startswith(k.machines) and "/" not in key[len(k.machines):]:
-            return Change("machine", ev.revision, "", key[len(k.machines):],
-                          decode(MachineRecord, value) if value else None)
-        metadata_prefix = k.root + "metadata/"
-        if key.startswith(metadata_prefix):
-            return Change("metadata", ev.revision, "", key[len(metadata_prefix):],
-                          json.loads(value) if value else None)
-        return None
 
     # --- machine metadata set through the API ------------------------------------------
     async def machine_metadata(self, machine_id: str) -> dict[str, str | None]:
@@ -439,12 +457,8 @@ class Registry:
                 raise MachineIdConflict(record.id, other)
 
     async def list_machines(self) -> dict[str, MachineRecord]:
-        kvs, _ = await self.etcd.get_prefix(self.keys.machines)
-        out = {}
-        for kv in kvs:
-            m = decode(MachineRecord, kv.value)
-            out[m.id] = m
-        return out
+        kvs, rev = await self.etcd.get_prefix(self.keys.machines)
+        return state_from(self.keys, kvs, rev).configured
 
     async def publish_states(self, states: Iterable[UnitStateRecord], lease: int) -> None:
         ops: list[Op] = [Put(self.keys.state(s.unit, s.machine_id), encode(s), lease)
@@ -456,7 +470,8 @@ class Registry:
 
     async def machine_schedule(self, machine_id: str) -> tuple[dict[str, ScheduleEntry], int]:
         kvs, rev = await self.etcd.get_prefix(self.keys.machine_schedule(machine_id))
-        return {e.unit: e for e in (decode(ScheduleEntry, kv.value) for kv in kvs)}, rev
+        sched = state_from(self.keys, kvs, rev).schedule
+        return {u: per[machine_id] for u, per in sched.items() if machine_id in per}, rev
 
     async def unit_texts(self, names: Iterable[str]) -> dict[str, UnitRecord]:
         out = {}
@@ -516,11 +531,3 @@ def _check_state(state: str) -> None:
         raise RegistryError(f"invalid target state {state!r}: expected one of "
                             + ", ".join(TARGET_STATES))
 
-
-def _json_str(raw: bytes) -> str:
-    return str(json.loads(raw))
-
-
-def _reason(raw: bytes) -> str:
-    v = json.loads(raw)
-    return str(v.get("reason", "")) if isinstance(v, dict) else str(v)

@@ -24,6 +24,9 @@ Metadata set through the API (HTTP v1 `PATCH /fleet/v1/machines`) lives in
 the machine leaving and rejoining. Its values are laid over the metadata the machine publishes
 from its configuration (`merge_metadata`); a `null` value is a tombstone that hides a configured
 key. Everything that schedules or shows metadata uses the merged view.
+
+`Keys` builds the keys; one function parses them back: `fleetd.registry.model.decode_change`
+(a stored key read by a range is decoded exactly as a put event of it).
 """
 
 from __future__ import annotations

@@ -15,16 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fleetd.registry._etcd import (
-    EtcdError,
-    WatchCompacted,
-    WatchEvent,
-    WatchStream,
-    backoff_sleep,
-)
-from fleetd.registry.changes import WatchView
-from fleetd.registry.registry import ClusterState, Registry
-from fleetd.registry.schema import MachineRecord
+from fleetd.registry._etcd import EtcdError
+from fleetd.registry.model import ClusterState
+from fleetd.registry.registry import Follower, Registry
 
 log = logging.getLogger("fleetd.registry.view")
 
@@ -35,9 +28,8 @@ class ClusterView:
     def __init__(self, registry: Registry, *, progress_timeout_s: float = 1.0) -> None:
         self.registry = registry
         self.progress_timeout_s = progress_timeout_s
-        self.state: ClusterState | None = None
-        self._changes: WatchView | None = None  # applies watch events to `state`
-        self._stream: WatchStream | None = None
+        self.state: ClusterState | None = None  # None until the first read
+        self._follower: Follower | None = None
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
         self.fallbacks = 0
@@ -53,9 +45,9 @@ class ClusterView:
     async def snapshot(self) -> ClusterState:
         """The cluster state, at least as new as every write etcd acknowledged before the
         call. The object is shared: read it, do not mutate it."""
-        if self._stream is not None and self.state is not None:
+        if self._follower is not None and self.state is not None:
             try:
-                need = await asyncio.wait_for(self.registry.etcd.current_revision(),
+                need = await asyncio.wait_for(self.registry.current_revision(),
                                               self.progress_timeout_s)
             except (TimeoutError, EtcdError):
                 need = 0
@@ -68,15 +60,15 @@ class ClusterView:
     async def _reached(self, need: int) -> bool:
         """True once the view has applied every change up to revision `need` (within the
         progress timeout)."""
-        st, stream = self.state, self._stream
-        if st is None or stream is None:
+        st, follower = self.state, self._follower
+        if st is None or follower is None:
             return False
         if st.revision >= need:
             return True
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((need, fut))
         try:
-            if await stream.request_progress():
+            if await follower.request_progress():
                 await asyncio.wait_for(asyncio.shield(fut), self.progress_timeout_s)
         except TimeoutError:
             pass
@@ -96,46 +88,28 @@ class ClusterView:
                 keep.append((need, fut))
         self._waiters = keep
 
+    def _release_all(self) -> None:
+        """Out of sync: every waiting read falls back to a full read."""
+        for _, fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._waiters = []
+
     # --- keeping it current ---------------------------------------------------------------
     async def _run(self) -> None:
-        attempt = 0
-        while True:
-            try:
-                st = await self.registry.cluster_state()
-                # cluster_state() merges API metadata into machines: keep the raw records too.
-                # A machine changed between the two reads comes again through the watch.
-                self._load(st, await self.registry.list_machines())
-                self._stream = WatchStream(self.registry.etcd, self.registry.keys.root,
-                                           st.revision + 1)
-                attempt = 0
-                async for events, revision in self._stream.responses():
-                    if events:
-                        self._apply(events)
-                    elif self.state is not None:
-                        # a progress notification: every event up to `revision` is in
-                        self.state.revision = max(self.state.revision, revision)
-                    if self.state is not None:
-                        self._release(self.state.revision)
-            except WatchCompacted as e:
-                log.info("cluster view: %s; reloading", e)
-            except EtcdError as e:
-                log.warning("cluster view out of sync: %s", e)
-                await backoff_sleep(attempt)
-                attempt += 1
-            finally:
-                self._stream = None
-                self.state = None
-                for _, fut in self._waiters:  # they fall back to a full read
-                    if not fut.done():
-                        fut.set_result(None)
-                self._waiters = []
-
-    def _load(self, st: ClusterState, raw_machines: dict[str, MachineRecord]) -> None:
-        self._changes = WatchView(st, configured=raw_machines)
-        self.state = st
-
-    def _apply(self, events: list[WatchEvent]) -> None:
-        if self.state is None or self._changes is None:
-            return
-        self._changes.apply(c for c in map(self.registry.decode_change, events)
-                            if c is not None)
+        self._follower = follower = self.registry.follow(retry_first_read=True)
+        try:
+            async for update in follower:
+                if update.kind == "interrupted":
+                    # The state stays a true prefix of history; a read proves it current
+                    # again by a progress notification once the watch is back.
+                    self._release_all()
+                    continue
+                if update.kind == "reset" and self.state is not None:
+                    self._release_all()  # reads that waited on the old state re-check
+                self.state = update.state
+                self._release(update.state.revision)
+        finally:
+            self._follower = None
+            self.state = None
+            self._release_all()

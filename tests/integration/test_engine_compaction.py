@@ -1,11 +1,10 @@
 """The engine across a compacted watch, on a real etcd: changes in the gap are not lost.
 
-The engine's watch falls behind (its stream ends) while the machine running a unit dies and
-etcd compacts its history; the engine's resumed watch then meets a real compaction error, and
-after reloading it must reconcile everything at once: it sees the machine gone and moves the
-unit to the surviving machine after its grace (fleetd.fencing), without waiting for any
-safety-net pass (set to a minute here).
-"""
+The engine's watch falls behind (its stream ends, a connection fault) while the machine
+running a unit dies and etcd compacts its history; the engine's resumed watch then meets a
+real compaction error, and after reloading it must reconcile everything at once: it sees the
+machine gone and moves the unit to the surviving machine after its grace (fleetd.fencing),
+without waiting for any safety-net pass (set to a minute here)."""
 
 from __future__ import annotations
 
@@ -50,14 +49,22 @@ async def test_engine_reconciles_everything_after_its_watch_was_compacted(
     session = MachineSession(reg, MachineIdentity("a" * 32, "10.0.0.1"), 60)
     await session.establish()
 
-    real_watch = reg.watch
+    real_open = client.open_watch
     fall_behind = asyncio.Event()
     compacted: list[int] = []
     holder: list[str] = []
 
-    async def watch(prefix: str, start: int) -> AsyncIterator[list[WatchEvent]]:
-        if prefix == reg.keys.root and not compacted:
-            it = real_watch(prefix, start).__aiter__()
+    class FallingBehind:
+        """The engine's watch stream, which ends (a fault) once `fall_behind` is set."""
+
+        def __init__(self, prefix: str, start: int) -> None:
+            self.real = real_open(prefix, start)
+
+        async def request_progress(self) -> bool:
+            return await self.real.request_progress()
+
+        async def responses(self) -> AsyncIterator[tuple[list[WatchEvent], int]]:
+            it = self.real.responses().__aiter__()
             behind = asyncio.ensure_future(fall_behind.wait())
             while True:
                 nxt = asyncio.ensure_future(it.__anext__())
@@ -76,11 +83,13 @@ async def test_engine_reconciles_everything_after_its_watch_was_compacted(
                            check=True, capture_output=True,
                            env={**os.environ, "ETCDCTL_API": "3"})
             compacted.append(rev)
-            return
-        async for batch in real_watch(prefix, start):
-            yield batch
 
-    reg.watch = watch  # type: ignore[method-assign]
+    def open_watch(prefix: str, start: int) -> object:
+        if prefix == reg.keys.root and not compacted:
+            return FallingBehind(prefix, start)
+        return real_open(prefix, start)
+
+    client.open_watch = open_watch  # type: ignore[method-assign,assignment]
     engine = Engine(reg, session, reconcile_interval_s=60)
     task = asyncio.ensure_future(engine.run())
     try:

@@ -23,6 +23,7 @@ from fleetd.registry import (
     UnitRecord,
     UnitStateRecord,
     UnitView,
+    Update,
     WatchEvent,
 )
 from fleetd.registry._etcd import KV, MAX_TXN_OPS, Put
@@ -346,41 +347,124 @@ async def test_registries_on_overlapping_prefixes_do_not_see_each_other(
 # --- watches -------------------------------------------------------------------------------
 
 
-async def _next_events(it: AsyncIterator[list[WatchEvent]], count: int) -> list[WatchEvent]:
-    events: list[WatchEvent] = []
-    while len(events) < count:
-        events.extend(await asyncio.wait_for(anext(it), WATCH_TIMEOUT_S))
-    return events
+async def _next(it: AsyncIterator[Update], kind: str) -> Update:
+    """The next update of `kind` (progress notifications and others skipped)."""
+    while True:
+        update = await asyncio.wait_for(anext(it), WATCH_TIMEOUT_S)
+        if update.kind == kind:
+            return update
 
 
-async def test_watch_prefix_sees_a_put_then_a_delete_in_order(reg: Registry) -> None:
-    _, rev = await reg.read_prefix(reg.keys.desired)
-    it = reg.watch(reg.keys.desired, rev + 1)
+async def test_follow_reads_first_then_sees_a_put_then_a_delete_in_order(
+        reg: Registry) -> None:
+    await reg.create_unit(unit("before.service"), "loaded")
+    it = reg.follow(reg.keys.desired).__aiter__()
     try:
-        await reg.create_unit(unit("w.service"), "loaded")  # unit/ is outside the watch
+        first = await _next(it, "reset")
+        assert first.state.desired == {"before.service": "loaded"} and not first.compacted
+        await reg.create_unit(unit("w.service"), "loaded")  # unit/ is outside the prefix
         await reg.set_target_state("w.service", "launched")
         await reg.destroy_unit("w.service")
-        events = await _next_events(it, 3)
+        changes = []
+        while len(changes) < 3:
+            changes += (await _next(it, "changes")).changes
     finally:
-        await it.aclose()  # type: ignore[attr-defined]
-    key = reg.keys.desired_state("w.service")
-    assert [(e.kind, e.kv.key) for e in events] == [("put", key), ("put", key),
-                                                    ("delete", key)]
-    assert [e.kv.value for e in events[:2]] == [b'"loaded"', b'"launched"']
-    revs = [e.revision for e in events]
-    assert revs == sorted(revs) and len(set(revs)) == 3 and revs[0] > rev
+        await it.aclose()
+    assert [(c.kind, c.name, c.record) for c in changes] == [
+        ("desired", "w.service", "loaded"), ("desired", "w.service", "launched"),
+        ("desired", "w.service", None)]
+    revs = [c.revision for c in changes]
+    assert revs == sorted(revs) and len(set(revs)) == 3 and revs[0] > first.revision
+    assert first.state.desired == {"before.service": "loaded"}  # the same model, kept current
 
 
-async def test_watch_started_after_writes_replays_them_from_the_start_revision(
-        reg: Registry) -> None:
-    _, rev = await reg.read_prefix(reg.keys.root)
+async def test_follow_from_a_revision_replays_the_writes_after_it(reg: Registry) -> None:
+    rev = await reg.current_revision()
     await reg.create_unit(unit("late.service"), "launched")
-    it = reg.watch(reg.keys.units, rev + 1)
+    it = reg.follow(reg.keys.units, revision=rev).__aiter__()
     try:
-        events = await _next_events(it, 1)
+        first = await _next(it, "reset")
+        assert first.revision == rev and not first.state.units  # as of `rev`
+        update = await _next(it, "changes")
     finally:
-        await it.aclose()  # type: ignore[attr-defined]
-    assert [(e.kind, e.kv.key) for e in events] == [("put", reg.keys.unit("late.service"))]
+        await it.aclose()
+    assert [(c.kind, c.name) for c in update.changes] == [("unit", "late.service")]
+    assert set(update.state.units) == {"late.service"}
+
+
+class _Breakable:
+    """Wraps a client's watch streams: `cut()` ends the open one (a connection fault)."""
+
+    def __init__(self, client: EtcdClient) -> None:
+        self.real = client.open_watch
+        self.cut_now = asyncio.Event()
+        self.opened = 0
+        client.open_watch = self.open  # type: ignore[method-assign,assignment]
+
+    def open(self, prefix: str, start: int) -> object:
+        self.opened += 1
+        real, cut_now = self.real(prefix, start), self.cut_now
+
+        class Stream:
+            async def request_progress(self) -> bool:
+                return await real.request_progress()
+
+            async def responses(self) -> AsyncIterator[tuple[list[WatchEvent], int]]:
+                it = real.responses().__aiter__()
+                cut = asyncio.ensure_future(cut_now.wait())
+                while True:
+                    nxt = asyncio.ensure_future(it.__anext__())
+                    await asyncio.wait({nxt, cut}, return_when=asyncio.FIRST_COMPLETED)
+                    if not nxt.done():
+                        nxt.cancel()
+                        cut_now.clear()
+                        return
+                    yield nxt.result()
+        return Stream()
+
+
+async def test_follow_resumes_after_a_fault_without_reading_again(
+        client: EtcdClient, reg: Registry) -> None:
+    breakable = _Breakable(client)
+    it = reg.follow(reg.keys.units).__aiter__()
+    try:
+        await _next(it, "reset")
+        breakable.cut_now.set()
+        interrupted = await _next(it, "interrupted")
+        await reg.create_unit(unit("after.service"))  # written while the watch is away
+        update = await asyncio.wait_for(anext(it), WATCH_TIMEOUT_S)
+    finally:
+        await it.aclose()
+    assert update.kind == "changes", "resumed from its revision, not re-read"
+    assert update.state is interrupted.state and "after.service" in update.state.units
+    assert breakable.opened == 2
+
+
+async def test_follow_reads_again_after_compaction_and_says_what_changed(
+        etcd_server: EtcdServer, client: EtcdClient, reg: Registry) -> None:
+    import os
+    import subprocess
+
+    breakable = _Breakable(client)
+    await reg.create_unit(unit("gone.service"), "launched")
+    it = reg.follow().__aiter__()
+    try:
+        first = await _next(it, "reset")
+        breakable.cut_now.set()
+        await _next(it, "interrupted")
+        # While the watch is away: one unit goes, one comes, and the history is compacted.
+        await reg.destroy_unit("gone.service")
+        await reg.create_unit(unit("new.service"), "loaded")
+        rev = await client.put("/elsewhere/" + uuid.uuid4().hex, b"x")
+        subprocess.run(["etcdctl", "--endpoints", etcd_server.endpoint, "compact", str(rev)],
+                       check=True, capture_output=True, env={**os.environ, "ETCDCTL_API": "3"})
+        reset = await _next(it, "reset")
+    finally:
+        await it.aclose()
+    assert reset.compacted and reset.state is not first.state
+    assert set(reset.state.units) == {"new.service"}
+    assert [(e.kind, e.name) for e in reset.events] == [("unit_deleted", "gone.service"),
+                                                        ("unit_put", "new.service")]
 
 
 # --- keyspace hygiene and client accounting ------------------------------------------------
@@ -414,7 +498,7 @@ async def test_etcd_client_counts_requests(etcd_server: EtcdServer, prefix: str)
         await c.put(prefix + "a", b"1")
         assert c.requests == 1
         assert (await c.get(prefix + "a")) is not None
-        await c.get_prefix(prefix)
+        _, rev = await c.get_prefix(prefix)
         ok, _ = await c.txn([], [Put(prefix + "b", b"2")])
         assert ok and c.requests == 4
         lease = await c.grant(30)
@@ -428,9 +512,9 @@ async def test_etcd_client_counts_requests(etcd_server: EtcdServer, prefix: str)
         assert c.requests == 9
         await reg.create_unit(unit("c.service"))  # failed txn + get
         assert c.requests == 11
-        it = c.watch_prefix(prefix, 1)
-        await asyncio.wait_for(anext(it), WATCH_TIMEOUT_S)  # replays c.service's put
-        await it.aclose()  # type: ignore[attr-defined]
+        it = c.watch_prefix(prefix, rev + 1)  # (not from 1: other tests compact this etcd)
+        await asyncio.wait_for(anext(it), WATCH_TIMEOUT_S)  # replays the writes since `rev`
+        await it.aclose()
         assert c.requests == 12  # a watch stream counts once
     finally:
         await c.close()

@@ -403,6 +403,10 @@ class SimEtcdClient:
                                      read_only=True)  # type: ignore[misc]
         return kvs[0] if kvs else None
 
+    async def current_revision(self) -> int:
+        return await self._request("revision", lambda: self.server.revision,  # type: ignore
+                                   read_only=True)
+
     async def get_prefix(self, prefix: str, revision: int = 0) -> tuple[list[KV], int]:
         return await self._request(  # type: ignore[return-value]
             "range " + prefix, lambda: self.server.range(prefix, True, revision),
@@ -503,3 +507,24 @@ class SimEtcdClient:
                 srv.watches.remove(w)
             if w in self._watches:
                 self._watches.remove(w)
+
+    def open_watch(self, prefix: str, start_revision: int) -> SimWatchStream:
+        return SimWatchStream(self, prefix, start_revision)
+
+
+class SimWatchStream:
+    """`EtcdApi.open_watch` over the model: the batches of `watch_prefix`, each with its
+    revision. Progress notifications are not modelled: `request_progress` says so (False),
+    and a caller then falls back as it does when a real stream is closed."""
+
+    def __init__(self, client: SimEtcdClient, prefix: str, start_revision: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.start_revision = start_revision
+
+    async def responses(self) -> AsyncIterator[tuple[list[WatchEvent], int]]:
+        async for batch in self.client.watch_prefix(self.prefix, self.start_revision):
+            yield batch, max(ev.revision for ev in batch)
+
+    async def request_progress(self) -> bool:
+        return False

@@ -128,3 +128,23 @@ def test_no_lease_no_start_even_if_planned() -> None:
 
     calls = asyncio.run(go())
     assert ("start", "web.service") not in calls and ("write", "web.service") in calls
+
+
+def test_units_a_stale_dead_man_timer_stopped_are_started_again_while_the_lease_is_good(
+) -> None:
+    # An older timer generation fired just as the agent re-armed: the fence target stopped
+    # the non-global units, but the lease was renewed in time. The agent must start them
+    # again (the plan alone would not: it never restarts a unit that merely exited).
+    async def go() -> list[tuple[str, str]]:
+        agent, sd = agent_with({"web.service": TEXT, "global-mon.service": GLOBAL_TEXT})
+        await agent.reconcile()
+        await sd.fence(0)
+        agent._on_systemd_change(UnitStatus("web.service", "loaded", "inactive", "dead"))
+        agent._on_systemd_change(UnitStatus(FENCE_TARGET, "loaded", "active", "active"))
+        assert agent._wake.is_set() and agent.session.lease == 7  # not taken for our timer
+        sd.calls.clear()
+        await agent.reconcile()
+        return sd.calls
+
+    calls = asyncio.run(go())
+    assert calls == [("start", "web.service")]
