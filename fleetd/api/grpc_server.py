@@ -62,7 +62,7 @@ def unit_pb(u: UnitInfo) -> pb.Unit:
     return pb.Unit(name=u.name, text=u.text, hash=u.hash, desired_state=u.desired_state,
                    current_state=u.current_state, machine_ids=list(u.machine_ids),
                    unschedulable_reason=u.unschedulable_reason, description=u.description,
-                   **{"global": u.is_global})
+                   is_global=u.is_global)
 
 
 def machine_pb(m: MachineRecord, leader: str | None = None) -> pb.Machine:
@@ -153,6 +153,11 @@ class FleetServicer(pb_grpc.FleetServicer):
         every = not (request.machines or request.units or request.states)
         want = {"machine": every or request.machines, "unit": every or request.units,
                 "state": every or request.states}
+        only = set(request.names)  # a waiting fleetctl follows its own units only
+
+        def wanted(kind: str, unit: str) -> bool:
+            return bool(want[kind]) and (not only or kind == "machine" or unit in only)
+
         registry = self.service.registry
         try:
             if request.start_revision:
@@ -165,10 +170,10 @@ class FleetServicer(pb_grpc.FleetServicer):
                 snap = pb.Snapshot(
                     machines=[machine_pb(st.machines[k], leader) for k in sorted(st.machines)]
                     if want["machine"] else [],
-                    units=[unit_pb(self.service._info(st, n, False)) for n in sorted(st.units)]
-                    if want["unit"] else [],
+                    units=[unit_pb(self.service._info(st, n, False)) for n in sorted(st.units)
+                           if wanted("unit", n)],
                     states=[state_pb(st.states[u][m], ips.get(m, "")) for u in sorted(st.states)
-                            for m in sorted(st.states[u])] if want["state"] else [])
+                            if wanted("state", u) for m in sorted(st.states[u])])
                 yield pb.WatchEvent(kind=pb.WatchEvent.SNAPSHOT, revision=st.revision,
                                     snapshot=snap)
             view = w.WatchView(st)
@@ -181,7 +186,7 @@ class FleetServicer(pb_grpc.FleetServicer):
                     async for changes in registry.watch_changes(view.state.revision + 1):
                         attempt = 0
                         for ev in view.apply(changes):
-                            if want[ev.kind.split("_")[0]]:
+                            if wanted(ev.kind.split("_")[0], ev.name):
                                 sent = True
                                 yield self._event_pb(view, ev)
                 except WatchCompacted as e:
@@ -198,7 +203,7 @@ class FleetServicer(pb_grpc.FleetServicer):
                     missed = w.diff(view.state, fresh)
                     view = w.WatchView(fresh)
                     for ev in missed:
-                        if want[ev.kind.split("_")[0]]:
+                        if wanted(ev.kind.split("_")[0], ev.name):
                             yield self._event_pb(view, ev)
                 except EtcdError as e:
                     log.info("Watch: etcd watch interrupted (%s); resuming from revision %d",
