@@ -240,7 +240,7 @@ def run(argv: Sequence[str]) -> int:
         usage_error(f"No such command {name!r}.")
     command = load(name)
     try:
-        parsed = command.parser().parse_args(args)
+        parsed = command.parse(args)
     except SystemExit as e:  # argparse: help printed (0) or a usage error (2)
         return int(e.code or 0)
     return command.run(parsed)

@@ -34,8 +34,20 @@ class Command:
 
     def __init__(self, name: str, help: str,
                  arguments: Callable[[argparse.ArgumentParser], None],
-                 run: Callable[[argparse.Namespace], int]) -> None:
+                 run: Callable[[argparse.Namespace], int], rest: str = "") -> None:
         self.name, self.help, self.arguments, self.run = name, help, arguments, run
+        # The namespace attribute that receives the arguments the command does not know
+        # (ssh's remote command line); "" when they are an error.
+        self.rest = rest
+
+    def parse(self, args: list[str]) -> argparse.Namespace:
+        """The parsed arguments; argparse exits 2 on a usage error, 0 after --help."""
+        p = self.parser()
+        if not self.rest:
+            return p.parse_args(args)
+        parsed, rest = p.parse_known_args(args)
+        setattr(parsed, self.rest, rest)
+        return parsed
 
     @property
     def summary(self) -> str:

@@ -112,8 +112,7 @@ def _ssh_args(p: argparse.ArgumentParser) -> None:
     flag(p, "--forward-agent", "-A", help="forward the local ssh-agent")
     flag(p, "--print-command", help="print the ssh command line instead of running it")
     p.add_argument("target", metavar="TARGET", help="machine id (or prefix) or unit name")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND",
-                   help="command to run there (a shell when none)")
+    p.usage = "fleetctl ssh [-h] [-m] [-u] [-A] [--print-command] TARGET [COMMAND ...]"
 
 
 def _ssh(a: argparse.Namespace) -> int:
@@ -125,7 +124,8 @@ def _ssh(a: argparse.Namespace) -> int:
 
     if a.machine and a.unit:
         fail("Both machine and unit flags provided, please specify only one.")
-    command = a.command[1:] if a.command[:1] == ["--"] else list(a.command)
+    command = [x for x in a.command if x != "--"] if a.command[:1] == ["--"] \
+        else list(a.command)
     c = client()
     try:
         host = _find_host(c, a.target, as_machine=a.machine, as_unit=a.unit)
@@ -193,5 +193,5 @@ COMMANDS = {c.name: c for c in [
     Command("journal", "Print the journal of a unit from the machine that runs it (streamed "
             "live with -f).", _journal_args, _journal),
     Command("ssh", "Open a shell (or run COMMAND...) over SSH on a machine or on the machine "
-            "of a unit.", _ssh_args, _ssh),
+            "of a unit.", _ssh_args, _ssh, rest="command"),
 ]}
