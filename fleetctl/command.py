@@ -68,10 +68,27 @@ class Command:
                                   subsequent_indent=indent)
                     for part in text.split("\n\n"))
 
-        p = argparse.ArgumentParser(prog=f"fleetctl {self.name}", description=self.help,
-                                    allow_abbrev=False, formatter_class=Paragraphs)
+        width = _columns()
+        p = argparse.ArgumentParser(
+            prog=f"fleetctl {self.name}", description=self.help, allow_abbrev=False,
+            formatter_class=lambda prog: Paragraphs(prog, width=width))
         self.arguments(p)
         return p
+
+
+def _columns() -> int:
+    """The terminal's width for help text, as argparse would find it, without the import of
+    shutil (and its compression modules) argparse makes on every parser it builds."""
+    import os
+
+    try:
+        return max(int(os.environ["COLUMNS"]), 40) - 2
+    except (KeyError, ValueError):
+        pass
+    try:
+        return max(os.get_terminal_size(sys.stdout.fileno()).columns, 40) - 2
+    except (OSError, ValueError):
+        return 78
 
 
 class Options:

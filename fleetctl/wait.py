@@ -9,7 +9,6 @@ every later change arrives as an event. `--block-attempts N` bounds the wait as 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fleetctl.command import echo
@@ -22,12 +21,12 @@ if TYPE_CHECKING:
 BLOCK_ATTEMPT_S = 0.5  # one --block-attempts attempt, as fleet's
 
 
-@dataclass
 class UnitsSeen:
     """The named units and their reported states, as the Watch stream has told them."""
 
-    units: dict[str, pb.Unit] = field(default_factory=dict)
-    states: dict[str, dict[str, pb.UnitState]] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.units: dict[str, pb.Unit] = {}
+        self.states: dict[str, dict[str, pb.UnitState]] = {}
 
     def apply(self, ev: pb.WatchEvent) -> None:
         kind = type(ev).Kind
