@@ -61,7 +61,7 @@ def bash_script() -> str:
     cases = [f'        {name}) words="{" ".join(n for f in flags for n in f.names)}" ;;'
              for name, flags in per_command.items()]
     return "\n".join([
-        "# fleetctl completion for bash (and zsh through bashcompinit):",
+        "# fleetctl completion for bash:",
         '#   eval "$(fleetctl completion bash)"',
         "_fleetctl() {",
         '    local cur=${COMP_WORDS[COMP_CWORD]} cmd="" i words',
@@ -90,11 +90,45 @@ def bash_script() -> str:
     ]) + "\n"
 
 
+def _zsh_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
 def zsh_script() -> str:
-    return ("# fleetctl completion for zsh:  eval \"$(fleetctl completion zsh)\"\n"
-            "autoload -U +X compinit && compinit\n"
-            "autoload -U +X bashcompinit && bashcompinit\n"
-            + bash_script())
+    commands, globals_, per_command = _table()
+    valued = "|".join(n for f in globals_ if f.takes_value for n in f.names)
+    described = " ".join(_zsh_quote(f"{n}:{s}") for n, s in commands)
+    cases = []
+    for name, flags in per_command.items():
+        words = " ".join(n for f in flags for n in f.names)
+        rest = "_files" if name in TAKES_FILES else "_default"
+        cases.append(f"    ({name}) if [[ $PREFIX == -* ]]; then compadd -- {words}; "
+                     f"else {rest}; fi ;;")
+    return "\n".join([
+        "#compdef fleetctl",
+        "# fleetctl completion for zsh:  eval \"$(fleetctl completion zsh)\"",
+        "_fleetctl() {",
+        '  local cmd="" i',
+        f"  local -a commands=({described})",
+        "  for (( i = 2; i < CURRENT; i++ )); do",
+        "    case ${words[i]} in",
+        f"      ({valued}) (( i++ )) ;;",
+        "      (-*) ;;",
+        "      (*) cmd=${words[i]}; break ;;",
+        "    esac",
+        "  done",
+        "  case $cmd in",
+        '    ("") if [[ $PREFIX == -* ]]; then compadd -- '
+        + " ".join(n for f in globals_ for n in f.names)
+        + "; else _describe command commands; fi ;;",
+        f"    (help) compadd -- {' '.join(n for n, _ in commands)} ;;",
+        f"    (completion) compadd -- {' '.join(SHELLS)} ;;",
+        *cases,
+        "  esac",
+        "}",
+        "(( $+functions[compdef] )) || { autoload -Uz compinit && compinit; }",
+        "compdef _fleetctl fleetctl",
+    ]) + "\n"
 
 
 def _fish_quote(text: str) -> str:
