@@ -349,7 +349,9 @@ COMMANDS = {c.name: c for c in [
     Command("unload", "Stop units and unschedule them from their machines.", _blocking,
             _unload),
     Command("destroy", "Remove units from the cluster entirely (stopping them where they "
-            "run).", units_argument, _destroy),
+            "run).\n\nfleetd's DestroyUnit returns once the unit is gone from the cluster, so "
+            "there is nothing left to wait for: --no-block and --block-attempts are accepted "
+            "as fleet's, and change nothing.", _blocking, _destroy),
     Command("cat", "Print the unit file of a submitted unit.", _unit_arg, _cat),
     Command("why", "Explain why a unit is or is not scheduled: which check rejected which "
             "machine.", _unit_arg, _why),
