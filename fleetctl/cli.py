@@ -215,7 +215,8 @@ def help_command(args: list[str]) -> int:
         return 0
     if args[0] not in COMMANDS or not COMMANDS[args[0]][0]:
         if args[0] in COMMANDS:  # version, help: nothing more to say than the summary
-            print(f"Usage: fleetctl {args[0]}\n\n{COMMANDS[args[0]][1]}")
+            usage = "help [COMMAND]" if args[0] == "help" else args[0]
+            print(f"Usage: fleetctl {usage}\n\n{COMMANDS[args[0]][1]}")
             return 0
         print(f"Error: unknown command {args[0]!r}; run `fleetctl help` for the list",
               file=sys.stderr)
@@ -234,8 +235,10 @@ def run(argv: Sequence[str]) -> int:
         sys.stdout.write(root_help())
         return 0
     name, args = rest[0], rest[1:]
+    if name in ("version", "help") and args[:1] in (["-h"], ["--help"]):
+        return help_command([name])
     if name == "version":
-        if args and args[0] not in ("-h", "--help"):
+        if args:
             usage_error(f"Got unexpected extra argument ({args[0]})")
         print(version_text())
         return 0
