@@ -165,7 +165,7 @@ class FleetServicer(pb_grpc.FleetServicer):
                 st.revision = request.start_revision  # the header says etcd's current one
             else:
                 st = await registry.cluster_state()
-                leader = await registry.leader()
+                leader = await registry.leader() if want["machine"] else None
                 ips = {m.id: m.ip for m in st.machines.values()}
                 snap = pb.Snapshot(
                     machines=[machine_pb(st.machines[k], leader) for k in sorted(st.machines)]
