@@ -96,9 +96,10 @@ def _journal(a: argparse.Namespace) -> int:
             fail(f"global unit {u.name} runs on {len(machines)} machines: choose one with "
                  "--machine")
         out = sys.stdout.buffer
-        for chunk in c.journal(u.name, machines[0], a.lines or 10, a.output, a.follow):
-            out.write(chunk.data)
-            out.flush()
+        with c.journal(u.name, machines[0], a.lines or 10, a.output, a.follow) as chunks:
+            for chunk in chunks:
+                out.write(chunk.data)
+                out.flush()
     except KeyboardInterrupt:
         raise Exit(130) from None
     except BrokenPipeError:
