@@ -1,712 +1,283 @@
-"""fleetctl: fleet's command-line client, over fleetd's gRPC API.
+"""fleetctl's entry point: the global flags, the table of commands, and dispatch.
 
-Heavy modules (grpc, generated code) are imported only when a command runs, so `fleetctl help`
-stays quick.
+Start-up is what a user feels on every command, so this module imports nothing but `os`,
+`sys` and fleetctl.command: the global flags are parsed by hand, the module of the command
+being run is imported only once it is known (argparse, grpc and the unit model come with
+the commands that need them), and `version` and the top-level help need none of them.
+
+The CLI library was chosen by measurement (python -X importtime and whole-process runs, this
+machine): argparse adds about 1-2 ms and is built only for the command being run; typer took
+38 ms to import and imported pydantic on every run; click is only present vendored inside
+typer (importing it imports typer). Completion scripts are static (fleetctl.completion).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
-from dataclasses import dataclass
-from typing import Any
 
-import typer
+from fleetctl.command import OPTS, Exit
 
-from fleetctl.client import Client, FleetctlError, NotFoundError
-from fleetctl.table import parse_fields, render, short_id
-from fleetd import __version__
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import NoReturn
 
-# Like fleet, a bare `fleetctl` prints the same help as -h, --help and `help` and exits 0, and
-# that help names the version.
-app = typer.Typer(add_completion=False, invoke_without_command=True,
-                  help=f"fleetctl: control a fleet-py cluster.\n\nVersion: {__version__}",
-                  context_settings={"help_option_names": ["-h", "--help"]})
+    from fleetctl.command import Command
 
-
-class Options:
-    endpoint: str | None = None
-    request_timeout: float = 10.0
-    tunnel: str = ""
-    ssh: Any = None  # fleetctl.sshcmd.SSHOptions
-    api_tunnel: Any = None  # fleetctl.sshcmd.ApiTunnel once opened
-    tls: Any = None  # fleetctl.client.TlsFiles
-
-
-OPTS = Options()
-
-
-def client() -> Client:
-    """The API client; through an SSH tunnel to the --tunnel host when one is given."""
-    endpoint = OPTS.endpoint
-    if OPTS.tunnel:
-        if OPTS.api_tunnel is None:
-            import atexit
-
-            from fleetctl.client import DEFAULT_ENDPOINT
-            from fleetctl.sshcmd import ApiTunnel
-
-            try:
-                tunnel = ApiTunnel(OPTS.ssh, endpoint or DEFAULT_ENDPOINT)
-            except OSError as e:
-                fail(str(e))
-                raise
-            atexit.register(tunnel.close)
-            OPTS.api_tunnel = tunnel
-        endpoint = str(OPTS.api_tunnel.endpoint)
-        server_name = tunnel_server_name(OPTS.endpoint) if OPTS.tls else ""
-        return Client(endpoint, OPTS.request_timeout, OPTS.tls, server_name)
-    return Client(endpoint, OPTS.request_timeout, OPTS.tls)
+#: Every command: name -> (module defining it, the summary `fleetctl help` lists). The summary
+#: is the first line of the command's own help (a unit test keeps the two equal).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "submit": ("units", "Upload unit files into the cluster without scheduling them."),
+    "load": ("units", "Schedule units onto machines and load them into systemd, without "
+             "starting them."),
+    "start": ("units", "Schedule units (submitting files first) and start them."),
+    "stop": ("units", "Stop units; they stay loaded on their machines."),
+    "unload": ("units", "Stop units and unschedule them from their machines."),
+    "destroy": ("units", "Remove units from the cluster entirely (stopping them where they "
+                "run)."),
+    "restart": ("rolling", "Restart launched units where they run (a global unit on every "
+                "machine)."),
+    "cat": ("units", "Print the unit file of a submitted unit."),
+    "list-machines": ("listing", "List the live machines of the cluster."),
+    "list-units": ("listing", "List units scheduled in the cluster with their systemd state "
+                   "on their machine."),
+    "list-unit-files": ("listing", "List every submitted unit with its desired and current "
+                        "state and target machine."),
+    "why": ("units", "Explain why a unit is or is not scheduled: which check rejected which "
+            "machine."),
+    "status": ("remote", "Print `systemctl status` of units, from the machines that run "
+               "them."),
+    "journal": ("remote", "Print the journal of a unit from the machine that runs it "
+                "(streamed live with -f)."),
+    "ssh": ("remote", "Open a shell (or run COMMAND...) over SSH on a machine or on the "
+            "machine of a unit."),
+    "dashboard": ("dashboard_command", "Serve the cluster dashboard (a web page) on a local "
+                  "address."),
+    "completion": ("completion", "Print the shell completion script for bash, zsh or fish."),
+    "version": ("", "Print fleetctl's version."),
+    "help": ("", "Show the commands, or the help of one command."),
+}
 
 
-def tunnel_server_name(endpoint: str | None) -> str:
-    """The host fleetd's certificate must name when its TCP API is reached through a tunnel
-    ("" for a unix socket: no TLS there)."""
-    from fleetctl.client import grpc_target
+class GlobalFlag:
+    """A global flag; its value also comes from FLEETCTL_<FLAG> (a flag given wins), as
+    fleet's getFlagsFromEnv did."""
 
-    target = grpc_target(endpoint or "unix:")
-    if target.startswith("unix:"):
-        return ""
-    return target.rsplit(":", 1)[0].strip("[]")
+    def __init__(self, name: str, kind: type, metavar: str, help: str) -> None:
+        self.name, self.kind, self.metavar, self.help = name, kind, metavar, help
+        self.dest = name[2:].replace("-", "_")
+        self.env = "FLEETCTL_" + self.dest.upper()
+
+    def convert(self, raw: str, source: str) -> object:
+        if self.kind is bool:
+            value = raw.strip().lower()
+            if value in ("1", "true", "t", "yes", "y", "on"):
+                return True
+            if value in ("0", "false", "f", "no", "n", "off"):
+                return False
+            usage_error(f"Invalid value for {source}: {raw!r} is not a valid boolean.")
+        try:
+            return self.kind(raw)
+        except ValueError:
+            usage_error(f"Invalid value for {source}: {raw!r} is not a valid "
+                        f"{self.kind.__name__}.")
 
 
-def fail(message: str, code: int = 1) -> None:
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(code)
+GLOBAL_FLAGS = [
+    GlobalFlag("--endpoint", str, "URL", "fleetd API: unix:///path or host:port"),
+    GlobalFlag("--request-timeout", float, "SECONDS", "seconds to wait for one API call"),
+    GlobalFlag("--tunnel", str, "HOST[:PORT]",
+               "reach the API (and machines) through SSH to this host[:port]"),
+    GlobalFlag("--ssh-username", str, "USER", "user name for SSH connections"),
+    GlobalFlag("--ssh-port", int, "PORT", "port of sshd on the machines"),
+    GlobalFlag("--ssh-timeout", float, "SECONDS", "seconds to wait for an SSH connection"),
+    GlobalFlag("--known-hosts-file", str, "FILE",
+               "known-hosts file of fleetctl's SSH connections"),
+    GlobalFlag("--strict-host-key-checking", bool, "",
+               "verify host keys against the known-hosts file (--no-... to turn it off)"),
+    GlobalFlag("--ca-file", str, "FILE", "CA certificate that signed fleetd's TLS certificate"),
+    GlobalFlag("--cert-file", str, "FILE", "TLS client certificate presented to fleetd"),
+    GlobalFlag("--key-file", str, "FILE", "private key of the TLS client certificate"),
+]
+_BY_NAME = {f.name: f for f in GLOBAL_FLAGS}
 
 
 def version_text() -> str:
     """fleet's `fleetctl --version` line."""
+    from fleetd import __version__
+
     return f"fleetctl version {__version__}"
 
 
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(version_text())
-        raise typer.Exit(0)
+def usage_error(message: str) -> NoReturn:
+    """A command line fleetctl cannot run: exit 2, as fleet's did."""
+    sys.stderr.write(f"Usage: fleetctl [OPTIONS] COMMAND [ARGS]...\n"
+                     f"Try 'fleetctl help' for help.\n\nError: {message}\n")
+    raise Exit(2)
 
 
-# Every global flag also reads FLEETCTL_<FLAG> from the environment, as fleet's getFlagsFromEnv
-# did; a flag on the command line wins.
-@app.callback()
-def _root(
-    ctx: typer.Context,
-    endpoint: str = typer.Option(None, "--endpoint", envvar="FLEETCTL_ENDPOINT",
-                                 help="fleetd API: unix:///path or host:port"),
-    request_timeout: float = typer.Option(10.0, "--request-timeout",
-                                          envvar="FLEETCTL_REQUEST_TIMEOUT",
-                                          help="seconds to wait for one API call"),
-    tunnel: str = typer.Option("", "--tunnel", envvar="FLEETCTL_TUNNEL",
-                               help="reach the API (and machines) through SSH to this host[:port]"),
-    ssh_username: str = typer.Option("core", "--ssh-username", envvar="FLEETCTL_SSH_USERNAME",
-                                     help="user name for SSH connections"),
-    ssh_port: int = typer.Option(22, "--ssh-port", envvar="FLEETCTL_SSH_PORT",
-                                 help="port of sshd on the machines"),
-    ssh_timeout: float = typer.Option(10.0, "--ssh-timeout", envvar="FLEETCTL_SSH_TIMEOUT",
-                                      help="seconds to wait for an SSH connection"),
-    known_hosts_file: str = typer.Option("~/.fleetctl/known_hosts", "--known-hosts-file",
-                                         envvar="FLEETCTL_KNOWN_HOSTS_FILE",
-                                         help="known-hosts file of fleetctl's SSH connections"),
-    strict_host_key_checking: bool = typer.Option(
-        True, "--strict-host-key-checking/--no-strict-host-key-checking",
-        envvar="FLEETCTL_STRICT_HOST_KEY_CHECKING",
-        help="verify host keys against the known-hosts file"),
-    ca_file: str = typer.Option("", "--ca-file", envvar="FLEETCTL_CA_FILE",
-                                help="CA certificate that signed fleetd's TLS certificate"),
-    cert_file: str = typer.Option("", "--cert-file", envvar="FLEETCTL_CERT_FILE",
-                                  help="TLS client certificate presented to fleetd"),
-    key_file: str = typer.Option("", "--key-file", envvar="FLEETCTL_KEY_FILE",
-                                 help="private key of the TLS client certificate"),
-    _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                  help="print fleetctl's version and exit"),
-) -> None:
-    if ctx.invoked_subcommand is None:
-        typer.echo(ctx.get_help())
-        raise typer.Exit(0)
-    from fleetctl.client import TlsFiles
-    from fleetctl.sshcmd import SSHOptions
-
-    OPTS.tls = TlsFiles(ca_file, cert_file, key_file)
-
-    OPTS.endpoint = endpoint
-    OPTS.request_timeout = request_timeout
-    OPTS.tunnel = tunnel
-    OPTS.ssh = SSHOptions(user=ssh_username, port=ssh_port, known_hosts_file=known_hosts_file,
-                          strict_host_key_checking=strict_host_key_checking,
-                          timeout_s=ssh_timeout, tunnel=tunnel)
+def _wrap(text: str, indent: int, width: int = 79) -> list[str]:
+    """`text` in lines of at most `width` columns, every line after the first indented."""
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width - indent:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return [*lines, line]
 
 
-# --- unit arguments ------------------------------------------------------------------------
-def resolve_args(args: list[str]) -> list[tuple[str, str | None]]:
-    """(unit name, path of the argument's local file or None) for each argument, by fleet's
-    rule: the name is the argument's base name, `.service` appended when it has no unit
-    type; the file is the argument itself (with that suffix) when it exists."""
-    from fleetd.unit import UnitError, normalize_name, validate_name
-
+def _rows(rows: list[tuple[str, str]]) -> list[str]:
+    """Two columns (name, text) as help prints them: the text wrapped to 80 columns."""
+    col = min(max(len(n) for n, _ in rows) + 4, 28)
     out = []
-    for arg in args:
-        path = normalize_name(arg)
-        name = normalize_name(os.path.basename(arg))
-        try:
-            validate_name(name)
-        except UnitError as e:
-            fail(str(e))
-        out.append((name, path if os.path.isfile(path) else None))
+    for name, text in rows:
+        wrapped = _wrap(text, col)
+        if len(name) + 4 > col:
+            out += [f"  {name}", *(" " * col + w for w in wrapped)]
+        else:
+            out += [f"  {name.ljust(col - 2)}{wrapped[0]}", *(" " * col + w for w in wrapped[1:])]
     return out
 
 
-def read_unit_file(path: str) -> str:
-    from fleetd.unit import MAX_UNIT_FILE_BYTES
+def root_help() -> str:
+    from fleetd import __version__
 
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_UNIT_FILE_BYTES + 1)  # never slurp a huge file
-    except OSError as e:
-        fail(f"unable to read unit file {path}: {e.strerror}")
-    if len(raw) > MAX_UNIT_FILE_BYTES:
-        fail(f"unit file {path} is larger than {MAX_UNIT_FILE_BYTES} bytes")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        fail(f"unit file {path} is not valid UTF-8 (byte {e.start})")
-    raise AssertionError("unreachable")
+    flags = [(f"{f.name} {f.metavar}".strip(), f"{f.help} [${f.env}]") for f in GLOBAL_FLAGS]
+    flags += [("--version", "print fleetctl's version and exit"),
+              ("-h, --help", "show this help and exit")]
+    return "\n".join([
+        "Usage: fleetctl [OPTIONS] COMMAND [ARGS]...", "",
+        "fleetctl: control a fleet-py cluster.", "", f"Version: {__version__}", "",
+        "Commands:", *_rows([(n, s) for n, (_, s) in COMMANDS.items()]), "",
+        "Options (each also read from the environment variable shown):", *_rows(flags), "",
+        "Run `fleetctl help COMMAND` for the flags of a command.",
+    ]) + "\n"
 
 
-#: Desired states in which `<command> --replace` may replace a unit's file (fleet's rule: a
-#: command never moves a unit backwards, e.g. `submit --replace` leaves a launched unit alone).
-REPLACEABLE_IN = {"submit": ("inactive",), "load": ("inactive", "loaded"),
-                  "start": ("inactive", "loaded", "launched")}
+def load(name: str) -> Command:
+    """The declaration of command `name`, importing the one module that defines it."""
+    import importlib
+
+    module = importlib.import_module(f"fleetctl.{COMMANDS[name][0]}")
+    command: Command = module.COMMANDS[name]
+    return command
 
 
-def _checked(name: str, text: str, source: str) -> str:
-    """`text` if it is a valid unit file for `name` (an instance's template expanded for the
-    instance); otherwise exit naming the unit and the file."""
-    from fleetd.unit import Unit, UnitError
-
-    try:
-        Unit.from_text(name, text)
-    except UnitError as e:
-        fail(f"{e} (from {source})")
-    return text
-
-
-def _file_hash(text: str) -> str | None:
-    from fleetd.unit import UnitError, UnitFile
-
-    try:
-        return UnitFile.parse(text).hash()
-    except UnitError:
-        return None
-
-
-def _warn(message: str) -> None:
-    typer.echo(f"WARNING: {message}", err=True)
-
-
-@dataclass(frozen=True)
-class _Plan:
-    name: str
-    text: str  # "" = the cluster instantiates the instance from its submitted template
-    replace: bool
-
-
-def ensure_units(c: Client, args: list[str], command: str, desired: str = "",
-                 replace: bool = False, already_set: set[str] | None = None) -> list[str]:
-    """Make every argument a unit in the cluster, by fleet's rules, and return the names:
-
-    1. a unit of that name in the cluster is used as it is (a warning if the local file, or
-       the local template of an instance, differs; `--replace` replaces it with the local
-       file instead, when the unit's desired state allows it for `command`);
-    2. else the local file is submitted;
-    3. else, for an instance, its template submitted in the cluster, or else the template
-       file next to the argument (DIR/foo@.service for DIR/foo@1.service), is instantiated.
-
-    Nothing is changed unless every argument is valid. Units created here get `desired` in
-    the same call; their names are added to `already_set`."""
-    from fleetd.unit import UnitName
-
-    cluster = {u.name: u for u in c.call("ListUnits").units}
-    plans: list[_Plan] = []
-    for arg, (name, path) in zip(args, resolve_args(args), strict=True):
-        parsed = UnitName.parse(name)
-        tmpl_path = None
-        if parsed.is_instance:
-            candidate = os.path.join(os.path.dirname(arg), parsed.template())
-            tmpl_path = candidate if os.path.isfile(candidate) else None
-        local: tuple[str, str] | None = None
-        if path:
-            local = (read_unit_file(path), f"local unit file {path}")
-        elif tmpl_path:
-            local = (read_unit_file(tmpl_path), f"local template unit file {tmpl_path}")
-        existing = cluster.get(name)
-        if existing is not None:
-            differs = local is not None and _file_hash(local[0]) != existing.hash
-            if not replace:
-                if differs:
-                    assert local is not None
-                    _warn(f"Unit {name} in the cluster differs from {local[1]}; "
-                          "add --replace to override")
-                continue
-            if local is None:
-                fail(f"unable to replace unit {name}: no unit file {normalize(arg)}"
-                     + (f" nor template {parsed.template()} next to it"
-                        if parsed.is_instance else ""))
-                raise AssertionError("unreachable")
-            text = _checked(name, local[0], local[1])
-            if not differs:
-                typer.echo(f"Found same Unit({name}) in the cluster, nothing to do")
-            elif existing.desired_state not in REPLACEABLE_IN.get(command, ()):
-                _warn(f"can not replace Unit({name}) in state '{existing.desired_state}', "
-                      "use the appropriate command")
-            else:
-                plans.append(_Plan(name, text, True))
-            continue
-        if path:
-            plans.append(_Plan(name, _checked(name, read_unit_file(path), path), False))
-            continue
-        if not parsed.is_instance:
-            fail(f"unable to find unit file {normalize(arg)}: no such file, and unit {name} "
-                 "is not in the cluster")
-        template = cluster.get(parsed.template())
-        if template is not None:
-            if tmpl_path and local is not None and _file_hash(local[0]) != template.hash:
-                _warn(f"Unit {template.name} in the cluster differs from {local[1]}; "
-                      f"instantiating {name} from the cluster's")
-            tmpl_text = c.call("GetUnit", name=template.name).text
-            _checked(name, tmpl_text, f"template {template.name} in the cluster")
-            plans.append(_Plan(name, "", False))
-        elif local is not None:
-            plans.append(_Plan(name, _checked(name, local[0], local[1]), False))
+def parse_globals(argv: Sequence[str]) -> list[str]:
+    """Set OPTS from the global flags in front of the command (then from FLEETCTL_<FLAG>);
+    return the command and its arguments ([] when none is given)."""
+    given: dict[str, object] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            i += 1
+            break
+        if not arg.startswith("-") or arg == "-":
+            break
+        name, eq, value = arg.partition("=")
+        if name in ("-h", "--help"):
+            sys.stdout.write(root_help())
+            raise Exit(0)
+        if name == "--version":
+            print(version_text())
+            raise Exit(0)
+        negated = name.startswith("--no-")
+        spec = _BY_NAME.get("--" + name[5:] if negated else name)
+        if spec is None or (negated and spec.kind is not bool):
+            usage_error(f"No such option: {name}")
+        if spec.kind is bool:
+            if negated and eq:
+                usage_error(f"Option {name!r} does not take a value.")
+            given[spec.dest] = spec.convert(value, name) if eq else not negated
         else:
-            fail(f"unable to find unit file {normalize(arg)} or template "
-                 f"{parsed.template()}: neither is in the cluster or on disk "
-                 f"(looked for {os.path.join(os.path.dirname(arg), parsed.template())})")
-    for plan in plans:
-        try:
-            c.call("CreateUnit", name=plan.name, text=plan.text, desired_state=desired,
-                   replace=plan.replace)
-        except NotFoundError as e:
-            fail(str(e))
-        except FleetctlError as e:
-            fail(str(e), e.exit_code)
-        if already_set is not None and desired:
-            already_set.add(plan.name)
-        if plan.replace:
-            _replace_instances(c, plan.name)
-    return [name for name, _ in resolve_args(args)]
+            if not eq:
+                i += 1
+                if i == len(argv):
+                    usage_error(f"Option {name!r} requires an argument.")
+                value = argv[i]
+            given[spec.dest] = spec.convert(value, name)
+        i += 1
+    for spec in GLOBAL_FLAGS:
+        if spec.dest in given:
+            setattr(OPTS, spec.dest, given[spec.dest])
+        elif os.environ.get(spec.env):
+            setattr(OPTS, spec.dest, spec.convert(os.environ[spec.env], spec.env))
+    return list(argv[i:])
 
 
-def normalize(arg: str) -> str:
-    from fleetd.unit import normalize_name
-
-    return normalize_name(arg)
-
-
-def _replace_instances(c: Client, template: str) -> None:
-    """After replacing a template, give each submitted instance of it the new file too (the
-    agents then restart them where they run)."""
-    from fleetd.unit import UnitName
-
-    parsed = UnitName.parse(template)
-    if not parsed.is_template:
-        return
-    for u in c.call("ListUnits").units:
-        n = UnitName.parse(u.name)
-        if n.is_instance and n.template() == template:
-            c.call("CreateUnit", name=u.name, text="", desired_state="", replace=True)
+def help_command(args: list[str]) -> int:
+    if not args:
+        sys.stdout.write(root_help())
+        return 0
+    if args[0] not in COMMANDS or not COMMANDS[args[0]][0]:
+        if args[0] in COMMANDS:  # version, help: nothing more to say than the summary
+            usage = "help [COMMAND]" if args[0] == "help" else args[0]
+            print(f"Usage: fleetctl {usage}\n\n{COMMANDS[args[0]][1]}")
+            return 0
+        print(f"Error: unknown command {args[0]!r}; run `fleetctl help` for the list",
+              file=sys.stderr)
+        return 1
+    load(args[0]).parser().print_help()
+    return 0
 
 
-# --- blocking ------------------------------------------------------------------------------
-BLOCK_ATTEMPT_S = 0.5  # one --block-attempts attempt
-POLL_S = 0.05
+def run(argv: Sequence[str]) -> int:
+    """Run one fleetctl command line (without the program name); return its exit code."""
+    from fleetctl.command import Options
 
-
-def wait_for(c: Client, names: list[str], target: str, attempts: int) -> bool:
-    """Wait until every unit reaches `target` as its agent reports it; print fleet's lines.
-    Returns False if attempts ran out."""
-    deadline = time.monotonic() + attempts * BLOCK_ATTEMPT_S if attempts > 0 else None
-    pending = list(names)
-    while pending:
-        units = {u.name: u for u in c.call("ListUnits").units}
-        states = c.call("ListUnitStates", names=pending).states
-        by_unit: dict[str, list[Any]] = {}
-        for s in states:
-            by_unit.setdefault(s.name, []).append(s)
-        for name in list(pending):
-            u = units.get(name)
-            reached, where = _reached(u, by_unit.get(name, []), target)
-            if reached:
-                pending.remove(name)
-                if target == "inactive":
-                    typer.echo(f"Unit {name} inactive")
-                elif u is not None and u.__getattribute__("global"):
-                    typer.echo(f"Triggered global unit {name} {_verb(target)}")
-                else:
-                    typer.echo(f"Unit {name} {target} on {where}")
-        if not pending:
-            return True
-        if deadline is not None and time.monotonic() > deadline:
-            for name in pending:
-                typer.echo(f"Error waiting for unit {name} to reach state {target}", err=True)
-            return False
-        time.sleep(POLL_S)
-    return True
-
-
-def _verb(target: str) -> str:
-    return {"launched": "start", "loaded": "load", "inactive": "unload"}.get(target, target)
-
-
-def _reached(u: Any, states: list[Any], target: str) -> tuple[bool, str]:
-    if u is None:
-        return target == "inactive", ""
-    if target == "inactive":
-        return not u.machine_ids and not states, ""
-    if u.__getattribute__("global"):
-        return bool(u.machine_ids), ""
-    for s in states:
-        if s.machine_id in u.machine_ids and s.state == target:
-            return True, f"{short_id(s.machine_id, False)}/{s.machine_ip}"
-    return False, ""
-
-
-def set_state(args: list[str], target: str, no_block: bool, block_attempts: int,
-              command: str = "", replace: bool = False) -> None:
-    """Set the desired state of units; `command` (submit/load/start) first submits the
-    arguments that are not in the cluster yet (see `ensure_units`)."""
-    if target != "inactive":
-        from fleetd.unit import UnitName
-
-        for name, _ in resolve_args(args):
-            if UnitName.parse(name).is_template:
-                fail(f"cannot activate template {name}: a template is only submitted; "
-                     "start its instances (e.g. " + name.replace("@.", "@1.") + ")")
-    c = client()
+    OPTS.__dict__.update(Options().__dict__)  # a fresh start for every run (tests run many)
+    rest = parse_globals(argv)
+    if not rest:
+        sys.stdout.write(root_help())
+        return 0
+    name, args = rest[0], rest[1:]
+    if name in ("version", "help") and args[:1] in (["-h"], ["--help"]):
+        return help_command([name])
+    if name == "version":
+        if args:
+            usage_error(f"Got unexpected extra argument ({args[0]})")
+        print(version_text())
+        return 0
+    if name == "help":
+        return help_command(args)
+    if name not in COMMANDS:
+        usage_error(f"No such command {name!r}.")
+    command = load(name)
     try:
-        done: set[str] = set()
-        if command:
-            names = ensure_units(c, args, command, target, replace=replace, already_set=done)
-        else:
-            names = [n for n, _ in resolve_args(args)]
-            if target == "loaded":
-                _refuse_stop_of_inactive(c, names)
-        for name in names:
-            if name in done:
-                continue  # created with its desired state in one call
-            try:
-                c.call("SetUnitTargetState", name=name, desired_state=target)
-            except NotFoundError:
-                fail(f"unit {name} does not exist")
-        if no_block:
-            return
-        if not wait_for(c, names, target, block_attempts):
-            raise typer.Exit(1)
-    except FleetctlError as e:
-        fail(str(e), e.exit_code)
+        parsed = command.parse(args)
+    except SystemExit as e:  # argparse: help printed (0) or a usage error (2)
+        return int(e.code or 0)
+    return command.run(parsed)
 
 
-def _refuse_stop_of_inactive(c: Client, names: list[str]) -> None:
-    """fleet refuses to stop a (non-global) unit that is not loaded anywhere."""
-    units = {u.name: u for u in c.call("ListUnits").units}
-    for name in names:
-        u = units.get(name)
-        if u is None:
-            fail(f"unit {name} does not exist")
-        elif not u.__getattribute__("global") and u.desired_state == "inactive":
-            fail(f"Unable to stop unit {name} in state inactive")
-
-
-NO_BLOCK = typer.Option(False, "--no-block", help="do not wait until the units reach the state")
-BLOCK_ATTEMPTS = typer.Option(0, "--block-attempts",
-                              help="wait at most N attempts (0.5 s each); 0 waits forever")
-UNITS = typer.Argument(..., help="unit names or unit file paths")
-
-
-@app.command()
-def submit(units: list[str] = UNITS,
-           replace: bool = typer.Option(False, "--replace",
-                                        help="replace the file of an existing unit")) -> None:
-    """Upload unit files into the cluster without scheduling them."""
-    c = client()
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `fleetctl` console script."""
     try:
-        ensure_units(c, units, "submit", replace=replace)
-    except FleetctlError as e:
-        fail(str(e), e.exit_code)
+        return run(sys.argv[1:] if argv is None else argv)
+    except Exit as e:
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `fleetctl list-units | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as e:
+        from fleetctl.client import FleetctlError
+
+        if not isinstance(e, FleetctlError):
+            raise
+        print(f"Error: {e}", file=sys.stderr)
+        return e.exit_code
 
 
-REPLACE = typer.Option(False, "--replace",
-                       help="replace the file of an existing unit and restart it where it runs")
+def __getattr__(name: str) -> object:
+    """`fleetctl.cli.ensure_units` as before the commands moved to their own modules."""
+    if name == "ensure_units":
+        from fleetctl.units import ensure_units
 
-
-@app.command()
-def load(units: list[str] = UNITS, no_block: bool = NO_BLOCK,
-         block_attempts: int = BLOCK_ATTEMPTS, replace: bool = REPLACE) -> None:
-    """Schedule units onto machines and load them into systemd, without starting them."""
-    set_state(units, "loaded", no_block, block_attempts, "load", replace=replace)
-
-
-@app.command()
-def start(units: list[str] = UNITS, no_block: bool = NO_BLOCK,
-          block_attempts: int = BLOCK_ATTEMPTS, replace: bool = REPLACE) -> None:
-    """Schedule units (submitting files first) and start them."""
-    set_state(units, "launched", no_block, block_attempts, "start", replace=replace)
-
-
-@app.command()
-def stop(units: list[str] = UNITS, no_block: bool = NO_BLOCK,
-         block_attempts: int = BLOCK_ATTEMPTS) -> None:
-    """Stop units; they stay loaded on their machines."""
-    set_state(units, "loaded", no_block, block_attempts)
-
-
-@app.command()
-def unload(units: list[str] = UNITS, no_block: bool = NO_BLOCK,
-           block_attempts: int = BLOCK_ATTEMPTS) -> None:
-    """Stop units and unschedule them from their machines."""
-    set_state(units, "inactive", no_block, block_attempts)
-
-
-@app.command()
-def destroy(units: list[str] = UNITS) -> None:
-    """Remove units from the cluster entirely (stopping them where they run)."""
-    c = client()
-    try:
-        for name, _ in resolve_args(units):
-            try:
-                c.call("DestroyUnit", name=name)
-            except NotFoundError:
-                fail(f"unit {name} does not exist")
-            typer.echo(f"Destroyed {name}")
-    except FleetctlError as e:
-        fail(str(e), e.exit_code)
-
-
-@app.command("cat")
-def cat_(unit: str = typer.Argument(..., help="unit name")) -> None:
-    """Print the unit file of a submitted unit."""
-    from fleetd.unit import normalize_name
-
-    c = client()
-    try:
-        u = c.call("GetUnit", name=normalize_name(unit))
-    except NotFoundError:
-        fail(f"unit {normalize_name(unit)} not found")
-    except FleetctlError as e:
-        fail(str(e), e.exit_code)
-    sys.stdout.write(u.text if u.text.endswith("\n") else u.text + "\n")
-
-
-FULL = typer.Option(False, "--full", "-l", help="do not abbreviate machine ids and hashes")
-NO_LEGEND = typer.Option(False, "--no-legend", help="do not print the header line")
-
-MACHINE_FIELDS = ["machine", "ip", "metadata"]
-UNIT_FIELDS = ["unit", "machine", "active", "sub", "load", "hash", "desc"]
-UNIT_FILE_FIELDS = ["unit", "hash", "dstate", "state", "target", "global", "desc", "tmachine"]
-
-
-def _fields(raw: str, allowed: list[str], command: str) -> list[str]:
-    try:
-        return parse_fields(raw, allowed, command)
-    except ValueError as e:
-        fail(str(e))
-    raise AssertionError("unreachable")
-
-
-def _metadata(md: Any) -> str:
-    return ",".join(f"{k}={md[k]}" for k in sorted(md)) or "-"
-
-
-OUTPUT = typer.Option("table", "--output", "-o", help="table, or json for scripts")
-
-
-def _emit(rows: list[Any], cols: list[str], columns: dict[str, Any], no_legend: bool,
-          output: str, json_columns: dict[str, Any] | None = None) -> None:
-    """Print rows as fleet's table or, with -o json, as a JSON list of objects with the
-    selected fields (full ids and hashes; JSON types where they exist)."""
-    if output == "json":
-        import json
-
-        jc = {**columns, **(json_columns or {})}
-        sys.stdout.write(json.dumps([{f: jc[f](r) for f in cols} for r in rows], indent=2)
-                         + "\n")
-    elif output == "table":
-        sys.stdout.write(render(rows, cols, columns, legend=not no_legend))
-    else:
-        fail(f"invalid output format {output!r}: expected table or json")
-
-
-@app.command("list-machines")
-def list_machines(full: bool = FULL, no_legend: bool = NO_LEGEND,
-                  fields: str = typer.Option("machine,ip,metadata", "--fields"),
-                  output: str = OUTPUT) -> None:
-    """List the live machines of the cluster."""
-    cols = _fields(fields, MACHINE_FIELDS, "list-machines")
-    try:
-        machines = client().call("ListMachines").machines
-    except FleetctlError as e:
-        fail(str(e), e.exit_code)
-    rows = [{"m": m} for m in machines]
-    columns = {"machine": lambda r: short_id(r["m"].id, full), "ip": lambda r: r["m"].ip or "-",
-               "metadata": lambda r: _metadata(r["m"].metadata)}
-    _emit(rows, cols, columns, no_legend, output, {
-        "machine": lambda r: r["m"].id, "ip": lambda r: r["m"].ip,
-        "metadata": lambda r: dict(sorted(r["m"].metadata.items()))})
-
-
-@app.command("list-units")
-def list_units(full: bool = FULL, no_legend: bool = NO_LEGEND,
-               fields: str = typer.Option("unit,machine,active,sub", "--fields"),
-               output: str = OUTPUT) -> None:
-    """List units scheduled in the cluster with their systemd state on their machine."""
-    cols = _fields(fields, UNIT_FIELDS, "list-units")
-    c = client()
-    try:
-        units = {u.name: u for u in c.call("ListUnits").units}
-        states = c.call("ListUnitStates").states
-    except FleetctlError as e:
-        fail(str(e), e.exit_code)
-    rows: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
-    for s in states:
-        u = units.get(s.name)
-        rows.append({"u": u, "name": s.name, "machine": f"{short_id(s.machine_id, full)}/"
-                     f"{s.machine_ip or '-'}", "machine_id": s.machine_id,
-                     "active": s.active_state or "-",
-                     "sub": s.sub_state or "-", "load": s.load_state or "-",
-                     "hash": s.hash, "is_global": bool(u and u.__getattribute__("global"))})
-        if s.active_state in ("active", "activating", "reloading"):
-            seen[s.name] = seen.get(s.name, 0) + 1
-    reported = {s.name for s in states}
-    for name, u in sorted(units.items()):
-        if name not in reported and u.machine_ids:
-            for mid in u.machine_ids:
-                rows.append({"u": u, "name": name, "machine": short_id(mid, full),
-                             "machine_id": mid,
-                             "active": "-", "sub": "-", "load": "-", "hash": u.hash,
-                             "is_global": u.__getattribute__("global")})
-    rows.sort(key=lambda r: (r["name"], r["machine"]))
-    columns = {
-        "unit": lambda r: r["name"], "machine": lambda r: r["machine"],
-        "active": lambda r: r["active"], "sub": lambda r: r["sub"], "load": lambda r: r["load"],
-        "hash": lambda r: r["hash"] if full else r["hash"][:7],
-        "desc": lambda r: (r["u"].description if r["u"] else "") or "-",
-    }
-    twice = sorted(n for n, k in seen.items() if k > 1 and not
-                   (units.get(n) and units[n].__getattribute__("global")))
-    if output == "table":
-        for r in rows:  # flag the offending rows themselves, not only the summary below
-            if r["name"] in twice:
-                r["name"] = f"{r['name']} (!)"
-    _emit(rows, cols, columns, no_legend, output, {
-        "machine": lambda r: r["machine_id"], "hash": lambda r: r["hash"],
-        "unit": lambda r: r["name"].removesuffix(" (!)")})
-    for name in twice:
-        typer.echo(f"WARNING: unit {name} is running on {seen[name]} machines at once; "
-                   "fleet must never let this happen: report it", err=True)
-    if twice:
-        raise typer.Exit(2)
-
-
-@app.command("list-unit-files")
-def list_unit_files(full: bool = FULL, no_legend: bool = NO_LEGEND,
-                    fields: str = typer.Option("unit,hash,dstate,state,target", "--fields"),
-                    output: str = OUTPUT) -> None:
-    """List every submitted unit with its desired and current state and target machine."""
-    cols = _fields(fields, UNIT_FILE_FIELDS, "list-unit-files")
-    if "tmachine" in cols:
-        typer.echo('WARNING: The "tmachine" field is deprecated. Use "target" instead', err=True)
-    c = client()
-    try:
-        units = c.call("ListUnits").units
-        ips = {m.id: m.ip for m in c.call("ListMachines").machines}
-    except FleetctlError as e:
-        fail(str(e), e.exit_code)
-
-    def target(u: Any) -> str:
-        if u.__getattribute__("global"):
-            return "global"
-        if not u.machine_ids:
-            return "-"
-        mid = u.machine_ids[0]
-        return f"{short_id(mid, full)}/{ips.get(mid, '-')}"
-
-    def json_target(u: Any) -> str | None:
-        """As the table: "global", the machine's full id, or null when not scheduled."""
-        if u.__getattribute__("global"):
-            return "global"
-        return u.machine_ids[0] if u.machine_ids else None
-
-    def state(u: Any) -> str | None:
-        """fleet shows no single state for a global unit (it has one per machine)."""
-        return None if u.__getattribute__("global") else (u.current_state or None)
-
-    columns = {
-        "unit": lambda u: u.name, "hash": lambda u: u.hash if full else u.hash[:7],
-        "dstate": lambda u: u.desired_state, "state": lambda u: state(u) or "-",
-        "target": target, "tmachine": target,
-        "global": lambda u: str(u.__getattribute__("global")).lower(),
-        "desc": lambda u: u.description or "-",
-    }
-    _emit(list(units), cols, columns, no_legend, output, {
-        "hash": lambda u: u.hash, "state": state,
-        "target": json_target, "tmachine": json_target,
-        "global": lambda u: bool(u.__getattribute__("global")), "desc": lambda u: u.description})
-
-
-@app.command()
-def why(unit: str = typer.Argument(..., help="unit name")) -> None:
-    """Explain why a unit is or is not scheduled: which check rejected which machine."""
-    from fleetd.unit import normalize_name
-
-    name = normalize_name(unit)
-    try:
-        ex = client().call("ExplainUnit", name=name)
-    except NotFoundError:
-        fail(f"unit {name} does not exist")
-    except FleetctlError as e:
-        fail(str(e), e.exit_code)
-    typer.echo(f"Unit {name}: desired state {ex.desired_state}")
-    if ex.scheduled_on:
-        typer.echo("Scheduled on: " + ", ".join(ex.scheduled_on))
-    if ex.unschedulable_reason:
-        typer.echo("Not scheduled: " + ex.unschedulable_reason)
-    typer.echo("Feasible machines: " + (", ".join(ex.feasible) or "none"))
-    for r in ex.rejected:
-        typer.echo(f"  {r.machine_id}: rejected by {r.check}: {r.detail}")
-
-
-@app.command()
-def version() -> None:
-    """Print fleetctl's version."""
-    typer.echo(version_text())
-
-
-@app.command("help")
-def help_(ctx: typer.Context,
-          command: str = typer.Argument("", help="command to describe")) -> None:
-    """Show the commands, or the help of one command."""
-    root = ctx.find_root()
-    if not command:
-        typer.echo(root.get_help())
-        return
-    group: Any = root.command
-    cmd = group.get_command(root, command)
-    if cmd is None:
-        fail(f"unknown command {command!r}; run `fleetctl help` for the list")
-        return
-    sub = type(ctx)(cmd, info_name=command, parent=root)
-    typer.echo(cmd.get_help(sub))
-
-
-def main() -> None:
-    try:
-        app()
-    except FleetctlError as e:
-        typer.echo(f"Error: {e}", err=True)
-        sys.exit(e.exit_code)
-
-
-# Commands defined in their own modules register themselves on `app`.
-import fleetctl.remote  # noqa: E402
-import fleetctl.rolling  # noqa: E402, F401
+        return ensure_units
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

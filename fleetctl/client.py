@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
+    from fleetd.api.pb import fleet_pb2 as pb
+
+    M = TypeVar("M", bound=Message)
 
 DEFAULT_ENDPOINT = "unix:///var/run/fleet-py.sock"
 
@@ -26,6 +32,10 @@ class NotRunningError(FleetctlError):
     """The unit exists but runs nowhere (or not where asked)."""
 
 
+class DeadlineExceeded(FleetctlError):
+    """fleetd did not answer (or a stream did not end) within the time given."""
+
+
 def grpc_target(endpoint: str) -> str:
     """A gRPC target from fleetctl's endpoint forms: unix:///path, /path, http://host:port,
     host:port."""
@@ -40,14 +50,27 @@ def grpc_target(endpoint: str) -> str:
     return ep
 
 
-@dataclass(frozen=True)
 class TlsFiles:
     """fleet's --ca-file/--cert-file/--key-file: verify fleetd with the CA, prove who we are
-    with the certificate (fleetd's TCP API requires it)."""
+    with the certificate (fleetd's TCP API requires it). A value: compared and hashed by its
+    three paths. (A plain class: `dataclasses` costs every fleetctl run a few milliseconds.)"""
 
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
+    __slots__ = ("ca_file", "cert_file", "key_file")
+
+    def __init__(self, ca_file: str = "", cert_file: str = "", key_file: str = "") -> None:
+        self.ca_file, self.cert_file, self.key_file = ca_file, cert_file, key_file
+
+    def _key(self) -> tuple[str, str, str]:
+        return self.ca_file, self.cert_file, self.key_file
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TlsFiles) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return "TlsFiles(ca_file={!r}, cert_file={!r}, key_file={!r})".format(*self._key())
 
     def __bool__(self) -> bool:
         return bool(self.ca_file or self.cert_file or self.key_file)
@@ -73,18 +96,57 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
+_SERVICE = "/fleetpy.v1.Fleet/"
+
+T = TypeVar("T")
+
+
+class Stream(Generic[T]):
+    """The messages of a server-streaming call, errors as FleetctlError; `cancel()` (from
+    any thread) ends it, and so does leaving a `with` block."""
+
+    def __init__(self, call: Any, error: Callable[[Any], FleetctlError],
+                 rpc_error: type[Exception]) -> None:
+        self._call, self._error, self._rpc_error = call, error, rpc_error
+        self.cancelled = False
+
+    def __iter__(self) -> Iterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        try:
+            return next(self._call)  # type: ignore[no-any-return]
+        except self._rpc_error as e:
+            if self.cancelled:
+                raise StopIteration from None
+            raise self._error(e) from None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._call.cancel()
+
+    def __enter__(self) -> Stream[T]:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.cancel()
+
+
+
 class Client:
-    """Synchronous gRPC client: one call per method, errors as FleetctlError.
+    """Synchronous, typed gRPC client of fleetd's `fleetpy.v1.Fleet` API: one method per RPC,
+    returning the generated message types; errors as FleetctlError subclasses.
 
     TCP endpoints use TLS when `tls` names files or the endpoint is https://; unix sockets
     never do. `server_name` is the name to verify fleetd's certificate against when the
-    endpoint is not fleetd's own address (an SSH tunnel)."""
+    endpoint is not fleetd's own address (an SSH tunnel). grpc and the generated code are
+    imported here, not at module import, so commands that never call the API stay quick."""
 
     def __init__(self, endpoint: str | None = None, timeout_s: float = 10.0,
                  tls: TlsFiles | None = None, server_name: str = "") -> None:
         import grpc
 
-        from fleetd.api.pb import fleet_pb2, fleet_pb2_grpc
+        from fleetd.api.pb import fleet_pb2
 
         self.endpoint = endpoint or os.environ.get("FLEETCTL_ENDPOINT") or DEFAULT_ENDPOINT
         self.timeout_s = timeout_s
@@ -102,38 +164,98 @@ class Client:
             self._channel = grpc.secure_channel(target, tls.credentials(), options=options)
         else:
             self._channel = grpc.insecure_channel(target, options=options)
-        self._stub = fleet_pb2_grpc.FleetStub(self._channel)
+
+    # --- the RPCs -------------------------------------------------------------------------
+    def list_machines(self) -> list[pb.Machine]:
+        return list(self._unary("ListMachines", self.pb.ListMachinesRequest(),
+                                self.pb.ListMachinesResponse).machines)
+
+    def list_units(self, with_text: bool = False) -> list[pb.Unit]:
+        return list(self._unary("ListUnits", self.pb.ListUnitsRequest(with_text=with_text),
+                                self.pb.ListUnitsResponse).units)
+
+    def get_unit(self, name: str) -> pb.Unit:
+        return self._unary("GetUnit", self.pb.GetUnitRequest(name=name), self.pb.Unit)
+
+    def create_unit(self, name: str, text: str = "", desired_state: str = "",
+                    replace: bool = False) -> pb.CreateUnitResponse:
+        return self._unary("CreateUnit", self.pb.CreateUnitRequest(
+            name=name, text=text, desired_state=desired_state, replace=replace),
+            self.pb.CreateUnitResponse)
+
+    def set_unit_target_state(self, name: str, desired_state: str) -> pb.Unit:
+        return self._unary("SetUnitTargetState", self.pb.SetUnitTargetStateRequest(
+            name=name, desired_state=desired_state), self.pb.Unit)
+
+    def destroy_unit(self, name: str) -> None:
+        self._unary("DestroyUnit", self.pb.DestroyUnitRequest(name=name),
+                    self.pb.DestroyUnitResponse)
+
+    def list_unit_states(self, names: Iterable[str] = (), machine_id: str = ""
+                         ) -> list[pb.UnitState]:
+        return list(self._unary("ListUnitStates", self.pb.ListUnitStatesRequest(
+            names=list(names), machine_id=machine_id), self.pb.ListUnitStatesResponse).states)
+
+    def explain_unit(self, name: str) -> pb.Explanation:
+        return self._unary("ExplainUnit", self.pb.ExplainUnitRequest(name=name),
+                           self.pb.Explanation)
+
+    def set_machine_metadata(self, machine_id: str, set_: dict[str, str] | None = None,
+                             delete: Iterable[str] = ()) -> pb.Machine:
+        return self._unary("SetMachineMetadata", self.pb.SetMachineMetadataRequest(
+            machine_id=machine_id, set=set_ or {}, delete=list(delete)), self.pb.Machine)
+
+    def unit_status(self, name: str, machine_id: str = "", lines: int = 0
+                    ) -> pb.UnitStatusResponse:
+        return self._unary("UnitStatus", self.pb.UnitStatusRequest(
+            name=name, machine_id=machine_id, lines=lines), self.pb.UnitStatusResponse)
+
+    def restart_unit(self, name: str, machine_id: str = "") -> pb.UnitStatusResponse:
+        return self._unary("RestartUnit", self.pb.RestartUnitRequest(
+            name=name, machine_id=machine_id), self.pb.UnitStatusResponse)
+
+    def journal(self, name: str, machine_id: str = "", lines: int = 0, output: str = "",
+                follow: bool = False) -> Stream[pb.JournalChunk]:
+        """journalctl output of a unit, chunk by chunk; no deadline (-f runs until stopped)."""
+        return self._stream("Journal", self.pb.JournalRequest(
+            name=name, machine_id=machine_id, lines=lines, output=output, follow=follow),
+            self.pb.JournalChunk, None)
+
+    def watch(self, *, start_revision: int = 0, machines: bool = False, units: bool = False,
+              states: bool = False, names: Iterable[str] = (),
+              timeout_s: float | None = None) -> Stream[pb.WatchEvent]:
+        """The Watch stream (a snapshot first unless resuming, then changes), limited to
+        `names` when given; DeadlineExceeded once `timeout_s` (None: never) has passed."""
+        return self._stream("Watch", self.pb.WatchRequest(
+            start_revision=start_revision, machines=machines, units=units, states=states,
+            names=list(names)), self.pb.WatchEvent, timeout_s)
 
     def call(self, method: str, **fields: Any) -> Any:
-        request_type = {
-            "ListMachines": "ListMachinesRequest", "ListUnits": "ListUnitsRequest",
-            "GetUnit": "GetUnitRequest", "CreateUnit": "CreateUnitRequest",
-            "SetUnitTargetState": "SetUnitTargetStateRequest",
-            "DestroyUnit": "DestroyUnitRequest", "ListUnitStates": "ListUnitStatesRequest",
-            "ExplainUnit": "ExplainUnitRequest",
-            "UnitStatus": "UnitStatusRequest", "RestartUnit": "RestartUnitRequest",
-            "SetMachineMetadata": "SetMachineMetadataRequest",
-        }[method]
-        request = getattr(self.pb, request_type)(**fields)
-        try:
-            return getattr(self._stub, method)(request, timeout=self.timeout_s)
-        except self._grpc.RpcError as e:
-            raise self._error(e) from None
+        """Any unary RPC by name (`call("ListMachines")`), its types taken from the service
+        descriptor; for scripts and tests. fleetctl itself uses the typed methods."""
+        rpc = self.pb.DESCRIPTOR.services_by_name["Fleet"].methods_by_name[method]
+        request = getattr(self.pb, rpc.input_type.name)(**fields)
+        return self._unary(method, request, getattr(self.pb, rpc.output_type.name))
 
-    def stream(self, method: str, timeout_s: float | None = None, **fields: Any
-               ) -> Iterator[Any]:
-        """Messages of a server-streaming call (Journal, Watch); no deadline unless given."""
-        request_type = {"Journal": "JournalRequest", "Watch": "WatchRequest"}[method]
-        request = getattr(self.pb, request_type)(**fields)
-        call = getattr(self._stub, method)(request, timeout=timeout_s)
+    # --- plumbing -------------------------------------------------------------------------
+    def _unary(self, method: str, request: Message, response: type[M]) -> M:
+        fn = self._channel.unary_unary(_SERVICE + method,
+                                       request_serializer=type(request).SerializeToString,
+                                       response_deserializer=response.FromString)
         try:
-            yield from call
+            return fn(request, timeout=self.timeout_s)  # type: ignore[no-any-return]
         except self._grpc.RpcError as e:
-            raise self._error(e) from None
-        finally:
-            call.cancel()
+            raise self._error(e, self.timeout_s) from None
 
-    def _error(self, e: Any) -> FleetctlError:
+    def _stream(self, method: str, request: Message, response: type[M],
+                timeout_s: float | None) -> Stream[M]:
+        fn = self._channel.unary_stream(_SERVICE + method,
+                                        request_serializer=type(request).SerializeToString,
+                                        response_deserializer=response.FromString)
+        return Stream(fn(request, timeout=timeout_s), lambda e: self._error(e, timeout_s),
+                      self._grpc.RpcError)
+
+    def _error(self, e: Any, timeout_s: float | None) -> FleetctlError:
         code = e.code()
         if code == self._grpc.StatusCode.NOT_FOUND:
             return NotFoundError(e.details())
@@ -142,8 +264,8 @@ class Client:
                 " (a TCP API requires TLS: pass --ca-file, --cert-file and --key-file)"
             return FleetctlError(f"cannot reach fleetd at {self.endpoint}: {e.details()}{hint}")
         if code == self._grpc.StatusCode.DEADLINE_EXCEEDED:
-            return FleetctlError(f"fleetd at {self.endpoint} did not answer within "
-                                 f"{self.timeout_s:g}s")
+            return DeadlineExceeded(f"fleetd at {self.endpoint} did not answer within "
+                                    f"{timeout_s or 0:g}s")
         if code == self._grpc.StatusCode.FAILED_PRECONDITION:
             return NotRunningError(e.details() or str(code))
         return FleetctlError(e.details() or str(code))

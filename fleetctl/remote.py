@@ -3,130 +3,140 @@ that machine through the API, no SSH needed) and ssh (the system ssh client)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
-import typer
+from fleetctl.command import OPTS, Command, Exit, api_errors, client, echo, fail, flag
 
-from fleetctl.cli import OPTS, app, client, fail
-from fleetctl.client import Client, FleetctlError, NotFoundError, NotRunningError
+if TYPE_CHECKING:
+    from fleetctl.client import Client
+    from fleetd.api.pb import fleet_pb2 as pb
 
 
-def _unit(c: Client, arg: str) -> Any:
+def _unit(c: Client, arg: str) -> pb.Unit:
+    from fleetctl.client import NotFoundError
     from fleetd.unit import normalize_name
 
     name = normalize_name(arg)
     try:
-        return c.call("GetUnit", name=name)
+        return c.get_unit(name)
     except NotFoundError:
         fail(f"Unit {name} does not exist.")
-    raise AssertionError("unreachable")
 
 
-def _machines_of(u: Any, verb: str) -> list[str]:
+def _machines_of(u: pb.Unit, verb: str) -> list[str]:
     if u.current_state == "inactive" or not u.machine_ids:
         fail(f"Unit {u.name} does not appear to be {verb}.")
     return list(u.machine_ids)
 
 
-@app.command()
-def status(units: list[str] = typer.Argument(..., help="unit names"),
-           lines: int = typer.Option(0, "--lines", "-n",
-                                     help="journal lines to show (systemctl's default: 10)")
-           ) -> None:
-    """Print `systemctl status` of units, from the machines that run them.
+STATUS_HELP = """Print `systemctl status` of units, from the machines that run them.
 
-    Exits with systemctl's status code (3 when a unit is not running). A global unit shows one
-    status per machine."""
+Exits with systemctl's status code (3 when a unit is not running). A global unit shows one
+status per machine."""
+
+
+def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("units", nargs="+", metavar="UNIT", help="unit names")
+    p.add_argument("--lines", "-n", type=int, default=0, metavar="N",
+                   help="journal lines to show (systemctl's default: 10)")
+
+
+@api_errors
+def _status(a: argparse.Namespace) -> int:
+    from fleetctl.client import NotRunningError
+
     c = client()
+    worst = 0
     try:
-        found = [_unit(c, a) for a in units]
+        found = [_unit(c, u) for u in a.units]
         plan = [(u, _machines_of(u, "loaded")) for u in found]
-        first, worst = True, 0
+        first = True
         for u, machines in plan:
             for mid in machines:
                 if not first:
-                    typer.echo("")  # systemctl separates units with a blank line
+                    echo("")  # systemctl separates units with a blank line
                 first = False
-                r = c.call("UnitStatus", name=u.name, machine_id=mid, lines=lines)
-                if u.__getattribute__("global"):
-                    typer.echo(f"# {u.name} on machine {mid}")
+                r = c.unit_status(u.name, mid, a.lines)
+                if u.is_global:
+                    echo(f"# {u.name} on machine {mid}")
                 sys.stdout.write(r.output)
                 worst = worst or r.exit_code
     except NotRunningError as e:
         fail(str(e))
-    except FleetctlError as e:
-        fail(str(e), e.exit_code)
-    raise typer.Exit(worst)
+    return worst
 
 
-@app.command()
-def journal(unit: str = typer.Argument(..., help="unit name"),
-            lines: int = typer.Option(10, "--lines", "-n", help="number of recent lines"),
-            follow: bool = typer.Option(False, "--follow", "-f",
-                                        help="keep printing new entries as they arrive"),
-            output: str = typer.Option("short", "--output", "-o",
-                                       help="journalctl output format (short, json, cat, ...)"),
-            machine: str = typer.Option("", "--machine",
-                                        help="for a global unit: the machine (id prefix)"),
-            ) -> None:
-    """Print the journal of a unit from the machine that runs it (streamed live with -f)."""
-    if lines < 0:
+def _journal_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("unit", metavar="UNIT", help="unit name")
+    p.add_argument("--lines", "-n", type=int, default=10, metavar="N",
+                   help="number of recent lines")
+    flag(p, "--follow", "-f", help="keep printing new entries as they arrive")
+    p.add_argument("--output", "-o", default="short", metavar="FORMAT",
+                   help="journalctl output format (short, json, cat, ...)")
+    p.add_argument("--machine", default="", metavar="ID",
+                   help="for a global unit: the machine (id prefix)")
+
+
+@api_errors
+def _journal(a: argparse.Namespace) -> int:
+    if a.lines < 0:
         fail("--lines must not be negative")
     c = client()
     try:
-        u = _unit(c, unit)
+        u = _unit(c, a.unit)
         machines = _machines_of(u, "running")
-        if machine:
-            machines = [m for m in machines if m.startswith(machine)]
+        if a.machine:
+            machines = [m for m in machines if m.startswith(a.machine)]
             if not machines:
-                fail(f"unit {u.name} does not run on machine {machine}")
+                fail(f"unit {u.name} does not run on machine {a.machine}")
         if len(machines) > 1:
             fail(f"global unit {u.name} runs on {len(machines)} machines: choose one with "
                  "--machine")
         out = sys.stdout.buffer
-        for chunk in c.stream("Journal", name=u.name, machine_id=machines[0],
-                              lines=lines or 10, output=output, follow=follow):
-            out.write(chunk.data)
-            out.flush()
+        with c.journal(u.name, machines[0], a.lines or 10, a.output, a.follow) as chunks:
+            for chunk in chunks:
+                out.write(chunk.data)
+                out.flush()
     except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+        raise Exit(130) from None
     except BrokenPipeError:
-        raise typer.Exit(0) from None
-    except FleetctlError as e:
-        fail(str(e), e.exit_code)
+        raise Exit(0) from None
+    return 0
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def ssh(ctx: typer.Context,
-        target: str = typer.Argument(..., help="machine id (or prefix) or unit name"),
-        machine: bool = typer.Option(False, "--machine", "-m", help="TARGET is a machine"),
-        unit: bool = typer.Option(False, "--unit", "-u", help="TARGET is a unit"),
-        forward_agent: bool = typer.Option(False, "--forward-agent", "-A",
-                                           help="forward the local ssh-agent"),
-        print_command: bool = typer.Option(False, "--print-command",
-                                           help="print the ssh command line instead of "
-                                                "running it")) -> None:
-    """Open a shell (or run COMMAND...) over SSH on a machine or on the machine of a unit."""
+def _ssh_args(p: argparse.ArgumentParser) -> None:
+    flag(p, "--machine", "-m", help="TARGET is a machine")
+    flag(p, "--unit", "-u", help="TARGET is a unit")
+    flag(p, "--forward-agent", "-A", help="forward the local ssh-agent")
+    flag(p, "--print-command", help="print the ssh command line instead of running it")
+    p.add_argument("target", metavar="TARGET", help="machine id (or prefix) or unit name")
+    p.usage = "fleetctl ssh [-h] [-m] [-u] [-A] [--print-command] TARGET [COMMAND ...]"
+
+
+def _ssh(a: argparse.Namespace) -> int:
     import dataclasses
     import shlex
 
+    from fleetctl.client import FleetctlError
     from fleetctl.sshcmd import machine_argv
 
-    if machine and unit:
+    if a.machine and a.unit:
         fail("Both machine and unit flags provided, please specify only one.")
-    command = [a for a in ctx.args if a != "--"] if ctx.args[:1] == ["--"] else list(ctx.args)
+    command = [x for x in a.command if x != "--"] if a.command[:1] == ["--"] \
+        else list(a.command)
     c = client()
     try:
-        host = _find_host(c, target, as_machine=machine, as_unit=unit)
+        host = _find_host(c, a.target, as_machine=a.machine, as_unit=a.unit)
     except FleetctlError as e:
         fail(f"Unable to proceed: {e}")
-    opts = dataclasses.replace(OPTS.ssh, forward_agent=forward_agent)
+    opts = dataclasses.replace(OPTS.ssh, forward_agent=a.forward_agent)
     argv = machine_argv(opts, host, command)
-    if print_command:
-        typer.echo(shlex.join(argv))
-        return
+    if a.print_command:
+        echo(shlex.join(argv))
+        return 0
     opts.ensure_known_hosts_dir()
     sys.stdout.flush()
     try:
@@ -136,19 +146,21 @@ def ssh(ctx: typer.Context,
 
 
 def _find_host(c: Client, target: str, *, as_machine: bool, as_unit: bool) -> str:
+    from fleetctl.client import FleetctlError
     from fleetd.unit import normalize_name
 
-    machines = c.call("ListMachines").machines
+    machines = c.list_machines()
     ip_of = {m.id: m.ip for m in machines}
     by_machine = [m for m in machines if m.id.startswith(target)] if not as_unit else []
     unit_host = ""
     if not as_machine:
+        u: pb.Unit | None
         try:
-            u = c.call("GetUnit", name=normalize_name(target))
-        except (NotFoundError, FleetctlError):
+            u = c.get_unit(normalize_name(target))
+        except FleetctlError:
             u = None
         if u is not None:
-            if u.__getattribute__("global"):
+            if u.is_global:
                 if as_unit:
                     raise FleetctlError(f"global unit {u.name} runs on several machines; "
                                         "ssh to a machine instead")
@@ -175,3 +187,12 @@ def _find_host(c: Client, target: str, *, as_machine: bool, as_unit: bool) -> st
     if as_machine:
         raise FleetctlError(f"machine {target} does not exist")
     raise FleetctlError(f"could not find matching unit or machine for {target}")
+
+
+COMMANDS = {c.name: c for c in [
+    Command("status", STATUS_HELP, _status_args, _status),
+    Command("journal", "Print the journal of a unit from the machine that runs it (streamed "
+            "live with -f).", _journal_args, _journal),
+    Command("ssh", "Open a shell (or run COMMAND...) over SSH on a machine or on the machine "
+            "of a unit.", _ssh_args, _ssh, rest="command"),
+]}

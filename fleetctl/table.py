@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-Row = Mapping[str, Any]
-
 
 def short_id(machine_id: str, full: bool) -> str:
     """fleet's abbreviated machine id: the first 8 characters and '...'."""
@@ -26,8 +24,8 @@ def parse_fields(raw: str, allowed: Sequence[str], command: str) -> list[str]:
     return fields
 
 
-def render(rows: Sequence[Row], fields: Sequence[str],
-           columns: Mapping[str, Callable[[Row], str]], *, legend: bool = True) -> str:
+def render(rows: Sequence[Any], fields: Sequence[str],
+           columns: Mapping[str, Callable[[Any], str]], *, legend: bool = True) -> str:
     """Rows as aligned columns (fleet uses a tab writer; we pad with spaces so output lines up
     the same in any terminal), with an upper-case header unless legend is False."""
     table = [[columns[f](r) for f in fields] for r in rows]

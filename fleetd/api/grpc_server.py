@@ -63,7 +63,7 @@ def unit_pb(u: UnitInfo) -> pb.Unit:
     return pb.Unit(name=u.name, text=u.text, hash=u.hash, desired_state=u.desired_state,
                    current_state=u.current_state, machine_ids=list(u.machine_ids),
                    unschedulable_reason=u.unschedulable_reason, description=u.description,
-                   **{"global": u.is_global})
+                   is_global=u.is_global)
 
 
 def machine_pb(m: MachineRecord, leader: str | None = None) -> pb.Machine:
@@ -152,6 +152,11 @@ class FleetServicer(pb_grpc.FleetServicer):
         every = not (request.machines or request.units or request.states)
         want = {"machine": every or request.machines, "unit": every or request.units,
                 "state": every or request.states}
+        only = set(request.names)  # a waiting fleetctl follows its own units only
+
+        def wanted(kind: str, unit: str) -> bool:
+            return bool(want[kind]) and (not only or kind == "machine" or unit in only)
+
         follower = self.service.registry.follow(revision=request.start_revision)
         sent = bool(not request.start_revision)
         try:
@@ -163,16 +168,16 @@ class FleetServicer(pb_grpc.FleetServicer):
                 if update.kind == "reset" and not update.compacted:
                     if request.start_revision:
                         continue
-                    leader = await self.service.registry.leader()
+                    leader = await self.service.registry.leader() if want["machine"] else None
                     ips = {m.id: m.ip for m in st.machines.values()}
                     snap = pb.Snapshot(
                         machines=[machine_pb(st.machines[k], leader) for k in sorted(st.machines)]
                         if want["machine"] else [],
                         units=[unit_pb(self.service._info(st, n, False))
-                               for n in sorted(st.units)] if want["unit"] else [],
+                               for n in sorted(st.units) if wanted("unit", n)],
                         states=[state_pb(st.states[u][m], ips.get(m, ""))
-                                for u in sorted(st.states) for m in sorted(st.states[u])]
-                        if want["state"] else [])
+                                for u in sorted(st.states) if wanted("state", u)
+                                for m in sorted(st.states[u])])
                     yield pb.WatchEvent(kind=pb.WatchEvent.SNAPSHOT, revision=st.revision,
                                         snapshot=snap)
                     continue
@@ -185,7 +190,7 @@ class FleetServicer(pb_grpc.FleetServicer):
                         raise WatchCompacted(update.reason)
                     log.info("Watch: %s; re-listing", update.reason)
                 for ev in update.events:
-                    if want[ev.kind.split("_")[0]]:
+                    if wanted(ev.kind.split("_")[0], ev.name):
                         sent = True
                         yield self._event_pb(st, ev)
         except WatchCompacted as e:

@@ -44,7 +44,7 @@ from tests.lab.conftest import (
 
 T = TypeVar("T")
 #: How the proxy is started: `fleetctl dashboard` once the CLI has the command.
-DASHBOARD_COMMAND = [sys.executable, "-m", "fleetctl.dashboard"]
+DASHBOARD_COMMAND = [os.path.join(os.path.dirname(sys.executable), "fleetctl"), "dashboard"]
 ARTIFACTS = REPO / "artifacts" / "dashboard"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

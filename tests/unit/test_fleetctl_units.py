@@ -9,9 +9,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import typer
 
 from fleetctl.cli import ensure_units
+from fleetctl.command import Exit
 from fleetd.unit import UnitFile
 
 V1 = "[Service]\nExecStart=/bin/sleep 1\n"
@@ -29,17 +29,16 @@ class FakeApi:
         self.units = units
         self.created: list[tuple[str, str, str, bool]] = []
 
-    def call(self, method: str, **f: Any) -> Any:
-        if method == "ListUnits":
-            return SimpleNamespace(units=[
-                SimpleNamespace(name=n, hash=file_hash(t), desired_state=d)
-                for n, (t, d) in sorted(self.units.items())])
-        if method == "GetUnit":
-            return SimpleNamespace(text=self.units[f["name"]][0])
-        if method == "CreateUnit":
-            self.created.append((f["name"], f["text"], f["desired_state"], f["replace"]))
-            return None
-        raise AssertionError(method)
+    def list_units(self) -> list[Any]:
+        return [SimpleNamespace(name=n, hash=file_hash(t), desired_state=d)
+                for n, (t, d) in sorted(self.units.items())]
+
+    def get_unit(self, name: str) -> Any:
+        return SimpleNamespace(text=self.units[name][0])
+
+    def create_unit(self, name: str, text: str = "", desired_state: str = "",
+                    replace: bool = False) -> None:
+        self.created.append((name, text, desired_state, replace))
 
 
 CASES = [
@@ -117,7 +116,7 @@ def test_bad_arguments_change_nothing(tmp_path: pathlib.Path, monkeypatch: pytes
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(text)
     api = FakeApi({})
-    with pytest.raises(typer.Exit) as e:
+    with pytest.raises(Exit) as e:
         ensure_units(api, args, "start", "launched")  # type: ignore[arg-type]
     assert e.value.exit_code == 1
     assert api.created == []

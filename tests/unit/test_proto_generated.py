@@ -84,3 +84,13 @@ def test_field_comment_check_detects_an_undocumented_field() -> None:
              "  map<string, string> c = 3;", "}"]
     assert _undocumented_fields(lines) == [
         f"{PROTO.name}:4: int32 b = 2;", f"{PROTO.name}:5: map<string, string> c = 3;"]
+
+
+def test_unit_is_global_keeps_global_as_its_json_name() -> None:
+    from google.protobuf import json_format
+
+    from fleetd.api.pb import fleet_pb2 as pb
+
+    assert json_format.MessageToDict(pb.Unit(name="g.service", is_global=True)) == {
+        "name": "g.service", "global": True}
+    assert json_format.Parse('{"global": true}', pb.Unit()).is_global is True

@@ -43,7 +43,7 @@ class ListMachinesResponse(_message.Message):
     def __init__(self, machines: _Optional[_Iterable[_Union[Machine, _Mapping]]] = ...) -> None: ...
 
 class Unit(_message.Message):
-    __slots__ = ("name", "text", "hash", "desired_state", "current_state", "machine_ids", "unschedulable_reason", "description")
+    __slots__ = ("name", "text", "hash", "desired_state", "current_state", "machine_ids", "unschedulable_reason", "description", "is_global")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
@@ -52,7 +52,7 @@ class Unit(_message.Message):
     MACHINE_IDS_FIELD_NUMBER: _ClassVar[int]
     UNSCHEDULABLE_REASON_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
-    GLOBAL_FIELD_NUMBER: _ClassVar[int]
+    IS_GLOBAL_FIELD_NUMBER: _ClassVar[int]
     name: str
     text: str
     hash: str
@@ -61,7 +61,8 @@ class Unit(_message.Message):
     machine_ids: _containers.RepeatedScalarFieldContainer[str]
     unschedulable_reason: str
     description: str
-    def __init__(self, name: _Optional[str] = ..., text: _Optional[str] = ..., hash: _Optional[str] = ..., desired_state: _Optional[str] = ..., current_state: _Optional[str] = ..., machine_ids: _Optional[_Iterable[str]] = ..., unschedulable_reason: _Optional[str] = ..., description: _Optional[str] = ..., **kwargs) -> None: ...
+    is_global: bool
+    def __init__(self, name: _Optional[str] = ..., text: _Optional[str] = ..., hash: _Optional[str] = ..., desired_state: _Optional[str] = ..., current_state: _Optional[str] = ..., machine_ids: _Optional[_Iterable[str]] = ..., unschedulable_reason: _Optional[str] = ..., description: _Optional[str] = ..., is_global: _Optional[bool] = ...) -> None: ...
 
 class ListUnitsRequest(_message.Message):
     __slots__ = ("with_text",)
@@ -255,16 +256,18 @@ class JournalChunk(_message.Message):
     def __init__(self, machine_id: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("start_revision", "machines", "units", "states")
+    __slots__ = ("start_revision", "machines", "units", "states", "names")
     START_REVISION_FIELD_NUMBER: _ClassVar[int]
     MACHINES_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
     start_revision: int
     machines: bool
     units: bool
     states: bool
-    def __init__(self, start_revision: _Optional[int] = ..., machines: _Optional[bool] = ..., units: _Optional[bool] = ..., states: _Optional[bool] = ...) -> None: ...
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, start_revision: _Optional[int] = ..., machines: _Optional[bool] = ..., units: _Optional[bool] = ..., states: _Optional[bool] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Snapshot(_message.Message):
     __slots__ = ("machines", "units", "states")

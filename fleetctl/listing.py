@@ -1,0 +1,172 @@
+"""The list commands: list-machines, list-units, list-unit-files (fleet's tables, or JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from fleetctl.command import Command, Exit, api_errors, client, echo, fail, flag
+from fleetctl.table import parse_fields, render, short_id
+
+if TYPE_CHECKING:
+    from fleetd.api.pb import fleet_pb2 as pb
+
+MACHINE_FIELDS = ["machine", "ip", "metadata"]
+UNIT_FIELDS = ["unit", "machine", "active", "sub", "load", "hash", "desc"]
+UNIT_FILE_FIELDS = ["unit", "hash", "dstate", "state", "target", "global", "desc", "tmachine"]
+
+Columns = Mapping[str, Callable[[Any], Any]]
+
+
+def _fields(raw: str, allowed: list[str], command: str) -> list[str]:
+    try:
+        return parse_fields(raw, allowed, command)
+    except ValueError as e:
+        fail(str(e))
+
+
+def _metadata(md: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={md[k]}" for k in sorted(md)) or "-"
+
+
+def _emit(rows: list[Any], cols: list[str], columns: Columns, no_legend: bool,
+          output: str, json_columns: Columns | None = None) -> None:
+    """Print rows as fleet's table or, with -o json, as a JSON list of objects with the
+    selected fields (full ids and hashes; JSON types where they exist)."""
+    if output == "json":
+        import json
+
+        jc = {**columns, **(json_columns or {})}
+        sys.stdout.write(json.dumps([{f: jc[f](r) for f in cols} for r in rows], indent=2)
+                         + "\n")
+    elif output == "table":
+        sys.stdout.write(render(rows, cols, columns, legend=not no_legend))
+    else:
+        fail(f"invalid output format {output!r}: expected table or json")
+
+
+def _list_args(default_fields: str) -> Callable[[argparse.ArgumentParser], None]:
+    def arguments(p: argparse.ArgumentParser) -> None:
+        flag(p, "--full", "-l", help="do not abbreviate machine ids and hashes")
+        flag(p, "--no-legend", help="do not print the header line")
+        p.add_argument("--fields", default=default_fields, metavar="LIST",
+                       help=f"comma-separated columns to show (default: {default_fields})")
+        p.add_argument("--output", "-o", default="table", metavar="FORMAT",
+                       help="table, or json for scripts")
+    return arguments
+
+
+@api_errors
+def _list_machines(a: argparse.Namespace) -> int:
+    cols = _fields(a.fields, MACHINE_FIELDS, "list-machines")
+    machines = client().list_machines()
+    full = a.full
+    columns: Columns = {"machine": lambda m: short_id(m.id, full), "ip": lambda m: m.ip or "-",
+                        "metadata": lambda m: _metadata(m.metadata)}
+    _emit(machines, cols, columns, a.no_legend, a.output, {
+        "machine": lambda m: m.id, "ip": lambda m: m.ip,
+        "metadata": lambda m: dict(sorted(m.metadata.items()))})
+    return 0
+
+
+@api_errors
+def _list_units(a: argparse.Namespace) -> int:
+    cols = _fields(a.fields, UNIT_FIELDS, "list-units")
+    full = a.full
+    c = client()
+    units = {u.name: u for u in c.list_units()}
+    states = c.list_unit_states()
+    rows: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for s in states:
+        u = units.get(s.name)
+        rows.append({"u": u, "name": s.name, "machine": f"{short_id(s.machine_id, full)}/"
+                     f"{s.machine_ip or '-'}", "machine_id": s.machine_id,
+                     "active": s.active_state or "-",
+                     "sub": s.sub_state or "-", "load": s.load_state or "-", "hash": s.hash})
+        if s.active_state in ("active", "activating", "reloading"):
+            seen[s.name] = seen.get(s.name, 0) + 1
+    reported = {s.name for s in states}
+    for name, u in sorted(units.items()):
+        if name not in reported and u.machine_ids:
+            for mid in u.machine_ids:
+                rows.append({"u": u, "name": name, "machine": short_id(mid, full),
+                             "machine_id": mid,
+                             "active": "-", "sub": "-", "load": "-", "hash": u.hash})
+    rows.sort(key=lambda r: (r["name"], r["machine"]))
+    columns: Columns = {
+        "unit": lambda r: r["name"], "machine": lambda r: r["machine"],
+        "active": lambda r: r["active"], "sub": lambda r: r["sub"], "load": lambda r: r["load"],
+        "hash": lambda r: r["hash"] if full else r["hash"][:7],
+        "desc": lambda r: (r["u"].description if r["u"] else "") or "-",
+    }
+    twice = sorted(n for n, k in seen.items() if k > 1 and not
+                   (n in units and units[n].is_global))
+    if a.output == "table":
+        for r in rows:  # flag the offending rows themselves, not only the summary below
+            if r["name"] in twice:
+                r["name"] = f"{r['name']} (!)"
+    _emit(rows, cols, columns, a.no_legend, a.output, {
+        "machine": lambda r: r["machine_id"], "hash": lambda r: r["hash"],
+        "unit": lambda r: r["name"].removesuffix(" (!)")})
+    for name in twice:
+        echo(f"WARNING: unit {name} is running on {seen[name]} machines at once; "
+             "fleet must never let this happen: report it", err=True)
+    if twice:
+        raise Exit(2)
+    return 0
+
+
+@api_errors
+def _list_unit_files(a: argparse.Namespace) -> int:
+    cols = _fields(a.fields, UNIT_FILE_FIELDS, "list-unit-files")
+    if "tmachine" in cols:
+        echo('WARNING: The "tmachine" field is deprecated. Use "target" instead', err=True)
+    full = a.full
+    c = client()
+    units = c.list_units()
+    ips = {m.id: m.ip for m in c.list_machines()}
+
+    def target(u: pb.Unit) -> str:
+        if u.is_global:
+            return "global"
+        if not u.machine_ids:
+            return "-"
+        mid = u.machine_ids[0]
+        return f"{short_id(mid, full)}/{ips.get(mid, '-')}"
+
+    def json_target(u: pb.Unit) -> str | None:
+        """As the table: "global", the machine's full id, or null when not scheduled."""
+        if u.is_global:
+            return "global"
+        return u.machine_ids[0] if u.machine_ids else None
+
+    def state(u: pb.Unit) -> str | None:
+        """fleet shows no single state for a global unit (it has one per machine)."""
+        return None if u.is_global else (u.current_state or None)
+
+    columns: Columns = {
+        "unit": lambda u: u.name, "hash": lambda u: u.hash if full else u.hash[:7],
+        "dstate": lambda u: u.desired_state, "state": lambda u: state(u) or "-",
+        "target": target, "tmachine": target,
+        "global": lambda u: str(u.is_global).lower(),
+        "desc": lambda u: u.description or "-",
+    }
+    _emit(units, cols, columns, a.no_legend, a.output, {
+        "hash": lambda u: u.hash, "state": state,
+        "target": json_target, "tmachine": json_target,
+        "global": lambda u: bool(u.is_global), "desc": lambda u: u.description})
+    return 0
+
+
+COMMANDS = {c.name: c for c in [
+    Command("list-machines", "List the live machines of the cluster.",
+            _list_args("machine,ip,metadata"), _list_machines),
+    Command("list-units", "List units scheduled in the cluster with their systemd state on "
+            "their machine.", _list_args("unit,machine,active,sub"), _list_units),
+    Command("list-unit-files", "List every submitted unit with its desired and current "
+            "state and target machine.", _list_args("unit,hash,dstate,state,target"),
+            _list_unit_files),
+]}
