@@ -256,12 +256,16 @@ def test_dashboard_hands_the_connection_and_flags_to_fleetctl_dashboard_run(
     assert code == 3
     [kw] = calls
     assert kw["endpoint"] == "10.0.0.1:9810" and kw["tls"].ca_file == "/ca.pem"
-    assert (kw["listen"], kw["open_browser"], kw["force"], kw["tunnel"]) == (
-        "0.0.0.0:9000", True, True, None)
+    assert (kw["listen"], kw["open_browser"], kw["force"], kw["http_endpoint"]) == (
+        "0.0.0.0:9000", True, True, "")
     calls.clear()
-    assert run(capsys, "dashboard")[0] == 3
-    assert (calls[0]["listen"], calls[0]["open_browser"], calls[0]["force"]) == (
-        "127.0.0.1:8089", False, False)
+    assert run(capsys, "dashboard", "--http-endpoint", "https://10.0.0.1:49153")[0] == 3
+    assert (calls[0]["listen"], calls[0]["open_browser"], calls[0]["force"],
+            calls[0]["http_endpoint"]) == ("127.0.0.1:8089", False, False,
+                                           "https://10.0.0.1:49153")
+    calls.clear()
+    code, out, err = run(capsys, "--tunnel", "10.0.0.1", "dashboard")
+    assert code == 2 and not calls and "--tunnel" in err
 
 
 def test_dashboard_without_its_module_is_a_clear_error(
