@@ -811,7 +811,8 @@ def test_explain(snapshot: ClusterSnapshot, unit: str, expected: tuple[Any, ...]
 
 
 def test_check_names_in_pipeline_order() -> None:
-    assert CHECK_NAMES == ("MachineID", "MachineMetadata", "MachineOf", "Conflicts", "Replaces")
+    assert CHECK_NAMES == ("MachineID", "MachineMetadata", "MachineOf", "Conflicts", "Replaces",
+                           "Departed", "Held")
 
 
 def test_synthetic_snapshot_converges_quickly() -> None:
