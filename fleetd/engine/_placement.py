@@ -80,9 +80,8 @@ class Pipeline:
             if removed:
                 counts.append((check.name, len(removed)))
                 summary = check.summary(state, job, removed)
-                phrases.append(
-                    f"{len(removed)} filtered by {check.name}" + (f" ({summary})" if summary else "")
-                )
+                phrase = f"{len(removed)} filtered by {check.name}"
+                phrases.append(phrase + (f" ({summary})" if summary else ""))
             candidates = survivors
         return tuple(counts), phrases
 
