@@ -2,22 +2,27 @@
 
 `reconcile` turns a `ClusterSnapshot` into `Assign`/`Unassign`/`Unschedulable` decisions; after
 applying them, a second call returns only `Unschedulable` decisions (one pass converges).
-`explain` says, per machine, which check rejects a unit. The feasibility checks themselves live
-in `fleetd.engine._feasibility`.
+`explain` says, per machine, which check rejects a unit, and ranks the ones that pass.
+`reconcile`, `place_new` (the engine's fast path) and `explain` all go through one `Pipeline`
+(`fleetd.engine._placement`): the feasibility checks of `fleetd.engine._feasibility`, then the
+rankers of `fleetd.engine._ranking`.
 
 Rules (fleet's, plus the engine's own):
 
 * a non-global unit whose target state is ``loaded``/``launched`` gets exactly one machine, an
   ``inactive`` or destroyed unit none; assignments to machines whose lease expired are dropped
   and the unit is rescheduled in the same pass;
-* a machine is feasible if it passes MachineID, MachineMetadata, MachineOf, Conflicts and
-  Replaces, in that order; among feasible machines the least loaded wins, ties by machine id;
+* a machine is feasible if it passes MachineID, MachineMetadata, MachineOf, Conflicts,
+  Replaces, Departed and Held, in that order; among feasible machines the best ranked (the
+  least loaded) wins, ties by machine id;
+* a machine in its grace (``departed``) keeps its units and gets no new ones; the units it had
+  (``held``) are placed nowhere else meanwhile (global units excepted);
 * a still-feasible assignment is kept (no rebalancing); an infeasible one is moved;
 * units are processed MachineOf-targets (and replacers) first so followers land with their
   target; MachineOf cycles make every unit in the cycle unschedulable;
 * of units that Replace each other only one runs: the one already placed, else the first in
   processing order; the others are unschedulable;
-* global units go to every live machine that passes the checks.
+* global units go to every live machine that passes the checks (the pipeline's Global mode).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ __all__ = [
     "Explanation",
     "JobView",
     "MachineView",
+    "Pipeline",
     "TargetState",
     "Unassign",
     "Unschedulable",
@@ -341,11 +347,11 @@ def _working_state(snapshot: ClusterSnapshot) -> WorkingState:
                               snapshot.departed, snapshot.held)
 
 
-def _simulate(snapshot: ClusterSnapshot) -> _Pass:
+def _simulate(snapshot: ClusterSnapshot, pipeline: Pipeline) -> _Pass:
     """Run one reconcile pass over a private working copy of ``snapshot``'s schedule."""
     jobs = snapshot.jobs
     state = _working_state(snapshot)
-    run = _Pass(state)
+    run = _Pass(state, pipeline)
     for unit in sorted(snapshot.schedule):
         job = jobs.get(unit)
         for machine_id in sorted(snapshot.schedule[unit]):
@@ -380,14 +386,14 @@ def _simulate(snapshot: ClusterSnapshot) -> _Pass:
     return run
 
 
-def reconcile(snapshot: ClusterSnapshot) -> list[Decision]:
+def reconcile(snapshot: ClusterSnapshot, pipeline: Pipeline = PIPELINE) -> list[Decision]:
     """Decisions that move the schedule toward the desired state; applying them and calling again
     yields only Unschedulable decisions (idempotent, converges in one pass).
 
     Order: every Unassign (by unit, machine), then every Assign (targets before followers), then
     every Unschedulable (by unit). Only net changes are emitted.
     """
-    run = _simulate(snapshot)
+    run = _simulate(snapshot, pipeline)
     final = run.state.sched
     decisions: list[Decision] = []
     for unit in sorted(snapshot.schedule):
@@ -411,7 +417,9 @@ def reconcile(snapshot: ClusterSnapshot) -> list[Decision]:
     return decisions
 
 
-def place_new(snapshot: ClusterSnapshot, units: Iterable[str]) -> list[Decision] | None:
+def place_new(
+    snapshot: ClusterSnapshot, units: Iterable[str], pipeline: Pipeline = PIPELINE
+) -> list[Decision] | None:
     """The engine's fast path: place only ``units`` (and the MachineOf followers waiting for
     them), taking every other assignment as it stands, in O(cluster) instead of a full pass.
 
@@ -447,7 +455,7 @@ def place_new(snapshot: ClusterSnapshot, units: Iterable[str]) -> list[Decision]
     if any(name in state.replaced_by or _in_machine_of_cycle(jobs, name) for name in chosen):
         return None
     state.place_all(snapshot.schedule)
-    run = _Pass(state)
+    run = _Pass(state, pipeline)
     order, _ = _processing_order(sorted(chosen), jobs, state)
     for name in order:
         run.settle(jobs[name])
@@ -476,7 +484,7 @@ def _in_machine_of_cycle(jobs: Mapping[str, JobView], start: str) -> bool:
     return False
 
 
-def explain(snapshot: ClusterSnapshot, unit: str) -> Explanation:
+def explain(snapshot: ClusterSnapshot, unit: str, pipeline: Pipeline = PIPELINE) -> Explanation:
     """Why ``unit`` is (not) placed: per machine, the first check that rejected it, and the
     ranking of the machines that pass every check.
 
@@ -487,8 +495,8 @@ def explain(snapshot: ClusterSnapshot, unit: str) -> Explanation:
     job = snapshot.jobs.get(unit)
     if job is None:
         return Explanation(unit, (), (), ())
-    run = _simulate(snapshot)
-    state, pipeline = run.state, run.pipeline
+    run = _simulate(snapshot, pipeline)
+    state = run.state
     scheduled_on = tuple(sorted(state.where(unit)))
     for machine_id in scheduled_on:
         state.lift(unit, machine_id)

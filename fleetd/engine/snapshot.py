@@ -171,21 +171,17 @@ def build_snapshot(
 
 
 def unseen_machines(
-    schedule: Mapping[str, Collection[str]],
-    machines: Collection[str],
-    metadata: Mapping[str, dict[str, str | None]] | None = None,
+    schedule: Mapping[str, Collection[str]], machines: Collection[str]
 ) -> tuple[dict[str, MachineView], frozenset[str]]:
     """Machines that still have assignments but no key, as departed machines in their grace,
-    and the units they have. What a reader that cannot know when they left (a new leader, the
-    API) assumes: they may still run those units, so the schedule stands until the engine
-    moves them. Their configured metadata is gone with their key; API-set values remain."""
-    extra = metadata or {}
+    and the units they have: what a reader that cannot know when they left (the API; a new
+    engine leader does the same) assumes. They may still run those units, so the schedule
+    stands until the engine moves them. Their metadata went with their key."""
     views: dict[str, MachineView] = {}
     held: set[str] = set()
     for unit, per in schedule.items():
         for mid in per:
             if mid not in machines:
                 held.add(unit)
-                if mid not in views:
-                    views[mid] = MachineView(mid, merge_metadata({}, extra.get(mid)))
+                views.setdefault(mid, MachineView(mid, {}))
     return views, frozenset(held)
