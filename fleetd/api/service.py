@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 from fleetd import metadata
 from fleetd.engine.scheduler import ClusterSnapshot, explain
-from fleetd.engine.snapshot import UnitParseCache, build_snapshot, unseen_machines
+from fleetd.engine.snapshot import (
+    UnitParseCache,
+    build_snapshot,
+    template_refusal,
+    unseen_machines,
+)
 from fleetd.registry import (
     TARGET_STATES,
     ClusterState,
@@ -90,6 +95,7 @@ def _parse(name: str, text: str) -> Unit:
 
 
 def _check_name(name: str) -> UnitName:
+    """The parsed unit name, or InvalidArgument saying what is wrong with it."""
     try:
         return UnitName.parse(name)
     except UnitError as e:
@@ -98,9 +104,7 @@ def _check_name(name: str) -> UnitName:
 
 def _refuse_template_activation(name: UnitName, desired_state: str) -> None:
     if name.is_template and desired_state not in ("", "inactive"):
-        raise InvalidArgument(f"cannot activate template {name.full}: a template is only "
-                              f"submitted; start its instances (e.g. {name.prefix}@1."
-                              f"{name.suffix})")
+        raise InvalidArgument(template_refusal(name))
 
 
 class FleetService:

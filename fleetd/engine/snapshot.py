@@ -3,10 +3,11 @@ the engine (to decide) and by the API's `explain_unit` (`fleetctl why`), so both
 cluster. Pure: no I/O, no asyncio.
 
 `build_snapshot` turns units, desired states, machines (with API-set metadata), assignments and
-the machines in their grace into a `ClusterSnapshot`, plus the units whose file cannot be parsed.
-Templates (`UnitName.is_template`) are never scheduled themselves. Given the previous result
-and what changed since, it rebuilds only that (the engine calls it on every decision); the
-result is the same as a full build.
+the machines in their grace into a `ClusterSnapshot`, plus the units it cannot schedule: an
+invalid file, or a template (`UnitName.is_template`) with an active desired state (the API
+refuses that, see `template_refusal`; one written past it is reported, not silently skipped).
+Given the previous result and what changed since, it rebuilds only that (the engine calls it
+on every decision); the result is the same as a full build.
 """
 
 from __future__ import annotations
@@ -22,10 +23,23 @@ from fleetd.unit import Unit, UnitError, UnitName, XFleet
 if TYPE_CHECKING:
     from fleetd.registry.schema import MachineRecord, UnitRecord
 
-__all__ = ["BuiltSnapshot", "ParsedUnit", "UnitParseCache", "build_snapshot", "unseen_machines"]
+__all__ = [
+    "BuiltSnapshot",
+    "ParsedUnit",
+    "UnitParseCache",
+    "build_snapshot",
+    "template_refusal",
+    "unseen_machines",
+]
 
 _MAX_CACHED = 200_000
 """Parsed files kept before the cache starts over (a bound, not a tuning knob)."""
+
+
+def template_refusal(name: UnitName) -> str:
+    """Why template ``name`` cannot be loaded or started: only its instances are scheduled."""
+    return (f"cannot activate template {name.full}: a template is only submitted; start its "
+            f"instances (e.g. {name.prefix}@1.{name.suffix})")
 
 
 @dataclass(frozen=True)
@@ -77,12 +91,13 @@ class UnitParseCache:
 
 @dataclass(frozen=True)
 class BuiltSnapshot:
-    """The scheduler's input and the units it leaves out because their file is invalid."""
+    """The scheduler's input, and the units it leaves out: an invalid file, or a template with
+    an active desired state (name -> why)."""
 
     machines: dict[str, MachineView]
     jobs: dict[str, JobView]
     schedule: dict[str, frozenset[str]]
-    broken: dict[str, str] = field(default_factory=dict)  # unit name -> parse error
+    broken: dict[str, str] = field(default_factory=dict)  # unit -> why it cannot be scheduled
     departed: frozenset[str] = frozenset()
     held: frozenset[str] = frozenset()
 
@@ -94,16 +109,17 @@ class BuiltSnapshot:
 
 def _job(name: str, units: Mapping[str, UnitRecord], desired: Mapping[str, str],
          parsed: UnitParseCache) -> JobView | str | None:
-    """The unit's JobView, its parse error, or None (gone, or a template)."""
+    """The unit's JobView, why it cannot be scheduled, or None (gone, or a submitted
+    template)."""
     rec = units.get(name)
     if rec is None:
         return None
     unit = parsed.parsed(rec)
+    state: TargetState = desired.get(name, "inactive")  # type: ignore[assignment]
     if unit.is_template:
-        return None
+        return None if state == "inactive" else template_refusal(UnitName.parse(name))
     if unit.xfleet is None:
         return unit.error
-    state: TargetState = desired.get(name, "inactive")  # type: ignore[assignment]
     return JobView(name, state, unit.xfleet)
 
 

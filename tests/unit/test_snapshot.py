@@ -53,6 +53,17 @@ def test_templates_are_never_scheduled_and_an_at_dot_instance_is_not_a_template(
         "a@.b.service", "t@1.service"}
 
 
+def test_a_template_stored_with_an_active_desired_state_is_reported_not_skipped() -> None:
+    # The API refuses to activate a template; one written past it (an older fleetd, etcdctl)
+    # used to be skipped silently by the engine; it now gets the API's refusal as its reason.
+    units = {n: record(n, PLAIN) for n in ("t@.service", "u@.service")}
+    built = build_snapshot(units, {"t@.service": "launched"}, {}, {}, parsed=UnitParseCache())
+    assert built.jobs == {}
+    assert built.broken == {"t@.service": "cannot activate template t@.service: a template is "
+                                          "only submitted; start its instances (e.g. "
+                                          "t@1.service)"}
+
+
 def test_invalid_files_are_reported_not_scheduled_and_missing_desired_is_inactive() -> None:
     units = {"bad.service": record("bad.service", PLAIN + "[X-Fleet]\nMachineMetadata=x\n"),
              "idle.service": record("idle.service", PLAIN)}
