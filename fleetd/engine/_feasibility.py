@@ -102,6 +102,7 @@ class WorkingState:
     initial: Mapping[str, frozenset[str]] = field(default_factory=dict)
     departed: frozenset[str] = frozenset()
     held: frozenset[str] = frozenset()
+    open_machines: set[str] = field(default_factory=set)  # live minus departed (shared)
     _meta_cache: dict[tuple[tuple[str, tuple[str, ...]], ...], frozenset[str]] = field(
         default_factory=dict
     )
@@ -119,6 +120,7 @@ class WorkingState:
         ``initial`` is the schedule before the pass (what departed machines may keep)."""
         state = cls(machines=machines, jobs=jobs, machine_ids=tuple(sorted(machines)),
                     initial=initial or {}, departed=departed, held=held)
+        state.open_machines = set(state.machine_ids).difference(departed)
         state.hosted = {mid: set() for mid in state.machine_ids}
         state.order = [(0, mid) for mid in state.machine_ids]
         names = sorted(jobs)
@@ -286,7 +288,8 @@ def _drop(state: WorkingState, candidates: Candidates, blocked: set[str]) -> Can
 
 
 class Check:
-    """One feasibility rule. Contract: ``filter`` keeps exactly the machines ``detail`` accepts."""
+    """One feasibility rule. Contract: ``filter`` keeps exactly the machines ``detail`` accepts,
+    and never modifies ``candidates`` (it may return a set shared with the working state)."""
 
     name: ClassVar[str] = ""
 
@@ -480,6 +483,8 @@ class DepartedCheck(Check):
         if not state.departed:
             return candidates
         had = state.initial.get(job.name, frozenset())
+        if candidates is None and not had & state.departed:
+            return state.open_machines  # the common case, without a copy per unit
         return _drop(state, candidates, {mid for mid in state.departed if mid not in had})
 
     def detail(self, state: WorkingState, job: JobView, machine_id: str) -> str:
