@@ -63,8 +63,8 @@ class UnitParseCache:
         key = (rec.name, rec.hash)
         hit = self._cache.get(key)
         if hit is None:
-            try:
-                template = UnitName.parse(rec.name).is_template
+            try:  # (a name without "@" is no template: skip parsing it twice)
+                template = "@" in rec.name and UnitName.parse(rec.name).is_template
             except UnitError:
                 template = False
             try:
