@@ -52,10 +52,11 @@ from fleetd.api.service import (
     NotFound,
     Unavailable,
     UnitInfo,
+    _check_name,
 )
 from fleetd.api.tls import ApiTls, secure_unix_socket
 from fleetd.registry import TARGET_STATES, MachineRecord, UnitStateRecord
-from fleetd.unit import Unit, UnitError, UnitFile, UnitName
+from fleetd.unit import Unit, UnitError, UnitFile
 
 log = logging.getLogger("fleetd.api.http")
 
@@ -509,10 +510,7 @@ class HttpApi:
         if body.name and body.name != name:
             raise HttpError(400, f"name in URL {name!r} differs from unit name in request "
                                  f"body {body.name!r}")
-        try:
-            UnitName.parse(name)  # templates and MachineOf cycles: the service layer's rules
-        except UnitError as e:
-            raise HttpError(400, str(e)) from None
+        _check_name(name)  # before the body's options are read; the other rules: the service's
         desired = body.desired_state
         if desired and desired not in TARGET_STATES:
             raise HttpError(400, f"invalid desiredState {desired!r}: expected one of "

@@ -10,7 +10,13 @@ import re
 from dataclasses import dataclass
 
 from fleetd import metadata
-from fleetd.engine.scheduler import ClusterSnapshot, JobView, MachineView, explain
+from fleetd.engine.scheduler import ClusterSnapshot, explain
+from fleetd.engine.snapshot import (
+    UnitParseCache,
+    build_snapshot,
+    template_refusal,
+    unseen_machines,
+)
 from fleetd.registry import (
     TARGET_STATES,
     ClusterState,
@@ -70,12 +76,15 @@ class UnitInfo:
 
 @dataclass(frozen=True)
 class ExplanationInfo:
+    """`fleetctl why`: the scheduler's verdict for one unit (see `scheduler.explain`)."""
+
     name: str
     desired_state: str
     scheduled_on: tuple[str, ...]
     feasible: tuple[str, ...]
-    rejected: tuple[tuple[str, str, str], ...]
+    rejected: tuple[tuple[str, str, str], ...]  # machine, check, detail
     unschedulable_reason: str
+    scores: tuple[tuple[str, float, str], ...] = ()  # feasible machine, score, detail; best first
 
 
 def _parse(name: str, text: str) -> Unit:
@@ -86,6 +95,7 @@ def _parse(name: str, text: str) -> Unit:
 
 
 def _check_name(name: str) -> UnitName:
+    """The parsed unit name, or InvalidArgument saying what is wrong with it."""
     try:
         return UnitName.parse(name)
     except UnitError as e:
@@ -94,9 +104,7 @@ def _check_name(name: str) -> UnitName:
 
 def _refuse_template_activation(name: UnitName, desired_state: str) -> None:
     if name.is_template and desired_state not in ("", "inactive"):
-        raise InvalidArgument(f"cannot activate template {name.full}: a template is only "
-                              f"submitted; start its instances (e.g. {name.prefix}@1."
-                              f"{name.suffix})")
+        raise InvalidArgument(template_refusal(name))
 
 
 class FleetService:
@@ -105,7 +113,7 @@ class FleetService:
     def __init__(self, registry: Registry, view: ClusterView | None = None) -> None:
         self.registry = registry
         self.view = view  # in-memory, watch-fed reads (fleetd/registry/view.py) when given
-        self._summaries: dict[tuple[str, str], tuple[str, bool]] = {}
+        self.parsed = UnitParseCache()  # the engine's kind of cache (fleetd/engine/snapshot.py)
 
     async def _state(self) -> ClusterState:
         try:
@@ -153,20 +161,10 @@ class FleetService:
         out.sort(key=lambda s: (s.unit, s.machine_id))
         return out, {m.id: m.ip for m in machines}
 
-    def _summary(self, name: str, hash_: str, text: str) -> tuple[str, bool]:
+    def _summary(self, rec: UnitRecord) -> tuple[str, bool]:
         """(Description, Global) of a unit file, parsed once per (name, hash)."""
-        key = (name, hash_)
-        hit = self._summaries.get(key)
-        if hit is None:
-            try:
-                unit = Unit.from_text(name, text)
-                hit = (unit.file.description(), unit.xfleet.global_)
-            except UnitError:
-                hit = ("", False)
-            if len(self._summaries) > 200_000:
-                self._summaries.clear()
-            self._summaries[key] = hit
-        return hit
+        parsed = self.parsed.parsed(rec)
+        return parsed.description, parsed.xfleet is not None and parsed.xfleet.global_
 
     def _info(self, st: ClusterState, name: str, with_text: bool) -> UnitInfo:
         view = st.units[name]
@@ -176,7 +174,7 @@ class FleetService:
         for mid, s in st.states.get(name, {}).items():
             if mid in machines and _RANK.get(s.state, 0) > _RANK[current]:
                 current = s.state
-        desc, is_global = self._summary(name, rec.hash, rec.text)
+        desc, is_global = self._summary(rec)
         return UnitInfo(name, rec.text if with_text else "", rec.hash, view.desired, current,
                         machines, st.unschedulable.get(name, ""), desc, is_global)
 
@@ -308,22 +306,19 @@ class FleetService:
         st = await self._state()
         if name not in st.units:
             raise NotFound(f"unit {name} does not exist")
-        jobs = {}
-        for n, view in st.units.items():
-            try:
-                u = Unit.from_text(n, view.record.text)
-            except UnitError:
-                continue
-            if UnitName.parse(n).is_template:
-                continue
-            jobs[n] = JobView(n, view.desired, u.xfleet)  # type: ignore[arg-type]
-        snap = ClusterSnapshot(
-            {m.id: MachineView(m.id, dict(m.metadata)) for m in st.machines.values()}, jobs,
-            {u: frozenset(per) for u, per in st.schedule.items()})
-        ex = explain(snap, name)
+        ex = explain(self.snapshot_of(st), name)
         return ExplanationInfo(name, st.units[name].desired, tuple(ex.scheduled_on),
                                tuple(ex.feasible), tuple(ex.rejected),
-                               st.unschedulable.get(name, ""))
+                               st.unschedulable.get(name, ""), ex.scores)
+
+    def snapshot_of(self, st: ClusterState) -> ClusterSnapshot:
+        """The scheduler's input for `st`, built as the engine builds it. Machines that still
+        have units but no key count as in their grace (the API cannot know when they left)."""
+        departed, held = unseen_machines(st.schedule, st.machines)
+        # `st.machines` has the API-set metadata merged in already.
+        return build_snapshot(
+            {n: v.record for n, v in st.units.items()}, {n: v.desired for n, v in st.units.items()},
+            st.machines, st.schedule, parsed=self.parsed, departed=departed, held=held).snapshot
 
     # --- machine metadata (HTTP v1 PATCH /machines) --------------------------------------
     async def set_machine_metadata(

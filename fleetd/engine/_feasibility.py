@@ -1,7 +1,8 @@
 """Working schedule and feasibility checks used by `fleetd.engine.scheduler` (pure, no I/O).
 
-Each check is a small object with a ``name``; the pipeline in `PIPELINE` composes them and the
-caller counts how many machines each one removed (the style of Nomad's feasibility checkers).
+Each check is a small object with a ``name``; `CHECKS` lists them in order and
+`fleetd.engine._placement.Pipeline` composes them with the rankers (the style of Nomad's
+feasibility checkers).
 Checks work on *sets* of machine ids so that placing one unit costs a few set operations rather
 than a loop over machines x hosted units.
 """
@@ -96,16 +97,30 @@ class WorkingState:
     replaces_of: dict[str, frozenset[str]] = field(default_factory=dict)
     replaced_by: dict[str, frozenset[str]] = field(default_factory=dict)
     rivals: dict[str, frozenset[str]] = field(default_factory=dict)
+    # The snapshot's schedule as it was before the pass, machines in their grace and the units
+    # they had (see `DepartedCheck`, `HeldCheck`).
+    initial: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    departed: frozenset[str] = frozenset()
+    held: frozenset[str] = frozenset()
+    open_machines: set[str] = field(default_factory=set)  # live minus departed (shared)
     _meta_cache: dict[tuple[tuple[str, tuple[str, ...]], ...], frozenset[str]] = field(
         default_factory=dict
     )
 
     @classmethod
     def build(
-        cls, machines: Mapping[str, MachineView], jobs: Mapping[str, JobView]
+        cls,
+        machines: Mapping[str, MachineView],
+        jobs: Mapping[str, JobView],
+        initial: Mapping[str, frozenset[str]] | None = None,
+        departed: frozenset[str] = frozenset(),
+        held: frozenset[str] = frozenset(),
     ) -> WorkingState:
-        """An empty working schedule over live ``machines`` with conflict/replace indexes."""
-        state = cls(machines=machines, jobs=jobs, machine_ids=tuple(sorted(machines)))
+        """An empty working schedule over live ``machines`` with conflict/replace indexes;
+        ``initial`` is the schedule before the pass (what departed machines may keep)."""
+        state = cls(machines=machines, jobs=jobs, machine_ids=tuple(sorted(machines)),
+                    initial=initial or {}, departed=departed, held=held)
+        state.open_machines = set(state.machine_ids).difference(departed)
         state.hosted = {mid: set() for mid in state.machine_ids}
         state.order = [(0, mid) for mid in state.machine_ids]
         names = sorted(jobs)
@@ -273,7 +288,8 @@ def _drop(state: WorkingState, candidates: Candidates, blocked: set[str]) -> Can
 
 
 class Check:
-    """One feasibility rule. Contract: ``filter`` keeps exactly the machines ``detail`` accepts."""
+    """One feasibility rule. Contract: ``filter`` keeps exactly the machines ``detail`` accepts,
+    and never modifies ``candidates`` (it may return a set shared with the working state)."""
 
     name: ClassVar[str] = ""
 
@@ -457,62 +473,58 @@ class ReplacesCheck(Check):
         return "replaced by " + ", ".join(self._replacers_on(state, job, removed))
 
 
-PIPELINE: tuple[Check, ...] = (
+class DepartedCheck(Check):
+    """A machine whose key is gone but which is in its grace (it may still run what it had)
+    keeps the units it had and gets no new ones."""
+
+    name = "Departed"
+
+    def filter(self, state: WorkingState, job: JobView, candidates: Candidates) -> Candidates:
+        if not state.departed:
+            return candidates
+        had = state.initial.get(job.name, frozenset())
+        if candidates is None and not had & state.departed:
+            return state.open_machines  # the common case, without a copy per unit
+        return _drop(state, candidates, {mid for mid in state.departed if mid not in had})
+
+    def detail(self, state: WorkingState, job: JobView, machine_id: str) -> str:
+        return f"{machine_id} left the cluster: in its grace it gets no new units"
+
+    def summary(self, state: WorkingState, job: JobView, removed: set[str]) -> str:
+        return "left the cluster, in their grace"
+
+
+class HeldCheck(Check):
+    """A non-global unit a departed machine had may still run there until that machine's grace
+    is over: meanwhile it is placed nowhere else (global units run everywhere anyway)."""
+
+    name = "Held"
+
+    def filter(self, state: WorkingState, job: JobView, candidates: Candidates) -> Candidates:
+        if job.name not in state.held or job.xfleet.global_:
+            return candidates
+        had = state.initial.get(job.name, frozenset())
+        return _narrow(state, candidates, [mid for mid in had if mid in state.machines])
+
+    def detail(self, state: WorkingState, job: JobView, machine_id: str) -> str:
+        return ("may still run on a machine that left the cluster: placed nowhere else until "
+                "that machine's grace is over")
+
+    def summary(self, state: WorkingState, job: JobView, removed: set[str]) -> str:
+        return "may still run on a machine in its grace"
+
+
+CHECKS: tuple[Check, ...] = (
     MachineIDCheck(),
     MachineMetadataCheck(),
     MachineOfCheck(),
     ConflictsCheck(),
     ReplacesCheck(),
+    DepartedCheck(),
+    HeldCheck(),
 )
-"""Feasibility checks in evaluation order; `filtered`/`rejected` use their ``name``."""
+"""Feasibility checks in evaluation order; `filtered`/`rejected` use their ``name``. A new rule
+(e.g. resources reserved vs capacity) is one more `Check` here."""
 
-INTRINSIC: tuple[Check, ...] = PIPELINE[:2]
+INTRINSIC: tuple[Check, ...] = CHECKS[:2]
 """Checks that depend only on the unit and the machine, not on the rest of the schedule."""
-
-
-def feasible(
-    state: WorkingState,
-    job: JobView,
-    candidates: Candidates = None,
-    checks: Sequence[Check] = PIPELINE,
-) -> Candidates:
-    """Machines among ``candidates`` (None = all live) that pass every check in ``checks``."""
-    for check in checks:
-        if candidates is not None and not candidates:
-            return candidates
-        candidates = check.filter(state, job, candidates)
-    return candidates
-
-
-def count_filtered(
-    state: WorkingState, job: JobView
-) -> tuple[tuple[tuple[str, int], ...], list[str]]:
-    """Per check (pipeline order, only those that removed any): machines removed, and for each
-    such check a 'N filtered by Name (summary)' phrase."""
-    candidates: set[str] = set(state.machine_ids)
-    counts: list[tuple[str, int]] = []
-    phrases: list[str] = []
-    for check in PIPELINE:
-        if not candidates:
-            break
-        kept = check.filter(state, job, candidates)
-        survivors = set(state.machine_ids) if kept is None else kept
-        removed = candidates - survivors
-        if removed:
-            counts.append((check.name, len(removed)))
-            summary = check.summary(state, job, removed)
-            phrases.append(
-                f"{len(removed)} filtered by {check.name}" + (f" ({summary})" if summary else "")
-            )
-        candidates = survivors
-    return tuple(counts), phrases
-
-
-def first_rejection(state: WorkingState, job: JobView, machine_id: str) -> tuple[str, str] | None:
-    """(check name, detail) of the first check rejecting ``machine_id`` for ``job``, or None."""
-    candidates: set[str] = {machine_id}
-    for check in PIPELINE:
-        kept = check.filter(state, job, candidates)
-        if kept is not None and machine_id not in kept:
-            return check.name, check.detail(state, job, machine_id)
-    return None

@@ -36,6 +36,8 @@ from fleetd.engine.scheduler import (
     place_new,
     reconcile,
 )
+from fleetd.engine.snapshot import BuiltSnapshot, build_snapshot
+from fleetd.engine.snapshot import UnitParseCache as XFleetCache
 from fleetd.machine import MachineSession
 from fleetd.registry import (
     Change,
@@ -52,8 +54,6 @@ from fleetd.registry import (
     decode_change,
 )
 from fleetd.registry.model import MACHINE_DELETED
-from fleetd.registry.schema import merge_metadata
-from fleetd.unit import Unit, UnitError, XFleet
 
 log = logging.getLogger("fleetd.engine")
 
@@ -103,30 +103,6 @@ class EngineCache:
     @property
     def metadata(self) -> dict[str, dict[str, str | None]]:
         return self.state.metadata
-
-
-class XFleetCache:
-    """Parsed [X-Fleet] options by (unit name, hash): a unit is parsed once per file version."""
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple[str, str], XFleet | str] = {}
-
-    def get(self, rec: UnitRecord) -> XFleet | str:
-        """The unit's options, or the error text when its file is (no longer) valid."""
-        key = (rec.name, rec.hash)
-        hit = self._cache.get(key)
-        if hit is None:
-            try:
-                hit = Unit.from_text(rec.name, rec.text).xfleet
-            except UnitError as e:
-                hit = str(e)
-            self._cache[key] = hit
-        return hit
-
-    def prune(self, live: dict[str, UnitRecord]) -> None:
-        for key in [k for k in self._cache if live.get(k[0]) is None
-                    or live[k[0]].hash != k[1]]:
-            del self._cache[key]
 
 
 class Engine:
@@ -352,36 +328,22 @@ class Engine:
     def snapshot(self) -> tuple[ClusterSnapshot, dict[str, str]]:
         """The scheduler's input, and the units that cannot even be parsed (name -> error).
 
-        Derived views are refreshed only for the keys that changed since the last call."""
+        Built by `fleetd.engine.snapshot.build_snapshot` (as `fleetctl why` is), refreshing
+        only the keys that changed since the last call."""
         c = self.cache
-        for name in c.stale_jobs:
-            c.jobs.pop(name, None)
-            c.broken.pop(name, None)
-            rec = c.units.get(name)
-            if rec is None or "@." in name:  # gone, or a template (never scheduled itself)
-                continue
-            opts = self.xfleet.get(rec)
-            if isinstance(opts, str):
-                c.broken[name] = opts
-            else:
-                state = c.desired.get(name, "inactive")
-                c.jobs[name] = JobView(name, state, opts)  # type: ignore[arg-type]
+        held = {u for mid in self.departed for u in self.departed_units.get(mid, ())}
+        built = build_snapshot(
+            c.units, c.desired, c.machines, c.schedule, parsed=self.xfleet, metadata=c.metadata,
+            departed={mid: view for mid, (_, view) in self.departed.items()}, held=held,
+            previous=BuiltSnapshot(c.machine_views, c.jobs, c.sched_sets, c.broken),
+            changed_units=c.stale_jobs, changed_schedule=c.stale_sched,
+            machines_changed=c.stale_machines)
         c.stale_jobs.clear()
-        for name in c.stale_sched:
-            per = c.schedule.get(name)
-            if per:
-                c.sched_sets[name] = frozenset(per)
-            else:
-                c.sched_sets.pop(name, None)
         c.stale_sched.clear()
-        if c.stale_machines:
-            c.machine_views = {
-                m.id: MachineView(m.id, merge_metadata(m.metadata, c.metadata.get(m.id)))
-                for m in c.machines.values()}
-            for mid, (_, view) in self.departed.items():
-                c.machine_views.setdefault(mid, view)
-            c.stale_machines = False
-        return ClusterSnapshot(c.machine_views, c.jobs, c.sched_sets), c.broken
+        c.stale_machines = False
+        c.machine_views, c.jobs, c.sched_sets, c.broken = (
+            built.machines, built.jobs, built.schedule, built.broken)
+        return built.snapshot, c.broken
 
     def explain(self, unit: str) -> Explanation:
         snap, _ = self.snapshot()

@@ -2,22 +2,27 @@
 
 `reconcile` turns a `ClusterSnapshot` into `Assign`/`Unassign`/`Unschedulable` decisions; after
 applying them, a second call returns only `Unschedulable` decisions (one pass converges).
-`explain` says, per machine, which check rejects a unit. The feasibility checks themselves live
-in `fleetd.engine._feasibility`.
+`explain` says, per machine, which check rejects a unit, and ranks the ones that pass.
+`reconcile`, `place_new` (the engine's fast path) and `explain` all go through one `Pipeline`
+(`fleetd.engine._placement`): the feasibility checks of `fleetd.engine._feasibility`, then the
+rankers of `fleetd.engine._ranking`.
 
 Rules (fleet's, plus the engine's own):
 
 * a non-global unit whose target state is ``loaded``/``launched`` gets exactly one machine, an
   ``inactive`` or destroyed unit none; assignments to machines whose lease expired are dropped
   and the unit is rescheduled in the same pass;
-* a machine is feasible if it passes MachineID, MachineMetadata, MachineOf, Conflicts and
-  Replaces, in that order; among feasible machines the least loaded wins, ties by machine id;
+* a machine is feasible if it passes MachineID, MachineMetadata, MachineOf, Conflicts,
+  Replaces, Departed and Held, in that order; among feasible machines the best ranked (the
+  least loaded) wins, ties by machine id;
+* a machine in its grace (``departed``) keeps its units and gets no new ones; the units it had
+  (``held``) are placed nowhere else meanwhile (global units excepted);
 * a still-feasible assignment is kept (no rebalancing); an infeasible one is moved;
 * units are processed MachineOf-targets (and replacers) first so followers land with their
   target; MachineOf cycles make every unit in the cycle unschedulable;
 * of units that Replace each other only one runs: the one already placed, else the first in
   processing order; the others are unschedulable;
-* global units go to every live machine that passes the checks.
+* global units go to every live machine that passes the checks (the pipeline's Global mode).
 """
 
 from __future__ import annotations
@@ -28,14 +33,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fleetd.engine._feasibility import (
-    INTRINSIC,
-    PIPELINE,
-    WorkingState,
-    count_filtered,
-    feasible,
-    first_rejection,
-)
+from fleetd.engine._feasibility import CHECKS, INTRINSIC, WorkingState
+from fleetd.engine._placement import PIPELINE, Pipeline
 from fleetd.unit import XFleet
 
 __all__ = [
@@ -46,6 +45,7 @@ __all__ = [
     "Explanation",
     "JobView",
     "MachineView",
+    "Pipeline",
     "TargetState",
     "Unassign",
     "Unschedulable",
@@ -56,10 +56,10 @@ __all__ = [
 
 TargetState = Literal["inactive", "loaded", "launched"]
 
-CHECK_NAMES: tuple[str, ...] = tuple(check.name for check in PIPELINE)
+CHECK_NAMES: tuple[str, ...] = tuple(check.name for check in CHECKS)
 """Names of the feasibility checks, in pipeline order."""
 
-_CHECKS = {check.name: check for check in PIPELINE}
+_CHECKS = {check.name: check for check in CHECKS}
 
 _MAX_ROUNDS = 8
 """Placement rounds per pass; a second round only runs when Replaces evicted a unit."""
@@ -86,12 +86,17 @@ class JobView:
 class ClusterSnapshot:
     """Everything `reconcile` needs: live machines, registry units and current assignments.
 
-    ``schedule`` may name dead machines and unknown (destroyed) units.
+    ``schedule`` may name dead machines and unknown (destroyed) units. ``departed`` are machines
+    of ``machines`` whose key is gone but which are in their grace: they keep what they have
+    and get nothing new; ``held`` are the units they had, placed nowhere else meanwhile.
+    Built from registry values by `fleetd.engine.snapshot.build_snapshot`.
     """
 
     machines: Mapping[str, MachineView]
     jobs: Mapping[str, JobView]
     schedule: Mapping[str, frozenset[str]]
+    departed: frozenset[str] = frozenset()
+    held: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -126,12 +131,14 @@ Decision = Assign | Unassign | Unschedulable
 
 @dataclass(frozen=True)
 class Explanation:
-    """Why a unit is (not) placed: the first check rejecting each machine, and the feasible ones."""
+    """Why a unit is (not) placed: the first check rejecting each machine, and the feasible ones
+    with their ranking (``scores``: machine, score, what it is made of; best first)."""
 
     unit: str
     scheduled_on: tuple[str, ...]
     rejected: tuple[tuple[str, str, str], ...]
     feasible: tuple[str, ...]
+    scores: tuple[tuple[str, float, str], ...] = ()
 
 
 # -- processing order ----------------------------------------------------------------------
@@ -271,8 +278,8 @@ def _processing_order(
 class _Pass:
     """State and bookkeeping of one reconcile simulation."""
 
-    snapshot: ClusterSnapshot
     state: WorkingState
+    pipeline: Pipeline = PIPELINE
     unassign_reason: dict[tuple[str, str], str] = field(default_factory=dict)
     stale_reason: dict[tuple[str, str], str] = field(default_factory=dict)
     assign_reason: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -299,7 +306,7 @@ class _Pass:
                 self.unassign_reason[(unit, machine_id)] = f"duplicate assignment (kept on {kept})"
                 dropped = True
                 continue
-            rejection = first_rejection(self.state, job, machine_id)
+            rejection = self.pipeline.first_rejection(self.state, job, machine_id)
             if rejection is None:
                 self.state.place(unit, machine_id)
                 kept = machine_id
@@ -310,44 +317,19 @@ class _Pass:
         return dropped
 
     def settle(self, job: JobView) -> bool:
-        """Validate then place ``job``; record it as unschedulable if nothing fits. Return True
-        if an existing assignment was dropped (which may free room for others)."""
+        """Keep ``job``'s feasible assignments, then place it where the pipeline chooses (a
+        global unit: on every feasible machine); record it as unschedulable if it is nowhere.
+        Return True if an assignment was dropped (which may free room for others)."""
         unit = job.name
         state = self.state
-        if job.xfleet.global_:
-            old = set(state.where(unit))
-            for machine_id in old:
-                state.lift(unit, machine_id)
-            survivors = feasible(state, job)
-            chosen = set(state.machine_ids) if survivors is None else survivors
-            gone = sorted(old - chosen)
-            for machine_id in gone:
-                rejection = first_rejection(state, job, machine_id)
-                reason = rejection[1] if rejection else "no longer feasible"
-                self.unassign_reason[(unit, machine_id)] = reason
-            for machine_id in sorted(chosen):
-                if machine_id in old:
-                    state.place(unit, machine_id)
-                else:
-                    self.place(unit, machine_id, f"global unit; {machine_id} fits")
-            if not chosen:
-                self.unplaced.add(unit)
-            return bool(gone)
         dropped = self.validate(job) if state.where(unit) else False
-        if state.where(unit):
-            return dropped
-        best = state.best(feasible(state, job))
-        if best is None:
+        kept = set(state.where(unit))
+        if not kept or job.xfleet.global_:
+            for machine_id in self.pipeline.choose(state, job):
+                if machine_id not in kept:
+                    self.place(unit, machine_id, self.pipeline.reason(state, job, machine_id))
+        if not state.where(unit):
             self.unplaced.add(unit)
-            return dropped
-        if job.xfleet.machine_of:
-            reason = "follows " + ", ".join(job.xfleet.machine_of)
-        else:
-            reason = (
-                f"target state {job.target_state}; least loaded feasible machine "
-                f"({state.load(best)} units)"
-            )
-        self.place(unit, best, reason)
         return dropped
 
     def unschedulable(self, job: JobView) -> Unschedulable:
@@ -355,16 +337,21 @@ class _Pass:
         same in the next pass once the decisions are applied)."""
         if not self.state.machine_ids:
             return Unschedulable(job.name, "no machine fits: no live machines")
-        counts, phrases = count_filtered(self.state, job)
+        counts, phrases = self.pipeline.count_filtered(self.state, job)
         reason = "no machine fits: " + (", ".join(phrases) if phrases else "no feasible machine")
         return Unschedulable(job.name, reason, counts)
 
 
-def _simulate(snapshot: ClusterSnapshot) -> _Pass:
+def _working_state(snapshot: ClusterSnapshot) -> WorkingState:
+    return WorkingState.build(snapshot.machines, snapshot.jobs, snapshot.schedule,
+                              snapshot.departed, snapshot.held)
+
+
+def _simulate(snapshot: ClusterSnapshot, pipeline: Pipeline) -> _Pass:
     """Run one reconcile pass over a private working copy of ``snapshot``'s schedule."""
     jobs = snapshot.jobs
-    state = WorkingState.build(snapshot.machines, jobs)
-    run = _Pass(snapshot, state)
+    state = _working_state(snapshot)
+    run = _Pass(state, pipeline)
     for unit in sorted(snapshot.schedule):
         job = jobs.get(unit)
         for machine_id in sorted(snapshot.schedule[unit]):
@@ -375,11 +362,11 @@ def _simulate(snapshot: ClusterSnapshot) -> _Pass:
             elif machine_id not in snapshot.machines:
                 reason = f"machine {machine_id} lease expired"
             else:
-                survivors = feasible(state, job, {machine_id}, INTRINSIC)
+                survivors = run.pipeline.feasible(state, job, {machine_id}, INTRINSIC)
                 if survivors is None or machine_id in survivors:
                     state.place(unit, machine_id)
                     continue
-                rejection = first_rejection(state, job, machine_id)
+                rejection = run.pipeline.first_rejection(state, job, machine_id)
                 reason = rejection[1] if rejection else "infeasible"
             run.unassign_reason[(unit, machine_id)] = reason
 
@@ -399,14 +386,14 @@ def _simulate(snapshot: ClusterSnapshot) -> _Pass:
     return run
 
 
-def reconcile(snapshot: ClusterSnapshot) -> list[Decision]:
+def reconcile(snapshot: ClusterSnapshot, pipeline: Pipeline = PIPELINE) -> list[Decision]:
     """Decisions that move the schedule toward the desired state; applying them and calling again
     yields only Unschedulable decisions (idempotent, converges in one pass).
 
     Order: every Unassign (by unit, machine), then every Assign (targets before followers), then
     every Unschedulable (by unit). Only net changes are emitted.
     """
-    run = _simulate(snapshot)
+    run = _simulate(snapshot, pipeline)
     final = run.state.sched
     decisions: list[Decision] = []
     for unit in sorted(snapshot.schedule):
@@ -430,77 +417,85 @@ def reconcile(snapshot: ClusterSnapshot) -> list[Decision]:
     return decisions
 
 
-def place_new(snapshot: ClusterSnapshot, units: Iterable[str]) -> list[Decision] | None:
-    """Fast path for the engine: place only `units`, taking every other assignment as it
-    stands, in O(cluster) instead of a full pass. Returns None when any of them needs the full
-    `reconcile` (global, Replaces on either side, already assigned, not wanted, MachineOf
-    cycles); the engine still runs `reconcile` later, which keeps these placements since they
-    are feasible. MachineOf followers waiting for a placed unit are placed with it."""
+def place_new(
+    snapshot: ClusterSnapshot, units: Iterable[str], pipeline: Pipeline = PIPELINE
+) -> list[Decision] | None:
+    """The engine's fast path: place only ``units`` (and the MachineOf followers waiting for
+    them), taking every other assignment as it stands, in O(cluster) instead of a full pass.
+
+    The same pipeline, order and reasons as `reconcile`: the decisions are those a full pass
+    makes for these units when the rest of the schedule is settled (Assigns in processing
+    order, then Unschedulables by unit). Returns None when any of them needs the full
+    `reconcile` (global, Replaces on either side, already assigned, not wanted, a MachineOf
+    cycle); the engine still runs `reconcile` later, which keeps these placements."""
     jobs = snapshot.jobs
-    todo: list[str] = []
-    for name in sorted(set(units)):
+
+    def simple(name: str) -> bool:
         job = jobs.get(name)
-        if job is None or job.target_state == "inactive":
-            return None
-        if job.xfleet.global_ or job.xfleet.replaces or snapshot.schedule.get(name):
-            return None
-        todo.append(name)
+        return (job is not None and job.target_state != "inactive" and not job.xfleet.global_
+                and not job.xfleet.replaces and not snapshot.schedule.get(name))
+
+    todo = sorted(set(units))
+    if not all(simple(name) for name in todo):
+        return None
     if not todo:
         return []
-    state = WorkingState.build(snapshot.machines, jobs)
-    if any(name in state.replaced_by for name in todo):
-        return None
-    state.place_all(snapshot.schedule)
+    state = _working_state(snapshot)
     followers: dict[str, list[str]] = {}
     for name, job in jobs.items():
         for target in job.xfleet.machine_of:
             followers.setdefault(target, []).append(name)
-    decisions: list[Decision] = []
-    pending = list(todo)
-    seen = set(todo)
-    guard = 0
-    while pending:
-        guard += 1
-        if guard > 4 * len(jobs) + 16:
-            return None  # a MachineOf chain that does not settle: let reconcile judge it
-        name = pending.pop(0)
-        job = jobs[name]
-        if any(t in seen and t in pending for t in job.xfleet.machine_of):
-            pending.append(name)  # its target goes first
-            continue
-        best = state.best(feasible(state, job))
-        if best is None:
-            counts, phrases = count_filtered(state, job)
-            reason = "no machine fits: " + (", ".join(phrases) or "no feasible machine")
-            decisions.append(Unschedulable(name, reason, counts))
-            continue
-        state.place(name, best)
-        reason = ("follows " + ", ".join(job.xfleet.machine_of) if job.xfleet.machine_of else
-                  f"target state {job.target_state}; least loaded feasible machine "
-                  f"({state.load(best) - 1} units)")
-        decisions.append(Assign(name, best, reason))
-        for follower in followers.get(name, ()):
-            fjob = jobs[follower]
-            if (follower not in seen and not snapshot.schedule.get(follower)
-                    and fjob.target_state != "inactive" and not fjob.xfleet.global_
-                    and not fjob.xfleet.replaces and follower not in state.replaced_by):
-                seen.add(follower)
-                pending.append(follower)
+    chosen = set(todo)
+    frontier = list(todo)
+    while frontier:
+        for follower in followers.get(frontier.pop(), ()):
+            if follower not in chosen and simple(follower):
+                chosen.add(follower)
+                frontier.append(follower)
+    if any(name in state.replaced_by or _in_machine_of_cycle(jobs, name) for name in chosen):
+        return None
+    state.place_all(snapshot.schedule)
+    run = _Pass(state, pipeline)
+    order, _ = _processing_order(sorted(chosen), jobs, state)
+    for name in order:
+        run.settle(jobs[name])
+    decisions: list[Decision] = [
+        Assign(unit, machine_id, run.assign_reason[(unit, machine_id)])
+        for unit, machine_id in run.assign_order
+    ]
+    decisions.extend(run.unschedulable(jobs[unit]) for unit in sorted(run.unplaced))
     return decisions
 
 
-def explain(snapshot: ClusterSnapshot, unit: str) -> Explanation:
-    """Why ``unit`` is (not) placed: per machine, the first check that rejected it (or None if
-    feasible).
+def _in_machine_of_cycle(jobs: Mapping[str, JobView], start: str) -> bool:
+    """True if following MachineOf targets from ``start`` leads back to it."""
+    seen: set[str] = set()
+    stack = [start]
+    while stack:
+        job = jobs.get(stack.pop())
+        if job is None:
+            continue
+        for target in job.xfleet.machine_of:
+            if target == start:
+                return True
+            if target not in seen:
+                seen.add(target)
+                stack.append(target)
+    return False
+
+
+def explain(snapshot: ClusterSnapshot, unit: str, pipeline: Pipeline = PIPELINE) -> Explanation:
+    """Why ``unit`` is (not) placed: per machine, the first check that rejected it, and the
+    ranking of the machines that pass every check.
 
     Evaluated against the schedule `reconcile` would produce (equal to the snapshot's once it
-    has converged); ``scheduled_on`` is the unit's place in that schedule. A unit not in the
-    registry gets an empty explanation.
+    has converged) with ``unit`` lifted from it; ``scheduled_on`` is the unit's place in that
+    schedule. A unit not in the registry gets an empty explanation.
     """
     job = snapshot.jobs.get(unit)
     if job is None:
         return Explanation(unit, (), (), ())
-    run = _simulate(snapshot)
+    run = _simulate(snapshot, pipeline)
     state = run.state
     scheduled_on = tuple(sorted(state.where(unit)))
     for machine_id in scheduled_on:
@@ -508,12 +503,13 @@ def explain(snapshot: ClusterSnapshot, unit: str) -> Explanation:
     rejected: list[tuple[str, str, str]] = []
     fits: list[str] = []
     for machine_id in state.machine_ids:
-        rejection = first_rejection(state, job, machine_id)
+        rejection = pipeline.first_rejection(state, job, machine_id)
         if rejection is None:
             fits.append(machine_id)
         else:
             rejected.append((machine_id, rejection[0], rejection[1]))
-    return Explanation(unit, scheduled_on, tuple(rejected), tuple(fits))
+    scores = tuple((s.machine_id, s.score, s.detail) for s in pipeline.rank(state, job, fits))
+    return Explanation(unit, scheduled_on, tuple(rejected), tuple(fits), scores)
 
 
 # -- synthetic clusters (benchmarks, timing) ------------------------------------------------

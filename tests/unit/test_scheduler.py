@@ -19,6 +19,7 @@ from fleetd.engine.scheduler import (
     Unassign,
     Unschedulable,
     explain,
+    place_new,
     reconcile,
     synthetic_snapshot,
 )
@@ -811,7 +812,8 @@ def test_explain(snapshot: ClusterSnapshot, unit: str, expected: tuple[Any, ...]
 
 
 def test_check_names_in_pipeline_order() -> None:
-    assert CHECK_NAMES == ("MachineID", "MachineMetadata", "MachineOf", "Conflicts", "Replaces")
+    assert CHECK_NAMES == ("MachineID", "MachineMetadata", "MachineOf", "Conflicts", "Replaces",
+                           "Departed", "Held")
 
 
 def test_synthetic_snapshot_converges_quickly() -> None:
@@ -822,3 +824,198 @@ def test_synthetic_snapshot_converges_quickly() -> None:
     after = apply(snapshot, decisions)
     assert all(isinstance(d, Unschedulable) for d in reconcile(after))
     assert synthetic_snapshot(200, 2000, seed=3) == snapshot
+
+
+# -- the engine's grace: departed machines and held units -------------------------------------
+
+
+def grace(
+    machines: Iterable[MachineView | str],
+    jobs: Iterable[JobView],
+    schedule: Mapping[str, Iterable[str]],
+    departed: Iterable[str],
+    held: Iterable[str] = (),
+) -> ClusterSnapshot:
+    base = snap(machines, jobs, schedule)
+    return ClusterSnapshot(base.machines, base.jobs, base.schedule, frozenset(departed),
+                           frozenset(held))
+
+
+def test_a_departed_machine_keeps_its_units_and_new_ones_go_elsewhere_at_once() -> None:
+    # m1 left (in its grace) with a.service; m2 is busier but live. The engine used to pick m1
+    # for b.service (least loaded), drop that Assign after the fact and leave b unplaced for
+    # the whole grace; the Departed check now sends it to m2 in the same pass.
+    snapshot = grace(
+        ["m1", "m2"],
+        [J("a.service"), J("b.service"), J("c.service"), J("d.service")],
+        {"a.service": {"m1"}, "c.service": {"m2"}, "d.service": {"m2"}},
+        departed=["m1"], held=["a.service"],
+    )
+    assert reconcile(snapshot) == [
+        Assign("b.service", "m2", "target state launched; least loaded feasible machine (2 units)")
+    ]
+    assert place_new(snapshot, ["b.service"]) == reconcile(snapshot)
+    ex = explain(snapshot, "b.service")
+    assert ex.rejected == (("m1", "Departed", "m1 left the cluster: in its grace it gets no new "
+                            "units"),)
+
+
+def test_a_held_unit_is_placed_nowhere_else_during_the_grace() -> None:
+    # a.service ran on m1, which left; it was destroyed and started again (so it has no
+    # assignment), but m1 may still run the old copy: no machine may take it yet.
+    snapshot = grace(["m1", "m2"], [J("a.service")], {}, departed=["m1"], held=["a.service"])
+    reason = ("no machine fits: 1 filtered by Departed (left the cluster, in their grace), "
+              "1 filtered by Held (may still run on a machine in its grace)")
+    assert reconcile(snapshot) == [
+        Unschedulable("a.service", reason, (("Departed", 1), ("Held", 1)))
+    ]
+    assert place_new(snapshot, ["a.service"]) == reconcile(snapshot)
+
+
+def test_a_global_unit_keeps_a_departed_machine_and_goes_to_new_ones() -> None:
+    snapshot = grace(["m1", "m2", "m3"], [J("g.service", glob=True)],
+                     {"g.service": {"m1", "m2"}}, departed=["m1"], held=["g.service"])
+    assert reconcile(snapshot) == [Assign("g.service", "m3", "global unit; m3 fits")]
+    departed_only = grace(["m1", "m2"], [J("g.service", glob=True)], {}, departed=["m1"])
+    assert reconcile(departed_only) == [Assign("g.service", "m2", "global unit; m2 fits")]
+
+
+def test_a_follower_of_a_unit_on_a_departed_machine_waits() -> None:
+    snapshot = grace(
+        ["m1", "m2"], [J("db.service"), J("app.service", machine_of="db.service")],
+        {"db.service": {"m1"}}, departed=["m1"], held=["db.service"],
+    )
+    (d,) = reconcile(snapshot)
+    assert isinstance(d, Unschedulable) and d.unit == "app.service"
+    assert d.filtered == (("MachineOf", 1), ("Departed", 1))
+
+
+# -- place_new: the engine's fast path, the same pipeline as reconcile --------------------------
+
+PLACE_NEW: list[tuple[str, ClusterSnapshot, list[str], list[Decision] | None]] = [
+    (
+        "least loaded",
+        snap(["m1", "m2"], [J("a.service"), J("new.service")], {"a.service": {"m1"}}),
+        ["new.service"],
+        [Assign("new.service", "m2",
+                "target state launched; least loaded feasible machine (0 units)")],
+    ),
+    (
+        "followers come along, targets first",
+        snap(
+            ["m1", "m2"],
+            [J("z.service"), J("app.service", machine_of="z.service"),
+             J("side.service", machine_of="app.service"), J("x.service")],
+            {"x.service": {"m1"}},
+        ),
+        ["z.service"],
+        [Assign("z.service", "m2", "target state launched; least loaded feasible machine "
+                "(0 units)"),
+         Assign("app.service", "m2", "follows z.service"),
+         Assign("side.service", "m2", "follows app.service")],
+    ),
+    (
+        "nothing fits: reconcile's reason",
+        snap([M("m1", r="a")], [J("a.service", metadata={"r": ["b"]})]),
+        ["a.service"],
+        [Unschedulable("a.service", "no machine fits: 1 filtered by MachineMetadata (r=b)",
+                       (("MachineMetadata", 1),))],
+    ),
+    (
+        "conflicts with what runs",
+        snap(["m1", "m2"], [J("web1.service"), J("web2.service", conflicts="web*.service")],
+             {"web1.service": {"m1"}}),
+        ["web2.service"],
+        [Assign("web2.service", "m2",
+                "target state launched; least loaded feasible machine (0 units)")],
+    ),
+    ("nothing to do", snap(["m1"], []), [], []),
+    ("global: full pass", snap(["m1"], [J("g.service", glob=True)]), ["g.service"], None),
+    ("Replaces: full pass", snap(["m1"], [J("a.service", replaces="b.service"), J("b.service")]),
+     ["a.service"], None),
+    ("replaced by another: full pass",
+     snap(["m1"], [J("a.service", replaces="b.service"), J("b.service")]), ["b.service"], None),
+    ("already assigned: full pass", snap(["m1"], [J("a.service")], {"a.service": {"m1"}}),
+     ["a.service"], None),
+    ("inactive: full pass", snap(["m1"], [J("a.service", "inactive")]), ["a.service"], None),
+    ("unknown: full pass", snap(["m1"], []), ["a.service"], None),
+    (
+        "MachineOf cycle through a placed unit: full pass",
+        snap(["m1"], [J("a.service", machine_of="b.service"),
+                      J("b.service", machine_of="a.service")], {"b.service": {"m1"}}),
+        ["a.service"],
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "units", "expected"), [pytest.param(*r[1:], id=r[0]) for r in PLACE_NEW]
+)
+def test_place_new(snapshot: ClusterSnapshot, units: list[str],
+                   expected: list[Decision] | None) -> None:
+    decisions = place_new(snapshot, units)
+    assert decisions == expected
+    if decisions is not None:
+        # The full pass makes the same decisions here, and keeps them once applied.
+        assert reconcile(snapshot) == decisions
+        after = apply(snapshot, decisions)
+        assert reconcile(after) == [d for d in decisions if isinstance(d, Unschedulable)]
+
+
+# -- ranking and the pipeline's extension points ------------------------------------------------
+
+
+def test_explain_ranks_the_feasible_machines_best_first() -> None:
+    snapshot = snap(["m1", "m2", "m3"], [J("a.service"), J("b.service"), J("new.service")],
+                    {"a.service": {"m1"}, "b.service": {"m1"}})
+    ex = explain(snapshot, "new.service")
+    assert ex.feasible == ("m1", "m2", "m3")
+    assert [(mid, round(score, 3), detail) for mid, score, detail in ex.scores] == [
+        ("m2", 1.0, "LeastLoaded 1 (0 units)"),
+        ("m3", 1.0, "LeastLoaded 1 (0 units)"),
+        ("m1", 0.333, "LeastLoaded 0.333 (2 units)"),
+    ]
+    # The engine's choice is the top of the ranking.
+    assert reconcile(snapshot)[0] == Assign(
+        "new.service", "m2", "target state launched; least loaded feasible machine (0 units)")
+
+
+def test_a_check_and_a_ranker_plug_into_the_pipeline() -> None:
+    """What a resource checker and a spread ranker will be: one Check and one Ranker."""
+    from fleetd.engine._feasibility import CHECKS, Candidates, Check, WorkingState
+    from fleetd.engine._ranking import Ranker
+    from fleetd.engine.scheduler import Pipeline
+
+    class NotOdd(Check):
+        name = "NotOdd"
+
+        def filter(self, state: WorkingState, job: JobView, candidates: Candidates
+                   ) -> Candidates:
+            pool = state.machine_ids if candidates is None else candidates
+            return {mid for mid in pool if int(mid[1:]) % 2 == 0}
+
+        def detail(self, state: WorkingState, job: JobView, machine_id: str) -> str:
+            return f"{machine_id} is odd"
+
+    class MostLoaded(Ranker):
+        name = "MostLoaded"
+
+        def score(self, state: WorkingState, job: JobView, machine_id: str) -> float:
+            return 1 - 1 / (1 + state.load(machine_id))
+
+        def detail(self, state: WorkingState, job: JobView, machine_id: str) -> str:
+            return f"{state.load(machine_id)} units"
+
+    pipeline = Pipeline((*CHECKS, NotOdd()), (MostLoaded(),))
+    snapshot = snap(["m1", "m2", "m3", "m4"], [J("a.service"), J("new.service")],
+                    {"a.service": {"m4"}})
+    assert reconcile(snapshot, pipeline) == [
+        Assign("new.service", "m4", "target state launched; best MostLoaded (1 units)")]
+    assert place_new(snapshot, ["new.service"], pipeline) == reconcile(snapshot, pipeline)
+    ex = explain(snapshot, "new.service", pipeline)
+    assert [r[:2] for r in ex.rejected] == [("m1", "NotOdd"), ("m3", "NotOdd")]
+    assert [s[0] for s in ex.scores] == ["m4", "m2"]
+    nothing = snap(["m1"], [J("new.service")])
+    (d,) = reconcile(nothing, pipeline)
+    assert isinstance(d, Unschedulable) and d.filtered == (("NotOdd", 1),)

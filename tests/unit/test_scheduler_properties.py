@@ -15,6 +15,8 @@ from fleetd.engine.scheduler import (
     MachineView,
     Unassign,
     Unschedulable,
+    explain,
+    place_new,
     reconcile,
 )
 from fleetd.unit import XFleet, glob_match
@@ -180,3 +182,82 @@ def test_synthetic_clusters_hold_invariants(seed: int) -> None:
     check_invariants(snapshot, decisions)
     again = reconcile(apply(snapshot, decisions))
     assert again == [d for d in decisions if isinstance(d, Unschedulable)]
+
+
+@st.composite
+def clusters_in_grace(draw: Any) -> ClusterSnapshot:
+    """Clusters where some machines left (in their grace) holding what they had, and some
+    held units lost their assignment (destroyed and started again)."""
+    base = draw(clusters(allow_replaces=True))
+    departed = frozenset(draw(st.lists(st.sampled_from(sorted(base.machines) or ["m1"]),
+                                       unique=True, max_size=2))) & set(base.machines)
+    had = {u for u, where in base.schedule.items() if where & departed}
+    held = frozenset(had | set(draw(st.lists(st.sampled_from(UNITS), unique=True, max_size=2))))
+    return ClusterSnapshot(base.machines, base.jobs, base.schedule, departed, held)
+
+
+def check_explain_matches_reconcile(snapshot: ClusterSnapshot) -> None:
+    """What `fleetctl why` says of each unit is what the engine does with it."""
+    decisions = reconcile(snapshot)
+    after = apply(snapshot, decisions)
+    unplaced = {d.unit: d for d in decisions if isinstance(d, Unschedulable)}
+    for name, job in snapshot.jobs.items():
+        ex = explain(snapshot, name)
+        placed = tuple(sorted(after.schedule.get(name, ())))
+        assert ex.scheduled_on == placed, (name, ex)
+        assert {r[0] for r in ex.rejected} | set(ex.feasible) == set(snapshot.machines)
+        assert [s[0] for s in ex.scores] == sorted(ex.feasible, key=lambda m: (
+            -next(s[1] for s in ex.scores if s[0] == m), m))
+        if job.target_state == "inactive":
+            assert placed == ()
+        elif name in unplaced:
+            assert ex.feasible == ()
+            by_check: dict[str, int] = {}
+            for _, check, _ in ex.rejected:
+                by_check[check] = by_check.get(check, 0) + 1
+            assert dict(unplaced[name].filtered) == by_check, (name, ex, unplaced[name])
+        elif job.xfleet.global_:
+            assert set(ex.feasible) == set(placed), (name, ex)
+        else:
+            assert set(placed) <= set(ex.feasible), (name, ex)
+
+
+@settings(max_examples=120, deadline=None)
+@given(clusters(allow_replaces=True))
+def test_explain_verdict_matches_the_engines_placement(snapshot: ClusterSnapshot) -> None:
+    check_explain_matches_reconcile(snapshot)
+
+
+@settings(max_examples=80, deadline=None)
+@given(clusters_in_grace())
+def test_explain_matches_the_engine_during_a_grace(snapshot: ClusterSnapshot) -> None:
+    check_explain_matches_reconcile(snapshot)
+    decisions = reconcile(snapshot)
+    for d in decisions:
+        if isinstance(d, Assign):
+            assert d.machine_id not in snapshot.departed, d
+            job = snapshot.jobs[d.unit]
+            assert d.unit not in snapshot.held or job.xfleet.global_, d
+
+
+@settings(max_examples=200, deadline=None)
+@given(clusters(), st.data())
+def test_place_new_is_what_the_full_pass_keeps(snapshot: ClusterSnapshot, data: Any) -> None:
+    """Units submitted into a settled cluster: the fast path's placements are feasible, the
+    full pass keeps them and gives the same reasons for those it could not place."""
+    new = set(data.draw(st.lists(st.sampled_from(sorted(snapshot.jobs) or ["x.service"]),
+                                 unique=True, max_size=3))) & set(snapshot.jobs)
+    rest = {n: j for n, j in snapshot.jobs.items() if n not in new}
+    settled = ClusterSnapshot(snapshot.machines, rest, snapshot.schedule)
+    for _ in range(2):
+        settled = apply(settled, reconcile(settled))
+    cluster = ClusterSnapshot(snapshot.machines, snapshot.jobs, settled.schedule)
+    decisions = place_new(cluster, new)
+    if decisions is None:
+        return
+    assert all(not isinstance(d, Unassign) for d in decisions)
+    after = apply(cluster, decisions)
+    again = reconcile(after)
+    assert all(isinstance(d, Unschedulable) for d in again), again
+    mine = {d.unit: d for d in decisions if isinstance(d, Unschedulable)}
+    assert {d.unit: d for d in again if d.unit in mine} == mine

@@ -87,3 +87,33 @@ async def test_templates_are_kept_submitted_and_never_activated() -> None:
     info, _ = await service.create_unit("u@.service", body(), "launched")
     assert registry.writes == [("create", ("u@.service", "inactive"))]
     assert info.desired_state == "inactive"
+
+
+class FakeView:
+    """The API's watch-fed cluster view, holding a fixed ClusterState."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    async def snapshot(self) -> Any:
+        return self.state
+
+
+async def test_why_ranks_feasible_machines_and_keeps_units_of_a_machine_that_left() -> None:
+    from fleetd.registry import ClusterState, MachineRecord, ScheduleEntry, UnitView
+
+    def unit(name: str, desired: str) -> UnitView:
+        text = body()
+        return UnitView(UnitRecord(name, text, Unit.from_text(name, text).hash), desired)
+
+    units = {n: unit(n, "launched") for n in ("a.service", "b.service", "new.service")}
+    schedule = {"a.service": {"m1": ScheduleEntry("a.service", "m1", "launched", "h", False)},
+                "b.service": {"gone": ScheduleEntry("b.service", "gone", "launched", "h", False)}}
+    state = ClusterState(1, units, {m: MachineRecord(m) for m in ("m1", "m2")}, schedule, {}, {})
+    service = FleetService(None, FakeView(state))  # type: ignore[arg-type]
+    why = await service.explain_unit("new.service")
+    assert why.feasible == ("m1", "m2")
+    assert [(m, round(s, 2)) for m, s, _ in why.scores] == [("m2", 1.0), ("m1", 0.5)]
+    assert [r[:2] for r in why.rejected] == [("gone", "Departed")]
+    # b.service's machine has no key: as for the engine (in its grace), it stays there.
+    assert (await service.explain_unit("b.service")).scheduled_on == ("gone",)
