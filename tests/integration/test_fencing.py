@@ -15,15 +15,21 @@ import pathlib
 import signal
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from fleetd.fencing import engine_grace_s
 from fleetd.localcluster import LocalCluster, LocalMachine
-from tests.integration.conftest import UNITS_DIR, machines_running, unit_rows, wait_until
+from tests.integration.conftest import (
+    FRESH_TTL_S,
+    UNITS_DIR,
+    holder,
+    machines_running,
+    unit_rows,
+    wait_until,
+)
 
-TTL_S = 4
+TTL_S = FRESH_TTL_S
 
 # Ignores SIGTERM (the shell and every child it forks), and its ExecStop takes 2 s: with the
 # cap (10 s bound / (1 stop command + 2) = 3.3 s per phase) it is inactive ~5.3 s after the fence.
@@ -34,19 +40,6 @@ Description=stops slowly: ExecStop sleeps, SIGTERM is ignored
 ExecStart=/bin/sh -c 'trap "" TERM; while :; do sleep 1; done'
 ExecStop=/bin/sleep 2
 """
-
-
-@pytest.fixture
-def fresh_cluster() -> Iterator[LocalCluster]:
-    c = LocalCluster(3, agent_ttl_s=TTL_S)
-    c.start()
-    yield c
-    c.cleanup()
-
-
-def holder(c: LocalCluster, unit: str) -> LocalMachine:
-    [mid] = wait_until(lambda: machines_running(c, unit), 20, what=f"{unit} running")
-    return c.machine(mid)
 
 
 #: systemd states in which a unit may still have processes: a "deactivating" unit is running.
@@ -165,6 +158,7 @@ def test_dead_man_timer_fences_a_frozen_or_dead_fleetd_before_the_unit_moves(
             wait_until(lambda: any(r["machine"] == first.machine_id for r in unit_rows(c)
                                    if r["unit"] == "monitor.service"), 15,
                        what="thawed machine republished its states")
+            # Not a synchronisation: the sampler watches a window for a second copy.
             time.sleep(1)
     expiry_to_start = expiry_seen_to_start_s(c, first, second, "hello.service")
     print(f"\n{fault}: fenced {fenced_after:.1f}s after the fault, moved after "
@@ -273,6 +267,7 @@ def test_restart_while_etcd_is_unreachable_is_fenced_and_comes_back_once(
         c.etcd.start()
         wait_until(lambda: len(machines_running(c, "hello.service")) == 1, 60,
                    what="hello.service running once after etcd returned")
+        # Not a synchronisation: the sampler watches a window for a second copy.
         time.sleep(1)
     assert sampler.most == 1
     [where] = machines_running(c, "hello.service")

@@ -330,8 +330,9 @@ def test_patched_metadata_schedules_units_and_survives_fleetd_restart(
     m2 = cluster.machines[1]
     name = "httpmeta.service"
     assert put_unit(cluster, name, "launched", service(MachineMetadata="role=web")).status == 201
-    # nothing has role=web: not scheduled anywhere
-    asyncio.run(asyncio.sleep(1.5))
+    # nothing has role=web: the engine's pass records why it is scheduled nowhere
+    wait_until(lambda: "Not scheduled" in cluster.fleetctl("why", name).stdout, 20,
+               what="the engine to record the unit as unschedulable")
     u = get_unit(cluster, name)
     assert "machineID" not in u and u["currentState"] == "inactive" and \
         not machines_running(cluster, name)
