@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pathlib
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,40 +16,12 @@ from tests.lab.conftest import (
     is_active,
     lab,
     machines,
-    restore,
+    only_holder,
     wait_until,
     write_unit,
 )
 
-pytestmark = pytest.mark.usefixtures("lab_up")
-
-
-@pytest.fixture(autouse=True)
-def _cleanup() -> Iterator[list[str]]:
-    yield []
-    restore()
-    r = fleetctl("list-unit-files", "--no-legend", "--fields", "unit", check=False)
-    names = r.stdout.split()
-    if names:
-        fleetctl("destroy", *names, check=False)
-    wait_until(lambda: not any(r for r in _rows_of(names)), 30, what="test units destroyed")
-
-
-def _rows_of(names: list[str]) -> list[str]:
-    r = fleetctl("list-units", "--no-legend", "-l", "--fields", "unit", check=False)
-    return [u for u in r.stdout.split() if u in names]
-
-
-def only_holder(unit: str, timeout_s: float = 60, exclude: str | None = None) -> str:
-    """Wait until fleetctl shows `unit` active on exactly one machine (other than
-    `exclude`) and that machine's systemd agrees; return its name."""
-    def check() -> str | None:
-        h = holders(unit)
-        if len(h) == 1 and h[0] != exclude and is_active(h[0], unit):
-            return h[0]
-        return None
-    return wait_until(check, timeout_s, what=f"{unit} active on one machine"
-                      + (f" other than {exclude}" if exclude else ""))
+pytestmark = pytest.mark.usefixtures("lab_up", "reset_after")
 
 
 def test_power_cut_unit_comes_back_elsewhere_and_not_twice(units_dir: pathlib.Path) -> None:

@@ -23,9 +23,9 @@ from tests.lab.conftest import (
     listed_machines,
     machine_ids,
     machines,
+    module_lab,
     name_of,
     reset_cluster,
-    running_lab,
     show,
     single,
     unit_files,
@@ -38,11 +38,7 @@ NAMES = ["m1", "m2", "m3", "m4"]
 NFT_TABLE = "fleet_port_test"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _lab() -> Iterator[None]:
-    with running_lab(4, {n: f"hostname={n}" for n in NAMES}):
-        wait_machines(4)
-        yield
+_lab = module_lab(4, {n: f"hostname={n}" for n in NAMES})
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,6 @@ import pathlib
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -24,36 +23,18 @@ from tests.lab.conftest import (
     BIN,
     active_on,
     fleetctl,
-    holders,
     is_active,
     lab,
     machines,
-    restore,
+    only_holder,
     wait_until,
     write_unit,
 )
 
-pytestmark = pytest.mark.usefixtures("lab_up")
+pytestmark = pytest.mark.usefixtures("lab_up", "reset_after")
 
 TTL_S = 10  # fleetd's default agent_ttl (the lab does not change it)
 NOT_STOPPED = frozenset({"active", "activating", "deactivating", "reloading", "refreshing"})
-
-
-@pytest.fixture(autouse=True)
-def _cleanup() -> Iterator[None]:
-    yield
-    for m in machines():
-        if m["state"] == "running":
-            lab("exec", m["name"], "--", "sh", "-c",
-                "systemctl kill -s CONT fleetd; systemctl start fleetd", check=False)
-    restore()
-    r = fleetctl("list-unit-files", "--no-legend", "--fields", "unit", check=False)
-    names = r.stdout.split()
-    if names:
-        fleetctl("destroy", *names, check=False)
-    wait_until(lambda: not [u for u in fleetctl("list-units", "--no-legend", "--fields",
-                                                "unit", check=False).stdout.split()
-                            if u in names], 60, what="test units destroyed")
 
 
 class MachineSampler:
@@ -141,16 +122,6 @@ class MachineSampler:
         last_stop = max((ts for ts, running in self.samples[name] if not running),
                         default=float("-inf"))
         return min(ts for ts, running in self.samples[name] if running and ts > last_stop)
-
-
-def only_holder(unit: str, timeout_s: float, exclude: str | None = None) -> str:
-    def check() -> str | None:
-        h = holders(unit)
-        if len(h) == 1 and h[0] != exclude and is_active(h[0], unit):
-            return h[0]
-        return None
-    return wait_until(check, timeout_s, what=f"{unit} active on one machine"
-                      + (f" other than {exclude}" if exclude else ""))
 
 
 def fleetd_pid(name: str) -> str:
