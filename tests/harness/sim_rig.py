@@ -5,6 +5,8 @@ milliseconds: no sockets, no processes, time jumps to the next timer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import random
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -45,6 +47,7 @@ class SimRig:
         self.systemds: dict[str, FakeSystemd] = {}
         self.registry = self.registry_for("client")
         self.leader: MachineSession | None = None
+        self.sessions: dict[str, MachineSession] = {}
 
     def registry_for(self, name: str) -> Registry:
         return Registry(SimEtcdClient(self.etcd, self.net, name), PREFIX)  # type: ignore[arg-type]
@@ -54,9 +57,15 @@ class SimRig:
 
     async def until(self, pred: Callable[[], object], timeout_s: float = 30,
                     what: str = "condition") -> None:
-        """Let virtual time pass until pred() holds (fails after timeout_s virtual seconds)."""
+        """Let virtual time pass until pred() (or the awaitable it returns) is truthy; fail
+        after timeout_s virtual seconds."""
         deadline = clock.now() + timeout_s
-        while not pred():
+        while True:
+            v = pred()
+            if inspect.isawaitable(v):
+                v = await v
+            if v:
+                return
             if clock.now() > deadline:
                 raise AssertionError(f"timed out after {timeout_s}s (virtual) waiting for {what}")
             await asyncio.sleep(0.01)
@@ -69,6 +78,7 @@ class SimRig:
                                    hostname=machine_id, version="test")
         s = MachineSession(self.registry_for(machine_id), identity, TTL_S)
         await self.start_session(s)
+        self.sessions[machine_id] = s
         return s
 
     async def start_session(self, s: MachineSession) -> None:
@@ -106,6 +116,14 @@ class SimRig:
     async def state(self) -> ClusterState:
         return await self.registry.cluster_state()
 
+    async def machine_ids(self) -> set[str]:
+        """Machines registered now (their keys live on their leases)."""
+        return set(await self.registry.list_machines())
+
+    async def placed(self, unit: str) -> set[str]:
+        """Machines `unit` is scheduled on now."""
+        return set((await self.state()).schedule.get(unit, {}))
+
 
 @contextmanager
 def sim_rig() -> Iterator[SimRig]:
@@ -114,5 +132,10 @@ def sim_rig() -> Iterator[SimRig]:
     try:
         yield SimRig(loop)
     finally:
+        # Unwind the coroutines still suspended (sessions, engines) while the loop is open,
+        # as the simulation does, rather than leaving them to garbage collection.
+        for task in asyncio.all_tasks(loop):
+            with contextlib.suppress(BaseException):
+                task.get_coro().close()
         clock.use(None)
         loop.close()
