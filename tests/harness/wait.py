@@ -21,3 +21,17 @@ def wait_until(fn: Callable[[], T], timeout_s: float = 20, interval_s: float = 0
         time.sleep(interval_s)
         last = fn()
     return last
+
+
+def holds_for(check: Callable[[], object], window_s: float, interval_s: float = 0.5,
+              what: str = "condition") -> None:
+    """Assert that check() stays truthy through window_s, polling every interval_s.
+
+    Not a synchronisation: for behaviour that is an absence ("nothing restarts it", "no
+    second copy appears") over a window, which no event can signal."""
+    t0 = time.monotonic()
+    while True:
+        assert check(), f"{what} stopped holding after {time.monotonic() - t0:.1f}s of {window_s}s"
+        if time.monotonic() - t0 >= window_s:
+            return
+        time.sleep(interval_s)

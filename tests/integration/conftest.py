@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import pytest
 
 from fleetd.localcluster import EtcdServer, LocalCluster, LocalMachine, UserManager
-from tests.harness.wait import wait_until
+from tests.harness.wait import holds_for, wait_until
 
-__all__ = ["FRESH_TTL_S", "UNITS_DIR", "Host", "destroy_all_units", "holder",
+__all__ = ["FRESH_TTL_S", "UNITS_DIR", "Host", "destroy_all_units", "holder", "holds_for",
            "machines_running", "single_host", "unit_rows", "wait_until"]
 
 UNITS_DIR = pathlib.Path(__file__).resolve().parents[2] / "units"

@@ -25,6 +25,7 @@ from tests.harness import wait
 
 #: tests.harness.wait.wait_until at the lab's pace: each poll runs fleetctl or fleet-lab.
 wait_until = functools.partial(wait.wait_until, interval_s=0.2)
+holds_for = wait.holds_for
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.prefix) / "bin"
 LOCK = "/run/lock/fleet-lab-tests.lock"

@@ -13,10 +13,12 @@ from tests.lab.conftest import (
     active_on,
     fleetctl,
     holders,
+    holds_for,
     is_active,
     lab,
     machines,
     only_holder,
+    wait_machines,
     wait_until,
     write_unit,
 )
@@ -35,10 +37,8 @@ def test_power_cut_unit_comes_back_elsewhere_and_not_twice(units_dir: pathlib.Pa
           f"{time.monotonic() - t0:.2f}s")
     lab("start", victim)
     # the returning machine comes back clean and does not start a second copy
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline:
-        assert active_on("lab-power.service") == [new]
-        time.sleep(0.5)
+    holds_for(lambda: active_on("lab-power.service") == [new], 8,
+              what="lab-power.service on the new machine only")
     assert holders("lab-power.service") == [new]
 
 
@@ -57,12 +57,9 @@ def test_partition_reschedules_and_the_cut_off_machine_fences_itself(
     print(f"partition of {victim}: rescheduled to {new} after {t_moved:.2f}s, fenced after "
           f"{time.monotonic() - t0:.2f}s")
     lab("heal", victim)
-    wait_until(lambda: len(fleetctl("list-machines", "--no-legend", check=False)
-                           .stdout.splitlines()) == 3, 60, what="healed machine rejoins")
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline:
-        assert active_on("lab-part.service") == [new]
-        time.sleep(0.5)
+    wait_machines(3)
+    holds_for(lambda: active_on("lab-part.service") == [new], 8,
+              what="lab-part.service on the new machine only")
 
 
 def _engine_leader() -> str:
@@ -111,11 +108,8 @@ def test_fleetd_restart_keeps_units_running_with_the_same_pid(units_dir: pathlib
                "fleetd").stdout.strip() != fleetd_pid
     # past the agent TTL (10 s): the state published by the earlier fleetd has lapsed with
     # its lease, so what fleetctl shows now comes from the restarted one
-    deadline = time.monotonic() + 12
-    while time.monotonic() < deadline:
-        assert main_pid() == pid
-        assert holders("lab-keep.service") in ([holder], [])
-        time.sleep(0.5)
+    holds_for(lambda: main_pid() == pid and holders("lab-keep.service") in ([holder], []), 12,
+              what="the same process of lab-keep.service, on its machine only")
     assert only_holder("lab-keep.service", timeout_s=5) == holder
     assert main_pid() == pid
 
