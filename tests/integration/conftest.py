@@ -8,6 +8,7 @@ import contextlib
 import os
 import pathlib
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,8 +18,9 @@ import pytest
 from fleetd.localcluster import EtcdServer, LocalCluster, LocalMachine, UserManager
 from tests.harness.wait import holds_for, wait_until
 
-__all__ = ["FRESH_TTL_S", "UNITS_DIR", "Host", "destroy_all_units", "holder", "holds_for",
-           "machines_running", "single_host", "unit_rows", "wait_until"]
+__all__ = ["FRESH_TTL_S", "UNITS_DIR", "Host", "destroy_all_units", "etcdctl", "fleetd_log",
+           "holder", "holds_for", "machines_running", "single_host",
+           "start_hello_and_monitor", "unit_rows", "wait_until"]
 
 UNITS_DIR = pathlib.Path(__file__).resolve().parents[2] / "units"
 #: agent_ttl of `fresh_cluster` (short, to keep the fault tests quick).
@@ -69,6 +71,31 @@ def holder(cluster: LocalCluster, unit: str, timeout_s: float = 20) -> LocalMach
     """The one machine whose systemd runs `unit` (fails if none, or more than one)."""
     [mid] = wait_until(lambda: machines_running(cluster, unit), timeout_s, what=f"{unit} running")
     return cluster.machine(mid)
+
+
+def start_hello_and_monitor(cluster: LocalCluster, timeout_s: float = 15) -> LocalMachine:
+    """`fleetctl start` units/hello.service and the global units/monitor.service; once the
+    monitor runs on every machine, the machine that runs hello.service."""
+    cluster.fleetctl("start", str(UNITS_DIR / "hello.service"),
+                     str(UNITS_DIR / "monitor.service"), check=True)
+    m = holder(cluster, "hello.service")
+    wait_until(lambda: len(machines_running(cluster, "monitor.service"))
+               == len(cluster.machines), timeout_s, what="global monitor everywhere")
+    return m
+
+
+def etcdctl(cluster: LocalCluster, *args: str) -> str:
+    """etcdctl (v3) against the cluster's etcd; fails the test if it fails."""
+    r = subprocess.run(["etcdctl", "--endpoints", cluster.etcd.endpoint, *args],
+                       capture_output=True, text=True, timeout=10,
+                       env={**os.environ, "ETCDCTL_API": "3"})
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def fleetd_log(m: LocalMachine) -> str:
+    """Everything the machine's fleetd processes logged (each run appends)."""
+    return (m.root / "fleetd.log").read_text(errors="replace")
 
 
 @pytest.fixture

@@ -18,9 +18,11 @@ from fleetd.localcluster.cluster import RESTART_SIGNAL
 from tests.integration.conftest import (
     FRESH_TTL_S,
     UNITS_DIR,
+    fleetd_log,
     holder,
     holds_for,
     machines_running,
+    start_hello_and_monitor,
     unit_rows,
     wait_until,
 )
@@ -84,7 +86,7 @@ def test_fleetd_restart_leaves_running_units_untouched(fresh_cluster: LocalClust
     m.stop_fleetd(sig)
     m.start_fleetd()
     # The restarted agent adopted the unit: it says so, then republishes its state.
-    wait_until(lambda: "hello.service (launched)" in (m.root / "fleetd.log").read_text(), 10,
+    wait_until(lambda: "hello.service (launched)" in fleetd_log(m), 10,
                what="the restarted agent to adopt hello.service")
     wait_until(lambda: any(r["active"] == "active" and r["machine"] == m.machine_id
                            for r in unit_rows(c)), 10, what="state republished after restart")
@@ -96,11 +98,7 @@ def test_fleetd_restart_leaves_running_units_untouched(fresh_cluster: LocalClust
 def test_partitioned_machine_fences_itself_and_never_doubles(
         fresh_cluster: LocalCluster) -> None:
     c = fresh_cluster
-    c.fleetctl("start", str(UNITS_DIR / "hello.service"), str(UNITS_DIR / "monitor.service"),
-               check=True)
-    cut = holder(c, "hello.service")
-    wait_until(lambda: len(machines_running(c, "monitor.service")) == 3, 10,
-               what="global monitor everywhere")
+    cut = start_hello_and_monitor(c)
     most = 0
     stop = threading.Event()
 

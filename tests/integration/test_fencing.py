@@ -23,8 +23,10 @@ from fleetd.localcluster import LocalCluster, LocalMachine
 from tests.integration.conftest import (
     FRESH_TTL_S,
     UNITS_DIR,
+    fleetd_log,
     holder,
     machines_running,
+    start_hello_and_monitor,
     unit_rows,
     wait_until,
 )
@@ -115,7 +117,7 @@ def expiry_seen_to_start_s(c: LocalCluster, gone: LocalMachine, new: LocalMachin
     `new` (systemd's monotonic timestamp, turned into wall time like the log's)."""
     seen = []
     for m in c.machines:
-        for line in (m.root / "fleetd.log").read_text().splitlines():
+        for line in fleetd_log(m).splitlines():
             if f"machine {gone.machine_id} left" in line:
                 stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
                 seen.append(stamp.timestamp())
@@ -129,11 +131,7 @@ def expiry_seen_to_start_s(c: LocalCluster, gone: LocalMachine, new: LocalMachin
 def test_dead_man_timer_fences_a_frozen_or_dead_fleetd_before_the_unit_moves(
         fresh_cluster: LocalCluster, fault: str) -> None:
     c = fresh_cluster
-    c.fleetctl("start", str(UNITS_DIR / "hello.service"), str(UNITS_DIR / "monitor.service"),
-               check=True)
-    first = holder(c, "hello.service")
-    wait_until(lambda: len(machines_running(c, "monitor.service")) == 3, 15,
-               what="global monitor everywhere")
+    first = start_hello_and_monitor(c)
     monitor_pid = first.main_pid("monitor.service")
     with Sampler(c, "hello.service") as sampler:
         t0 = time.monotonic()
@@ -206,7 +204,7 @@ def test_one_unit_that_cannot_be_written_does_not_wedge_the_others(
         what="blocked.service reported with LoadState error")
     assert rows[0]["machine"] == m.machine_id
     assert not m.is_active("blocked.service")
-    log = (m.root / "fleetd.log").read_text()
+    log = fleetd_log(m)
     # The agent meets the foreign file first as a host unit (fleet's directory holds a file
     # fleet did not write) and refuses the unit before planning any task for it.
     assert "blocked.service: refused, the host has its own" in log
@@ -226,11 +224,7 @@ def _rows_with_load(c: LocalCluster) -> list[dict[str, str]]:
 def test_fleetd_stop_purges_and_deregisters_and_start_brings_units_back(
         fresh_cluster: LocalCluster) -> None:
     c = fresh_cluster
-    c.fleetctl("start", str(UNITS_DIR / "hello.service"), str(UNITS_DIR / "monitor.service"),
-               check=True)
-    m = holder(c, "hello.service")
-    wait_until(lambda: len(machines_running(c, "monitor.service")) == 3, 15,
-               what="global monitor everywhere")
+    m = start_hello_and_monitor(c)
     with Sampler(c, "hello.service") as sampler:
         t0 = time.monotonic()
         m.stop_fleetd()  # SIGTERM, as `systemctl stop fleetd` outside a restart

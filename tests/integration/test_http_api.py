@@ -18,7 +18,7 @@ import pytest
 
 from fleetd.localcluster import LocalCluster
 from fleetd.localcluster.cluster import free_port
-from tests.integration.conftest import machines_running, wait_until
+from tests.integration.conftest import fleetd_log, machines_running, wait_until
 
 JSON = {"Content-Type": "application/json"}
 V1 = "/fleet/v1"
@@ -492,5 +492,5 @@ def test_bad_page_tokens(cluster: LocalCluster) -> None:
 def test_no_request_made_fleetd_fail(cluster: LocalCluster) -> None:
     """Every refusal above was a 4xx: no handler raised (fleetd logs those as failures)."""
     for m in cluster.machines:
-        log = (m.root / "fleetd.log").read_text(errors="replace")
+        log = fleetd_log(m)
         assert not re.search(r"HTTP [A-Z]+ \S+ failed", log), log[-3000:]
