@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pytest
 
 from fleetd.localcluster import EtcdServer, LocalCluster, LocalMachine, UserManager
+from tests.harness.tables import table_rows
 from tests.harness.wait import holds_for, wait_until
 
 __all__ = ["FRESH_TTL_S", "UNITS_DIR", "Host", "destroy_all_units", "etcdctl", "fleetd_log",
@@ -43,12 +44,7 @@ def unit_rows(cluster: LocalCluster) -> list[dict[str, str]]:
     r = cluster.fleetctl("list-units", "--no-legend", "-l",
                          "--fields", "unit,machine,active,sub")
     assert r.returncode == 0, r.stderr
-    rows = []
-    for line in r.stdout.splitlines():
-        unit, machine, active, sub = line.split()
-        rows.append({"unit": unit, "machine": machine.split("/")[0], "ip": machine.split("/")[-1],
-                     "active": active, "sub": sub})
-    return rows
+    return table_rows(r.stdout, ["unit", "machine", "active", "sub"])
 
 
 def machines_running(cluster: LocalCluster, unit: str) -> list[str]:

@@ -20,6 +20,7 @@ import pytest
 
 from fleetd.fencing import engine_grace_s
 from fleetd.localcluster import LocalCluster, LocalMachine
+from tests.harness.tables import table_rows
 from tests.integration.conftest import (
     FRESH_TTL_S,
     UNITS_DIR,
@@ -213,12 +214,7 @@ def test_one_unit_that_cannot_be_written_does_not_wedge_the_others(
 def _rows_with_load(c: LocalCluster) -> list[dict[str, str]]:
     r = c.fleetctl("list-units", "--no-legend", "-l", "--fields", "unit,machine,load,active")
     assert r.returncode == 0, r.stderr
-    out = []
-    for line in r.stdout.splitlines():
-        unit, machine, load, active = line.split()
-        out.append({"unit": unit, "machine": machine.split("/")[0], "load": load,
-                    "active": active})
-    return out
+    return table_rows(r.stdout, ["unit", "machine", "load", "active"])
 
 
 def test_fleetd_stop_purges_and_deregisters_and_start_brings_units_back(

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.harness import wait
+from tests.harness.tables import table_rows
 
 #: tests.harness.wait.wait_until at the lab's pace: each poll runs fleetctl or fleet-lab.
 wait_until = functools.partial(wait.wait_until, interval_s=0.2)
@@ -198,14 +199,7 @@ def list_units(*, fail_on_double: bool = True) -> list[dict[str, str]]:
     r = fleetctl("list-units", "--no-legend", "-l", "--fields", "unit,machine,active,sub",
                  check=False)
     assert not fail_on_double or r.returncode != 2, f"a unit runs twice:\n{r.stdout}{r.stderr}"
-    if r.returncode != 0:
-        return []
-    rows = []
-    for line in r.stdout.splitlines():
-        unit, machine, active, sub = line.split()
-        rows.append({"unit": unit, "machine": machine.split("/")[0], "active": active,
-                     "sub": sub})
-    return rows
+    return table_rows(r.stdout, ["unit", "machine", "active", "sub"]) if r.returncode == 0 else []
 
 
 def active_units() -> dict[str, list[str]]:
@@ -256,11 +250,8 @@ def unit_files() -> dict[str, dict[str, str]]:
     """`fleetctl list-unit-files`: unit -> {dstate, state, target (machine id, "global" or
     "-")}."""
     r = fleetctl("list-unit-files", "--no-legend", "-l", "--fields", "unit,dstate,state,target")
-    out = {}
-    for line in r.stdout.splitlines():
-        unit, dstate, state, target = line.split()
-        out[unit] = {"dstate": dstate, "state": state, "target": target.split("/")[0]}
-    return out
+    return {row.pop("unit"): row
+            for row in table_rows(r.stdout, ["unit", "dstate", "state", "target"])}
 
 
 def wait_unit_files(n: int, timeout_s: float = 30) -> dict[str, dict[str, str]]:

@@ -26,15 +26,20 @@ from tests.lab.conftest import (
 pytestmark = pytest.mark.usefixtures("lab_up", "reset_after")
 
 
-def test_power_cut_unit_comes_back_elsewhere_and_not_twice(units_dir: pathlib.Path) -> None:
-    unit = write_unit(units_dir, "lab-power.service")
-    fleetctl("start", unit)
-    victim = only_holder("lab-power.service")
+def start_then_fault(units_dir: pathlib.Path, name: str, fault: str) -> tuple[str, str, float]:
+    """Start unit `name`, apply `fleet-lab <fault>` to the machine running it, and wait until
+    it runs on exactly one other machine: (that victim, the new machine, fault time)."""
+    fleetctl("start", write_unit(units_dir, name))
+    victim = only_holder(name)
     t0 = time.monotonic()
-    lab("stop", victim)
-    new = only_holder("lab-power.service", exclude=victim)
-    print(f"power cut of {victim}: lab-power.service active on {new} after "
-          f"{time.monotonic() - t0:.2f}s")
+    lab(fault, victim)
+    new = only_holder(name, exclude=victim)
+    print(f"{fault} of {victim}: {name} active on {new} after {time.monotonic() - t0:.2f}s")
+    return victim, new, t0
+
+
+def test_power_cut_unit_comes_back_elsewhere_and_not_twice(units_dir: pathlib.Path) -> None:
+    victim, new, _ = start_then_fault(units_dir, "lab-power.service", "stop")
     lab("start", victim)
     # the returning machine comes back clean and does not start a second copy
     holds_for(lambda: active_on("lab-power.service") == [new], 8,
@@ -44,18 +49,11 @@ def test_power_cut_unit_comes_back_elsewhere_and_not_twice(units_dir: pathlib.Pa
 
 def test_partition_reschedules_and_the_cut_off_machine_fences_itself(
         units_dir: pathlib.Path) -> None:
-    unit = write_unit(units_dir, "lab-part.service")
-    fleetctl("start", unit)
-    victim = only_holder("lab-part.service")
-    t0 = time.monotonic()
-    lab("partition", victim)
-    new = only_holder("lab-part.service", exclude=victim)
-    t_moved = time.monotonic() - t0
+    victim, new, t0 = start_then_fault(units_dir, "lab-part.service", "partition")
     # once its lease is gone the cut-off machine stops its own copy
     wait_until(lambda: not is_active(victim, "lab-part.service"), 60,
                what=f"{victim} to stop its copy of lab-part.service")
-    print(f"partition of {victim}: rescheduled to {new} after {t_moved:.2f}s, fenced after "
-          f"{time.monotonic() - t0:.2f}s")
+    print(f"partition of {victim}: fenced after {time.monotonic() - t0:.2f}s")
     lab("heal", victim)
     wait_machines(3)
     holds_for(lambda: active_on("lab-part.service") == [new], 8,
