@@ -6,35 +6,32 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import subprocess
 import time
 
 from fleetd.certificates import CertificateAuthority, IssuedCertificate
-from fleetd.localcluster import free_port
+from fleetd.localcluster import EtcdServer
 
 
-class SecureEtcd:
+class SecureEtcd(EtcdServer):
     """A single-member etcd on loopback: https with `--client-cert-auth` when `ca` is given,
-    plain http otherwise."""
+    plain http otherwise (for password auth). Its own start (the TLS flags, a health check
+    that presents the client certificate); ports and stop as EtcdServer."""
 
     def __init__(self, root: pathlib.Path, ca: CertificateAuthority | None = None) -> None:
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        super().__init__(root)
         self.ca = ca
-        self.port = free_port()
-        self.peer_port = free_port()
         self.server: IssuedCertificate | None = None
         self.client: IssuedCertificate | None = None
         if ca is not None:
             self.server = ca.issue("etcd-server", ips=["127.0.0.1"], dns=["localhost"])
             self.client = ca.issue("etcd-client")
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         scheme = "https" if self.ca else "http"
-        return f"{scheme}://127.0.0.1:{self.port}"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
 
     def etcdctl(self, *args: str, user: str = "") -> subprocess.CompletedProcess[str]:
         argv = ["etcdctl", "--endpoints", self.endpoint]
@@ -48,7 +45,7 @@ class SecureEtcd:
 
     def start(self, timeout_s: float = 20) -> None:
         peer = f"http://127.0.0.1:{self.peer_port}"
-        argv = [shutil.which("etcd") or "/usr/bin/etcd", "--name", "sec",
+        argv = [self.binary, "--name", "sec",
                 "--data-dir", str(self.root / "data"),
                 "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
@@ -71,12 +68,3 @@ class SecureEtcd:
         for args in (["user", "add", f"root:{password}"], ["auth", "enable"]):
             r = self.etcdctl(*args)
             assert r.returncode == 0, r.stderr
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
