@@ -4,18 +4,28 @@ etcd or systemd is an install error and fails the run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
-import time
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
-from fleetd.localcluster import LocalCluster
+from fleetd.localcluster import EtcdServer, LocalCluster, LocalMachine, UserManager
+from tests.harness.tables import table_rows
+from tests.harness.wait import holds_for, wait_until
+
+__all__ = ["FRESH_TTL_S", "UNITS_DIR", "Host", "destroy_all_units", "etcdctl", "fleetd_log",
+           "holder", "holds_for", "machines_running", "single_host",
+           "start_hello_and_monitor", "unit_rows", "wait_until"]
 
 UNITS_DIR = pathlib.Path(__file__).resolve().parents[2] / "units"
-T = TypeVar("T")
+#: agent_ttl of `fresh_cluster` (short, to keep the fault tests quick).
+FRESH_TTL_S = 4
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -29,30 +39,12 @@ def _require_root() -> None:
     assert os.geteuid() == 0, "integration tests run real systemd managers and need root"
 
 
-def wait_until(fn: Callable[[], T], timeout_s: float = 20, interval_s: float = 0.05,
-               what: str = "condition") -> T:
-    """Poll fn until it returns a truthy value; fail the test with `what` on timeout."""
-    deadline = time.monotonic() + timeout_s
-    last: T = fn()
-    while not last:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
-        last = fn()
-    return last
-
-
 def unit_rows(cluster: LocalCluster) -> list[dict[str, str]]:
     """`fleetctl list-units -l` parsed into rows."""
     r = cluster.fleetctl("list-units", "--no-legend", "-l",
                          "--fields", "unit,machine,active,sub")
     assert r.returncode == 0, r.stderr
-    rows = []
-    for line in r.stdout.splitlines():
-        unit, machine, active, sub = line.split()
-        rows.append({"unit": unit, "machine": machine.split("/")[0], "ip": machine.split("/")[-1],
-                     "active": active, "sub": sub})
-    return rows
+    return table_rows(r.stdout, ["unit", "machine", "active", "sub"])
 
 
 def machines_running(cluster: LocalCluster, unit: str) -> list[str]:
@@ -69,3 +61,83 @@ def cluster() -> Iterator[LocalCluster]:
     c.start()
     yield c
     c.cleanup()
+
+
+def holder(cluster: LocalCluster, unit: str, timeout_s: float = 20) -> LocalMachine:
+    """The one machine whose systemd runs `unit` (fails if none, or more than one)."""
+    [mid] = wait_until(lambda: machines_running(cluster, unit), timeout_s, what=f"{unit} running")
+    return cluster.machine(mid)
+
+
+def start_hello_and_monitor(cluster: LocalCluster, timeout_s: float = 15) -> LocalMachine:
+    """`fleetctl start` units/hello.service and the global units/monitor.service; once the
+    monitor runs on every machine, the machine that runs hello.service."""
+    cluster.fleetctl("start", str(UNITS_DIR / "hello.service"),
+                     str(UNITS_DIR / "monitor.service"), check=True)
+    m = holder(cluster, "hello.service")
+    wait_until(lambda: len(machines_running(cluster, "monitor.service"))
+               == len(cluster.machines), timeout_s, what="global monitor everywhere")
+    return m
+
+
+def etcdctl(cluster: LocalCluster, *args: str) -> str:
+    """etcdctl (v3) against the cluster's etcd; fails the test if it fails."""
+    r = subprocess.run(["etcdctl", "--endpoints", cluster.etcd.endpoint, *args],
+                       capture_output=True, text=True, timeout=10,
+                       env={**os.environ, "ETCDCTL_API": "3"})
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def fleetd_log(m: LocalMachine) -> str:
+    """Everything the machine's fleetd processes logged (each run appends)."""
+    return (m.root / "fleetd.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def fresh_cluster() -> Iterator[LocalCluster]:
+    """Three machines of their own for a test that breaks them (agent_ttl FRESH_TTL_S; etcd
+    traffic through proxies that `partition` can cut)."""
+    c = LocalCluster(3, agent_ttl_s=FRESH_TTL_S, partitionable=True)
+    c.start()
+    yield c
+    c.cleanup()
+
+
+def destroy_all_units(cluster: LocalCluster) -> None:
+    """Destroy every unit fleetctl lists and wait until list-units shows none."""
+    names = cluster.fleetctl("list-unit-files", "--no-legend", "--fields", "unit").stdout.split()
+    if names:
+        cluster.fleetctl("destroy", *names)
+    wait_until(lambda: not unit_rows(cluster), what="all units gone after the test")
+
+
+@pytest.fixture
+def clean_units(cluster: LocalCluster) -> Iterator[None]:
+    """After each test of a module sharing `cluster`: no units left (pytestmark usefixtures)."""
+    yield
+    destroy_all_units(cluster)
+
+
+@dataclass
+class Host:
+    """A real etcd and one `systemd --user` manager under `root`, for tests that start fleetd
+    by hand (tests.harness.fleetd.SingleFleetd) rather than through a LocalCluster."""
+    root: pathlib.Path
+    etcd: EtcdServer
+    manager: UserManager
+
+
+@contextlib.contextmanager
+def single_host(prefix: str) -> Iterator[Host]:
+    root = pathlib.Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    etcd = EtcdServer(root)
+    manager = UserManager(root / "m")
+    try:
+        etcd.start()
+        manager.start()
+        yield Host(root, etcd, manager)
+    finally:
+        manager.kill()
+        etcd.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -7,8 +7,6 @@ re-lists only when that history was compacted, and still reports a machine that 
 
 from __future__ import annotations
 
-import os
-import subprocess
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -19,8 +17,8 @@ import pytest
 from fleetd.api.pb import fleet_pb2 as pb
 from fleetd.api.pb import fleet_pb2_grpc as pb_grpc
 from fleetd.localcluster import LocalCluster
-from tests.integration.conftest import wait_until
-from tests.integration.test_grpc_watch import Watcher
+from tests.harness.watch_stream import WatchStream
+from tests.integration.conftest import etcdctl, fleetd_log, wait_until
 
 K = pb.WatchEvent
 TEXT = "[Service]\nExecStart=/bin/sleep 1000\n"
@@ -36,17 +34,6 @@ def pcluster() -> Iterator[LocalCluster]:
 
 def stub(m: Any) -> Any:
     return pb_grpc.FleetStub(grpc.insecure_channel(m.endpoint))
-
-
-def etcdctl(c: LocalCluster, *args: str) -> str:
-    r = subprocess.run(["etcdctl", "--endpoints", c.etcd.endpoint, *args], capture_output=True,
-                       text=True, timeout=10, env={**os.environ, "ETCDCTL_API": "3"})
-    assert r.returncode == 0, r.stderr
-    return r.stdout
-
-
-def fleetd_log(m: Any) -> str:
-    return (m.root / "fleetd.log").read_text(errors="replace")
 
 
 def test_a_write_through_one_machine_is_seen_by_the_next_read_through_another(
@@ -86,7 +73,7 @@ def test_watch_survives_a_partition_and_a_compaction_of_its_history(
         pcluster: LocalCluster) -> None:
     c = pcluster
     m1, m2 = c.machines[0], c.machines[1]
-    w = Watcher(stub(m1), units=True)
+    w = WatchStream(stub(m1), units=True)
     try:
         assert w.next().kind == K.SNAPSHOT
         m1.partition()  # m1's etcd connections drop: its Watch's etcd watch breaks
@@ -105,14 +92,14 @@ def test_watch_survives_a_partition_and_a_compaction_of_its_history(
         w.until(lambda e: e.kind == K.UNIT_DELETED and e.name == "gap.service")
         assert w.error is None
     finally:
-        w.cancel()
+        w.close()
 
 
 def test_watch_survives_an_etcd_restart_and_reports_a_dead_machine(
         pcluster: LocalCluster) -> None:
     c = pcluster
     m1, m3 = c.machines[0], c.machines[2]
-    w = Watcher(stub(m1), machines=True)
+    w = WatchStream(stub(m1), machines=True)
     try:
         snap = w.next()
         assert m3.machine_id in {m.id for m in snap.snapshot.machines}
@@ -125,4 +112,4 @@ def test_watch_survives_an_etcd_restart_and_reports_a_dead_machine(
         w.until(lambda e: e.kind == K.MACHINE_DELETED and e.machine_id == m3.machine_id, 40)
         assert w.error is None
     finally:
-        w.cancel()
+        w.close()

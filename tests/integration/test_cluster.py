@@ -9,22 +9,13 @@ from __future__ import annotations
 import pathlib
 import re
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from fleetd.localcluster import LocalCluster
 from tests.integration.conftest import UNITS_DIR, machines_running, unit_rows, wait_until
 
-
-@pytest.fixture(autouse=True)
-def _clean(cluster: LocalCluster) -> Iterator[None]:
-    yield
-    r = cluster.fleetctl("list-unit-files", "--no-legend", "--fields", "unit")
-    names = r.stdout.split()
-    if names:
-        cluster.fleetctl("destroy", *names)
-    wait_until(lambda: not unit_rows(cluster), what="all units gone after test")
+pytestmark = pytest.mark.usefixtures("clean_units")
 
 
 def unit(name: str) -> str:

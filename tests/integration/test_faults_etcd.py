@@ -10,25 +10,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from fleetd.localcluster import LocalCluster
 from tests.harness.cases import record
-from tests.integration.conftest import UNITS_DIR, unit_rows, wait_until
+from tests.integration.conftest import FRESH_TTL_S, UNITS_DIR, unit_rows, wait_until
 
-TTL_S = 4
+TTL_S = FRESH_TTL_S
 OUTAGE_S = 20
 SERVICES = ["hello.service", "hello@1.service", "hello@2.service"]
-
-
-@pytest.fixture
-def fresh_cluster() -> Iterator[LocalCluster]:
-    c = LocalCluster(3, agent_ttl_s=TTL_S)
-    c.start()
-    yield c
-    c.cleanup()
 
 
 def main_pids(c: LocalCluster, units: list[str]) -> dict[str, list[tuple[str, int]]]:
@@ -74,7 +63,7 @@ def test_etcd_down_fences_every_machine_and_everything_comes_back_once(
         # Global units are not fenced (fleet's behaviour): same processes all along.
         assert main_pids(c, ["monitor.service"])["monitor.service"] == \
             before["monitor.service"]
-        time.sleep(max(0, OUTAGE_S - TTL_S))
+        time.sleep(max(0, OUTAGE_S - TTL_S))  # the outage itself: etcd stays down OUTAGE_S
         c.etcd.start()
         c.wait_for_machines(3, timeout_s=30)
         r = c.fleetctl("start", "--block-attempts=60", "hello@3")
@@ -83,6 +72,7 @@ def test_etcd_down_fences_every_machine_and_everything_comes_back_once(
                                                        [*SERVICES, "hello@3.service"])
                                     else None)(main_pids(c, [*SERVICES, "hello@3.service"])),
                            60, what="every unit running once after etcd returned")
+        # Not a synchronisation: the sampler watches a window for a second copy.
         time.sleep(2)
     finally:
         stop.set()

@@ -15,15 +15,24 @@ import pathlib
 import signal
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from fleetd.fencing import engine_grace_s
 from fleetd.localcluster import LocalCluster, LocalMachine
-from tests.integration.conftest import UNITS_DIR, machines_running, unit_rows, wait_until
+from tests.harness.tables import table_rows
+from tests.integration.conftest import (
+    FRESH_TTL_S,
+    UNITS_DIR,
+    fleetd_log,
+    holder,
+    machines_running,
+    start_hello_and_monitor,
+    unit_rows,
+    wait_until,
+)
 
-TTL_S = 4
+TTL_S = FRESH_TTL_S
 
 # Ignores SIGTERM (the shell and every child it forks), and its ExecStop takes 2 s: with the
 # cap (10 s bound / (1 stop command + 2) = 3.3 s per phase) it is inactive ~5.3 s after the fence.
@@ -34,19 +43,6 @@ Description=stops slowly: ExecStop sleeps, SIGTERM is ignored
 ExecStart=/bin/sh -c 'trap "" TERM; while :; do sleep 1; done'
 ExecStop=/bin/sleep 2
 """
-
-
-@pytest.fixture
-def fresh_cluster() -> Iterator[LocalCluster]:
-    c = LocalCluster(3, agent_ttl_s=TTL_S)
-    c.start()
-    yield c
-    c.cleanup()
-
-
-def holder(c: LocalCluster, unit: str) -> LocalMachine:
-    [mid] = wait_until(lambda: machines_running(c, unit), 20, what=f"{unit} running")
-    return c.machine(mid)
 
 
 #: systemd states in which a unit may still have processes: a "deactivating" unit is running.
@@ -122,7 +118,7 @@ def expiry_seen_to_start_s(c: LocalCluster, gone: LocalMachine, new: LocalMachin
     `new` (systemd's monotonic timestamp, turned into wall time like the log's)."""
     seen = []
     for m in c.machines:
-        for line in (m.root / "fleetd.log").read_text().splitlines():
+        for line in fleetd_log(m).splitlines():
             if f"machine {gone.machine_id} left" in line:
                 stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
                 seen.append(stamp.timestamp())
@@ -136,11 +132,7 @@ def expiry_seen_to_start_s(c: LocalCluster, gone: LocalMachine, new: LocalMachin
 def test_dead_man_timer_fences_a_frozen_or_dead_fleetd_before_the_unit_moves(
         fresh_cluster: LocalCluster, fault: str) -> None:
     c = fresh_cluster
-    c.fleetctl("start", str(UNITS_DIR / "hello.service"), str(UNITS_DIR / "monitor.service"),
-               check=True)
-    first = holder(c, "hello.service")
-    wait_until(lambda: len(machines_running(c, "monitor.service")) == 3, 15,
-               what="global monitor everywhere")
+    first = start_hello_and_monitor(c)
     monitor_pid = first.main_pid("monitor.service")
     with Sampler(c, "hello.service") as sampler:
         t0 = time.monotonic()
@@ -165,6 +157,7 @@ def test_dead_man_timer_fences_a_frozen_or_dead_fleetd_before_the_unit_moves(
             wait_until(lambda: any(r["machine"] == first.machine_id for r in unit_rows(c)
                                    if r["unit"] == "monitor.service"), 15,
                        what="thawed machine republished its states")
+            # Not a synchronisation: the sampler watches a window for a second copy.
             time.sleep(1)
     expiry_to_start = expiry_seen_to_start_s(c, first, second, "hello.service")
     print(f"\n{fault}: fenced {fenced_after:.1f}s after the fault, moved after "
@@ -212,7 +205,7 @@ def test_one_unit_that_cannot_be_written_does_not_wedge_the_others(
         what="blocked.service reported with LoadState error")
     assert rows[0]["machine"] == m.machine_id
     assert not m.is_active("blocked.service")
-    log = (m.root / "fleetd.log").read_text()
+    log = fleetd_log(m)
     # The agent meets the foreign file first as a host unit (fleet's directory holds a file
     # fleet did not write) and refuses the unit before planning any task for it.
     assert "blocked.service: refused, the host has its own" in log
@@ -221,22 +214,13 @@ def test_one_unit_that_cannot_be_written_does_not_wedge_the_others(
 def _rows_with_load(c: LocalCluster) -> list[dict[str, str]]:
     r = c.fleetctl("list-units", "--no-legend", "-l", "--fields", "unit,machine,load,active")
     assert r.returncode == 0, r.stderr
-    out = []
-    for line in r.stdout.splitlines():
-        unit, machine, load, active = line.split()
-        out.append({"unit": unit, "machine": machine.split("/")[0], "load": load,
-                    "active": active})
-    return out
+    return table_rows(r.stdout, ["unit", "machine", "load", "active"])
 
 
 def test_fleetd_stop_purges_and_deregisters_and_start_brings_units_back(
         fresh_cluster: LocalCluster) -> None:
     c = fresh_cluster
-    c.fleetctl("start", str(UNITS_DIR / "hello.service"), str(UNITS_DIR / "monitor.service"),
-               check=True)
-    m = holder(c, "hello.service")
-    wait_until(lambda: len(machines_running(c, "monitor.service")) == 3, 15,
-               what="global monitor everywhere")
+    m = start_hello_and_monitor(c)
     with Sampler(c, "hello.service") as sampler:
         t0 = time.monotonic()
         m.stop_fleetd()  # SIGTERM, as `systemctl stop fleetd` outside a restart
@@ -273,6 +257,7 @@ def test_restart_while_etcd_is_unreachable_is_fenced_and_comes_back_once(
         c.etcd.start()
         wait_until(lambda: len(machines_running(c, "hello.service")) == 1, 60,
                    what="hello.service running once after etcd returned")
+        # Not a synchronisation: the sampler watches a window for a second copy.
         time.sleep(1)
     assert sampler.most == 1
     [where] = machines_running(c, "hello.service")

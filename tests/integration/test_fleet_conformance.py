@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Iterator
 
 import pytest
 
@@ -18,13 +17,7 @@ from tests.integration.conftest import machines_running, unit_rows, wait_until
 SLEEPER = "[Unit]\nDescription=sleeps\n[Service]\nExecStart=/bin/sleep 3000\n"
 
 
-@pytest.fixture(autouse=True)
-def _clean(cluster: LocalCluster) -> Iterator[None]:
-    yield
-    names = cluster.fleetctl("list-unit-files", "--no-legend", "--fields", "unit").stdout.split()
-    if names:
-        cluster.fleetctl("destroy", *names)
-    wait_until(lambda: not unit_rows(cluster), what="all units gone after test")
+pytestmark = pytest.mark.usefixtures("clean_units")
 
 
 def unit_files(cluster: LocalCluster) -> list[str]:

@@ -3,39 +3,26 @@ shutdown."""
 
 from __future__ import annotations
 
-import pathlib
-import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from fleetctl.client import Client
-from fleetd.localcluster import EtcdServer, UserManager
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import Host, single_host, wait_until
 
 
 @pytest.fixture
-def host() -> Iterator[tuple[EtcdServer, UserManager, pathlib.Path]]:
-    root = pathlib.Path(tempfile.mkdtemp(prefix="fsv-", dir="/tmp"))
-    etcd = EtcdServer(root)
-    etcd.start()
-    manager = UserManager(root / "m")
-    manager.start()
-    try:
-        yield etcd, manager, root
-    finally:
-        manager.kill()
-        etcd.stop()
-        shutil.rmtree(root, ignore_errors=True)
+def host() -> Iterator[Host]:
+    with single_host("fsv-") as h:
+        yield h
 
 
 def test_fleetd_runs_as_a_notify_service_configured_by_fleet_conf(
-        host: tuple[EtcdServer, UserManager, pathlib.Path]) -> None:
-    etcd, manager, root = host
+        host: Host) -> None:
+    etcd, manager, root = host.etcd, host.manager, host.root
     machine_id = uuid.uuid4().hex
     sock = root / "api.sock"
     conf = root / "fleet.conf"

@@ -11,7 +11,7 @@ import tempfile
 import pytest
 
 from fleetd.localcluster import LocalCluster
-from tests.integration.conftest import UNITS_DIR, machines_running, wait_until
+from tests.integration.conftest import UNITS_DIR, fleetd_log, machines_running, wait_until
 
 # A unit every systemd --user manager here finds in /usr/lib/systemd/user, not in the fixed set.
 HOST_USER_UNIT = "gpg-agent.service"
@@ -52,7 +52,7 @@ def test_a_unit_the_host_already_has_is_refused_by_the_agent_and_others_still_ru
         assert target.machine_id in row and "error" in row, row
         assert not (target.manager.unit_dir / HOST_USER_UNIT).exists()
         assert not target.is_active(HOST_USER_UNIT)
-        assert "refused, the host has its own" in (target.root / "fleetd.log").read_text()
+        assert "refused, the host has its own" in fleetd_log(target)
         cluster.fleetctl("destroy", "hello.service", check=True)
         cluster.fleetctl("start", unit_file("other.service", pin), check=True)
         wait_until(lambda: machines_running(cluster, "other.service") == [target.machine_id],

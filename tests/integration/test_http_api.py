@@ -18,7 +18,7 @@ import pytest
 
 from fleetd.localcluster import LocalCluster
 from fleetd.localcluster.cluster import free_port
-from tests.integration.conftest import machines_running, wait_until
+from tests.integration.conftest import fleetd_log, machines_running, wait_until
 
 JSON = {"Content-Type": "application/json"}
 V1 = "/fleet/v1"
@@ -330,8 +330,9 @@ def test_patched_metadata_schedules_units_and_survives_fleetd_restart(
     m2 = cluster.machines[1]
     name = "httpmeta.service"
     assert put_unit(cluster, name, "launched", service(MachineMetadata="role=web")).status == 201
-    # nothing has role=web: not scheduled anywhere
-    asyncio.run(asyncio.sleep(1.5))
+    # nothing has role=web: the engine's pass records why it is scheduled nowhere
+    wait_until(lambda: "Not scheduled" in cluster.fleetctl("why", name).stdout, 20,
+               what="the engine to record the unit as unschedulable")
     u = get_unit(cluster, name)
     assert "machineID" not in u and u["currentState"] == "inactive" and \
         not machines_running(cluster, name)
@@ -491,5 +492,5 @@ def test_bad_page_tokens(cluster: LocalCluster) -> None:
 def test_no_request_made_fleetd_fail(cluster: LocalCluster) -> None:
     """Every refusal above was a 4xx: no handler raised (fleetd logs those as failures)."""
     for m in cluster.machines:
-        log = (m.root / "fleetd.log").read_text(errors="replace")
+        log = fleetd_log(m)
         assert not re.search(r"HTTP [A-Z]+ \S+ failed", log), log[-3000:]

@@ -12,7 +12,7 @@ import subprocess
 from typing import Any
 
 from fleetd.localcluster import LocalCluster
-from tests.integration.conftest import machines_running, unit_rows, wait_until
+from tests.integration.conftest import destroy_all_units, machines_running, wait_until
 from tests.integration.test_http_api import Response, request
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -20,13 +20,6 @@ PYTHON_FLEET = ROOT / ".venv-python-fleet" / "bin" / "python"
 GO_HEADERS = {"User-Agent": "google-api-go-client/0.5", "Content-Type": "application/json"}
 SLEEPER = [{"name": "Description", "section": "Unit", "value": "go fleetctl"},
            {"name": "ExecStart", "section": "Service", "value": "/bin/sleep 3000"}]
-
-
-def _clean(cluster: LocalCluster) -> None:
-    names = cluster.fleetctl("list-unit-files", "--no-legend", "--fields", "unit").stdout.split()
-    if names:
-        cluster.fleetctl("destroy", *names)
-    wait_until(lambda: not unit_rows(cluster), what="all units gone")
 
 
 def test_python_fleet_client(cluster: LocalCluster) -> None:
@@ -60,7 +53,7 @@ def test_python_fleet_client(cluster: LocalCluster) -> None:
         assert out["invalid"][0] == 400 and "Global" in out["invalid"][1]
         assert machines_running(cluster, "pyt@us-west.service") == [west]  # ground truth
     finally:
-        _clean(cluster)
+        destroy_all_units(cluster)
 
 
 def go(cluster: LocalCluster, method: str, path: str, body: Any = None,
@@ -120,7 +113,7 @@ def test_go_fleetctl_http_driver_request_shapes(cluster: LocalCluster) -> None:
         assert go(cluster, "DELETE", "units/hello%401.service").status == 404
         assert go(cluster, "GET", "units/hello%401.service").json["error"]["code"] == 404
     finally:
-        _clean(cluster)
+        destroy_all_units(cluster)
 
 
 def test_machine_of_cycle_refused_through_http(cluster: LocalCluster) -> None:
@@ -134,4 +127,4 @@ def test_machine_of_cycle_refused_through_http(cluster: LocalCluster) -> None:
         assert "b.service -> a.service -> b.service" in r.json["error"]["message"]
         assert go(cluster, "GET", "units/b.service").status == 404
     finally:
-        _clean(cluster)
+        destroy_all_units(cluster)

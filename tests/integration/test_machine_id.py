@@ -8,7 +8,6 @@ stays in `list-machines` with its units. A fleetd whose own key vanishes puts it
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +15,14 @@ from collections.abc import Iterator
 import pytest
 
 from fleetd.localcluster import LocalCluster
-from tests.integration.conftest import UNITS_DIR, machines_running, unit_rows, wait_until
+from tests.integration.conftest import (
+    UNITS_DIR,
+    etcdctl,
+    fleetd_log,
+    machines_running,
+    unit_rows,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +38,6 @@ def listed_machines(c: LocalCluster) -> dict[str, str]:
     r = c.fleetctl("list-machines", "--no-legend", "-l", "--fields", "machine,ip")
     assert r.returncode == 0, r.stderr
     return dict(line.split()[:2] for line in r.stdout.splitlines() if line.strip())
-
-
-def etcdctl(c: LocalCluster, *args: str) -> str:
-    r = subprocess.run(["etcdctl", "--endpoints", c.etcd.endpoint, *args], capture_output=True,
-                       text=True, timeout=10, env={**os.environ, "ETCDCTL_API": "3"})
-    assert r.returncode == 0, r.stderr
-    return r.stdout
 
 
 def test_fleetd_with_a_live_machines_id_is_refused_and_the_owner_keeps_its_units(
@@ -94,7 +93,7 @@ def test_a_fleetd_whose_registration_another_lease_takes_over_says_so_and_stops(
         record = json.dumps({"id": m.machine_id, "ip": "10.9.9.9"})
         etcdctl(c, "put", key, record, "--lease=" + lease)
         wait_until(lambda: proc.poll() is not None, 30, what="m2's fleetd to stop acting")
-        log = (m.root / "fleetd.log").read_text()
+        log = fleetd_log(m)
         # etcdctl prints the lease id zero-padded, fleetd's log does not
         assert (f"machine {m.machine_id}: registration taken over by lease {int(lease, 16):x}"
                 in log)

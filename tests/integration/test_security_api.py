@@ -7,13 +7,11 @@ import grp
 import json
 import os
 import pathlib
-import shutil
 import socket
 import ssl
 import stat
 import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,33 +22,29 @@ import pytest
 from fleetd.api.pb import fleet_pb2 as pb
 from fleetd.api.pb import fleet_pb2_grpc as pb_grpc
 from fleetd.certificates import CertificateAuthority, IssuedCertificate
-from fleetd.localcluster import EtcdServer, LocalCluster, UserManager, free_port
-from tests.integration.conftest import wait_until
-from tests.integration.security_fixtures import SingleFleetd, fleetctl_tls_flags
+from fleetd.localcluster import LocalCluster, free_port
+from tests.harness.fleetd import SingleFleetd, fleetctl_tls_flags
+from tests.integration.conftest import Host, single_host, wait_until
 
 GROUP = "fleet-sec-test"
 
 
-class Host:
-    def __init__(self, root: pathlib.Path) -> None:
-        self.root = root
-        self.etcd = EtcdServer(root)
-        self.manager = UserManager(root / "m")
-        self.ca = CertificateAuthority.create(root / "pki")
+class TlsHost(Host):
+    """The host with a CA: fleetd's server certificate, an admin client's, and an intruder's
+    from another CA."""
+
+    def __init__(self, host: TlsHost) -> None:
+        super().__init__(host.root, host.etcd, host.manager)
+        self.ca = CertificateAuthority.create(self.root / "pki")
         self.server = self.ca.issue("fleetd", ips=["127.0.0.1"], dns=["localhost"])
         self.client = self.ca.issue("admin")
-        self.rogue = CertificateAuthority.create(root / "rogue").issue("intruder")
+        self.rogue = CertificateAuthority.create(self.root / "rogue").issue("intruder")
 
 
 @pytest.fixture(scope="module")
-def host() -> Iterator[Host]:
-    h = Host(pathlib.Path(tempfile.mkdtemp(prefix="fsa-", dir="/tmp")))
-    h.etcd.start()
-    h.manager.start()
-    yield h
-    h.manager.kill()
-    h.etcd.stop()
-    shutil.rmtree(h.root, ignore_errors=True)
+def host() -> Iterator[TlsHost]:
+    with single_host("fsa-") as h:
+        yield TlsHost(h)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +62,7 @@ def group() -> Iterator[int]:
 
 
 @pytest.fixture(scope="module")
-def secure(host: Host, group: int) -> Iterator[tuple[SingleFleetd, str, str]]:
+def secure(host: TlsHost, group: int) -> Iterator[tuple[SingleFleetd, str, str]]:
     """A fleetd serving gRPC and HTTP on TCP with mutual TLS, sockets owned by GROUP."""
     d = host.root / "secure"
     d.mkdir()
@@ -125,7 +119,7 @@ def test_unix_sockets_have_mode_0660_and_the_configured_group(
         assert st.st_gid == group, path
 
 
-def test_an_unknown_socket_group_is_refused_at_startup(host: Host) -> None:
+def test_an_unknown_socket_group_is_refused_at_startup(host: TlsHost) -> None:
     d = host.root / "badgroup"
     d.mkdir()
     r = SingleFleetd(d, host.manager, host.etcd.endpoint,
@@ -136,14 +130,14 @@ def test_an_unknown_socket_group_is_refused_at_startup(host: Host) -> None:
 
 # --- gRPC over TCP -------------------------------------------------------------------------
 def test_grpc_tcp_serves_a_client_with_a_certificate_from_the_ca(
-        host: Host, secure: tuple[SingleFleetd, str, str]) -> None:
+        host: TlsHost, secure: tuple[SingleFleetd, str, str]) -> None:
     f, grpc_addr, _ = secure
     assert grpc_list_machines(grpc_addr, creds(host.ca.ca_file, host.client)) == [f.machine_id]
 
 
 @pytest.mark.parametrize("client", ["plain text", "no client certificate", "another CA"])
 def test_grpc_tcp_refuses_a_client_without_a_valid_certificate(
-        host: Host, secure: tuple[SingleFleetd, str, str], client: str) -> None:
+        host: TlsHost, secure: tuple[SingleFleetd, str, str], client: str) -> None:
     _, grpc_addr, _ = secure
     c = {"plain text": None, "no client certificate": creds(host.ca.ca_file, None),
          "another CA": creds(host.ca.ca_file, host.rogue)}[client]
@@ -154,7 +148,7 @@ def test_grpc_tcp_refuses_a_client_without_a_valid_certificate(
 
 # --- HTTP API v1 over TCP ------------------------------------------------------------------
 def test_http_tcp_serves_a_client_with_a_certificate_from_the_ca(
-        host: Host, secure: tuple[SingleFleetd, str, str]) -> None:
+        host: TlsHost, secure: tuple[SingleFleetd, str, str]) -> None:
     f, _, http_addr = secure
     body = https_get(f"https://{http_addr}/fleet/v1/machines", host.ca.ca_file, host.client)
     assert [m["id"] for m in body["machines"]] == [f.machine_id]  # type: ignore[attr-defined]
@@ -162,7 +156,7 @@ def test_http_tcp_serves_a_client_with_a_certificate_from_the_ca(
 
 @pytest.mark.parametrize("client", ["no client certificate", "another CA"])
 def test_http_tcp_refuses_a_client_without_a_valid_certificate(
-        host: Host, secure: tuple[SingleFleetd, str, str], client: str) -> None:
+        host: TlsHost, secure: tuple[SingleFleetd, str, str], client: str) -> None:
     _, _, http_addr = secure
     cert = None if client == "no client certificate" else host.rogue
     with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
@@ -181,7 +175,7 @@ def test_http_tcp_refuses_plain_http(secure: tuple[SingleFleetd, str, str]) -> N
 
 # --- fleetctl ------------------------------------------------------------------------------
 def test_fleetctl_with_ca_cert_and_key_files_talks_to_the_mtls_api(
-        host: Host, secure: tuple[SingleFleetd, str, str]) -> None:
+        host: TlsHost, secure: tuple[SingleFleetd, str, str]) -> None:
     f, grpc_addr, _ = secure
     r = f.fleetctl(*fleetctl_tls_flags(host.client), "list-machines", "-l", endpoint=grpc_addr)
     assert r.returncode == 0 and f.machine_id in r.stdout, r.stderr
@@ -193,7 +187,7 @@ def test_fleetctl_with_ca_cert_and_key_files_talks_to_the_mtls_api(
 
 
 def test_fleetctl_without_a_valid_certificate_is_refused_with_a_hint(
-        host: Host, secure: tuple[SingleFleetd, str, str]) -> None:
+        host: TlsHost, secure: tuple[SingleFleetd, str, str]) -> None:
     f, grpc_addr, _ = secure
     r = f.fleetctl("--request-timeout", "3", "list-machines", endpoint=grpc_addr)
     assert r.returncode == 1
@@ -217,7 +211,7 @@ def test_fleetd_refuses_tcp_without_tls_or_the_insecure_flag(option: str) -> Non
     assert "Traceback" not in r.stderr
 
 
-def test_fleetd_refuses_an_incomplete_tls_configuration(host: Host) -> None:
+def test_fleetd_refuses_an_incomplete_tls_configuration(host: TlsHost) -> None:
     r = subprocess.run([sys.executable, "-m", "fleetd.main", "--api_tcp=127.0.0.1:1",
                         f"--api_tls_certfile={host.server.cert_file}"],
                        capture_output=True, text=True, timeout=30,
@@ -225,7 +219,7 @@ def test_fleetd_refuses_an_incomplete_tls_configuration(host: Host) -> None:
     assert r.returncode == 2 and "api_tls_cafile is missing" in r.stderr, r.stderr
 
 
-def test_fleetd_refuses_unreadable_tls_files(host: Host) -> None:
+def test_fleetd_refuses_unreadable_tls_files(host: TlsHost) -> None:
     d = host.root / "badfiles"
     d.mkdir()
     r = SingleFleetd(d, host.manager, host.etcd.endpoint, {
@@ -235,7 +229,7 @@ def test_fleetd_refuses_unreadable_tls_files(host: Host) -> None:
     assert r.returncode == 2 and "cannot read api_tls_cafile /nonexistent/ca.pem" in r.stderr
 
 
-def test_the_insecure_flag_serves_plain_text_and_logs_a_warning(host: Host) -> None:
+def test_the_insecure_flag_serves_plain_text_and_logs_a_warning(host: TlsHost) -> None:
     d = host.root / "insecure"
     d.mkdir()
     addr = f"127.0.0.1:{free_port()}"

@@ -15,8 +15,9 @@ import pytest
 from fleetd.certificates import CertificateAuthority
 from fleetd.localcluster import UserManager
 from fleetd.registry import EtcdClient, EtcdError
+from tests.harness.etcd import SecureEtcd
+from tests.harness.fleetd import SingleFleetd
 from tests.integration.conftest import wait_until
-from tests.integration.security_fixtures import SecureEtcd, SingleFleetd
 
 PASSWORD = "s3cret-root"
 
@@ -209,7 +210,6 @@ def test_fleetd_with_the_right_password_joins_and_with_a_wrong_one_says_why(
 def test_etcd_password_given_as_a_flag_is_not_visible_in_ps_and_a_password_file_works(
         auth_etcd: SecureEtcd, manager: UserManager, root: pathlib.Path) -> None:
     import subprocess
-    import sys
 
     d1, d2 = root / "fleetd-pwflag", root / "fleetd-pwfile"
     d1.mkdir()
@@ -222,10 +222,7 @@ def test_etcd_password_given_as_a_flag_is_not_visible_in_ps_and_a_password_file_
     from_file = SingleFleetd(d2, manager, auth_etcd.endpoint,
                              {"etcd_username": "root", "etcd_password_file": str(secret)},
                              prefix="/pwflag/")
-    with open(flag.log, "ab") as log:
-        flag.proc = subprocess.Popen([sys.executable, "-m", "fleetd.main",
-                                      f"--etcd_password={PASSWORD}"], env=flag.env,
-                                     stdout=log, stderr=log, start_new_session=True)
+    flag.start(f"--etcd_password={PASSWORD}")
     from_file.start()
     try:
         flag.wait_for_socket()

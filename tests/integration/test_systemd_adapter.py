@@ -263,10 +263,16 @@ async def test_watch_filters_names_and_sees_reload(sd: SystemdManager) -> None:
     watched: set[str] = {"w.service"}
     rec = Recorder()
     sd.watch(lambda: watched, rec)
+    # A second watcher, registered after rec, that does watch other.service: each status is
+    # offered to the watchers in order, so once the witness has other.service's "active",
+    # rec was offered it too (and must have filtered it out).
+    witness = Recorder()
+    sd.watch(lambda: {"other.service"}, witness)
     sd.write_unit_file("other.service", SLEEPER)
     await sd.daemon_reload()
     await sd.start_unit("other.service")
-    await asyncio.sleep(0.2)
+    await witness.wait_for(lambda s: s.active_state == "active")
+    assert witness.events and {s.name for _, s in witness.events} == {"other.service"}
     assert all(s.name in watched for _, s in rec.events)
     # A watched unit whose file appears: the reload re-read delivers load_state "loaded".
     sd.write_unit_file("w.service", SLEEPER)
@@ -329,6 +335,8 @@ async def test_two_managers_are_isolated(um: UserManager, sd: SystemdManager) ->
             while _alive(pids[0]):
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.01)
+            # Not a synchronisation: the other machine's copy must stay up after the stop
+            # (an absence of effect, watched over a short window).
             await asyncio.sleep(0.1)
             assert _alive(pids[1])
             assert (await sd2.unit_status("same.service")).active_state == "active"
@@ -376,8 +384,10 @@ async def test_many_concurrent_calls_and_reconnect_after_the_bus_drops(
     assert {s.load_state for s in statuses} == {"loaded"} and sd.connected
     # The connection drops (dbus-daemon restarted, socket error): calls fail until reconnect.
     sd._bus.disconnect()
-    await asyncio.sleep(0.1)
-    assert not sd.connected
+    deadline = time.monotonic() + 5
+    while sd.connected:
+        assert time.monotonic() < deadline, "the adapter did not notice the dropped bus"
+        await asyncio.sleep(0.01)
     with pytest.raises(SystemdError):
         await sd.start_unit(names[0])
     await sd.reconnect()

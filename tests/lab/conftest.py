@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import pathlib
@@ -17,11 +18,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
 
 import pytest
 
-T = TypeVar("T")
+from tests.harness import wait
+from tests.harness.tables import table_rows
+
+#: tests.harness.wait.wait_until at the lab's pace: each poll runs fleetctl or fleet-lab.
+wait_until = functools.partial(wait.wait_until, interval_s=0.2)
+holds_for = wait.holds_for
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.prefix) / "bin"
 LOCK = "/run/lock/fleet-lab-tests.lock"
@@ -78,23 +83,10 @@ def name_of(machine_id: str) -> str:
     raise AssertionError(f"no lab machine has id {machine_id}")
 
 
-def unit_rows() -> list[dict[str, str]]:
-    """`fleetctl list-units -l`: unit, machine id, active, sub per row."""
-    r = fleetctl("list-units", "--no-legend", "-l", "--fields", "unit,machine,active,sub",
-                 check=False)
-    if r.returncode != 0:
-        return []
-    rows = []
-    for line in r.stdout.splitlines():
-        unit, machine, active, sub = line.split()
-        rows.append({"unit": unit, "machine": machine.split("/")[0], "active": active,
-                     "sub": sub})
-    return rows
-
-
 def holders(unit: str) -> list[str]:
     """Machine names where fleetctl list-units shows `unit` active."""
-    ids = [r["machine"] for r in unit_rows() if r["unit"] == unit and r["active"] == "active"]
+    ids = [r["machine"] for r in list_units(fail_on_double=False)
+           if r["unit"] == unit and r["active"] == "active"]
     return [name_of(i) for i in ids]
 
 
@@ -110,18 +102,6 @@ def active_on(unit: str) -> list[str]:
             if m["state"] != "stopped" and is_active(m["name"], unit)]
 
 
-def wait_until(fn: Callable[[], T], timeout_s: float = 60, interval_s: float = 0.2,
-               what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout_s
-    last = fn()
-    while not last:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
-        last = fn()
-    return last
-
-
 def write_unit(tmp: pathlib.Path, name: str, body: str = "", xfleet: str = "") -> str:
     path = tmp / name
     text = (f"[Unit]\nDescription=lab test unit {name}\n{body}\n"
@@ -134,18 +114,6 @@ def write_unit(tmp: pathlib.Path, name: str, body: str = "", xfleet: str = "") -
 
 def all_running() -> bool:
     return all(m["state"] == "running" for m in machines())
-
-
-def restore() -> None:
-    """Bring every machine back (heal partitions, start stopped machines)."""
-    for m in machines():
-        if m["state"] == "partitioned":
-            lab("heal", m["name"])
-        elif m["state"] == "stopped":
-            lab("start", m["name"])
-    n = len(machines())
-    wait_until(lambda: len(fleetctl("list-machines", "--no-legend", check=False)
-                           .stdout.splitlines()) == n, 60, what=f"{n} machines registered")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -167,17 +135,35 @@ def running_lab(n: int = 3, metadata: dict[str, str] | None = None) -> Iterator[
         t0 = time.monotonic()
         lab(*args, timeout_s=180)
         print(f"fleet-lab up ({n} machines) took {time.monotonic() - t0:.1f}s")
+        wait_machines(n)
         yield
     finally:
         lab("down", check=False)
         lock.close()
 
 
-@pytest.fixture(scope="module")
-def lab_up() -> Iterator[None]:
-    """`fleet-lab up` for three machines (m2 with metadata); `fleet-lab down` afterwards."""
-    with running_lab(3, {"m2": "region=us-east,disk=ssd"}):
-        yield
+def module_lab(n: int = 3, metadata: dict[str, str] | None = None, *, name: str = "_lab",
+               autouse: bool = True) -> Callable[[], Iterator[None]]:
+    """A module-scoped fixture running the lab (n machines, all registered) for one module:
+    `_lab = module_lab(4, {...})` at module level (autouse), or, with a name and
+    autouse=False, a fixture modules ask for with `usefixtures`."""
+    def _lab() -> Iterator[None]:
+        with running_lab(n, metadata):
+            yield
+    return pytest.fixture(scope="module", autouse=autouse, name=name)(_lab)  # type: ignore
+
+
+#: Three machines, m2 with metadata (`pytestmark = pytest.mark.usefixtures("lab_up")`).
+lab_up = module_lab(3, {"m2": "region=us-east,disk=ssd"}, name="lab_up", autouse=False)
+
+
+@pytest.fixture
+def reset_after() -> Iterator[None]:
+    """After each test: every machine running with fleetd up and registered, no units
+    (`pytestmark = pytest.mark.usefixtures("reset_after")`, or call reset_cluster() from a
+    module's own fixture that undoes more first)."""
+    yield
+    reset_cluster()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,20 +192,14 @@ def wait_machines(n: int, timeout_s: float = 60) -> list[str]:
                       timeout_s, what=f"{n} machines in list-machines")
 
 
-def list_units() -> list[dict[str, str]]:
-    """`fleetctl list-units` rows (unit, machine id, active, sub). Fails the test at once if
-    fleetctl reports a non-global unit active on two machines (its exit code 2)."""
+def list_units(*, fail_on_double: bool = True) -> list[dict[str, str]]:
+    """`fleetctl list-units` rows (unit, machine id, active, sub); none if fleetctl fails.
+    Fails the test at once if fleetctl reports a non-global unit active on two machines (its
+    exit code 2), unless `fail_on_double` is off (a fault test's own sampler judges that)."""
     r = fleetctl("list-units", "--no-legend", "-l", "--fields", "unit,machine,active,sub",
                  check=False)
-    assert r.returncode != 2, f"a unit runs twice:\n{r.stdout}{r.stderr}"
-    if r.returncode != 0:
-        return []
-    rows = []
-    for line in r.stdout.splitlines():
-        unit, machine, active, sub = line.split()
-        rows.append({"unit": unit, "machine": machine.split("/")[0], "active": active,
-                     "sub": sub})
-    return rows
+    assert not fail_on_double or r.returncode != 2, f"a unit runs twice:\n{r.stdout}{r.stderr}"
+    return table_rows(r.stdout, ["unit", "machine", "active", "sub"]) if r.returncode == 0 else []
 
 
 def active_units() -> dict[str, list[str]]:
@@ -270,11 +250,8 @@ def unit_files() -> dict[str, dict[str, str]]:
     """`fleetctl list-unit-files`: unit -> {dstate, state, target (machine id, "global" or
     "-")}."""
     r = fleetctl("list-unit-files", "--no-legend", "-l", "--fields", "unit,dstate,state,target")
-    out = {}
-    for line in r.stdout.splitlines():
-        unit, dstate, state, target = line.split()
-        out[unit] = {"dstate": dstate, "state": state, "target": target.split("/")[0]}
-    return out
+    return {row.pop("unit"): row
+            for row in table_rows(r.stdout, ["unit", "dstate", "state", "target"])}
 
 
 def wait_unit_files(n: int, timeout_s: float = 30) -> dict[str, dict[str, str]]:
@@ -294,10 +271,12 @@ def show(name: str, unit: str, prop: str) -> str:
 
 
 def ensure_fleetd() -> None:
-    """Start fleetd again on every running machine where a test stopped it."""
+    """Thaw fleetd where a test froze it, start it again where a test stopped it."""
     for m in machines():
-        if m["state"] == "running" and show(m["name"], "fleetd.service", "ActiveState") \
-                != "active":
+        if m["state"] != "running":
+            continue
+        lab("exec", m["name"], "--", "systemctl", "kill", "-s", "CONT", "fleetd", check=False)
+        if show(m["name"], "fleetd.service", "ActiveState") != "active":
             lab("exec", m["name"], "--", "systemctl", "reset-failed", "fleetd", check=False)
             lab("exec", m["name"], "--", "systemctl", "start", "fleetd", check=False)
 
@@ -311,8 +290,9 @@ def destroy_all() -> None:
     wait_until(lambda: not unit_files() and not list_units(), 60, what="every unit destroyed")
 
 
-def reset_cluster() -> None:
-    """Between tests: every machine running with fleetd up and registered, no units."""
+def restore() -> None:
+    """Bring every machine back (heal partitions, start stopped machines, thaw or start
+    fleetd) and wait until all are registered."""
     for m in machines():
         if m["state"] == "partitioned":
             lab("heal", m["name"])
@@ -320,6 +300,11 @@ def reset_cluster() -> None:
             lab("start", m["name"])
     ensure_fleetd()
     wait_machines(len(machines()))
+
+
+def reset_cluster() -> None:
+    """Between tests: every machine running with fleetd up and registered, no units."""
+    restore()
     destroy_all()
 
 
@@ -327,3 +312,15 @@ def reset_cluster() -> None:
 def units_dir() -> Iterator[pathlib.Path]:
     with tempfile.TemporaryDirectory(prefix="lab-units-") as d:
         yield pathlib.Path(d)
+
+
+def only_holder(unit: str, timeout_s: float = 60, exclude: str | None = None) -> str:
+    """Wait until fleetctl shows `unit` active on exactly one machine (other than
+    `exclude`) and that machine's systemd agrees; return its name."""
+    def check() -> str | None:
+        h = holders(unit)
+        if len(h) == 1 and h[0] != exclude and is_active(h[0], unit):
+            return h[0]
+        return None
+    return wait_until(check, timeout_s, what=f"{unit} active on one machine"
+                      + (f" other than {exclude}" if exclude else ""))

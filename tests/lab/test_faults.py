@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pathlib
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,84 +13,51 @@ from tests.lab.conftest import (
     active_on,
     fleetctl,
     holders,
+    holds_for,
     is_active,
     lab,
     machines,
-    restore,
+    only_holder,
+    wait_machines,
     wait_until,
     write_unit,
 )
 
-pytestmark = pytest.mark.usefixtures("lab_up")
+pytestmark = pytest.mark.usefixtures("lab_up", "reset_after")
 
 
-@pytest.fixture(autouse=True)
-def _cleanup() -> Iterator[list[str]]:
-    yield []
-    restore()
-    r = fleetctl("list-unit-files", "--no-legend", "--fields", "unit", check=False)
-    names = r.stdout.split()
-    if names:
-        fleetctl("destroy", *names, check=False)
-    wait_until(lambda: not any(r for r in _rows_of(names)), 30, what="test units destroyed")
-
-
-def _rows_of(names: list[str]) -> list[str]:
-    r = fleetctl("list-units", "--no-legend", "-l", "--fields", "unit", check=False)
-    return [u for u in r.stdout.split() if u in names]
-
-
-def only_holder(unit: str, timeout_s: float = 60, exclude: str | None = None) -> str:
-    """Wait until fleetctl shows `unit` active on exactly one machine (other than
-    `exclude`) and that machine's systemd agrees; return its name."""
-    def check() -> str | None:
-        h = holders(unit)
-        if len(h) == 1 and h[0] != exclude and is_active(h[0], unit):
-            return h[0]
-        return None
-    return wait_until(check, timeout_s, what=f"{unit} active on one machine"
-                      + (f" other than {exclude}" if exclude else ""))
+def start_then_fault(units_dir: pathlib.Path, name: str, fault: str) -> tuple[str, str, float]:
+    """Start unit `name`, apply `fleet-lab <fault>` to the machine running it, and wait until
+    it runs on exactly one other machine: (that victim, the new machine, fault time)."""
+    fleetctl("start", write_unit(units_dir, name))
+    victim = only_holder(name)
+    t0 = time.monotonic()
+    lab(fault, victim)
+    new = only_holder(name, exclude=victim)
+    print(f"{fault} of {victim}: {name} active on {new} after {time.monotonic() - t0:.2f}s")
+    return victim, new, t0
 
 
 def test_power_cut_unit_comes_back_elsewhere_and_not_twice(units_dir: pathlib.Path) -> None:
-    unit = write_unit(units_dir, "lab-power.service")
-    fleetctl("start", unit)
-    victim = only_holder("lab-power.service")
-    t0 = time.monotonic()
-    lab("stop", victim)
-    new = only_holder("lab-power.service", exclude=victim)
-    print(f"power cut of {victim}: lab-power.service active on {new} after "
-          f"{time.monotonic() - t0:.2f}s")
+    victim, new, _ = start_then_fault(units_dir, "lab-power.service", "stop")
     lab("start", victim)
     # the returning machine comes back clean and does not start a second copy
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline:
-        assert active_on("lab-power.service") == [new]
-        time.sleep(0.5)
+    holds_for(lambda: active_on("lab-power.service") == [new], 8,
+              what="lab-power.service on the new machine only")
     assert holders("lab-power.service") == [new]
 
 
 def test_partition_reschedules_and_the_cut_off_machine_fences_itself(
         units_dir: pathlib.Path) -> None:
-    unit = write_unit(units_dir, "lab-part.service")
-    fleetctl("start", unit)
-    victim = only_holder("lab-part.service")
-    t0 = time.monotonic()
-    lab("partition", victim)
-    new = only_holder("lab-part.service", exclude=victim)
-    t_moved = time.monotonic() - t0
+    victim, new, t0 = start_then_fault(units_dir, "lab-part.service", "partition")
     # once its lease is gone the cut-off machine stops its own copy
     wait_until(lambda: not is_active(victim, "lab-part.service"), 60,
                what=f"{victim} to stop its copy of lab-part.service")
-    print(f"partition of {victim}: rescheduled to {new} after {t_moved:.2f}s, fenced after "
-          f"{time.monotonic() - t0:.2f}s")
+    print(f"partition of {victim}: fenced after {time.monotonic() - t0:.2f}s")
     lab("heal", victim)
-    wait_until(lambda: len(fleetctl("list-machines", "--no-legend", check=False)
-                           .stdout.splitlines()) == 3, 60, what="healed machine rejoins")
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline:
-        assert active_on("lab-part.service") == [new]
-        time.sleep(0.5)
+    wait_machines(3)
+    holds_for(lambda: active_on("lab-part.service") == [new], 8,
+              what="lab-part.service on the new machine only")
 
 
 def _engine_leader() -> str:
@@ -140,11 +106,8 @@ def test_fleetd_restart_keeps_units_running_with_the_same_pid(units_dir: pathlib
                "fleetd").stdout.strip() != fleetd_pid
     # past the agent TTL (10 s): the state published by the earlier fleetd has lapsed with
     # its lease, so what fleetctl shows now comes from the restarted one
-    deadline = time.monotonic() + 12
-    while time.monotonic() < deadline:
-        assert main_pid() == pid
-        assert holders("lab-keep.service") in ([holder], [])
-        time.sleep(0.5)
+    holds_for(lambda: main_pid() == pid and holders("lab-keep.service") in ([holder], []), 12,
+              what="the same process of lab-keep.service, on its machine only")
     assert only_holder("lab-keep.service", timeout_s=5) == holder
     assert main_pid() == pid
 

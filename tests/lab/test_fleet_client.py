@@ -15,7 +15,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,16 +24,10 @@ from tests.lab.conftest import (
     lab_env,
     machine_ids,
     machines,
-    running_lab,
-    wait_machines,
+    module_lab,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _lab() -> Iterator[None]:
-    with running_lab(2, {"m1": "hostname=m1", "m2": "hostname=m2"}):
-        wait_machines(2)
-        yield
+_lab = module_lab(2, {"m1": "hostname=m1", "m2": "hostname=m2"})
 
 
 def run_fleetctl(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60

@@ -7,7 +7,6 @@ metadata hostname=<name>; fleetctl talks to m1, so no test takes m1 away."""
 from __future__ import annotations
 
 import pathlib
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,15 +16,16 @@ from tests.lab.conftest import (
     active_units,
     fixture,
     fleetctl,
+    holds_for,
     is_active,
     lab,
     lab_env,
     listed_machines,
     machine_ids,
     machines,
+    module_lab,
     name_of,
     reset_cluster,
-    running_lab,
     show,
     single,
     unit_files,
@@ -38,11 +38,7 @@ NAMES = ["m1", "m2", "m3", "m4"]
 NFT_TABLE = "fleet_port_test"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _lab() -> Iterator[None]:
-    with running_lab(4, {n: f"hostname={n}" for n in NAMES}):
-        wait_machines(4)
-        yield
+_lab = module_lab(4, {n: f"hostname={n}" for n in NAMES})
 
 
 @pytest.fixture(autouse=True)
@@ -187,10 +183,8 @@ def test_duplicate_machine_id_does_not_take_over_the_owner() -> None:
         log = lab("exec", "m3", "--", "journalctl", "-u", "fleetd", "-o", "cat",
                   "--no-pager").stdout
         assert ids["m2"] in log, log[-2000:]
-        deadline = time.monotonic() + 12  # past the agent TTL: m2 keeps its registration
-        while time.monotonic() < deadline:
-            assert owner_intact()
-            time.sleep(0.5)
+        # past the agent TTL: m2 keeps its registration
+        holds_for(owner_intact, 12, what="m2's registration")
     finally:
         lab("exec", "m3", "--", "sh", "-c", f"echo {ids['m3']} > /etc/machine-id")
         lab("exec", "m3", "--", "systemctl", "reset-failed", "fleetd", check=False)
@@ -248,11 +242,9 @@ def test_sighup_keeps_fleetd_and_its_listeners() -> None:
     pid = show("m2", "fleetd.service", "MainPID")
     assert pid not in ("", "0")
     lab("exec", "m2", "--", "kill", "-HUP", pid)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        assert show("m2", "fleetd.service", "ActiveState") == "active"
-        assert show("m2", "fleetd.service", "MainPID") == pid
-        time.sleep(0.5)
+    holds_for(lambda: show("m2", "fleetd.service", "ActiveState") == "active"
+              and show("m2", "fleetd.service", "MainPID") == pid, 5,
+              what="the same fleetd process active after SIGHUP")
     assert show("m2", "fleetd.service", "Result") == "success"
     ip = next(m["ip"] for m in machines() if m["name"] == "m2")
     r = fleetctl("--endpoint", f"{ip}:9810", "list-machines", "--no-legend")

@@ -7,7 +7,6 @@ each with metadata hostname=<its name>; systemd inside the machines is the groun
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,9 +18,8 @@ from tests.lab.conftest import (
     is_active,
     lab,
     machine_ids,
+    module_lab,
     name_of,
-    reset_cluster,
-    running_lab,
     single,
     unit_files,
     wait_active,
@@ -34,17 +32,8 @@ from tests.lab.conftest import (
 NAMES = ["m1", "m2", "m3"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _lab() -> Iterator[None]:
-    with running_lab(3, {n: f"hostname={n}" for n in NAMES}):
-        wait_machines(3)
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _clean() -> Iterator[None]:
-    yield
-    reset_cluster()
+_lab = module_lab(3, {n: f"hostname={n}" for n in NAMES})
+pytestmark = pytest.mark.usefixtures("reset_after")
 
 
 def systemd_holders(unit: str) -> list[str]:

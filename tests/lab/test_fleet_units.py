@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import pathlib
 import random
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,31 +18,19 @@ from tests.lab.conftest import (
     fixture,
     fleetctl,
     lab,
+    module_lab,
     name_of,
-    reset_cluster,
-    running_lab,
     show,
     single,
     unit_files,
     wait_active,
-    wait_machines,
     wait_unit_files,
     wait_units,
     wait_until,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _lab() -> Iterator[None]:
-    with running_lab(2):
-        wait_machines(2)
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _clean() -> Iterator[None]:
-    yield
-    reset_cluster()
+_lab = module_lab(2)
+pytestmark = pytest.mark.usefixtures("reset_after")
 
 
 def instances(n: int) -> list[str]:

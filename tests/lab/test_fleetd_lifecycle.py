@@ -15,7 +15,6 @@ import pathlib
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -24,36 +23,20 @@ from tests.lab.conftest import (
     BIN,
     active_on,
     fleetctl,
-    holders,
+    holds_for,
     is_active,
     lab,
     machines,
-    restore,
+    only_holder,
+    wait_machines,
     wait_until,
     write_unit,
 )
 
-pytestmark = pytest.mark.usefixtures("lab_up")
+pytestmark = pytest.mark.usefixtures("lab_up", "reset_after")
 
 TTL_S = 10  # fleetd's default agent_ttl (the lab does not change it)
 NOT_STOPPED = frozenset({"active", "activating", "deactivating", "reloading", "refreshing"})
-
-
-@pytest.fixture(autouse=True)
-def _cleanup() -> Iterator[None]:
-    yield
-    for m in machines():
-        if m["state"] == "running":
-            lab("exec", m["name"], "--", "sh", "-c",
-                "systemctl kill -s CONT fleetd; systemctl start fleetd", check=False)
-    restore()
-    r = fleetctl("list-unit-files", "--no-legend", "--fields", "unit", check=False)
-    names = r.stdout.split()
-    if names:
-        fleetctl("destroy", *names, check=False)
-    wait_until(lambda: not [u for u in fleetctl("list-units", "--no-legend", "--fields",
-                                                "unit", check=False).stdout.split()
-                            if u in names], 60, what="test units destroyed")
 
 
 class MachineSampler:
@@ -143,16 +126,6 @@ class MachineSampler:
         return min(ts for ts, running in self.samples[name] if running and ts > last_stop)
 
 
-def only_holder(unit: str, timeout_s: float, exclude: str | None = None) -> str:
-    def check() -> str | None:
-        h = holders(unit)
-        if len(h) == 1 and h[0] != exclude and is_active(h[0], unit):
-            return h[0]
-        return None
-    return wait_until(check, timeout_s, what=f"{unit} active on one machine"
-                      + (f" other than {exclude}" if exclude else ""))
-
-
 def fleetd_pid(name: str) -> str:
     return lab("exec", name, "--", "systemctl", "show", "-p", "MainPID", "--value",
                "fleetd").stdout.strip()
@@ -184,6 +157,7 @@ def test_fleetd_down_or_frozen_the_unit_moves_and_never_runs_twice(
                          move_bound_s(), what=f"{name} active on a machine other than {victim}")
         wait_until(lambda: sampler.samples[new] and sampler.samples[new][-1][1], 10,
                    what="the sampler inside the new holder sees it")
+        # Not a synchronisation: the samplers watch one more second for a second copy.
         time.sleep(1)
     overlaps = sampler.overlaps()
     fenced_s = sampler.stopped_at(victim) - t0
@@ -195,10 +169,9 @@ def test_fleetd_down_or_frozen_the_unit_moves_and_never_runs_twice(
     assert fenced_s < TTL_S
     if fault == "freeze":
         lab("exec", victim, "--", "systemctl", "kill", "-s", "CONT", "fleetd")
-        wait_until(lambda: len(fleetctl("list-machines", "--no-legend", check=False)
-                               .stdout.splitlines()) == 3, 60, what="thawed machine back")
-        time.sleep(2)
-        assert not is_active(victim, name)
+        wait_machines(3)
+        holds_for(lambda: not is_active(victim, name), 2,
+                  what=f"the thawed {victim} not starting its old copy")
         assert only_holder(name, 30) == new
 
 
@@ -246,9 +219,6 @@ def test_systemctl_restart_fleetd_keeps_the_unit_and_its_main_pid(
     assert fleetd_pid(holder) != before
     # Past the TTL and the engine's grace: neither the old lease lapsing nor the old dead-man
     # timer touches the adopted unit.
-    deadline = time.monotonic() + TTL_S + 3
-    while time.monotonic() < deadline:
-        assert main_pid() == pid
-        time.sleep(0.5)
+    holds_for(lambda: main_pid() == pid, TTL_S + 3, what="the adopted unit's process")
     assert only_holder("lab-upgrade.service", 10) == holder
     assert main_pid() == pid

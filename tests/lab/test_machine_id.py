@@ -17,9 +17,9 @@ from tests.lab.conftest import (
     fleetctl,
     is_active,
     lab,
+    list_units,
     machines,
-    restore,
-    unit_rows,
+    reset_cluster,
     wait_until,
     write_unit,
 )
@@ -32,10 +32,7 @@ def _clean() -> Iterator[None]:
     yield
     lab("exec", "m3", "--", "systemctl", "unset-environment", "FLEET_MACHINE_ID_FILE",
         check=False)
-    restore()
-    r = fleetctl("list-unit-files", "--no-legend", "--fields", "unit", check=False)
-    if r.stdout.split():
-        fleetctl("destroy", *r.stdout.split(), check=False)
+    reset_cluster()
 
 
 def listed() -> dict[str, str]:
@@ -71,7 +68,7 @@ def test_fleetd_with_another_live_machines_id_is_refused_and_exits_non_zero(
     seen = wait_until(lambda: (lambda s: s if m3["machine_id"] not in s else None)(listed()),
                       60, what="m3's old registration to lapse")
     assert seen.get(m1["machine_id"]) == m1["ip"], seen
-    rows = [(r["unit"], r["machine"], r["active"]) for r in unit_rows()]
+    rows = [(r["unit"], r["machine"], r["active"]) for r in list_units(fail_on_double=False)]
     assert rows == [("owned.service", m1["machine_id"], "active")], rows
     assert is_active("m1", "owned.service")
     # its own id again: m3 rejoins, m1 untouched

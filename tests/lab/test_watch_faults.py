@@ -8,24 +8,21 @@ its return. Real gRPC client, as a dashboard would use it.
 from __future__ import annotations
 
 import pathlib
-import queue
-import threading
-import time
-from typing import Any
 
 import grpc
 import pytest
 
 from fleetd.api.pb import fleet_pb2 as pb
 from fleetd.api.pb import fleet_pb2_grpc as pb_grpc
+from tests.harness.watch_stream import WatchStream
 from tests.lab.conftest import lab, lab_env, machines, restore
 
 pytestmark = pytest.mark.usefixtures("lab_up")
 K = pb.WatchEvent
 
 
-class Dashboard:
-    """A Watch call on one machine's TCP API (mutual TLS), drained into a queue by a thread."""
+class Dashboard(WatchStream):
+    """A Watch of machines on one machine's TCP API (mutual TLS)."""
 
     def __init__(self, address: str) -> None:
         env = lab_env()
@@ -34,43 +31,18 @@ class Dashboard:
         creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
                                              certificate_chain=cert)
         self.channel = grpc.secure_channel(address, creds)
-        self.call = pb_grpc.FleetStub(self.channel).Watch(pb.WatchRequest(machines=True))
-        self.events: queue.Queue[Any] = queue.Queue()
-        self.error: grpc.RpcError | None = None
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        try:
-            for ev in self.call:
-                self.events.put(ev)
-        except grpc.RpcError as e:
-            self.error = e
-        self.events.put(None)
-
-    def until(self, pred: Any, timeout_s: float, what: str = "event") -> Any:
-        deadline = time.monotonic() + timeout_s
-        seen: list[str] = []
-        while True:
-            try:
-                ev = self.events.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                ev = False
-            if ev is None:
-                raise AssertionError(f"the Watch stream ended: {self.error}")
-            if ev is not False:
-                if pred(ev):
-                    return ev
-                seen.append(f"{K.Kind.Name(ev.kind)} {ev.machine_id} rev {ev.revision}")
-            if time.monotonic() > deadline:
-                m1_log = lab("exec", "m1", "--", "journalctl", "-u", "fleetd", "-o", "cat",
-                             "--no-pager", check=False).stdout
-                raise AssertionError(f"no {what} in {timeout_s}s; saw {seen}; m1: "
-                                     + " | ".join(line for line in m1_log.splitlines()
-                                                  if "Watch" in line or "etcd" in line)[-3000:])
+        super().__init__(pb_grpc.FleetStub(self.channel), machines=True)
 
     def close(self) -> None:
-        self.call.cancel()
+        super().close()
         self.channel.close()
+
+
+def m1_watch_log() -> str:
+    log = lab("exec", "m1", "--", "journalctl", "-u", "fleetd", "-o", "cat", "--no-pager",
+              check=False).stdout
+    return "m1: " + " | ".join(line for line in log.splitlines()
+                               if "Watch" in line or "etcd" in line)[-3000:]
 
 
 def test_watch_stream_survives_power_cuts_of_another_machine() -> None:
@@ -78,15 +50,16 @@ def test_watch_stream_survives_power_cuts_of_another_machine() -> None:
     m1, m3 = by_name["m1"], by_name["m3"]
     d = Dashboard(f"{m1['ip']}:9810")
     try:
-        snap = d.until(lambda e: e.kind == K.SNAPSHOT, 20)
+        snap = d.until(lambda e: e.kind == K.SNAPSHOT, 20, "snapshot", m1_watch_log)[-1]
         assert m3["machine_id"] in {m.id for m in snap.snapshot.machines}
         for cycle in range(3):
             lab("stop", "m3")  # power cut
             d.until(lambda e: e.kind == K.MACHINE_DELETED
-                    and e.machine_id == m3["machine_id"], 90, f"m3 departure (cycle {cycle})")
+                    and e.machine_id == m3["machine_id"], 90, f"m3 departure (cycle {cycle})",
+                    m1_watch_log)
             lab("start", "m3")
             d.until(lambda e: e.kind == K.MACHINE_PUT and e.machine.id == m3["machine_id"], 90,
-                    f"m3 return (cycle {cycle})")
+                    f"m3 return (cycle {cycle})", m1_watch_log)
         assert d.error is None
     finally:
         d.close()

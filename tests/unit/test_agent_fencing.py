@@ -1,150 +1,110 @@
-"""Agent.apply and the fence against a fake systemd: the fence is serialised with reconcile and
-a start planned before it never runs after it; one failing unit does not stop the others."""
+"""Agent.apply and the fence, on the simulation's fake systemd and etcd model
+(tests/harness/sim_rig.py): the fence is serialised with reconcile and a start planned before
+it never runs after it; one failing unit does not stop the others; no lease, no start."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from fleetd import clock
-from fleetd.agent.agent import Agent
 from fleetd.agent.tasks import DaemonReload, StartUnit, WriteUnitFile
 from fleetd.fencing import FENCE_TARGET
-from fleetd.machine import MachineIdentity, MachineSession
-from fleetd.registry import ScheduleEntry
-from fleetd.systemd import SystemdError, UnitStatus
+from fleetd.systemd import UnitStatus
+from tests.harness.sim_rig import record, sim_rig, unit_text
 
-TEXT = "[Service]\nExecStart=/bin/sleep 1000\n"
-GLOBAL_TEXT = TEXT + "\n[X-Fleet]\nGlobal=true\n"
-
-
-class FakeSystemd:
-    """The calls Agent.apply and the fence make, recorded; `reload_gate` can hold a reload."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.active: set[str] = set()
-        self.refuse_write: set[str] = set()
-        self.reload_gate: asyncio.Event | None = None
-        self.reloading = asyncio.Event()
-
-    def write_unit_file(self, name: str, text: str, drop_in: str | None = None) -> None:
-        if name in self.refuse_write:
-            raise SystemdError(f"write unit file {name}: exists and was not written by fleet")
-        self.calls.append(("write", name))
-
-    def remove_unit_file(self, name: str) -> None:
-        self.calls.append(("remove", name))
-
-    def has_drop_in(self, name: str) -> bool:
-        return True
-
-    async def daemon_reload(self) -> None:
-        self.reloading.set()
-        if self.reload_gate is not None:
-            await self.reload_gate.wait()
-        self.calls.append(("reload", ""))
-
-    async def stop_unit(self, name: str) -> None:
-        self.calls.append(("stop", name))
-        self.active.discard(name)
-
-    async def reset_failed_unit(self, name: str) -> None:
-        pass
-
-    async def start_unit(self, name: str) -> None:
-        self.calls.append(("start", name))
-        self.active.add(name)
-
-    async def unit_status(self, name: str) -> UnitStatus:
-        on = name in self.active
-        return UnitStatus(name, "loaded", "active" if on else "inactive",
-                          "running" if on else "dead")
-
-    async def fence(self, timeout_s: float) -> bool:
-        self.calls.append(("fence", FENCE_TARGET))
-        self.active = {n for n in self.active if n.startswith("global")}
-        return True
-
-
-def agent_with(units: dict[str, str]) -> tuple[Agent, FakeSystemd]:
-    sd = FakeSystemd()
-    session = MachineSession(object(), MachineIdentity("m1", "10.0.0.1"), 10)  # type: ignore
-    session.lease = 7
-    session._last_renewed = clock.now()  # a lease renewed just now: starts are allowed
-    agent = Agent(object(), sd, session)  # type: ignore[arg-type]
-    agent.fenced = False
-    for name, text in units.items():
-        h = f"h-{name}"
-        agent.schedule[name] = ScheduleEntry(name, "m1", "launched", h,
-                                             name.startswith("global"))
-        agent.texts[name] = (h, text)
-    return agent, sd
+WEB = record("web.service", unit_text("web"))
+MON = record("global-mon.service", unit_text("monitor", "Global=true"))
 
 
 def test_a_start_planned_before_the_fence_never_runs_after_it() -> None:
-    async def go() -> list[tuple[str, str]]:
-        agent, sd = agent_with({"web.service": TEXT, "global-mon.service": GLOBAL_TEXT})
-        sd.reload_gate = asyncio.Event()
-        reconcile = asyncio.ensure_future(agent.reconcile())  # plans writes, reload, starts
-        await sd.reloading.wait()  # the plan is half applied: files written, reload pending
-        lost = asyncio.ensure_future(agent._on_lease_lost())
-        await asyncio.sleep(0.01)
-        assert not lost.done()  # the fence waits for the apply in progress (one lock)
-        assert agent.session.lease  # still leased: only the fenced flag can stop the start
-        sd.reload_gate.set()
-        await asyncio.gather(reconcile, lost)
-        return sd.calls
+    with sim_rig() as rig:
+        async def go() -> None:
+            await rig.schedule("m1", WEB, "launched")
+            await rig.schedule("m1", MON, "launched", is_global=True)
+            agent, sd = await rig.agent("m1")
+            conn = agent.systemd
+            calls: list[str] = []
+            gate, reloading = asyncio.Event(), asyncio.Event()
+            reload, fence = conn.daemon_reload, conn.fence
 
-    calls = asyncio.run(go())
-    assert ("start", "web.service") not in calls, calls
-    assert ("start", "global-mon.service") in calls  # global units run on when fenced
-    assert calls.index(("fence", FENCE_TARGET)) > calls.index(("reload", ""))
+            async def gated_reload() -> None:  # hold the reload: the plan is half applied
+                reloading.set()
+                await gate.wait()
+                await reload()
+                calls.append("reload")
+
+            async def recorded_fence(timeout_s: float) -> bool:
+                calls.append("fence")
+                return await fence(timeout_s)
+            conn.daemon_reload, conn.fence = gated_reload, recorded_fence  # type: ignore
+            reconcile = asyncio.ensure_future(agent.reconcile())  # writes, reload, starts
+            await reloading.wait()
+            lost = asyncio.ensure_future(agent.session.lose("test: lease lost"))
+            await asyncio.sleep(0.5)
+            assert not lost.done()  # the fence waits for the apply in progress (one lock)
+            gate.set()
+            await asyncio.gather(reconcile, lost)
+            await asyncio.sleep(1)
+            assert sd.units.get("web.service") is None or sd.units["web.service"].starts == 0
+            assert sd.active_state("global-mon.service") == "active"  # global units run on
+            assert calls.index("fence") > calls.index("reload")
+        rig.run(go())
 
 
 def test_one_unit_that_cannot_be_written_does_not_stop_the_others() -> None:
-    async def go() -> tuple[Agent, FakeSystemd]:
-        agent, sd = agent_with({"a.service": TEXT, "bad.service": TEXT, "c.service": TEXT})
-        sd.refuse_write.add("bad.service")
-        await agent.reconcile()
-        return agent, sd
-
-    agent, sd = asyncio.run(go())
-    assert ("start", "a.service") in sd.calls and ("start", "c.service") in sd.calls
-    assert ("start", "bad.service") not in sd.calls
-    assert "not written by fleet" in agent.errors["bad.service"]
-    rec = agent.state_record("bad.service")
-    assert rec is not None and rec.load_state == "error"
-    assert agent.state_record("a.service").load_state == "loaded"  # type: ignore[union-attr]
+    a, bad, c = (record(n, unit_text(n)) for n in ("a.service", "bad.service", "c.service"))
+    with sim_rig() as rig:
+        async def go() -> None:
+            for rec in (a, bad, c):
+                await rig.schedule("m1", rec, "launched")
+            agent, sd = await rig.agent("m1")
+            sd.host_units["bad.service"] = "[Service]\nExecStart=/bin/true\n"
+            await agent.reconcile()
+            await asyncio.sleep(1)
+            assert sd.active_state("a.service") == sd.active_state("c.service") == "active"
+            assert sd.active_state("bad.service") == "inactive"
+            assert "not written by fleet" in agent.errors["bad.service"]
+            rec = agent.state_record("bad.service")
+            assert rec is not None and rec.load_state == "error"
+            ok = agent.state_record("a.service")
+            assert ok is not None and ok.load_state == "loaded"
+        rig.run(go())
 
 
 def test_no_lease_no_start_even_if_planned() -> None:
-    async def go() -> list[Any]:
-        agent, sd = agent_with({"web.service": TEXT})
-        agent.session.lease = 0
-        await agent.apply([WriteUnitFile("web.service", TEXT), DaemonReload(),
-                           StartUnit("web.service")])
-        return sd.calls
-
-    calls = asyncio.run(go())
-    assert ("start", "web.service") not in calls and ("write", "web.service") in calls
+    with sim_rig() as rig:
+        async def go() -> None:
+            await rig.schedule("m1", WEB, "launched")
+            agent, sd = await rig.agent("m1")
+            agent.session.lease = 0  # as between losing a lease and fencing
+            await agent.apply([WriteUnitFile("web.service", WEB.text), DaemonReload(),
+                               StartUnit("web.service")])
+            await asyncio.sleep(1)
+            assert "web.service" in sd.files
+            assert sd.active_state("web.service") == "inactive"
+        rig.run(go())
 
 
 def test_units_a_stale_dead_man_timer_stopped_are_started_again_while_the_lease_is_good(
 ) -> None:
-    # An older timer generation fired just as the agent re-armed: the fence target stopped
-    # the non-global units, but the lease was renewed in time. The agent must start them
-    # again (the plan alone would not: it never restarts a unit that merely exited).
-    async def go() -> list[tuple[str, str]]:
-        agent, sd = agent_with({"web.service": TEXT, "global-mon.service": GLOBAL_TEXT})
-        await agent.reconcile()
-        await sd.fence(0)
-        agent._on_systemd_change(UnitStatus("web.service", "loaded", "inactive", "dead"))
-        agent._on_systemd_change(UnitStatus(FENCE_TARGET, "loaded", "active", "active"))
-        assert agent._wake.is_set() and agent.session.lease == 7  # not taken for our timer
-        sd.calls.clear()
-        await agent.reconcile()
-        return sd.calls
-
-    calls = asyncio.run(go())
-    assert calls == [("start", "web.service")]
+    # An older timer generation fires just as the agent re-arms: the fence target stops the
+    # non-global units, but the lease was renewed in time. The agent must start them again
+    # (the plan alone would not: it never restarts a unit that merely exited).
+    with sim_rig() as rig:
+        async def go() -> None:
+            await rig.schedule("m1", WEB, "launched")
+            await rig.schedule("m1", MON, "launched", is_global=True)
+            agent, sd = await rig.agent("m1")
+            await agent.reconcile()
+            await rig.until(lambda: sd.active_state("web.service") == "active")
+            lease = agent.session.lease
+            await agent.systemd.fence(0)  # what a stale timer's fleet-fence@ service does
+            await rig.until(lambda: sd.active_state("web.service") == "inactive")
+            # the signals the agent's loop would deliver (the rig does not run its loops)
+            agent._on_systemd_change(UnitStatus("web.service", "loaded", "inactive", "dead"))
+            agent._on_systemd_change(UnitStatus(FENCE_TARGET, "loaded", "active", "active"))
+            assert agent._wake.is_set()
+            await agent.reconcile()  # the pass the agent's wake-up runs
+            await rig.until(lambda: sd.active_state("web.service") == "active")
+            assert agent.session.lease == lease  # not taken for a fence of ours
+            assert sd.active_state("global-mon.service") == "active"
+        rig.run(go())

@@ -264,7 +264,7 @@ def test_dashboard_hands_the_connection_and_flags_to_fleetctl_dashboard_run(
             calls[0]["http_endpoint"]) == ("127.0.0.1:8089", False, False,
                                            "https://10.0.0.1:49153")
     calls.clear()
-    code, out, err = run(capsys, "--tunnel", "10.0.0.1", "dashboard")
+    code, _, err = run(capsys, "--tunnel", "10.0.0.1", "dashboard")
     assert code == 2 and not calls and "--tunnel" in err
 
 

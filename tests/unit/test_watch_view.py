@@ -7,7 +7,6 @@ import pytest
 from fleetd.registry import Change, ClusterState, MachineRecord, ScheduleEntry, UnitRecord
 from fleetd.registry import changes as w
 from fleetd.registry.schema import UnitStateRecord
-from fleetd.systemd.cli_tools import SystemdTools, ToolError
 
 
 def empty() -> ClusterState:
@@ -60,18 +59,6 @@ def test_api_metadata_is_laid_over_the_configured_metadata() -> None:
     assert v.state.machines["m1"].metadata == {"region": "east"}
     v.apply([Change("machine", 5, "", "m1", None)])
     assert "m1" not in v.state.machines
-
-
-def test_journal_and_status_command_lines() -> None:
-    user, system = SystemdTools(user=True), SystemdTools()
-    assert user.journal_argv("a.service", 5, "cat", True) == [
-        "journalctl", "--no-pager", "--quiet", "--user-unit", "a.service", "-n", "5", "-o",
-        "cat", "-f"]
-    assert system.journal_argv("a.service", 0)[3:7] == ["--unit", "a.service", "-n", "10"]
-    assert user.status_argv("a.service", 3) == ["systemctl", "--user", "status", "--no-pager",
-                                                "--full", "--lines", "3", "--", "a.service"]
-    with pytest.raises(ToolError, match="invalid journal output format"):
-        system.journal_argv("a.service", 10, "yaml")
 
 
 def _state(rev: int, *changes: Change) -> ClusterState:
