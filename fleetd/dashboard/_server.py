@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import pathlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -263,20 +263,34 @@ class Dashboard:
                 queue.put_nowait({"kind": "error", "message": f"watch failed: {e}"})
             queue.put_nowait(None)
 
-        task = asyncio.ensure_future(pump())
+        async def ping() -> dict[str, Any]:
+            # the engine leader is no watched object: the ping says who it is now
+            return {"kind": "ping", "leader": await self._leader()}
+
+        # Too far behind: the browser reconnects and resumes from the last id it got.
+        return await self._relay(resp, queue, pump(), ping, MAX_QUEUED_EVENTS, ids=True)
+
+    @staticmethod
+    async def _relay(resp: web.StreamResponse, queue: asyncio.Queue[dict[str, Any] | None],
+                     pump: Coroutine[Any, Any, None],
+                     ping: Callable[[], Awaitable[dict[str, Any]]],
+                     max_queued: int | None = None, ids: bool = False) -> web.StreamResponse:
+        """Send what `pump` queues as events (with their revision as id if `ids`) until it
+        queues None, more than `max_queued` wait, or the browser leaves; a `ping` after each
+        HEARTBEAT_S of silence. The pump stops with the stream."""
+        task = asyncio.ensure_future(pump)
         try:
             while True:
                 try:
                     item = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
                 except TimeoutError:
-                    # the engine leader is no watched object: the ping says who it is now
-                    await resp.write(sse({"kind": "ping", "leader": await self._leader()}))
+                    await resp.write(sse(await ping()))
                     continue
                 if item is None:
                     break
-                if queue.qsize() > MAX_QUEUED_EVENTS:
-                    break  # the browser reconnects and resumes from the last id it got
-                await resp.write(sse(item, int(item.get("revision", 0))))
+                if max_queued is not None and queue.qsize() > max_queued:
+                    break
+                await resp.write(sse(item, int(item.get("revision", 0)) if ids else 0))
         except ConnectionError:
             pass  # the browser went away: the pump and what it reads stop below
         finally:
@@ -350,24 +364,11 @@ class Dashboard:
             queue.put_nowait(None)
 
         await resp.write(sse({"kind": "start", "machine_id": target}))
-        task = asyncio.ensure_future(pump())
-        try:
-            while True:
-                try:
-                    item = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
-                except TimeoutError:
-                    await resp.write(sse({"kind": "ping"}))
-                    continue
-                if item is None:
-                    break
-                await resp.write(sse(item))
-        except ConnectionError:
-            pass  # the browser went away: the pump and what it reads stop below
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        return resp
+
+        async def ping() -> dict[str, Any]:
+            return {"kind": "ping"}
+
+        return await self._relay(resp, queue, pump(), ping)
 
     async def action(self, request: web.Request) -> web.StreamResponse:
         name, action = request.match_info["name"], request.match_info["action"]

@@ -603,7 +603,8 @@ WantedBy=multi-user.target
             m.partitioned = False
             self.save(state)
 
-    def _kill_machine(self, m: MachineState) -> None:
+    def _kill_container(self, m: MachineState) -> list[int]:
+        """SIGKILL the container's PID 1 and its nspawn, if alive; the pids killed."""
         pids = []
         if self.nspawn_alive(m):
             pid1 = container_pid1(m.nspawn_pid)
@@ -612,6 +613,10 @@ WantedBy=multi-user.target
                 pids.append(pid1)
             kill(m.nspawn_pid)
             pids.append(m.nspawn_pid)
+        return pids
+
+    def _kill_machine(self, m: MachineState) -> None:
+        pids = self._kill_container(m)
         for pid in find_processes(self.dir, m.name):
             kill(pid)
             pids.append(pid)
@@ -680,13 +685,7 @@ WantedBy=multi-user.target
         pids: list[int] = []
         if state is not None:
             for m in state.machines.values():
-                if self.nspawn_alive(m):
-                    pid1 = container_pid1(m.nspawn_pid)
-                    if pid1:
-                        kill(pid1)
-                        pids.append(pid1)
-                    kill(m.nspawn_pid)
-                    pids.append(m.nspawn_pid)
+                pids += self._kill_container(m)
         for pid in find_processes(self.dir, None):
             pid1 = container_pid1(pid)
             for p in (pid1, pid):
