@@ -13,7 +13,8 @@ from fleetctl.table import parse_fields, render, short_id
 if TYPE_CHECKING:
     from fleetd.api.pb import fleet_pb2 as pb
 
-MACHINE_FIELDS = ["machine", "ip", "metadata"]
+MACHINE_FIELDS = ["machine", "ip", "metadata", "state"]
+MACHINE_DEFAULT = "machine,ip,metadata"  # fleet's; STATE joins it while a machine drains
 UNIT_FIELDS = ["unit", "machine", "active", "sub", "load", "hash", "desc"]
 UNIT_FILE_FIELDS = ["unit", "hash", "dstate", "state", "target", "global", "desc", "tmachine"]
 
@@ -62,9 +63,12 @@ def _list_args(default_fields: str) -> Callable[[argparse.ArgumentParser], None]
 def _list_machines(a: argparse.Namespace) -> int:
     cols = _fields(a.fields, MACHINE_FIELDS, "list-machines")
     machines = client().list_machines()
+    if a.fields == MACHINE_DEFAULT and any(m.state == "draining" for m in machines):
+        cols.append("state")
     full = a.full
     columns: Columns = {"machine": lambda m: short_id(m.id, full), "ip": lambda m: m.ip or "-",
-                        "metadata": lambda m: _metadata(m.metadata)}
+                        "metadata": lambda m: _metadata(m.metadata),
+                        "state": lambda m: m.state or "active"}
     _emit(machines, cols, columns, a.no_legend, a.output, {
         "machine": lambda m: m.id, "ip": lambda m: m.ip,
         "metadata": lambda m: dict(sorted(m.metadata.items()))})
@@ -163,7 +167,7 @@ def _list_unit_files(a: argparse.Namespace) -> int:
 
 COMMANDS = {c.name: c for c in [
     Command("list-machines", "List the live machines of the cluster.",
-            _list_args("machine,ip,metadata"), _list_machines),
+            _list_args(MACHINE_DEFAULT), _list_machines),
     Command("list-units", "List units scheduled in the cluster with their systemd state on "
             "their machine.", _list_args("unit,machine,active,sub"), _list_units),
     Command("list-unit-files", "List every submitted unit with its desired and current "

@@ -7,6 +7,7 @@ subclasses that each front end maps to its own status codes.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 from fleetd import metadata
@@ -20,6 +21,7 @@ from fleetd.engine.snapshot import (
 from fleetd.registry import (
     TARGET_STATES,
     ClusterState,
+    DrainRecord,
     EtcdError,
     MachineRecord,
     Registry,
@@ -29,6 +31,7 @@ from fleetd.registry import (
     UnitRecord,
     UnitStateRecord,
 )
+from fleetd.registry.schema import DRAIN_PINNED
 from fleetd.registry.view import ClusterView
 from fleetd.unit import Unit, UnitError, UnitName
 from fleetd.unit.host_units import host_unit_reason
@@ -128,6 +131,10 @@ class FleetService:
         st = await self._state()
         leader = await self.registry.leader()
         return sorted(st.machines.values(), key=lambda m: m.id), leader
+
+    async def draining(self) -> frozenset[str]:
+        """Ids of the machines being drained (live or not)."""
+        return frozenset((await self._state()).draining)
 
     async def list_units(self, with_text: bool = False) -> list[UnitInfo]:
         st = await self._state()
@@ -318,7 +325,8 @@ class FleetService:
         # `st.machines` has the API-set metadata merged in already.
         return build_snapshot(
             {n: v.record for n, v in st.units.items()}, {n: v.desired for n, v in st.units.items()},
-            st.machines, st.schedule, parsed=self.parsed, departed=departed, held=held).snapshot
+            st.machines, st.schedule, parsed=self.parsed, departed=departed, held=held,
+            draining=st.draining).snapshot
 
     # --- machine metadata (HTTP v1 PATCH /machines) --------------------------------------
     async def set_machine_metadata(
@@ -351,3 +359,47 @@ class FleetService:
             raise Unavailable(str(e)) from None
         except EtcdError as e:
             raise Unavailable(str(e)) from None
+
+    # --- machine maintenance (fleetctl drain / undrain) -----------------------------------
+    async def resolve_machine(self, ref: str) -> MachineRecord:
+        """The live machine `ref` names: its full id, a unique id prefix, or its IP."""
+        ref = ref.strip()
+        if not ref:
+            raise InvalidArgument("no machine given: expected a machine id, a unique prefix "
+                                  "of one, or an IP")
+        st = await self._state()
+        if ref in st.machines:
+            return st.machines[ref]
+        found = [m for m in st.machines.values() if m.id.startswith(ref) or m.ip == ref]
+        if not found:
+            raise NotFound(f"no live machine matches {ref[:140]!r}")
+        if len(found) > 1:
+            raise InvalidArgument(f"{ref!r} matches {len(found)} machines ("
+                                  + ", ".join(sorted(m.id for m in found)) + "): give more of "
+                                  "the id")
+        return found[0]
+
+    async def drain_machine(self, ref: str, pinned: str = "",
+                            include_global: bool = False) -> MachineRecord:
+        """Mark the machine `ref` names draining: nothing new goes there and the engine moves
+        its units away (`fleetd.engine.moves`). Draining again updates how it drains."""
+        pinned = pinned or "leave"
+        if pinned not in DRAIN_PINNED:
+            raise InvalidArgument(f"invalid pinned mode {pinned!r}: expected one of "
+                                  + ", ".join(DRAIN_PINNED))
+        m = await self.resolve_machine(ref)
+        try:
+            await self.registry.set_drain(DrainRecord(m.id, pinned, include_global,
+                                                      time.time_ns()))
+        except EtcdError as e:
+            raise Unavailable(str(e)) from None
+        return m
+
+    async def undrain_machine(self, ref: str) -> MachineRecord:
+        """End the drain of the machine `ref` names (its units do not move back)."""
+        m = await self.resolve_machine(ref)
+        try:
+            await self.registry.clear_drain(m.id)
+        except EtcdError as e:
+            raise Unavailable(str(e)) from None
+        return m

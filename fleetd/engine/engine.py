@@ -283,7 +283,7 @@ class Engine:
                 log.info("machine %s left; its units stay for %.1fs (grace)", mid,
                          self.grace_s)
             return True
-        if ch.kind == "metadata":
+        if ch.kind in ("metadata", "drain"):
             c.stale_machines = True
             return True
         if ch.kind == "schedule":
@@ -337,7 +337,7 @@ class Engine:
             departed={mid: view for mid, (_, view) in self.departed.items()}, held=held,
             previous=BuiltSnapshot(c.machine_views, c.jobs, c.sched_sets, c.broken),
             changed_units=c.stale_jobs, changed_schedule=c.stale_sched,
-            machines_changed=c.stale_machines)
+            machines_changed=c.stale_machines, draining=c.state.draining)
         c.stale_jobs.clear()
         c.stale_sched.clear()
         c.stale_machines = False

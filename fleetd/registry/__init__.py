@@ -15,6 +15,7 @@ from fleetd.registry.model import Change, ClusterState, UnitView, decode_change
 from fleetd.registry.schema import (
     DEFAULT_PREFIX,
     TARGET_STATES,
+    DrainRecord,
     Keys,
     MachineRecord,
     ScheduleEntry,
@@ -66,6 +67,7 @@ __all__ = [
     "TARGET_STATES",
     "Change",
     "ClusterState",
+    "DrainRecord",
     "EtcdApi",
     "EtcdClient",
     "EtcdError",

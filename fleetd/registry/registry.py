@@ -32,6 +32,7 @@ from fleetd.registry.model import (
 )
 from fleetd.registry.schema import (
     TARGET_STATES,
+    DrainRecord,
     Keys,
     MachineRecord,
     ScheduleEntry,
@@ -328,6 +329,14 @@ class Registry:
                 st.schedule.setdefault(name, {})[machine_id] = ScheduleEntry(
                     name, machine_id, "", rec.hash)
         return st
+
+    # --- machine drain (fleetctl drain/undrain) ------------------------------------------
+    async def set_drain(self, record: DrainRecord) -> None:
+        """Mark a machine draining (or change how it drains); persistent until `clear_drain`."""
+        await self._apply([Put(self.keys.machine_drain(record.machine_id), encode(record))])
+
+    async def clear_drain(self, machine_id: str) -> None:
+        await self._apply([Delete(self.keys.machine_drain(machine_id))])
 
     # --- machine metadata set through the API ------------------------------------------
     async def machine_metadata(self, machine_id: str) -> dict[str, str | None]:

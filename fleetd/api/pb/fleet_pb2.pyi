@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Machine(_message.Message):
-    __slots__ = ("id", "ip", "metadata", "hostname", "version", "engine_leader", "api_address")
+    __slots__ = ("id", "ip", "metadata", "hostname", "version", "engine_leader", "api_address", "state")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class Machine(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ENGINE_LEADER_FIELD_NUMBER: _ClassVar[int]
     API_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     id: str
     ip: str
     metadata: _containers.ScalarMap[str, str]
@@ -30,7 +31,8 @@ class Machine(_message.Message):
     version: str
     engine_leader: bool
     api_address: str
-    def __init__(self, id: _Optional[str] = ..., ip: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., engine_leader: _Optional[bool] = ..., api_address: _Optional[str] = ...) -> None: ...
+    state: str
+    def __init__(self, id: _Optional[str] = ..., ip: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., engine_leader: _Optional[bool] = ..., api_address: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
 
 class ListMachinesRequest(_message.Message):
     __slots__ = ()
@@ -316,3 +318,19 @@ class WatchEvent(_message.Message):
     name: str
     machine_id: str
     def __init__(self, kind: _Optional[_Union[WatchEvent.Kind, str]] = ..., revision: _Optional[int] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., machine: _Optional[_Union[Machine, _Mapping]] = ..., unit: _Optional[_Union[Unit, _Mapping]] = ..., state: _Optional[_Union[UnitState, _Mapping]] = ..., name: _Optional[str] = ..., machine_id: _Optional[str] = ...) -> None: ...
+
+class DrainMachineRequest(_message.Message):
+    __slots__ = ("machine", "pinned", "include_global")
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_GLOBAL_FIELD_NUMBER: _ClassVar[int]
+    machine: str
+    pinned: str
+    include_global: bool
+    def __init__(self, machine: _Optional[str] = ..., pinned: _Optional[str] = ..., include_global: _Optional[bool] = ...) -> None: ...
+
+class UndrainMachineRequest(_message.Message):
+    __slots__ = ("machine",)
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
+    machine: str
+    def __init__(self, machine: _Optional[str] = ...) -> None: ...
