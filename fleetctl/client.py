@@ -179,6 +179,10 @@ class Client:
         return self._unary("UndrainMachine", self.pb.UndrainMachineRequest(machine=machine),
                            self.pb.Machine)
 
+    def move_unit(self, name: str, machine: str = "") -> pb.MoveUnitResponse:
+        return self._unary("MoveUnit", self.pb.MoveUnitRequest(name=name, machine=machine),
+                           self.pb.MoveUnitResponse)
+
     def list_units(self, with_text: bool = False) -> list[pb.Unit]:
         return list(self._unary("ListUnits", self.pb.ListUnitsRequest(with_text=with_text),
                                 self.pb.ListUnitsResponse).units)

@@ -60,10 +60,14 @@ async def _call(context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]
 
 
 def unit_pb(u: UnitInfo) -> pb.Unit:
-    return pb.Unit(name=u.name, text=u.text, hash=u.hash, desired_state=u.desired_state,
-                   current_state=u.current_state, machine_ids=list(u.machine_ids),
-                   unschedulable_reason=u.unschedulable_reason, description=u.description,
-                   is_global=u.is_global)
+    out = pb.Unit(name=u.name, text=u.text, hash=u.hash, desired_state=u.desired_state,
+                  current_state=u.current_state, machine_ids=list(u.machine_ids),
+                  unschedulable_reason=u.unschedulable_reason, description=u.description,
+                  is_global=u.is_global)
+    if u.move is not None:
+        out.move_phase, out.move_from = u.move.phase, u.move.from_machine
+        out.move_to, out.move_reason = u.move.to_machine, u.move.reason
+    return out
 
 
 def machine_pb(m: MachineRecord, leader: str | None = None,
@@ -137,6 +141,11 @@ class FleetServicer(pb_grpc.FleetServicer):
     async def UndrainMachine(self, request: Any, context: Any) -> pb.Machine:
         m = await _call(context, lambda: self.service.undrain_machine(request.machine))
         return machine_pb(m)
+
+    async def MoveUnit(self, request: Any, context: Any) -> pb.MoveUnitResponse:
+        source, to = await _call(context, lambda: self.service.move_unit(
+            request.name, request.machine))
+        return pb.MoveUnitResponse(from_machine=source, to_machine=to)
 
     def _outputs(self) -> UnitOutputs:
         if self.outputs is None:

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from fleetd import metadata
+from fleetd.engine import moves
 from fleetd.engine.scheduler import ClusterSnapshot, explain
 from fleetd.engine.snapshot import (
     UnitParseCache,
@@ -24,6 +25,7 @@ from fleetd.registry import (
     DrainRecord,
     EtcdError,
     MachineRecord,
+    MoveRecord,
     Registry,
     RegistryError,
     UnitConflict,
@@ -75,6 +77,7 @@ class UnitInfo:
     unschedulable_reason: str
     description: str
     is_global: bool
+    move: MoveRecord | None = None  # a move of it in flight, pinned, blocked or failed
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,8 @@ class FleetService:
                 current = s.state
         desc, is_global = self._summary(rec)
         return UnitInfo(name, rec.text if with_text else "", rec.hash, view.desired, current,
-                        machines, st.unschedulable.get(name, ""), desc, is_global)
+                        machines, st.unschedulable.get(name, ""), desc, is_global,
+                        st.moves.get(name))
 
     # --- writes ---------------------------------------------------------------------------
     async def create_unit(self, name: str, text: str, desired_state: str = "",
@@ -403,3 +407,46 @@ class FleetService:
         except EtcdError as e:
             raise Unavailable(str(e)) from None
         return m
+
+    async def move_unit(self, name: str, target: str = "") -> tuple[str, str]:
+        """Ask the engine to move unit `name` to machine `target` (a machine reference; ""
+        for the scheduler's best); (from machine, target id or ""). Refused with the
+        pipeline's reason when the target violates a constraint."""
+        _check_name(name)
+        st = await self._state()
+        if name not in st.units:
+            raise NotFound(f"unit {name} does not exist")
+        snap = self.snapshot_of(st)
+        job = snap.jobs.get(name)
+        if job is None or job.target_state == "inactive":
+            raise InvalidArgument(f"unit {name} is not scheduled (start or load it first)")
+        if job.xfleet.global_:
+            raise InvalidArgument(f"unit {name} is global: it runs on every machine")
+        where = sorted(st.schedule.get(name, {}))
+        current = st.moves.get(name)
+        if current is not None and current.phase in ("requested", "starting", "stopping"):
+            raise AlreadyExists(f"unit {name} is already moving ({current.phase}, from "
+                                f"{current.from_machine})")
+        if len(where) != 1:
+            raise InvalidArgument(f"unit {name} is scheduled on {len(where)} machines, not one")
+        source = where[0]
+        to = ""
+        if job.xfleet.machine_id:
+            raise InvalidArgument(f"cannot move {name}: {moves.pin_reason(snap, job)}")
+        if target:
+            to = (await self.resolve_machine(target)).id
+            why = moves.refusal(snap, name, to)
+            if why:
+                raise InvalidArgument(f"cannot move {name} to {to}: {why}")
+        else:
+            best, why = moves.destination(snap, name)
+            if best is None:
+                raise InvalidArgument(f"cannot move {name}: {why}")
+        try:
+            ok = await self.registry.request_move(
+                MoveRecord(name, source, to, "requested", "", time.time_ns()))
+        except EtcdError as e:
+            raise Unavailable(str(e)) from None
+        if not ok:
+            raise AlreadyExists(f"unit {name} is already moving")
+        return source, to

@@ -15,7 +15,8 @@ it up where the old one left it. Two ways to move, per unit:
   record is dropped and the unit goes to the named target or wherever the pipeline says.
 
 Units with a `MachineID` pin, `Conflicts` or a `MachineOf` link (either way) are pinned: a
-drain leaves them ("blocked", with the reason) or stops them first, as its `pinned` mode says.
+drain leaves them ("pinned", with the reason) or stops them first, as its `pinned` mode says.
+A unit that could move but finds no machine now is "blocked" and retried on every pass.
 A target is judged by the engine's own pipeline (`fleetd.engine._placement`), so a refusal
 names the check that refused it, as `fleetctl why` would. Conflicts are never violated: the
 new copy's machine passes the Conflicts check with the old copy counted where it is.
@@ -34,7 +35,8 @@ from fleetd.engine._placement import PIPELINE, Pipeline
 from fleetd.engine.scheduler import ClusterSnapshot, JobView
 from fleetd.registry.schema import DrainRecord, MoveRecord, UnitStateRecord
 
-__all__ = ["MovePlan", "held_units", "pin_reason", "plan", "refusal", "visible_schedule"]
+__all__ = ["MovePlan", "destination", "held_units", "pin_reason", "plan", "refusal",
+           "visible_schedule"]
 
 #: How long a failed move's record stays for `fleetctl move` to read it (off a machine that
 #: is not draining; a draining machine's failed moves stay until it is undrained).
@@ -87,7 +89,7 @@ class MovePlan:
     finish: list[MoveRecord] = field(default_factory=list)  # unschedule `from_machine`, drop
     release: list[MoveRecord] = field(default_factory=list)  # drop; place on `to_machine`
     abort: list[tuple[MoveRecord, str]] = field(default_factory=list)
-    blocked: list[MoveRecord] = field(default_factory=list)  # write as they are
+    blocked: list[MoveRecord] = field(default_factory=list)  # pinned/blocked: write them
     forget: list[str] = field(default_factory=list)  # records to delete, nothing else
     unassign_global: list[tuple[str, str]] = field(default_factory=list)  # (unit, machine)
 
@@ -121,6 +123,18 @@ def refusal(snap: ClusterSnapshot, unit: str, target: str,
         state.lift(unit, mid)
     rejection = pipeline.first_rejection(state, job, target)
     return f"{rejection[0]}: {rejection[1]}" if rejection else ""
+
+
+def destination(snap: ClusterSnapshot, unit: str,
+                pipeline: Pipeline = PIPELINE) -> tuple[str | None, str]:
+    """(the machine the pipeline ranks best for moving ``unit`` off its machine, why none)."""
+    job = snap.jobs.get(unit)
+    current = sorted(snap.schedule.get(unit, frozenset()))
+    if job is None or len(current) != 1:
+        return None, f"{unit} is not scheduled on one machine"
+    state = _working(snap)
+    state.lift(unit, current[0])
+    return _choose(state, job, current[0], pipeline)
 
 
 def _choose(state: WorkingState, job: JobView, away_from: str,
@@ -159,7 +173,7 @@ def plan(snap: ClusterSnapshot, moves: Mapping[str, MoveRecord],
                 out.abort.append((rec, f"cannot move {job.name}: {pin}"))
                 return
             if pinned_mode != "stop":
-                out.blocked.append(replace(rec, to_machine="", phase="blocked", reason=pin,
+                out.blocked.append(replace(rec, to_machine="", phase="pinned", reason=pin,
                                            since_ns=rec.since_ns or now_ns))
                 return
             stop_first = True
@@ -219,15 +233,15 @@ def plan(snap: ClusterSnapshot, moves: Mapping[str, MoveRecord],
             report = states.get(unit, {}).get(rec.from_machine)
             if gone or report is None or report.active_state in _STOPPED:
                 out.release.append(rec)
-        elif rec.phase in ("blocked", "failed"):
+        elif rec.phase in ("pinned", "blocked", "failed"):
             d = draining.get(rec.from_machine)
             # A failed move stays for `fleetctl move` to read (while its machine drains, for
             # the drain to report); a blocked one only while its machine drains.
-            expired = d is None and (rec.phase == "blocked" or
+            expired = d is None and (rec.phase != "failed" or
                                      now_ns - rec.since_ns > FAILED_KEEP_S * 1e9)
             if gone or rec.from_machine not in where or expired:
                 out.forget.append(unit)
-            elif rec.phase == "blocked" and job is not None and d is not None:
+            elif rec.phase != "failed" and job is not None and d is not None:
                 begin(rec, job, d.pinned, False)
 
     for mid in sorted(draining):

@@ -114,7 +114,7 @@ class DrainRecord:
     since_ns: int = 0
 
 
-MOVE_PHASES = ("requested", "starting", "stopping", "blocked", "failed")
+MOVE_PHASES = ("requested", "starting", "stopping", "pinned", "blocked", "failed")
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,9 @@ class MoveRecord:
 
     phase: "requested" (by the API), "starting" (the new copy is scheduled on `to_machine`; the
     old one stops once it is active), "stopping" (stop first: the old copy is unscheduled and
-    the unit placed nowhere until it is inactive there), "blocked" (it cannot move now, a
-    draining machine's unit: `reason` says why), "failed" (`reason` says why)."""
+    the unit placed nowhere until it is inactive there), "pinned" (a draining machine's unit
+    its constraints keep there, left as the drain asked: `reason` says which), "blocked" (it
+    cannot move now, e.g. no other machine fits: `reason`), "failed" (`reason`)."""
 
     unit: str
     from_machine: str

@@ -45,7 +45,7 @@ class ListMachinesResponse(_message.Message):
     def __init__(self, machines: _Optional[_Iterable[_Union[Machine, _Mapping]]] = ...) -> None: ...
 
 class Unit(_message.Message):
-    __slots__ = ("name", "text", "hash", "desired_state", "current_state", "machine_ids", "unschedulable_reason", "description", "is_global")
+    __slots__ = ("name", "text", "hash", "desired_state", "current_state", "machine_ids", "unschedulable_reason", "description", "is_global", "move_phase", "move_from", "move_to", "move_reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,10 @@ class Unit(_message.Message):
     UNSCHEDULABLE_REASON_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     IS_GLOBAL_FIELD_NUMBER: _ClassVar[int]
+    MOVE_PHASE_FIELD_NUMBER: _ClassVar[int]
+    MOVE_FROM_FIELD_NUMBER: _ClassVar[int]
+    MOVE_TO_FIELD_NUMBER: _ClassVar[int]
+    MOVE_REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     text: str
     hash: str
@@ -64,7 +68,11 @@ class Unit(_message.Message):
     unschedulable_reason: str
     description: str
     is_global: bool
-    def __init__(self, name: _Optional[str] = ..., text: _Optional[str] = ..., hash: _Optional[str] = ..., desired_state: _Optional[str] = ..., current_state: _Optional[str] = ..., machine_ids: _Optional[_Iterable[str]] = ..., unschedulable_reason: _Optional[str] = ..., description: _Optional[str] = ..., is_global: _Optional[bool] = ...) -> None: ...
+    move_phase: str
+    move_from: str
+    move_to: str
+    move_reason: str
+    def __init__(self, name: _Optional[str] = ..., text: _Optional[str] = ..., hash: _Optional[str] = ..., desired_state: _Optional[str] = ..., current_state: _Optional[str] = ..., machine_ids: _Optional[_Iterable[str]] = ..., unschedulable_reason: _Optional[str] = ..., description: _Optional[str] = ..., is_global: _Optional[bool] = ..., move_phase: _Optional[str] = ..., move_from: _Optional[str] = ..., move_to: _Optional[str] = ..., move_reason: _Optional[str] = ...) -> None: ...
 
 class ListUnitsRequest(_message.Message):
     __slots__ = ("with_text",)
@@ -334,3 +342,19 @@ class UndrainMachineRequest(_message.Message):
     MACHINE_FIELD_NUMBER: _ClassVar[int]
     machine: str
     def __init__(self, machine: _Optional[str] = ...) -> None: ...
+
+class MoveUnitRequest(_message.Message):
+    __slots__ = ("name", "machine")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    machine: str
+    def __init__(self, name: _Optional[str] = ..., machine: _Optional[str] = ...) -> None: ...
+
+class MoveUnitResponse(_message.Message):
+    __slots__ = ("from_machine", "to_machine")
+    FROM_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    TO_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    from_machine: str
+    to_machine: str
+    def __init__(self, from_machine: _Optional[str] = ..., to_machine: _Optional[str] = ...) -> None: ...
