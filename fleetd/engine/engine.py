@@ -370,9 +370,8 @@ class Engine:
         entries refreshed; anything else falls back to the full `reconcile`."""
         t0 = time.perf_counter()
         c = self.cache
-        maintenance = bool(c.state.moves or c.state.draining)
-        if maintenance:
-            dirty = None  # moves and drains are judged on full passes only
+        if dirty is not None and moves.in_flight(c.state.moves):
+            dirty = None  # a move's next step is judged on a full pass
         snap, broken = self.snapshot()
         decisions: list[Decision] | None = None
         if dirty is not None:
@@ -432,7 +431,8 @@ class Engine:
                 want = ScheduleEntry(unit, mid, job.target_state, rec.hash, job.xfleet.global_)
                 if old != want:
                     ops.append(reg.assign_op(want))
-        if maintenance:
+        maintenance = dirty is None and bool(c.state.moves or c.state.draining)
+        if maintenance:  # drains and moves are planned on full passes
             taken = {op.key for op in ops}  # the scheduler's own writes win over a move's
             ops += [op for op in self._move_ops(snap, decisions) if op.key not in taken]
         for unit, reason in reasons.items():

@@ -35,7 +35,7 @@ from fleetd.engine._placement import PIPELINE, Pipeline
 from fleetd.engine.scheduler import ClusterSnapshot, JobView
 from fleetd.registry.schema import DrainRecord, MoveRecord, UnitStateRecord
 
-__all__ = ["MovePlan", "destination", "held_units", "pin_reason", "plan", "refusal",
+__all__ = ["MovePlan", "destination", "held_units", "in_flight", "pin_reason", "plan", "refusal",
            "visible_schedule"]
 
 #: How long a failed move's record stays for `fleetctl move` to read it (off a machine that
@@ -56,6 +56,11 @@ def visible_schedule(schedule: Mapping[str, Mapping[str, object]],
                 and rec.to_machine != rec.from_machine):
             hidden[unit] = {rec.to_machine}
     return hidden
+
+
+def in_flight(moves: Mapping[str, MoveRecord]) -> bool:
+    """True if a move has a next step to take (not merely pinned, blocked or failed)."""
+    return any(rec.phase in ("requested", "starting", "stopping") for rec in moves.values())
 
 
 def held_units(moves: Mapping[str, MoveRecord]) -> frozenset[str]:
