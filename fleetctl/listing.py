@@ -84,6 +84,7 @@ def _list_units(a: argparse.Namespace) -> int:
     states = c.list_unit_states()
     rows: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
+    seen_on: dict[str, set[str]] = {}
     for s in states:
         u = units.get(s.name)
         rows.append({"u": u, "name": s.name, "machine": f"{short_id(s.machine_id, full)}/"
@@ -92,6 +93,7 @@ def _list_units(a: argparse.Namespace) -> int:
                      "sub": s.sub_state or "-", "load": s.load_state or "-", "hash": s.hash})
         if s.active_state in ("active", "activating", "reloading"):
             seen[s.name] = seen.get(s.name, 0) + 1
+            seen_on.setdefault(s.name, set()).add(s.machine_id)
     reported = {s.name for s in states}
     for name, u in sorted(units.items()):
         if name not in reported and u.machine_ids:
@@ -106,8 +108,14 @@ def _list_units(a: argparse.Namespace) -> int:
         "hash": lambda r: r["hash"] if full else r["hash"][:7],
         "desc": lambda r: (r["u"].description if r["u"] else "") or "-",
     }
+    def handing_over(n: str) -> bool:
+        """A make-before-break move (fleetctl move/drain): both copies run, by design."""
+        u = units.get(n)
+        return (u is not None and u.move_phase == "starting"
+                and seen_on.get(n, set()) <= {u.move_from, u.move_to})
+
     twice = sorted(n for n, k in seen.items() if k > 1 and not
-                   (n in units and units[n].is_global))
+                   (n in units and units[n].is_global) and not handing_over(n))
     if a.output == "table":
         for r in rows:  # flag the offending rows themselves, not only the summary below
             if r["name"] in twice:
