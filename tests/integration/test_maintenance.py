@@ -165,3 +165,38 @@ def test_blocking_drain_moves_every_movable_unit_and_reports_the_pinned(
         where = machines_running(cluster, n)
         assert len(where) == 1 and where != [m3.machine_id], (n, where)
     assert machines_running(cluster, "stay.service") == [m3.machine_id]
+
+
+def test_http_v1_and_grpc_show_a_draining_machine(cluster: LocalCluster) -> None:
+    from fleetctl.client import Client
+    from tests.integration.test_http_api import machines as http_machines
+
+    m2 = cluster.machines[1]
+    assert "state" not in http_machines(cluster)[m2.machine_id]  # fleet's entity, unchanged
+    assert cluster.fleetctl("drain", "--no-block", m2.machine_id).returncode == 0
+    assert http_machines(cluster)[m2.machine_id]["state"] == "draining"
+    c = Client(cluster.machines[0].endpoint)
+    try:
+        got = {m.id: m.state for m in c.list_machines()}
+    finally:
+        c.close()
+    assert got[m2.machine_id] == "draining"
+    assert {s for mid, s in got.items() if mid != m2.machine_id} == {"active"}
+
+
+def test_global_units_stay_on_a_draining_machine_unless_included(
+        cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+    m1 = cluster.machines[0]
+    g = write(tmp_path, "g.service", "Global=true")
+    assert cluster.fleetctl("start", g).returncode == 0
+    wait_until(lambda: len(machines_running(cluster, "g.service")) == 3,
+               what="the global unit everywhere")
+    r = cluster.fleetctl("drain", "--deadline", "30", m1.machine_id, timeout_s=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert m1.machine_id in machines_running(cluster, "g.service")
+    r = cluster.fleetctl("drain", "--include-global", "--deadline", "30", m1.machine_id,
+                         timeout_s=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_until(lambda: m1.machine_id not in machines_running(cluster, "g.service"),
+               what="the global unit off the drained machine")
+    assert len(machines_running(cluster, "g.service")) == 2
