@@ -52,6 +52,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "(streamed live with -f)."),
     "ssh": ("remote", "Open a shell (or run COMMAND...) over SSH on a machine or on the "
             "machine of a unit."),
+    "drain": ("maintenance", "Take a machine out of service: no new units go there and its "
+              "units move to other machines."),
+    "undrain": ("maintenance", "Make a draining machine eligible for new units again (its "
+                "units do not move back)."),
+    "move": ("maintenance", "Move a unit to another machine, starting the new copy before "
+             "stopping the old one."),
     "dashboard": ("dashboard_command", "Serve the cluster dashboard (a web page) on a local "
                   "address."),
     "completion": ("completion", "Print the shell completion script for bash, zsh or fish."),

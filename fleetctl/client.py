@@ -170,6 +170,19 @@ class Client:
         return list(self._unary("ListMachines", self.pb.ListMachinesRequest(),
                                 self.pb.ListMachinesResponse).machines)
 
+    def drain_machine(self, machine: str, pinned: str = "", include_global: bool = False
+                      ) -> pb.Machine:
+        return self._unary("DrainMachine", self.pb.DrainMachineRequest(
+            machine=machine, pinned=pinned, include_global=include_global), self.pb.Machine)
+
+    def undrain_machine(self, machine: str) -> pb.Machine:
+        return self._unary("UndrainMachine", self.pb.UndrainMachineRequest(machine=machine),
+                           self.pb.Machine)
+
+    def move_unit(self, name: str, machine: str = "") -> pb.MoveUnitResponse:
+        return self._unary("MoveUnit", self.pb.MoveUnitRequest(name=name, machine=machine),
+                           self.pb.MoveUnitResponse)
+
     def list_units(self, with_text: bool = False) -> list[pb.Unit]:
         return list(self._unary("ListUnits", self.pb.ListUnitsRequest(with_text=with_text),
                                 self.pb.ListUnitsResponse).units)

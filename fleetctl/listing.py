@@ -13,7 +13,8 @@ from fleetctl.table import parse_fields, render, short_id
 if TYPE_CHECKING:
     from fleetd.api.pb import fleet_pb2 as pb
 
-MACHINE_FIELDS = ["machine", "ip", "metadata"]
+MACHINE_FIELDS = ["machine", "ip", "metadata", "state"]
+MACHINE_DEFAULT = "machine,ip,metadata"  # fleet's; STATE joins it while a machine drains
 UNIT_FIELDS = ["unit", "machine", "active", "sub", "load", "hash", "desc"]
 UNIT_FILE_FIELDS = ["unit", "hash", "dstate", "state", "target", "global", "desc", "tmachine"]
 
@@ -62,9 +63,12 @@ def _list_args(default_fields: str) -> Callable[[argparse.ArgumentParser], None]
 def _list_machines(a: argparse.Namespace) -> int:
     cols = _fields(a.fields, MACHINE_FIELDS, "list-machines")
     machines = client().list_machines()
+    if a.fields == MACHINE_DEFAULT and any(m.state == "draining" for m in machines):
+        cols.append("state")
     full = a.full
     columns: Columns = {"machine": lambda m: short_id(m.id, full), "ip": lambda m: m.ip or "-",
-                        "metadata": lambda m: _metadata(m.metadata)}
+                        "metadata": lambda m: _metadata(m.metadata),
+                        "state": lambda m: m.state or "active"}
     _emit(machines, cols, columns, a.no_legend, a.output, {
         "machine": lambda m: m.id, "ip": lambda m: m.ip,
         "metadata": lambda m: dict(sorted(m.metadata.items()))})
@@ -80,6 +84,7 @@ def _list_units(a: argparse.Namespace) -> int:
     states = c.list_unit_states()
     rows: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
+    seen_on: dict[str, set[str]] = {}
     for s in states:
         u = units.get(s.name)
         rows.append({"u": u, "name": s.name, "machine": f"{short_id(s.machine_id, full)}/"
@@ -88,6 +93,7 @@ def _list_units(a: argparse.Namespace) -> int:
                      "sub": s.sub_state or "-", "load": s.load_state or "-", "hash": s.hash})
         if s.active_state in ("active", "activating", "reloading"):
             seen[s.name] = seen.get(s.name, 0) + 1
+            seen_on.setdefault(s.name, set()).add(s.machine_id)
     reported = {s.name for s in states}
     for name, u in sorted(units.items()):
         if name not in reported and u.machine_ids:
@@ -102,8 +108,14 @@ def _list_units(a: argparse.Namespace) -> int:
         "hash": lambda r: r["hash"] if full else r["hash"][:7],
         "desc": lambda r: (r["u"].description if r["u"] else "") or "-",
     }
+    def handing_over(n: str) -> bool:
+        """A make-before-break move (fleetctl move/drain): both copies run, by design."""
+        u = units.get(n)
+        return (u is not None and u.move_phase == "starting"
+                and seen_on.get(n, set()) <= {u.move_from, u.move_to})
+
     twice = sorted(n for n, k in seen.items() if k > 1 and not
-                   (n in units and units[n].is_global))
+                   (n in units and units[n].is_global) and not handing_over(n))
     if a.output == "table":
         for r in rows:  # flag the offending rows themselves, not only the summary below
             if r["name"] in twice:
@@ -163,7 +175,7 @@ def _list_unit_files(a: argparse.Namespace) -> int:
 
 COMMANDS = {c.name: c for c in [
     Command("list-machines", "List the live machines of the cluster.",
-            _list_args("machine,ip,metadata"), _list_machines),
+            _list_args(MACHINE_DEFAULT), _list_machines),
     Command("list-units", "List units scheduled in the cluster with their systemd state on "
             "their machine.", _list_args("unit,machine,active,sub"), _list_units),
     Command("list-unit-files", "List every submitted unit with its desired and current "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
 import grpc
@@ -60,16 +60,22 @@ async def _call(context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]
 
 
 def unit_pb(u: UnitInfo) -> pb.Unit:
-    return pb.Unit(name=u.name, text=u.text, hash=u.hash, desired_state=u.desired_state,
-                   current_state=u.current_state, machine_ids=list(u.machine_ids),
-                   unschedulable_reason=u.unschedulable_reason, description=u.description,
-                   is_global=u.is_global)
+    out = pb.Unit(name=u.name, text=u.text, hash=u.hash, desired_state=u.desired_state,
+                  current_state=u.current_state, machine_ids=list(u.machine_ids),
+                  unschedulable_reason=u.unschedulable_reason, description=u.description,
+                  is_global=u.is_global)
+    if u.move is not None:
+        out.move_phase, out.move_from = u.move.phase, u.move.from_machine
+        out.move_to, out.move_reason = u.move.to_machine, u.move.reason
+    return out
 
 
-def machine_pb(m: MachineRecord, leader: str | None = None) -> pb.Machine:
+def machine_pb(m: MachineRecord, leader: str | None = None,
+               draining: Collection[str] = ()) -> pb.Machine:
     return pb.Machine(id=m.id, ip=m.ip, metadata=m.metadata, hostname=m.hostname,
                       version=m.version, engine_leader=(m.id == leader),
-                      api_address=getattr(m, "api_address", ""))
+                      api_address=getattr(m, "api_address", ""),
+                      state="draining" if m.id in draining else "active")
 
 
 def state_pb(s: UnitStateRecord, ip: str) -> pb.UnitState:
@@ -85,7 +91,9 @@ class FleetServicer(pb_grpc.FleetServicer):
 
     async def ListMachines(self, request: Any, context: Any) -> pb.ListMachinesResponse:
         machines, leader = await _call(context, self.service.list_machines)
-        return pb.ListMachinesResponse(machines=[machine_pb(m, leader) for m in machines])
+        draining = await _call(context, self.service.draining)
+        return pb.ListMachinesResponse(machines=[machine_pb(m, leader, draining)
+                                                 for m in machines])
 
     async def ListUnits(self, request: Any, context: Any) -> pb.ListUnitsResponse:
         units = await _call(context, lambda: self.service.list_units(request.with_text))
@@ -123,6 +131,21 @@ class FleetServicer(pb_grpc.FleetServicer):
             if m.id == mid:
                 return machine_pb(m, leader)
         return pb.Machine(id=mid)
+
+    # --- machine maintenance --------------------------------------------------------------
+    async def DrainMachine(self, request: Any, context: Any) -> pb.Machine:
+        m = await _call(context, lambda: self.service.drain_machine(
+            request.machine, request.pinned, request.include_global))
+        return machine_pb(m, None, (m.id,))
+
+    async def UndrainMachine(self, request: Any, context: Any) -> pb.Machine:
+        m = await _call(context, lambda: self.service.undrain_machine(request.machine))
+        return machine_pb(m)
+
+    async def MoveUnit(self, request: Any, context: Any) -> pb.MoveUnitResponse:
+        source, to = await _call(context, lambda: self.service.move_unit(
+            request.name, request.machine))
+        return pb.MoveUnitResponse(from_machine=source, to_machine=to)
 
     def _outputs(self) -> UnitOutputs:
         if self.outputs is None:
@@ -171,7 +194,8 @@ class FleetServicer(pb_grpc.FleetServicer):
                     leader = await self.service.registry.leader() if want["machine"] else None
                     ips = {m.id: m.ip for m in st.machines.values()}
                     snap = pb.Snapshot(
-                        machines=[machine_pb(st.machines[k], leader) for k in sorted(st.machines)]
+                        machines=[machine_pb(st.machines[k], leader, st.draining)
+                                  for k in sorted(st.machines)]
                         if want["machine"] else [],
                         units=[unit_pb(self.service._info(st, n, False))
                                for n in sorted(st.units) if wanted("unit", n)],
@@ -206,7 +230,7 @@ class FleetServicer(pb_grpc.FleetServicer):
         out = pb.WatchEvent(revision=ev.revision, name=ev.name, machine_id=ev.machine_id)
         if ev.kind == w.MACHINE_PUT:
             out.kind = pb.WatchEvent.MACHINE_PUT
-            out.machine.CopyFrom(machine_pb(st.machines[ev.machine_id]))
+            out.machine.CopyFrom(machine_pb(st.machines[ev.machine_id], None, st.draining))
         elif ev.kind == w.MACHINE_DELETED:
             out.kind = pb.WatchEvent.MACHINE_DELETED
         elif ev.kind == w.UNIT_PUT:

@@ -37,7 +37,7 @@ import os
 import re
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -172,8 +172,14 @@ def state_entity(s: UnitStateRecord) -> dict[str, Any]:
             "systemdSubState": s.sub_state}
 
 
-def machine_entity(m: MachineRecord) -> dict[str, Any]:
-    return {"id": m.id, "primaryIP": m.ip, "metadata": dict(m.metadata)}
+def machine_entity(m: MachineRecord, draining: Collection[str] = ()) -> dict[str, Any]:
+    """fleet's Machine entity; a draining machine carries fleet-py's extension
+    `"state": "draining"` (fleet's clients ignore fields they do not know; an active machine's
+    entity stays exactly fleet's)."""
+    entity: dict[str, Any] = {"id": m.id, "primaryIP": m.ip, "metadata": dict(m.metadata)}
+    if m.id in draining:
+        entity["state"] = "draining"
+    return entity
 
 
 # --- request bodies ------------------------------------------------------------------------
@@ -316,7 +322,8 @@ def discovery_document() -> dict[str, Any]:
             "id": _str("the machine's machine-id"),
             "primaryIP": _str("address to reach the machine at"),
             "metadata": {"type": "object", "additionalProperties": {"type": "string"},
-                         "description": "the machine's metadata (API-set over configured)"}}},
+                         "description": "the machine's metadata (API-set over configured)"},
+            "state": _str("fleet-py extension, only on a draining machine: draining")}},
         "MachinePage": {"id": "MachinePage", "type": "object", "properties": {
             "machines": {"type": "array", "items": _schema_ref("Machine")},
             "nextPageToken": {"type": "string"}}},
@@ -557,8 +564,9 @@ class HttpApi:
     async def list_machines(self, request: web.Request, _: str) -> web.StreamResponse:
         token = self._token(request)
         machines, _leader = await self.service.list_machines()
+        draining = await self.service.draining()
         page, nxt = paginate(machines, token)
-        return self._page("machines", [machine_entity(m) for m in page], nxt)
+        return self._page("machines", [machine_entity(m, draining) for m in page], nxt)
 
     async def patch_machines(self, request: web.Request, _: str) -> web.StreamResponse:
         changes = parse_metadata_patch(decode_json(await request.read()))

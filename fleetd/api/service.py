@@ -7,9 +7,11 @@ subclasses that each front end maps to its own status codes.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 from fleetd import metadata
+from fleetd.engine import moves
 from fleetd.engine.scheduler import ClusterSnapshot, explain
 from fleetd.engine.snapshot import (
     UnitParseCache,
@@ -20,8 +22,10 @@ from fleetd.engine.snapshot import (
 from fleetd.registry import (
     TARGET_STATES,
     ClusterState,
+    DrainRecord,
     EtcdError,
     MachineRecord,
+    MoveRecord,
     Registry,
     RegistryError,
     UnitConflict,
@@ -29,6 +33,7 @@ from fleetd.registry import (
     UnitRecord,
     UnitStateRecord,
 )
+from fleetd.registry.schema import DRAIN_PINNED
 from fleetd.registry.view import ClusterView
 from fleetd.unit import Unit, UnitError, UnitName
 from fleetd.unit.host_units import host_unit_reason
@@ -72,6 +77,7 @@ class UnitInfo:
     unschedulable_reason: str
     description: str
     is_global: bool
+    move: MoveRecord | None = None  # a move of it in flight, pinned, blocked or failed
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,10 @@ class FleetService:
         leader = await self.registry.leader()
         return sorted(st.machines.values(), key=lambda m: m.id), leader
 
+    async def draining(self) -> frozenset[str]:
+        """Ids of the machines being drained (live or not)."""
+        return frozenset((await self._state()).draining)
+
     async def list_units(self, with_text: bool = False) -> list[UnitInfo]:
         st = await self._state()
         return [self._info(st, n, with_text) for n in sorted(st.units)]
@@ -176,7 +186,8 @@ class FleetService:
                 current = s.state
         desc, is_global = self._summary(rec)
         return UnitInfo(name, rec.text if with_text else "", rec.hash, view.desired, current,
-                        machines, st.unschedulable.get(name, ""), desc, is_global)
+                        machines, st.unschedulable.get(name, ""), desc, is_global,
+                        st.moves.get(name))
 
     # --- writes ---------------------------------------------------------------------------
     async def create_unit(self, name: str, text: str, desired_state: str = "",
@@ -318,7 +329,8 @@ class FleetService:
         # `st.machines` has the API-set metadata merged in already.
         return build_snapshot(
             {n: v.record for n, v in st.units.items()}, {n: v.desired for n, v in st.units.items()},
-            st.machines, st.schedule, parsed=self.parsed, departed=departed, held=held).snapshot
+            st.machines, st.schedule, parsed=self.parsed, departed=departed, held=held,
+            draining=st.draining).snapshot
 
     # --- machine metadata (HTTP v1 PATCH /machines) --------------------------------------
     async def set_machine_metadata(
@@ -351,3 +363,90 @@ class FleetService:
             raise Unavailable(str(e)) from None
         except EtcdError as e:
             raise Unavailable(str(e)) from None
+
+    # --- machine maintenance (fleetctl drain / undrain) -----------------------------------
+    async def resolve_machine(self, ref: str) -> MachineRecord:
+        """The live machine `ref` names: its full id, a unique id prefix, or its IP."""
+        ref = ref.strip()
+        if not ref:
+            raise InvalidArgument("no machine given: expected a machine id, a unique prefix "
+                                  "of one, or an IP")
+        st = await self._state()
+        if ref in st.machines:
+            return st.machines[ref]
+        found = [m for m in st.machines.values() if m.id.startswith(ref) or m.ip == ref]
+        if not found:
+            raise NotFound(f"no live machine matches {ref[:140]!r}")
+        if len(found) > 1:
+            raise InvalidArgument(f"{ref!r} matches {len(found)} machines ("
+                                  + ", ".join(sorted(m.id for m in found)) + "): give more of "
+                                  "the id")
+        return found[0]
+
+    async def drain_machine(self, ref: str, pinned: str = "",
+                            include_global: bool = False) -> MachineRecord:
+        """Mark the machine `ref` names draining: nothing new goes there and the engine moves
+        its units away (`fleetd.engine.moves`). Draining again updates how it drains."""
+        pinned = pinned or "leave"
+        if pinned not in DRAIN_PINNED:
+            raise InvalidArgument(f"invalid pinned mode {pinned!r}: expected one of "
+                                  + ", ".join(DRAIN_PINNED))
+        m = await self.resolve_machine(ref)
+        try:
+            await self.registry.set_drain(DrainRecord(m.id, pinned, include_global,
+                                                      time.time_ns()))
+        except EtcdError as e:
+            raise Unavailable(str(e)) from None
+        return m
+
+    async def undrain_machine(self, ref: str) -> MachineRecord:
+        """End the drain of the machine `ref` names (its units do not move back)."""
+        m = await self.resolve_machine(ref)
+        try:
+            await self.registry.clear_drain(m.id)
+        except EtcdError as e:
+            raise Unavailable(str(e)) from None
+        return m
+
+    async def move_unit(self, name: str, target: str = "") -> tuple[str, str]:
+        """Ask the engine to move unit `name` to machine `target` (a machine reference; ""
+        for the scheduler's best); (from machine, target id or ""). Refused with the
+        pipeline's reason when the target violates a constraint."""
+        _check_name(name)
+        st = await self._state()
+        if name not in st.units:
+            raise NotFound(f"unit {name} does not exist")
+        snap = self.snapshot_of(st)
+        job = snap.jobs.get(name)
+        if job is None or job.target_state == "inactive":
+            raise InvalidArgument(f"unit {name} is not scheduled (start or load it first)")
+        if job.xfleet.global_:
+            raise InvalidArgument(f"unit {name} is global: it runs on every machine")
+        where = sorted(st.schedule.get(name, {}))
+        current = st.moves.get(name)
+        if current is not None and current.phase in ("requested", "starting", "stopping"):
+            raise AlreadyExists(f"unit {name} is already moving ({current.phase}, from "
+                                f"{current.from_machine})")
+        if len(where) != 1:
+            raise InvalidArgument(f"unit {name} is scheduled on {len(where)} machines, not one")
+        source = where[0]
+        to = ""
+        if job.xfleet.machine_id:
+            raise InvalidArgument(f"cannot move {name}: {moves.pin_reason(snap, job)}")
+        if target:
+            to = (await self.resolve_machine(target)).id
+            why = moves.refusal(snap, name, to)
+            if why:
+                raise InvalidArgument(f"cannot move {name} to {to}: {why}")
+        else:
+            best, why = moves.destination(snap, name)
+            if best is None:
+                raise InvalidArgument(f"cannot move {name}: {why}")
+        try:
+            ok = await self.registry.request_move(
+                MoveRecord(name, source, to, "requested", "", time.time_ns()))
+        except EtcdError as e:
+            raise Unavailable(str(e)) from None
+        if not ok:
+            raise AlreadyExists(f"unit {name} is already moving")
+        return source, to

@@ -103,6 +103,7 @@ class WorkingState:
     departed: frozenset[str] = frozenset()
     held: frozenset[str] = frozenset()
     open_machines: set[str] = field(default_factory=set)  # live minus departed (shared)
+    draining: frozenset[str] = frozenset()  # machines being drained (see `DrainingCheck`)
     _meta_cache: dict[tuple[tuple[str, tuple[str, ...]], ...], frozenset[str]] = field(
         default_factory=dict
     )
@@ -115,11 +116,13 @@ class WorkingState:
         initial: Mapping[str, frozenset[str]] | None = None,
         departed: frozenset[str] = frozenset(),
         held: frozenset[str] = frozenset(),
+        draining: frozenset[str] = frozenset(),
     ) -> WorkingState:
         """An empty working schedule over live ``machines`` with conflict/replace indexes;
         ``initial`` is the schedule before the pass (what departed machines may keep)."""
         state = cls(machines=machines, jobs=jobs, machine_ids=tuple(sorted(machines)),
-                    initial=initial or {}, departed=departed, held=held)
+                    initial=initial or {}, departed=departed, held=held,
+                    draining=draining)
         state.open_machines = set(state.machine_ids).difference(departed)
         state.hosted = {mid: set() for mid in state.machine_ids}
         state.order = [(0, mid) for mid in state.machine_ids]
@@ -514,6 +517,25 @@ class HeldCheck(Check):
         return "may still run on a machine in its grace"
 
 
+class DrainingCheck(Check):
+    """A draining machine (`fleetctl drain`) gets no new unit; what it runs stays until the
+    drain moves it (`fleetd.engine.moves`), so the check never unassigns by itself."""
+
+    name = "Draining"
+
+    def filter(self, state: WorkingState, job: JobView, candidates: Candidates) -> Candidates:
+        if not state.draining:
+            return candidates
+        had = state.initial.get(job.name, frozenset())
+        return _drop(state, candidates, {mid for mid in state.draining if mid not in had})
+
+    def detail(self, state: WorkingState, job: JobView, machine_id: str) -> str:
+        return f"{machine_id} is draining: it gets no new units (fleetctl undrain to end it)"
+
+    def summary(self, state: WorkingState, job: JobView, removed: set[str]) -> str:
+        return "draining"
+
+
 CHECKS: tuple[Check, ...] = (
     MachineIDCheck(),
     MachineMetadataCheck(),
@@ -522,6 +544,7 @@ CHECKS: tuple[Check, ...] = (
     ReplacesCheck(),
     DepartedCheck(),
     HeldCheck(),
+    DrainingCheck(),
 )
 """Feasibility checks in evaluation order; `filtered`/`rejected` use their ``name``. A new rule
 (e.g. resources reserved vs capacity) is one more `Check` here."""

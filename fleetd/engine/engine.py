@@ -19,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field, replace
 
 from fleetd import clock, fencing, metrics
+from fleetd.engine import moves
 from fleetd.engine.scheduler import (
     Assign,
     ClusterSnapshot,
@@ -283,11 +284,16 @@ class Engine:
                 log.info("machine %s left; its units stay for %.1fs (grace)", mid,
                          self.grace_s)
             return True
-        if ch.kind == "metadata":
+        if ch.kind in ("metadata", "drain"):
             c.stale_machines = True
+            return True
+        if ch.kind == "move":  # it decides which of the unit's entries the scheduler sees
+            c.stale_sched.add(ch.name)
             return True
         if ch.kind == "schedule":
             c.stale_sched.add(ch.name)
+        if ch.kind == "state":  # a moving unit's states drive its move
+            return ch.name in c.state.moves
         return False  # our own writes echoing back (schedule, unschedulable), states
 
     async def _watch(self, updates: AsyncGenerator[Update, None]) -> None:
@@ -332,12 +338,19 @@ class Engine:
         only the keys that changed since the last call."""
         c = self.cache
         held = {u for mid in self.departed for u in self.departed_units.get(mid, ())}
+        schedule: Mapping[str, Mapping[str, ScheduleEntry]] = c.schedule
+        if c.state.moves:  # the new copy of a unit being moved is not the scheduler's to see
+            hidden = moves.visible_schedule(c.schedule, c.state.moves)
+            if hidden:
+                schedule = {**c.schedule, **{u: {m: e for m, e in c.schedule[u].items()
+                                                 if m not in hid}
+                                             for u, hid in hidden.items()}}
         built = build_snapshot(
-            c.units, c.desired, c.machines, c.schedule, parsed=self.xfleet, metadata=c.metadata,
+            c.units, c.desired, c.machines, schedule, parsed=self.xfleet, metadata=c.metadata,
             departed={mid: view for mid, (_, view) in self.departed.items()}, held=held,
             previous=BuiltSnapshot(c.machine_views, c.jobs, c.sched_sets, c.broken),
             changed_units=c.stale_jobs, changed_schedule=c.stale_sched,
-            machines_changed=c.stale_machines)
+            machines_changed=c.stale_machines, draining=c.state.draining)
         c.stale_jobs.clear()
         c.stale_sched.clear()
         c.stale_machines = False
@@ -357,6 +370,8 @@ class Engine:
         entries refreshed; anything else falls back to the full `reconcile`."""
         t0 = time.perf_counter()
         c = self.cache
+        if dirty is not None and moves.in_flight(c.state.moves):
+            dirty = None  # a move's next step is judged on a full pass
         snap, broken = self.snapshot()
         decisions: list[Decision] | None = None
         if dirty is not None:
@@ -385,6 +400,10 @@ class Engine:
                          if not (isinstance(d, Assign) and (
                              d.machine_id in self.departed
                              or (d.unit in held and not _is_global(snap, d.unit))))]
+        if c.state.moves:
+            stopping = moves.held_units(c.state.moves)  # placed nowhere until stopped
+            decisions = [d for d in decisions if not (
+                isinstance(d, Assign | Unschedulable) and d.unit in stopping)]
         ops: list[Op] = []
         reg = self.registry
         scope = c.schedule if dirty is None else {u: c.schedule[u] for u in dirty
@@ -412,6 +431,10 @@ class Engine:
                 want = ScheduleEntry(unit, mid, job.target_state, rec.hash, job.xfleet.global_)
                 if old != want:
                     ops.append(reg.assign_op(want))
+        maintenance = dirty is None and bool(c.state.moves or c.state.draining)
+        if maintenance:  # drains and moves are planned on full passes
+            taken = {op.key for op in ops}  # the scheduler's own writes win over a move's
+            ops += [op for op in self._move_ops(snap, decisions) if op.key not in taken]
         for unit, reason in reasons.items():
             if c.unschedulable.get(unit) != reason:
                 ops.append(reg.unschedulable_op(unit, reason))
@@ -424,6 +447,9 @@ class Engine:
             for op in ops:
                 value = getattr(op, "value", None)
                 self._apply_kv(c, op.key, value)
+        if maintenance and any(op.key.startswith(reg.keys.moves) for op in ops):
+            self._need_full = True  # the next phase of a move is judged on the next pass
+            self._wake.set()
         self.reconciles += 1
         self.last_reconcile_s = time.perf_counter() - t0
         self._last_pass_end = clock.now()
@@ -439,6 +465,60 @@ class Engine:
             for check, n in by_check.items():
                 metrics.ENGINE_UNSCHEDULABLE.labels(check).set(n)
         return len(ops)
+
+
+    def _move_ops(self, snap: ClusterSnapshot, decisions: list[Decision]) -> list[Op]:
+        """The writes of this pass's moves (`fleetd.engine.moves.plan`); units the scheduler
+        itself (un)assigns this pass start no move."""
+        c, reg = self.cache, self.registry
+        touched = {d.unit for d in decisions if isinstance(d, Assign | Unassign)}
+        mp = moves.plan(snap, c.state.moves, c.state.states, c.state.draining, time.time_ns())
+        ops: list[Op] = []
+
+        def entry(unit: str, mid: str) -> ScheduleEntry | None:
+            rec, job = c.units.get(unit), snap.jobs.get(unit)
+            if rec is None or job is None:
+                return None
+            return ScheduleEntry(unit, mid, job.target_state, rec.hash, job.xfleet.global_)
+
+        for m in mp.start:
+            e = entry(m.unit, m.to_machine)
+            if e is not None and m.unit not in touched:
+                ops += [reg.assign_op(e), reg.move_op(m.unit, m)]
+                log.info("move %s: starting it on %s before stopping it on %s", m.unit,
+                         m.to_machine, m.from_machine)
+        for m in mp.stop_first:
+            if m.unit not in touched:
+                ops += [reg.unassign_op(m.from_machine, m.unit), reg.move_op(m.unit, m)]
+                log.info("move %s: stopping it on %s first (%s)", m.unit, m.from_machine,
+                         m.reason or "MoveBeforeStop=false")
+        for m in mp.finish:
+            ops += [reg.unassign_op(m.from_machine, m.unit), reg.move_op(m.unit, None)]
+            log.info("move %s: active on %s; stopping it on %s", m.unit, m.to_machine,
+                     m.from_machine)
+        for m in mp.release:
+            ops.append(reg.move_op(m.unit, None))
+            e = entry(m.unit, m.to_machine) if m.to_machine else None
+            if e is not None and not moves.refusal(snap, m.unit, m.to_machine):
+                ops.append(reg.assign_op(e))
+            log.info("move %s: stopped on %s; placing it %s", m.unit, m.from_machine,
+                     f"on {m.to_machine}" if e is not None else "where it fits")
+        for m, why in mp.abort:
+            if (m.phase == "starting" and m.to_machine != m.from_machine
+                    and m.to_machine in c.schedule.get(m.unit, {})):
+                ops.append(reg.unassign_op(m.to_machine, m.unit))
+            failed = replace(m, phase="failed", reason=why, since_ns=time.time_ns())
+            ops.append(reg.move_op(m.unit, failed if m.unit in c.units else None))
+            log.info("move %s off %s failed: %s", m.unit, m.from_machine, why)
+        for m in mp.blocked:
+            ops.append(reg.move_op(m.unit, m))
+        for unit in mp.forget:
+            ops.append(reg.move_op(unit, None))
+        for unit, mid in mp.unassign_global:
+            if unit not in touched:
+                ops.append(reg.unassign_op(mid, unit))
+                log.info("drain %s: global unit %s leaves it", mid, unit)
+        return ops
 
 
 def _units_of(c: EngineCache, machine_id: str) -> frozenset[str]:

@@ -97,6 +97,7 @@ class ClusterSnapshot:
     schedule: Mapping[str, frozenset[str]]
     departed: frozenset[str] = frozenset()
     held: frozenset[str] = frozenset()
+    draining: frozenset[str] = frozenset()  # machines being drained: no new units there
 
 
 @dataclass(frozen=True)
@@ -344,7 +345,7 @@ class _Pass:
 
 def _working_state(snapshot: ClusterSnapshot) -> WorkingState:
     return WorkingState.build(snapshot.machines, snapshot.jobs, snapshot.schedule,
-                              snapshot.departed, snapshot.held)
+                              snapshot.departed, snapshot.held, snapshot.draining)
 
 
 def _simulate(snapshot: ClusterSnapshot, pipeline: Pipeline) -> _Pass:

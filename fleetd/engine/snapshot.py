@@ -100,11 +100,12 @@ class BuiltSnapshot:
     broken: dict[str, str] = field(default_factory=dict)  # unit -> why it cannot be scheduled
     departed: frozenset[str] = frozenset()
     held: frozenset[str] = frozenset()
+    draining: frozenset[str] = frozenset()
 
     @property
     def snapshot(self) -> ClusterSnapshot:
         return ClusterSnapshot(self.machines, self.jobs, self.schedule, self.departed,
-                               self.held)
+                               self.held, self.draining)
 
 
 def _job(name: str, units: Mapping[str, UnitRecord], desired: Mapping[str, str],
@@ -137,6 +138,7 @@ def build_snapshot(
     changed_units: Iterable[str] | None = None,
     changed_schedule: Iterable[str] | None = None,
     machines_changed: bool = True,
+    draining: Iterable[str] = (),
 ) -> BuiltSnapshot:
     """The scheduler's input from registry values.
 
@@ -145,7 +147,8 @@ def build_snapshot(
     it is assigned to; ``departed`` the machines in their grace (kept in view with their last
     metadata) and ``held`` the units they had. With ``previous``, only the units in
     ``changed_units`` and assignments in ``changed_schedule`` are rebuilt, and the machines
-    only if ``machines_changed`` (machines, metadata or departed changed). ``previous`` is
+    only if ``machines_changed`` (machines, metadata or departed changed); ``draining``: the
+    machines being drained (they get no new units). ``previous`` is
     consumed: its dicts are updated in place and reused (copying 10,000 entries on every
     decision would cost more than the decision), so the caller must not keep using it.
     """
@@ -183,7 +186,8 @@ def build_snapshot(
     else:
         views = previous.machines
     return BuiltSnapshot(views, jobs, sched, broken,
-                         frozenset(mid for mid in gone if mid not in machines), frozenset(held))
+                         frozenset(mid for mid in gone if mid not in machines), frozenset(held),
+                         frozenset(draining))
 
 
 def unseen_machines(

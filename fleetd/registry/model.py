@@ -27,8 +27,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fleetd.registry.schema import (
+    MOVE_PHASES,
+    DrainRecord,
     Keys,
     MachineRecord,
+    MoveRecord,
     ScheduleEntry,
     UnitRecord,
     UnitStateRecord,
@@ -41,7 +44,7 @@ log = logging.getLogger("fleetd.registry")
 
 #: The kinds of `Change`.
 KINDS = ("unit", "desired", "unschedulable", "schedule", "state", "machine", "metadata",
-         "leader")
+         "leader", "drain", "move")
 
 # What `ClusterState.apply` reports (the kinds of `fleetd.registry.changes.Event`).
 MACHINE_PUT = "machine_put"
@@ -58,7 +61,7 @@ class Change:
 
     kind: one of `KINDS`; `record` is the new decoded value (UnitRecord, desired state str,
     reason str, ScheduleEntry, UnitStateRecord, MachineRecord, metadata dict, leader machine
-    id str), None when the key was deleted."""
+    id str, DrainRecord, MoveRecord), None when the key was deleted."""
 
     kind: str
     revision: int
@@ -117,6 +120,14 @@ def _decode(k: Keys, key: str, value: bytes | None, rev: int) -> Change | None:
         if not mid:
             return None
         return Change("metadata", rev, "", mid, None if value is None else decode_metadata(value))
+    if key.startswith(k.drain):
+        mid = key[len(k.drain):]
+        if not mid or "/" in mid:
+            return None
+        return Change("drain", rev, "", mid, _drain(mid, value))
+    if key.startswith(k.moves):
+        name = key[len(k.moves):]
+        return Change("move", rev, name, "", _move(name, value)) if name else None
     if key == k.leader:
         return Change("leader", rev, "", "", None if value is None else value.decode())
     return None
@@ -124,6 +135,27 @@ def _decode(k: Keys, key: str, value: bytes | None, rev: int) -> Change | None:
 
 def _value(cls: type, value: bytes | None) -> Any:
     return None if value is None else decode(cls, value)
+
+
+def _drain(machine_id: str, value: bytes | None) -> DrainRecord | None:
+    """A drain record, named by its key (as every object is); a pinned mode it does not know
+    reads as "leave", the one that moves nothing by force."""
+    if value is None:
+        return None
+    rec = decode(DrainRecord, value)
+    pinned = rec.pinned if rec.pinned in ("leave", "stop") else "leave"
+    return replace(rec, machine_id=machine_id, pinned=pinned,
+                   include_global=bool(rec.include_global))
+
+
+def _move(name: str, value: bytes | None) -> MoveRecord | None:
+    """A move record, named by its key; one of an unknown phase is none (ignored)."""
+    if value is None:
+        return None
+    rec = decode(MoveRecord, value)
+    if rec.phase not in MOVE_PHASES:
+        raise ValueError(f"unknown move phase {rec.phase!r}")
+    return replace(rec, unit=name)
 
 
 def decode_reason(raw: bytes) -> str:
@@ -152,6 +184,8 @@ class ClusterState:
     desired: dict[str, str] = field(default_factory=dict)  # also for units without a record
     configured: dict[str, MachineRecord] = field(default_factory=dict)  # as registered
     leader: str = ""  # the engine leader's machine id, when the leader key is followed
+    draining: dict[str, DrainRecord] = field(default_factory=dict)  # by machine id
+    moves: dict[str, MoveRecord] = field(default_factory=dict)  # by unit name
 
     def __post_init__(self) -> None:
         # Built by hand (tests, partial reads): derive the raw maps from the shown ones.
@@ -218,6 +252,20 @@ class ClusterState:
                 out.append((MACHINE_PUT, "", c.machine_id))
         elif c.kind == "leader":
             self.leader = c.record or ""
+        elif c.kind == "drain":
+            if c.record is None:
+                self.draining.pop(c.machine_id, None)
+            else:
+                self.draining[c.machine_id] = c.record
+            if c.machine_id in self.machines:
+                out.append((MACHINE_PUT, "", c.machine_id))
+        elif c.kind == "move":
+            if c.record is None:
+                self.moves.pop(c.name, None)
+            else:
+                self.moves[c.name] = c.record
+            if c.name in self.units:
+                out.append((UNIT_PUT, c.name, ""))
         return out
 
     def _merge(self, machine_id: str) -> None:

@@ -32,8 +32,10 @@ from fleetd.registry.model import (
 )
 from fleetd.registry.schema import (
     TARGET_STATES,
+    DrainRecord,
     Keys,
     MachineRecord,
+    MoveRecord,
     ScheduleEntry,
     UnitRecord,
     UnitStateRecord,
@@ -328,6 +330,34 @@ class Registry:
                 st.schedule.setdefault(name, {})[machine_id] = ScheduleEntry(
                     name, machine_id, "", rec.hash)
         return st
+
+    # --- machine drain (fleetctl drain/undrain) ------------------------------------------
+    async def set_drain(self, record: DrainRecord) -> None:
+        """Mark a machine draining (or change how it drains); persistent until `clear_drain`."""
+        await self._apply([Put(self.keys.machine_drain(record.machine_id), encode(record))])
+
+    async def clear_drain(self, machine_id: str) -> None:
+        await self._apply([Delete(self.keys.machine_drain(machine_id))])
+
+    async def request_move(self, record: MoveRecord) -> bool:
+        """Ask the engine to move a unit (phase "requested"); False if a move of it is already
+        in flight."""
+        key = self.keys.move(record.unit)
+        kv = await self.etcd.get(key)
+        guard = Cmp(key, "create", "==", 0)
+        if kv is not None:  # a pinned, blocked or failed move is over: a request replaces it
+            c = decode_change(self.keys, key, kv.value, kv.mod_revision)
+            if c is not None and c.record is not None and c.record.phase not in (
+                    "pinned", "blocked", "failed"):
+                return False
+            guard = Cmp(key, "mod", "==", kv.mod_revision)
+        ok, _ = await self.etcd.txn([guard], [Put(key, encode(record))])
+        return bool(ok)
+
+    def move_op(self, unit: str, record: MoveRecord | None) -> Op:
+        """The engine's write of a move record (None: delete it)."""
+        key = self.keys.move(unit)
+        return Delete(key) if record is None else Put(key, encode(record))
 
     # --- machine metadata set through the API ------------------------------------------
     async def machine_metadata(self, machine_id: str) -> dict[str, str | None]:

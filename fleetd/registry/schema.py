@@ -13,6 +13,8 @@ fleet's own). `<p>` below is that prefix without its trailing slash.
 | `<p>/state/<name>/<machine-id>`      | `UnitStateRecord`     | on the reporting machine's lease |
 | `<p>/engine/leader`                  | machine id            | on the leader's machine lease    |
 | `<p>/metadata/<machine-id>`          | `{key: str or null}`  | persistent (set through the API) |
+| `<p>/drain/<machine-id>`             | `DrainRecord`         | persistent (drain until undrain) |
+| `<p>/move/<name>`                    | `MoveRecord`          | a move in flight (engine leader) |
 
 Why this shape: unit bodies are stored once; desired state is separate so `fleetctl stop` is a
 one-key write; assignments are keyed by machine so an agent watches only its own prefix and one
@@ -24,6 +26,14 @@ Metadata set through the API (HTTP v1 `PATCH /fleet/v1/machines`) lives in
 the machine leaving and rejoining. Its values are laid over the metadata the machine publishes
 from its configuration (`merge_metadata`); a `null` value is a tombstone that hides a configured
 key. Everything that schedules or shows metadata uses the merged view.
+
+A draining machine (`fleetctl drain`) has `<p>/drain/<machine-id>`, apart from its lease for
+the same reason: it survives the machine's fleetd restarting; `fleetctl undrain` deletes it.
+
+A unit being moved (`fleetctl move`, or off a draining machine) has `<p>/move/<name>`: the
+API writes only a request (phase "requested", create-only), the engine leader everything after
+(see `fleetd.engine.moves`). While a make-before-break move is "starting", the unit has a
+plain schedule entry on both machines; the move record says which one is the new copy.
 
 `Keys` builds the keys; one function parses them back: `fleetd.registry.model.decode_change`
 (a stored key read by a range is decoded exactly as a put event of it).
@@ -87,6 +97,44 @@ class UnitStateRecord:
     error: str = ""  # why the agent refused or failed the unit ("" when it did not)
 
 
+DRAIN_PINNED = ("leave", "stop")
+
+
+@dataclass(frozen=True)
+class DrainRecord:
+    """A machine taken out of service: nothing new is placed there, its units move away.
+
+    `pinned`: what happens to units that cannot move make-before-break (a `MachineID` pin or
+    `Conflicts`): "leave" them running there, or "stop" them (then start them elsewhere
+    when their constraints allow). `include_global`: global units leave it too."""
+
+    machine_id: str
+    pinned: str = "leave"
+    include_global: bool = False
+    since_ns: int = 0
+
+
+MOVE_PHASES = ("requested", "starting", "stopping", "pinned", "blocked", "failed")
+
+
+@dataclass(frozen=True)
+class MoveRecord:
+    """One unit on its way from `from_machine` to `to_machine` ("" = the scheduler's best).
+
+    phase: "requested" (by the API), "starting" (the new copy is scheduled on `to_machine`; the
+    old one stops once it is active), "stopping" (stop first: the old copy is unscheduled and
+    the unit placed nowhere until it is inactive there), "pinned" (a draining machine's unit
+    its constraints keep there, left as the drain asked: `reason` says which), "blocked" (it
+    cannot move now, e.g. no other machine fits: `reason`), "failed" (`reason`)."""
+
+    unit: str
+    from_machine: str
+    to_machine: str = ""
+    phase: str = "requested"
+    reason: str = ""
+    since_ns: int = 0
+
+
 def encode(record: Any) -> bytes:
     """JSON bytes of a record dataclass (or a plain JSON value)."""
     if hasattr(record, "__dataclass_fields__"):
@@ -140,6 +188,8 @@ class Keys:
         self.states = self.root + "state/"
         self.leader = self.root + "engine/leader"
         self.metadata = self.root + "metadata/"
+        self.drain = self.root + "drain/"
+        self.moves = self.root + "move/"
 
     def unit(self, name: str) -> str:
         return self.units + name
@@ -164,6 +214,12 @@ class Keys:
 
     def machine_metadata(self, machine_id: str) -> str:
         return self.metadata + machine_id
+
+    def machine_drain(self, machine_id: str) -> str:
+        return self.drain + machine_id
+
+    def move(self, name: str) -> str:
+        return self.moves + name
 
     @staticmethod
     def tail(key: str, prefix: str) -> str:

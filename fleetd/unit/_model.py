@@ -96,6 +96,7 @@ _METADATA = "MachineMetadata"
 _CONFLICTS = "Conflicts"
 _GLOBAL = "Global"
 _REPLACES = "Replaces"
+_MOVE_BEFORE_STOP = "MoveBeforeStop"  # fleet-py's: may a move overlap the two copies
 
 #: Option name (current and deprecated spellings) -> canonical option.
 XFLEET_OPTION_ALIASES: dict[str, str] = {
@@ -110,6 +111,7 @@ XFLEET_OPTION_ALIASES: dict[str, str] = {
     "X-Conflicts": _CONFLICTS,
     _GLOBAL: _GLOBAL,
     _REPLACES: _REPLACES,
+    _MOVE_BEFORE_STOP: _MOVE_BEFORE_STOP,
 }
 
 _TRUE = frozenset({"true", "yes", "1", "on", "t"})
@@ -175,6 +177,9 @@ class XFleet:
     conflicts: tuple[str, ...] = ()
     global_: bool = False
     replaces: tuple[str, ...] = ()
+    # False: the service must never run twice, even briefly, so a move (fleetctl move/drain)
+    # stops it before starting it elsewhere instead of make-before-break.
+    move_before_stop: bool = True
 
     def metadata_matches(self, machine_metadata: Mapping[str, str]) -> bool:
         """True if, for every required key, the machine's value is one of the allowed values."""
@@ -197,6 +202,7 @@ class XFleet:
             "conflicts": list(self.conflicts),
             "global": self.global_,
             "replaces": list(self.replaces),
+            **({} if self.move_before_stop else {"move_before_stop": False}),
         }
 
     @classmethod
@@ -213,6 +219,7 @@ class XFleet:
             conflicts=tuple(str(v) for v in data.get("conflicts") or ()),
             global_=bool(data.get("global", False)),
             replaces=tuple(str(v) for v in data.get("replaces") or ()),
+            move_before_stop=bool(data.get("move_before_stop", True)),
         )
 
 
@@ -244,8 +251,8 @@ def xfleet_options(unit_file: UnitFile, name: str) -> XFleet:
             items = split_items(raw)
         except ValueError as exc:
             raise bad(f"{option}: {exc}") from None
-        if canonical == _GLOBAL and len(items) > 1:
-            raise bad(f"Global takes a single value, got {quote(raw)}")
+        if canonical in (_GLOBAL, _MOVE_BEFORE_STOP) and len(items) > 1:
+            raise bad(f"{canonical} takes a single value, got {quote(raw)}")
         collected[canonical].extend(expand(item) for item in items)
 
     machine_ids = _unique(collected[_MACHINE_ID])
@@ -256,6 +263,7 @@ def xfleet_options(unit_file: UnitFile, name: str) -> XFleet:
     replaces = _unique(collected[_REPLACES])
     metadata = _metadata(collected[_METADATA], bad)
     global_ = _global(collected[_GLOBAL], bad)
+    move_before_stop = _move_before_stop(collected[_MOVE_BEFORE_STOP], bad)
 
     for pattern in conflicts:
         try:
@@ -296,6 +304,7 @@ def xfleet_options(unit_file: UnitFile, name: str) -> XFleet:
         conflicts=conflicts,
         global_=global_,
         replaces=replaces,
+        move_before_stop=move_before_stop,
     )
 
 
@@ -326,6 +335,19 @@ def _global(items: list[str], bad: _Fail) -> bool:
             result = False
         else:
             raise bad(f"Global value {quote(item)} is not a boolean (true/false)")
+    return result
+
+
+def _move_before_stop(items: list[str], bad: _Fail) -> bool:
+    result = True
+    for item in _drop_empty(items):
+        lowered = item.lower()
+        if lowered in _TRUE:
+            result = True
+        elif lowered in _FALSE:
+            result = False
+        else:
+            raise bad(f"MoveBeforeStop value {quote(item)} is not a boolean (true/false)")
     return result
 
 

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Machine(_message.Message):
-    __slots__ = ("id", "ip", "metadata", "hostname", "version", "engine_leader", "api_address")
+    __slots__ = ("id", "ip", "metadata", "hostname", "version", "engine_leader", "api_address", "state")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class Machine(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ENGINE_LEADER_FIELD_NUMBER: _ClassVar[int]
     API_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     id: str
     ip: str
     metadata: _containers.ScalarMap[str, str]
@@ -30,7 +31,8 @@ class Machine(_message.Message):
     version: str
     engine_leader: bool
     api_address: str
-    def __init__(self, id: _Optional[str] = ..., ip: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., engine_leader: _Optional[bool] = ..., api_address: _Optional[str] = ...) -> None: ...
+    state: str
+    def __init__(self, id: _Optional[str] = ..., ip: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., engine_leader: _Optional[bool] = ..., api_address: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
 
 class ListMachinesRequest(_message.Message):
     __slots__ = ()
@@ -43,7 +45,7 @@ class ListMachinesResponse(_message.Message):
     def __init__(self, machines: _Optional[_Iterable[_Union[Machine, _Mapping]]] = ...) -> None: ...
 
 class Unit(_message.Message):
-    __slots__ = ("name", "text", "hash", "desired_state", "current_state", "machine_ids", "unschedulable_reason", "description", "is_global")
+    __slots__ = ("name", "text", "hash", "desired_state", "current_state", "machine_ids", "unschedulable_reason", "description", "is_global", "move_phase", "move_from", "move_to", "move_reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +55,10 @@ class Unit(_message.Message):
     UNSCHEDULABLE_REASON_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     IS_GLOBAL_FIELD_NUMBER: _ClassVar[int]
+    MOVE_PHASE_FIELD_NUMBER: _ClassVar[int]
+    MOVE_FROM_FIELD_NUMBER: _ClassVar[int]
+    MOVE_TO_FIELD_NUMBER: _ClassVar[int]
+    MOVE_REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     text: str
     hash: str
@@ -62,7 +68,11 @@ class Unit(_message.Message):
     unschedulable_reason: str
     description: str
     is_global: bool
-    def __init__(self, name: _Optional[str] = ..., text: _Optional[str] = ..., hash: _Optional[str] = ..., desired_state: _Optional[str] = ..., current_state: _Optional[str] = ..., machine_ids: _Optional[_Iterable[str]] = ..., unschedulable_reason: _Optional[str] = ..., description: _Optional[str] = ..., is_global: _Optional[bool] = ...) -> None: ...
+    move_phase: str
+    move_from: str
+    move_to: str
+    move_reason: str
+    def __init__(self, name: _Optional[str] = ..., text: _Optional[str] = ..., hash: _Optional[str] = ..., desired_state: _Optional[str] = ..., current_state: _Optional[str] = ..., machine_ids: _Optional[_Iterable[str]] = ..., unschedulable_reason: _Optional[str] = ..., description: _Optional[str] = ..., is_global: _Optional[bool] = ..., move_phase: _Optional[str] = ..., move_from: _Optional[str] = ..., move_to: _Optional[str] = ..., move_reason: _Optional[str] = ...) -> None: ...
 
 class ListUnitsRequest(_message.Message):
     __slots__ = ("with_text",)
@@ -316,3 +326,35 @@ class WatchEvent(_message.Message):
     name: str
     machine_id: str
     def __init__(self, kind: _Optional[_Union[WatchEvent.Kind, str]] = ..., revision: _Optional[int] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., machine: _Optional[_Union[Machine, _Mapping]] = ..., unit: _Optional[_Union[Unit, _Mapping]] = ..., state: _Optional[_Union[UnitState, _Mapping]] = ..., name: _Optional[str] = ..., machine_id: _Optional[str] = ...) -> None: ...
+
+class DrainMachineRequest(_message.Message):
+    __slots__ = ("machine", "pinned", "include_global")
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_GLOBAL_FIELD_NUMBER: _ClassVar[int]
+    machine: str
+    pinned: str
+    include_global: bool
+    def __init__(self, machine: _Optional[str] = ..., pinned: _Optional[str] = ..., include_global: _Optional[bool] = ...) -> None: ...
+
+class UndrainMachineRequest(_message.Message):
+    __slots__ = ("machine",)
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
+    machine: str
+    def __init__(self, machine: _Optional[str] = ...) -> None: ...
+
+class MoveUnitRequest(_message.Message):
+    __slots__ = ("name", "machine")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    machine: str
+    def __init__(self, name: _Optional[str] = ..., machine: _Optional[str] = ...) -> None: ...
+
+class MoveUnitResponse(_message.Message):
+    __slots__ = ("from_machine", "to_machine")
+    FROM_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    TO_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    from_machine: str
+    to_machine: str
+    def __init__(self, from_machine: _Optional[str] = ..., to_machine: _Optional[str] = ...) -> None: ...

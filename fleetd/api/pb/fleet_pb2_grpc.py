@@ -100,6 +100,21 @@ class FleetStub:
                 request_serializer=fleetpy_dot_v1_dot_fleet__pb2.WatchRequest.SerializeToString,
                 response_deserializer=fleetpy_dot_v1_dot_fleet__pb2.WatchEvent.FromString,
                 _registered_method=True)
+        self.DrainMachine = channel.unary_unary(
+                '/fleetpy.v1.Fleet/DrainMachine',
+                request_serializer=fleetpy_dot_v1_dot_fleet__pb2.DrainMachineRequest.SerializeToString,
+                response_deserializer=fleetpy_dot_v1_dot_fleet__pb2.Machine.FromString,
+                _registered_method=True)
+        self.UndrainMachine = channel.unary_unary(
+                '/fleetpy.v1.Fleet/UndrainMachine',
+                request_serializer=fleetpy_dot_v1_dot_fleet__pb2.UndrainMachineRequest.SerializeToString,
+                response_deserializer=fleetpy_dot_v1_dot_fleet__pb2.Machine.FromString,
+                _registered_method=True)
+        self.MoveUnit = channel.unary_unary(
+                '/fleetpy.v1.Fleet/MoveUnit',
+                request_serializer=fleetpy_dot_v1_dot_fleet__pb2.MoveUnitRequest.SerializeToString,
+                response_deserializer=fleetpy_dot_v1_dot_fleet__pb2.MoveUnitResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServicer:
@@ -207,6 +222,32 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainMachine(self, request, context):
+        """DrainMachine takes a machine out of service: nothing new is placed there and its units
+        move away (make-before-break where they may run twice briefly). Persistent until
+        UndrainMachine. NOT_FOUND if no live machine matches, INVALID_ARGUMENT if several do.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndrainMachine(self, request, context):
+        """UndrainMachine makes a draining machine eligible again (its units do not move back).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveUnit(self, request, context):
+        """MoveUnit moves a launched or loaded non-global unit to another machine (the named one, or
+        the scheduler's best), make-before-break unless the unit opts out (MoveBeforeStop=false).
+        INVALID_ARGUMENT with the check's reason when the target violates a constraint;
+        ALREADY_EXISTS while a move of it is in flight. Follow it on the Unit's move_* fields.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -274,6 +315,21 @@ def add_FleetServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=fleetpy_dot_v1_dot_fleet__pb2.WatchRequest.FromString,
                     response_serializer=fleetpy_dot_v1_dot_fleet__pb2.WatchEvent.SerializeToString,
+            ),
+            'DrainMachine': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainMachine,
+                    request_deserializer=fleetpy_dot_v1_dot_fleet__pb2.DrainMachineRequest.FromString,
+                    response_serializer=fleetpy_dot_v1_dot_fleet__pb2.Machine.SerializeToString,
+            ),
+            'UndrainMachine': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndrainMachine,
+                    request_deserializer=fleetpy_dot_v1_dot_fleet__pb2.UndrainMachineRequest.FromString,
+                    response_serializer=fleetpy_dot_v1_dot_fleet__pb2.Machine.SerializeToString,
+            ),
+            'MoveUnit': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveUnit,
+                    request_deserializer=fleetpy_dot_v1_dot_fleet__pb2.MoveUnitRequest.FromString,
+                    response_serializer=fleetpy_dot_v1_dot_fleet__pb2.MoveUnitResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -628,6 +684,87 @@ class Fleet:
             '/fleetpy.v1.Fleet/Watch',
             fleetpy_dot_v1_dot_fleet__pb2.WatchRequest.SerializeToString,
             fleetpy_dot_v1_dot_fleet__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainMachine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpy.v1.Fleet/DrainMachine',
+            fleetpy_dot_v1_dot_fleet__pb2.DrainMachineRequest.SerializeToString,
+            fleetpy_dot_v1_dot_fleet__pb2.Machine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndrainMachine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpy.v1.Fleet/UndrainMachine',
+            fleetpy_dot_v1_dot_fleet__pb2.UndrainMachineRequest.SerializeToString,
+            fleetpy_dot_v1_dot_fleet__pb2.Machine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveUnit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpy.v1.Fleet/MoveUnit',
+            fleetpy_dot_v1_dot_fleet__pb2.MoveUnitRequest.SerializeToString,
+            fleetpy_dot_v1_dot_fleet__pb2.MoveUnitResponse.FromString,
             options,
             channel_credentials,
             insecure,
