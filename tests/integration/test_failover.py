@@ -85,11 +85,12 @@ def test_fleetd_restart_leaves_running_units_untouched(fresh_cluster: LocalClust
     assert pid > 0
     m.stop_fleetd(sig)
     m.start_fleetd()
-    # The restarted agent adopted the unit: it says so, then republishes its state.
-    wait_until(lambda: "hello.service (launched)" in fleetd_log(m), 10,
+    # The restarted agent adopted the unit: it says so, then republishes its state. It can
+    # register only once the old run's machine key lapsed (create-if-absent): up to a TTL.
+    wait_until(lambda: "hello.service (launched)" in fleetd_log(m), TTL_S + 30,
                what="the restarted agent to adopt hello.service")
     wait_until(lambda: any(r["active"] == "active" and r["machine"] == m.machine_id
-                           for r in unit_rows(c)), 10, what="state republished after restart")
+                           for r in unit_rows(c)), 30, what="state republished after restart")
     holds_for(lambda: m.main_pid("hello.service") == pid
               and machines_running(c, "hello.service") == [m.machine_id], 2, 0.1,
               what="the adopted hello.service untouched")
