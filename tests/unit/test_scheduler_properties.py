@@ -48,10 +48,11 @@ def xfleets(draw: Any, name: str, allow_replaces: bool) -> XFleet:
         for key in sorted(meta_keys)
     )
     is_global = draw(st.integers(0, 5)) == 0
+    # Only units the API accepts: Global=true cannot go with MachineID, MachineOf or Replaces.
     return XFleet(
-        machine_id=draw(st.sampled_from(["", "", "", *MACHINES, "m9"])),
+        machine_id="" if is_global else draw(st.sampled_from(["", "", "", *MACHINES, "m9"])),
         machine_of=tuple(draw(st.lists(st.sampled_from(UNITS), unique=True, max_size=2)))
-        if draw(st.integers(0, 2)) == 0
+        if not is_global and draw(st.integers(0, 2)) == 0
         else (),
         metadata=metadata if draw(st.booleans()) else (),
         conflicts=tuple(draw(st.lists(st.sampled_from(PATTERNS), unique=True, max_size=2)))
@@ -59,7 +60,7 @@ def xfleets(draw: Any, name: str, allow_replaces: bool) -> XFleet:
         else (),
         global_=is_global,
         replaces=tuple(draw(st.lists(st.sampled_from(UNITS), unique=True, max_size=1)))
-        if allow_replaces and draw(st.integers(0, 3)) == 0
+        if allow_replaces and not is_global and draw(st.integers(0, 3)) == 0
         else (),
     )
 
