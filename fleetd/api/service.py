@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from fleetd import metadata
+from fleetd.engine._placement import pipeline_for
 from fleetd.engine.scheduler import ClusterSnapshot, explain
 from fleetd.engine.snapshot import (
     UnitParseCache,
@@ -110,7 +111,9 @@ def _refuse_template_activation(name: UnitName, desired_state: str) -> None:
 class FleetService:
     """Cluster operations over one registry; `leader_id` reports who leads the engine."""
 
-    def __init__(self, registry: Registry, view: ClusterView | None = None) -> None:
+    def __init__(self, registry: Registry, view: ClusterView | None = None, *,
+                 placement: str = "spread") -> None:
+        self.pipeline = pipeline_for(placement)  # resources: engine_placement, as the engine
         self.registry = registry
         self.view = view  # in-memory, watch-fed reads (fleetd/registry/view.py) when given
         self.parsed = UnitParseCache()  # the engine's kind of cache (fleetd/engine/snapshot.py)
@@ -306,7 +309,7 @@ class FleetService:
         st = await self._state()
         if name not in st.units:
             raise NotFound(f"unit {name} does not exist")
-        ex = explain(self.snapshot_of(st), name)
+        ex = explain(self.snapshot_of(st), name, self.pipeline)
         return ExplanationInfo(name, st.units[name].desired, tuple(ex.scheduled_on),
                                tuple(ex.feasible), tuple(ex.rejected),
                                st.unschedulable.get(name, ""), ex.scores)

@@ -17,6 +17,7 @@ from fleetd.unit._parse import (
     parse_options,
     serialize_options,
 )
+from fleetd.unit.resources import CPU_RESERVATION, MEMORY_RESERVATION, demand_of
 
 XFLEET_SECTION = "X-Fleet"
 
@@ -110,6 +111,10 @@ XFLEET_OPTION_ALIASES: dict[str, str] = {
     "X-Conflicts": _CONFLICTS,
     _GLOBAL: _GLOBAL,
     _REPLACES: _REPLACES,
+    # -- resources (fleetd/unit/resources.py reads their values) --
+    CPU_RESERVATION: CPU_RESERVATION,
+    MEMORY_RESERVATION: MEMORY_RESERVATION,
+    # -- end resources --
 }
 
 _TRUE = frozenset({"true", "yes", "1", "on", "t"})
@@ -175,6 +180,10 @@ class XFleet:
     conflicts: tuple[str, ...] = ()
     global_: bool = False
     replaces: tuple[str, ...] = ()
+    # -- resources: what the unit reserves where it runs (fleetd/unit/resources.py) --
+    cpu: int = 0  # milli-CPUs
+    memory: int = 0  # bytes
+    # -- end resources --
 
     def metadata_matches(self, machine_metadata: Mapping[str, str]) -> bool:
         """True if, for every required key, the machine's value is one of the allowed values."""
@@ -189,8 +198,8 @@ class XFleet:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form: machine_id, machine_of, metadata {key: [values]}, conflicts,
-        global, replaces."""
-        return {
+        global, replaces; cpu (milli-CPUs) and memory (bytes) when reserved."""
+        out: dict[str, Any] = {
             "machine_id": self.machine_id,
             "machine_of": list(self.machine_of),
             "metadata": {key: list(values) for key, values in self.metadata},
@@ -198,6 +207,12 @@ class XFleet:
             "global": self.global_,
             "replaces": list(self.replaces),
         }
+        # -- resources: only when reserved (the shape without them is unchanged) --
+        if self.cpu:
+            out["cpu"] = self.cpu
+        if self.memory:
+            out["memory"] = self.memory
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> XFleet:
@@ -213,6 +228,8 @@ class XFleet:
             conflicts=tuple(str(v) for v in data.get("conflicts") or ()),
             global_=bool(data.get("global", False)),
             replaces=tuple(str(v) for v in data.get("replaces") or ()),
+            cpu=int(data.get("cpu") or 0),
+            memory=int(data.get("memory") or 0),
         )
 
 
@@ -289,6 +306,13 @@ def xfleet_options(unit_file: UnitFile, name: str) -> XFleet:
             if glob_match(pattern, peer):
                 raise bad(f"MachineOf {quote(peer)} matches Conflicts {quote(pattern)}")
 
+    # -- resources --
+    try:
+        cpu, memory = demand_of(unit_file.options)
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    # -- end resources --
+
     return XFleet(
         machine_id=machine_ids[0] if machine_ids else "",
         machine_of=machine_of,
@@ -296,6 +320,8 @@ def xfleet_options(unit_file: UnitFile, name: str) -> XFleet:
         conflicts=conflicts,
         global_=global_,
         replaces=replaces,
+        cpu=cpu,
+        memory=memory,
     )
 
 
