@@ -172,8 +172,21 @@ def state_entity(s: UnitStateRecord) -> dict[str, Any]:
             "systemdSubState": s.sub_state}
 
 
-def machine_entity(m: MachineRecord) -> dict[str, Any]:
-    return {"id": m.id, "primaryIP": m.ip, "metadata": dict(m.metadata)}
+def machine_entity(m: MachineRecord,
+                   reserved: tuple[int, int] | None = None) -> dict[str, Any]:
+    entity: dict[str, Any] = {"id": m.id, "primaryIP": m.ip, "metadata": dict(m.metadata)}
+    # -- resources: a fleet-py extension field (fleet's clients ignore unknown fields) --
+    if reserved is not None:
+        entity[RESOURCES_FIELD] = {
+            "cpuMilli": m.cpu, "memoryBytes": m.memory,
+            "hostReservedCpuMilli": m.reserved_cpu, "hostReservedMemoryBytes": m.reserved_memory,
+            "reservedCpuMilli": reserved[0], "reservedMemoryBytes": reserved[1]}
+    return entity
+
+
+RESOURCES_FIELD = "fleetpyResources"
+"""The Machine entity's extension field: capacity, host reserve and what units reserve
+(milli-CPUs, bytes; a capacity of 0 = not published by that machine's fleetd)."""
 
 
 # --- request bodies ------------------------------------------------------------------------
@@ -316,7 +329,12 @@ def discovery_document() -> dict[str, Any]:
             "id": _str("the machine's machine-id"),
             "primaryIP": _str("address to reach the machine at"),
             "metadata": {"type": "object", "additionalProperties": {"type": "string"},
-                         "description": "the machine's metadata (API-set over configured)"}}},
+                         "description": "the machine's metadata (API-set over configured)"},
+            RESOURCES_FIELD: {"type": "object", "description": (  # resources (extension)
+                "fleet-py extension: cpuMilli, memoryBytes (capacity; 0 = not published), "
+                "hostReservedCpuMilli, hostReservedMemoryBytes (kept for the host), "
+                "reservedCpuMilli, reservedMemoryBytes (reserved by the units there)"),
+                "additionalProperties": {"type": "integer"}}}},
         "MachinePage": {"id": "MachinePage", "type": "object", "properties": {
             "machines": {"type": "array", "items": _schema_ref("Machine")},
             "nextPageToken": {"type": "string"}}},
@@ -556,9 +574,10 @@ class HttpApi:
     # --- machines -----------------------------------------------------------------------
     async def list_machines(self, request: web.Request, _: str) -> web.StreamResponse:
         token = self._token(request)
-        machines, _leader = await self.service.list_machines()
+        machines, _leader, used = await self.service.list_machines_reserved()
         page, nxt = paginate(machines, token)
-        return self._page("machines", [machine_entity(m) for m in page], nxt)
+        return self._page("machines", [machine_entity(m, used.get(m.id, (0, 0)))
+                                       for m in page], nxt)
 
     async def patch_machines(self, request: web.Request, _: str) -> web.StreamResponse:
         changes = parse_metadata_patch(decode_json(await request.read()))

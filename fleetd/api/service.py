@@ -132,6 +132,35 @@ class FleetService:
         leader = await self.registry.leader()
         return sorted(st.machines.values(), key=lambda m: m.id), leader
 
+    # -- resources --
+    async def list_machines_reserved(
+            self) -> tuple[list[MachineRecord], str | None, dict[str, tuple[int, int]]]:
+        """`list_machines`, plus what the units scheduled on each machine reserve there
+        (machine id -> (milli-CPUs, bytes)), from the same read."""
+        st = await self._state()
+        leader = await self.registry.leader()
+        return sorted(st.machines.values(), key=lambda m: m.id), leader, self.reserved(st)
+
+    def reserved(self, st: ClusterState, machine_id: str | None = None
+                 ) -> dict[str, tuple[int, int]]:
+        """(milli-CPUs, bytes) the units scheduled on each machine (or on ``machine_id``)
+        reserve there; a unit whose file is invalid reserves nothing."""
+        out: dict[str, tuple[int, int]] = {}
+        for unit, per in st.schedule.items():
+            if machine_id is not None and machine_id not in per:
+                continue
+            rec = st.records.get(unit)
+            if rec is None:
+                continue
+            xfleet = self.parsed.get(rec)
+            if isinstance(xfleet, str) or not (xfleet.cpu or xfleet.memory):
+                continue
+            for mid in per if machine_id is None else (machine_id,):
+                cpu, memory = out.get(mid, (0, 0))
+                out[mid] = (cpu + xfleet.cpu, memory + xfleet.memory)
+        return out
+    # -- end resources --
+
     async def list_units(self, with_text: bool = False) -> list[UnitInfo]:
         st = await self._state()
         return [self._info(st, n, with_text) for n in sorted(st.units)]
