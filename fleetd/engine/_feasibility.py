@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from fleetd.unit import glob_match
+from fleetd.unit.resources import format_cpu, format_memory
 
 if TYPE_CHECKING:
     from fleetd.engine.scheduler import JobView, MachineView
@@ -558,8 +559,6 @@ class HeldCheck(Check):
 def _shortfall(state: WorkingState, job: JobView, machine_id: str) -> str:
     """'' if ``job``'s demand fits on ``machine_id`` beside what is reserved there, else what
     is short ('needs 512M memory, m2 has 300M free of 1G')."""
-    from fleetd.unit.resources import format_cpu, format_memory
-
     xfleet = job.xfleet
     view = state.machines[machine_id]
     used_cpu, used_memory = state.used(machine_id)
@@ -584,18 +583,26 @@ class ResourcesCheck(Check):
     name = "Resources"
 
     def filter(self, state: WorkingState, job: JobView, candidates: Candidates) -> Candidates:
-        if not job.xfleet.cpu and not job.xfleet.memory:
+        cpu, memory = job.xfleet.cpu, job.xfleet.memory
+        if not cpu and not memory:
             return candidates
         pool = state.machine_ids if candidates is None else candidates
-        blocked = {mid for mid in pool if _shortfall(state, job, mid)}
+        machines, reserved, hosted = state.machines, state.reserved, state.hosted
+        blocked: set[str] = set()
+        for mid in pool:  # (inlined `_shortfall`: this runs per machine per demanding unit)
+            view = machines[mid]
+            used_cpu, used_memory = reserved.get(mid, (0, 0))
+            if job.name in hosted[mid]:
+                used_cpu, used_memory = used_cpu - cpu, used_memory - memory
+            if (memory and view.memory > 0 and used_memory + memory > view.memory) or (
+                    cpu and view.cpu > 0 and used_cpu + cpu > view.cpu):
+                blocked.add(mid)
         return _drop(state, candidates, blocked)
 
     def detail(self, state: WorkingState, job: JobView, machine_id: str) -> str:
         return _shortfall(state, job, machine_id) or "fits"
 
     def summary(self, state: WorkingState, job: JobView, removed: set[str]) -> str:
-        from fleetd.unit.resources import format_cpu, format_memory
-
         wants = []
         if job.xfleet.memory:
             wants.append(f"{format_memory(job.xfleet.memory)} memory")

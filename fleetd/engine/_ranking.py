@@ -68,7 +68,7 @@ class LeastLoaded(Ranker):
     def best(self, state: WorkingState, job: JobView, candidates: Candidates) -> str | None:
         if self._plain(state, job):
             return state.best(candidates)
-        return super().best(state, job, candidates)
+        return _best_by(state, job, candidates, spread=True)
 
 
 # -- resources ----------------------------------------------------------------------------
@@ -96,6 +96,34 @@ class BinPack(Ranker):
 
     def reason(self, state: WorkingState, job: JobView, machine_id: str) -> str:
         return f"most loaded feasible machine that fits ({_load_words(state, machine_id)})"
+
+    def best(self, state: WorkingState, job: JobView, candidates: Candidates) -> str | None:
+        return _best_by(state, job, candidates, spread=False)
+
+
+def _best_by(state: WorkingState, job: JobView, candidates: Candidates,
+             spread: bool) -> str | None:
+    """`Ranker.best` of LeastLoaded (``spread``) or BinPack with the scores inlined (this runs
+    per machine per unit): the same numbers as their `score`, ties by machine id."""
+    pool = state.machine_ids if candidates is None else candidates
+    cpu, memory = job.xfleet.cpu, job.xfleet.memory
+    machines, reserved, hosted = state.machines, state.reserved, state.hosted
+    best: tuple[float, str] | None = None
+    for mid in pool:
+        view = machines[mid]
+        used_cpu, used_memory = reserved.get(mid, (0, 0))
+        share = (used_cpu + cpu) / view.cpu if view.cpu > 0 else 0.0
+        if view.memory > 0:
+            share = max(share, (used_memory + memory) / view.memory)
+        load = len(hosted[mid])
+        if spread:
+            score = 0.9 * (1.0 - min(1.0, share)) + 0.1 * (1.0 / (1 + load))
+        else:
+            score = 0.9 * min(1.0, share) + 0.1 * load / (1 + load)
+        key = (-score, mid)
+        if best is None or key < best:
+            best = key
+    return None if best is None else best[1]
 
 
 PLACEMENTS: dict[str, tuple[Ranker, ...]] = {"spread": (LeastLoaded(),), "binpack": (BinPack(),)}

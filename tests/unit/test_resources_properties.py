@@ -132,3 +132,20 @@ def test_explain_resources_verdict_matches_placement(snapshot: ClusterSnapshot,
         for mid, check, detail in ex.rejected:
             if check == "Resources":
                 assert detail.startswith("needs ") and f"{mid} has " in detail
+
+
+@settings(max_examples=200, deadline=None)
+@given(clusters(), st.sampled_from(["spread", "binpack"]))
+def test_rankers_best_is_their_highest_score(snapshot: ClusterSnapshot, policy: str) -> None:
+    from fleetd.engine.scheduler import _working_state
+
+    pipeline = pipeline_for(policy)
+    after = apply(snapshot, reconcile(snapshot, pipeline))
+    state = _working_state(after)
+    state.place_all(after.schedule)
+    (ranker,) = pipeline.rankers
+    for job in snapshot.jobs.values():
+        pool = set(state.machine_ids)
+        expected = min(pool, key=lambda mid: (-ranker.score(state, job, mid), mid), default=None)
+        assert ranker.best(state, job, pool) == expected
+        assert ranker.best(state, job, None) == expected
