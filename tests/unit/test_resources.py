@@ -298,3 +298,43 @@ def test_sidekick_demand_counts_on_its_leaders_machine() -> None:
 def test_unknown_placement_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown placement 'x'"):
         pipeline_for("x")
+
+
+# --- exposure ------------------------------------------------------------------------------
+
+
+def test_http_machine_entity_extension_and_grpc_machine_fields() -> None:
+    from fleetd.api.grpc_server import machine_pb
+    from fleetd.api.http_v1 import RESOURCES_FIELD, machine_entity
+
+    rec = MachineRecord("m1", "10.0.0.1", {}, cpu=2000, memory=4 * G, reserved_memory=G)
+    assert machine_entity(rec) == {"id": "m1", "primaryIP": "10.0.0.1", "metadata": {}}
+    assert machine_entity(rec, (500, 512 * M))[RESOURCES_FIELD] == {
+        "cpuMilli": 2000, "memoryBytes": 4 * G, "hostReservedCpuMilli": 0,
+        "hostReservedMemoryBytes": G, "reservedCpuMilli": 500, "reservedMemoryBytes": 512 * M}
+    pb = machine_pb(rec, None, (500, 512 * M))
+    assert (pb.cpu_milli, pb.memory_bytes, pb.host_reserved_memory_bytes,
+            pb.reserved_cpu_milli, pb.reserved_memory_bytes) == (2000, 4 * G, G, 500, 512 * M)
+
+
+def test_service_sums_reservations_per_machine() -> None:
+    from fleetd.api.service import FleetService
+    from fleetd.registry.model import ClusterState, UnitView
+    from fleetd.registry.schema import ScheduleEntry, UnitRecord
+
+    def unit(name: str, text: str) -> UnitView:
+        return UnitView(UnitRecord(name, text, Unit.from_text(name, text).hash), "launched")
+
+    units = {"a.service": unit("a.service", "[Service]\nMemoryMax=512M\nCPUQuota=50%\n"),
+             "b.service": unit("b.service", "[X-Fleet]\nMemoryReservation=1G\n"),
+             "c.service": unit("c.service", "[Service]\nExecStart=/bin/true\n"),
+             "bad.service": unit("bad.service", "[Service]\nExecStart=/bin/true\n")}
+    units["bad.service"] = UnitView(UnitRecord("bad.service", "[X-Fleet]\nNope=1\n", "h"),
+                                    "launched")
+    entry = ScheduleEntry("x", "m1", "launched", "h")
+    st = ClusterState(1, units, {}, {"a.service": {"m1": entry}, "b.service": {"m1": entry,
+                      "m2": entry}, "c.service": {"m2": entry}, "bad.service": {"m2": entry}},
+                      {}, {})
+    service = FleetService(None)  # type: ignore[arg-type]
+    assert service.reserved(st) == {"m1": (500, 512 * M + G), "m2": (0, G)}
+    assert service.reserved(st, "m2") == {"m2": (0, G)}
