@@ -13,7 +13,7 @@ from fleetctl.table import parse_fields, render, short_id
 if TYPE_CHECKING:
     from fleetd.api.pb import fleet_pb2 as pb
 
-MACHINE_FIELDS = ["machine", "ip", "metadata", "state"]
+MACHINE_FIELDS = ["machine", "ip", "metadata", "state", "cpu", "memory", "reserved"]
 MACHINE_DEFAULT = "machine,ip,metadata"  # fleet's; STATE joins it while a machine drains
 UNIT_FIELDS = ["unit", "machine", "active", "sub", "load", "hash", "desc"]
 UNIT_FILE_FIELDS = ["unit", "hash", "dstate", "state", "target", "global", "desc", "tmachine"]
@@ -59,6 +59,47 @@ def _list_args(default_fields: str) -> Callable[[argparse.ArgumentParser], None]
     return arguments
 
 
+# -- resources: cpu and memory are what units may reserve (capacity minus the host reserve;
+# "-" when the machine publishes none), reserved what the units scheduled there reserve --
+def _allocatable(total: int, host: int) -> int | None:
+    return max(0, total - host) if total > 0 else None
+
+
+def _cpu_cell(m: Any) -> str:
+    from fleetd.unit.resources import format_cpu
+
+    cpu = _allocatable(m.cpu_milli, m.host_reserved_cpu_milli)
+    return "-" if cpu is None else format_cpu(cpu)
+
+
+def _memory_cell(m: Any) -> str:
+    from fleetd.unit.resources import format_memory
+
+    memory = _allocatable(m.memory_bytes, m.host_reserved_memory_bytes)
+    return "-" if memory is None else format_memory(memory)
+
+
+def _reserved_cell(m: Any) -> str:
+    from fleetd.unit.resources import format_cpu, format_memory
+
+    parts = []
+    if m.reserved_cpu_milli:
+        parts.append(f"{format_cpu(m.reserved_cpu_milli)} CPU")
+    if m.reserved_memory_bytes:
+        parts.append(format_memory(m.reserved_memory_bytes))
+    return ", ".join(parts) or "-"
+
+
+_RESOURCE_COLUMNS: Columns = {"cpu": _cpu_cell, "memory": _memory_cell,
+                              "reserved": _reserved_cell}
+_RESOURCE_JSON: Columns = {
+    "cpu": lambda m: _allocatable(m.cpu_milli, m.host_reserved_cpu_milli),
+    "memory": lambda m: _allocatable(m.memory_bytes, m.host_reserved_memory_bytes),
+    "reserved": lambda m: {"cpu": m.reserved_cpu_milli, "memory": m.reserved_memory_bytes},
+}
+# -- end resources --
+
+
 @api_errors
 def _list_machines(a: argparse.Namespace) -> int:
     cols = _fields(a.fields, MACHINE_FIELDS, "list-machines")
@@ -68,8 +109,10 @@ def _list_machines(a: argparse.Namespace) -> int:
     full = a.full
     columns: Columns = {"machine": lambda m: short_id(m.id, full), "ip": lambda m: m.ip or "-",
                         "metadata": lambda m: _metadata(m.metadata),
-                        "state": lambda m: m.state or "active"}
+                        "state": lambda m: m.state or "active",
+                        **_RESOURCE_COLUMNS}
     _emit(machines, cols, columns, a.no_legend, a.output, {
+        **_RESOURCE_JSON,
         "machine": lambda m: m.id, "ip": lambda m: m.ip,
         "metadata": lambda m: dict(sorted(m.metadata.items()))})
     return 0

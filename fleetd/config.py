@@ -64,6 +64,15 @@ class Config:
     token_limit: int = 100  # fleet's option: entities per page of the HTTP API v1
     metrics_listen: str = ""  # host:port serving Prometheus /metrics (empty: off)
     verbosity: int = 0
+    # -- resources: this machine's capacity (empty: measured from the host), the part kept
+    # for the host, and how the engine ranks machines (spread: least reserved share first;
+    # binpack: most reserved share first) --
+    capacity_cpu: int | None = None  # milli-CPUs; fleet.conf takes CPUs ("2", "1.5")
+    capacity_memory: int | None = None  # bytes; fleet.conf takes a size ("4G", "512M")
+    reserved_cpu: int = 0
+    reserved_memory: int = 0
+    engine_placement: str = "spread"
+    # -- end resources --
 
     def agent_ttl_s(self) -> int:
         return max(2, round(self.agent_ttl))
@@ -111,6 +120,80 @@ def parse_metadata(raw: str) -> dict[str, str]:
     return out
 
 
+# -- resources --
+PLACEMENTS = ("spread", "binpack")
+
+
+def _cpus(raw: str, auto: bool = False) -> int | None:
+    """Milli-CPUs from a number of CPUs ('2', '1.5'); '' or 'auto' -> None when ``auto``."""
+    from fleetd.unit.resources import parse_cpu
+
+    value = raw.strip()
+    if auto and value.lower() in ("", "auto"):
+        return None
+    if value.endswith("%"):
+        raise ValueError(f"{value!r}: give a number of CPUs such as 2 or 1.5")
+    return parse_cpu(value)
+
+
+def _size(raw: str, auto: bool = False) -> int | None:
+    """Bytes from a size ('4G', '512M'); '' or 'auto' -> None when ``auto``."""
+    from fleetd.unit.resources import parse_memory
+
+    value = raw.strip()
+    if auto and value.lower() in ("", "auto"):
+        return None
+    if value.lower() == "infinity":
+        raise ValueError(f"{value!r}: give a size such as 4G or 512M")
+    return parse_memory(value)
+
+
+def measured_capacity() -> tuple[int, int]:
+    """(milli-CPUs, bytes) of this host: the CPUs this process may run on (a cgroup v2
+    cpu.max quota lowers it) and MemTotal of /proc/meminfo (lowered by a cgroup memory.max)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    milli = cpus * 1000
+    memory = 0
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    memory = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        memory = 0
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max" and int(period) > 0:
+            milli = min(milli, max(1, int(quota) * 1000 // int(period)))
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
+            limit = f.read().strip()
+        if limit != "max" and memory:
+            memory = min(memory, int(limit))
+    except (OSError, ValueError):
+        pass
+    return milli, memory
+
+
+def machine_capacity(cfg: Config) -> tuple[int, int, int, int]:
+    """(cpu, memory, reserved_cpu, reserved_memory) this machine publishes: configured values
+    over measured ones."""
+    cpu, memory = (cfg.capacity_cpu, cfg.capacity_memory)
+    if cpu is None or memory is None:
+        measured_cpu, measured_memory = measured_capacity()
+        cpu = measured_cpu if cpu is None else cpu
+        memory = measured_memory if memory is None else memory
+    return cpu, memory, cfg.reserved_cpu, cfg.reserved_memory
+# -- end resources --
+
+
 _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "etcd_servers": lambda v: [s.strip() for s in v.split(",") if s.strip()],
     "etcd_request_timeout": _duration_s,
@@ -122,6 +205,12 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "metadata": parse_metadata,
     "verbosity": int,
     "token_limit": int,
+    # -- resources --
+    "capacity_cpu": lambda v: _cpus(v, auto=True),
+    "capacity_memory": lambda v: _size(v, auto=True),
+    "reserved_cpu": _cpus,
+    "reserved_memory": _size,
+    # -- end resources --
 }
 OPTION_NAMES = [f.name for f in fields(Config)]
 
@@ -283,6 +372,18 @@ def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> None:
         raise bad("etcd_request_timeout", "must be positive")
     if not 1 <= cfg.token_limit <= 65535:
         raise bad("token_limit", f"must be between 1 and 65535, got {cfg.token_limit}")
+    # -- resources --
+    if cfg.engine_placement not in PLACEMENTS:
+        raise bad("engine_placement", f"must be one of {', '.join(PLACEMENTS)}, "
+                  f"got {cfg.engine_placement!r}")
+    for name in ("capacity_cpu", "capacity_memory"):
+        if getattr(cfg, name) == 0:
+            raise bad(name, "must be positive (leave it out to measure the host)")
+    for name, total in (("reserved_cpu", cfg.capacity_cpu),
+                        ("reserved_memory", cfg.capacity_memory)):
+        if total is not None and getattr(cfg, name) >= total:
+            raise bad(name, f"must be less than {name.replace('reserved', 'capacity')}")
+    # -- end resources --
     _validate_tls(cfg, bad)
 
 

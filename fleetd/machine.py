@@ -33,10 +33,16 @@ class MachineIdentity:
     hostname: str = field(default_factory=socket.gethostname)
     version: str = ""
     api_address: str = ""  # where other fleetds reach this one's gRPC API
+    # -- resources: (cpu, memory, reserved_cpu, reserved_memory) as
+    # `fleetd.config.machine_capacity` gives them; zeros publish no capacity --
+    capacity: tuple[int, int, int, int] = (0, 0, 0, 0)
+    # -- end resources --
 
     def record(self) -> MachineRecord:
+        cpu, memory, reserved_cpu, reserved_memory = self.capacity
         return MachineRecord(self.id, self.ip, dict(self.metadata), self.hostname, self.version,
-                             api_address=self.api_address)
+                             api_address=self.api_address, cpu=cpu, memory=memory,
+                             reserved_cpu=reserved_cpu, reserved_memory=reserved_memory)
 
 
 class MachineSession:

@@ -18,6 +18,7 @@ from fleetd.config import (
     ConfigError,
     api_advertise_address,
     load_config,
+    machine_capacity,
     read_machine_id,
 )
 from fleetd.fencing import keep_units_on_exit
@@ -169,7 +170,8 @@ async def serve(cfg: Config, argv: Sequence[str] = ()) -> None:
     registry = Registry(etcd, cfg.etcd_key_prefix)
     public_ip = cfg.public_ip or detect_public_ip(cfg.etcd_servers)
     identity = MachineIdentity(machine_id, public_ip, dict(cfg.metadata), version=__version__,
-                               api_address=api_advertise_address(cfg, public_ip))
+                               api_address=api_advertise_address(cfg, public_ip),
+                               capacity=machine_capacity(cfg))  # resources
     session = MachineSession(registry, identity, cfg.agent_ttl_s())
     systemd = await SystemdManager.connect(user=cfg.systemd_user,
                                            bus_address=cfg.systemd_bus_address or None,
@@ -179,7 +181,7 @@ async def serve(cfg: Config, argv: Sequence[str] = ()) -> None:
 
     view = ClusterView(registry)
     view.start()
-    service = FleetService(registry, view)
+    service = FleetService(registry, view, placement=cfg.engine_placement)  # resources
     tools = SystemdTools(user=cfg.systemd_user, env=(
         {("DBUS_SESSION_BUS_ADDRESS" if cfg.systemd_user else "DBUS_SYSTEM_BUS_ADDRESS"):
          cfg.systemd_bus_address} if cfg.systemd_bus_address else {}))
@@ -201,7 +203,8 @@ async def serve(cfg: Config, argv: Sequence[str] = ()) -> None:
         metrics_runner = await start_metrics_server(cfg.metrics_listen)
     jobs = [asyncio.ensure_future(session.run()), asyncio.ensure_future(agent.run())]
     if not cfg.disable_engine:
-        engine = Engine(registry, session, reconcile_interval_s=cfg.engine_reconcile_interval)
+        engine = Engine(registry, session, reconcile_interval_s=cfg.engine_reconcile_interval,
+                        placement=cfg.engine_placement)  # resources
         jobs.append(asyncio.ensure_future(engine.run()))
     stop = asyncio.Event()
     restart_signal = False

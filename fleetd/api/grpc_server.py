@@ -71,11 +71,17 @@ def unit_pb(u: UnitInfo) -> pb.Unit:
 
 
 def machine_pb(m: MachineRecord, leader: str | None = None,
-               draining: Collection[str] = ()) -> pb.Machine:
+               draining: Collection[str] = (),
+               reserved: tuple[int, int] = (0, 0)) -> pb.Machine:
     return pb.Machine(id=m.id, ip=m.ip, metadata=m.metadata, hostname=m.hostname,
                       version=m.version, engine_leader=(m.id == leader),
                       api_address=getattr(m, "api_address", ""),
-                      state="draining" if m.id in draining else "active")
+                      state="draining" if m.id in draining else "active",
+                      # -- resources --
+                      cpu_milli=m.cpu, memory_bytes=m.memory,
+                      host_reserved_cpu_milli=m.reserved_cpu,
+                      host_reserved_memory_bytes=m.reserved_memory,
+                      reserved_cpu_milli=reserved[0], reserved_memory_bytes=reserved[1])
 
 
 def state_pb(s: UnitStateRecord, ip: str) -> pb.UnitState:
@@ -90,9 +96,10 @@ class FleetServicer(pb_grpc.FleetServicer):
         self.outputs = outputs
 
     async def ListMachines(self, request: Any, context: Any) -> pb.ListMachinesResponse:
-        machines, leader = await _call(context, self.service.list_machines)
+        machines, leader, used = await _call(context, self.service.list_machines_reserved)
         draining = await _call(context, self.service.draining)
-        return pb.ListMachinesResponse(machines=[machine_pb(m, leader, draining)
+        return pb.ListMachinesResponse(machines=[machine_pb(m, leader, draining,
+                                                            used.get(m.id, (0, 0)))
                                                  for m in machines])
 
     async def ListUnits(self, request: Any, context: Any) -> pb.ListUnitsResponse:
@@ -126,10 +133,11 @@ class FleetServicer(pb_grpc.FleetServicer):
         items: list[tuple[str, str | None]] = [(k, v) for k, v in sorted(request.set.items())]
         items += [(k, None) for k in request.delete]
         await _call(context, lambda: self.service.set_machine_metadata({mid: items}))
-        machines, leader = await _call(context, self.service.list_machines)
+        machines, leader, used = await _call(context, self.service.list_machines_reserved)
         for m in machines:
             if m.id == mid:
-                return machine_pb(m, leader)
+                return machine_pb(m, leader, await _call(context, self.service.draining),
+                                  used.get(m.id, (0, 0)))
         return pb.Machine(id=mid)
 
     # --- machine maintenance --------------------------------------------------------------
@@ -193,8 +201,10 @@ class FleetServicer(pb_grpc.FleetServicer):
                         continue
                     leader = await self.service.registry.leader() if want["machine"] else None
                     ips = {m.id: m.ip for m in st.machines.values()}
+                    used = self.service.reserved(st) if want["machine"] else {}
                     snap = pb.Snapshot(
-                        machines=[machine_pb(st.machines[k], leader, st.draining)
+                        machines=[machine_pb(st.machines[k], leader, st.draining,
+                                             used.get(k, (0, 0)))
                                   for k in sorted(st.machines)]
                         if want["machine"] else [],
                         units=[unit_pb(self.service._info(st, n, False))
@@ -230,7 +240,9 @@ class FleetServicer(pb_grpc.FleetServicer):
         out = pb.WatchEvent(revision=ev.revision, name=ev.name, machine_id=ev.machine_id)
         if ev.kind == w.MACHINE_PUT:
             out.kind = pb.WatchEvent.MACHINE_PUT
-            out.machine.CopyFrom(machine_pb(st.machines[ev.machine_id], None, st.draining))
+            used = self.service.reserved(st, ev.machine_id).get(ev.machine_id, (0, 0))
+            out.machine.CopyFrom(machine_pb(st.machines[ev.machine_id], None, st.draining,
+                                            used))
         elif ev.kind == w.MACHINE_DELETED:
             out.kind = pb.WatchEvent.MACHINE_DELETED
         elif ev.kind == w.UNIT_PUT:

@@ -172,14 +172,25 @@ def state_entity(s: UnitStateRecord) -> dict[str, Any]:
             "systemdSubState": s.sub_state}
 
 
-def machine_entity(m: MachineRecord, draining: Collection[str] = ()) -> dict[str, Any]:
-    """fleet's Machine entity; a draining machine carries fleet-py's extension
-    `"state": "draining"` (fleet's clients ignore fields they do not know; an active machine's
-    entity stays exactly fleet's)."""
+def machine_entity(m: MachineRecord, draining: Collection[str] = (),
+                   reserved: tuple[int, int] | None = None) -> dict[str, Any]:
+    """fleet's Machine entity; fleet-py's extensions (fleet's clients ignore fields they do
+    not know): `"state": "draining"` on a draining machine only, and the resources field."""
     entity: dict[str, Any] = {"id": m.id, "primaryIP": m.ip, "metadata": dict(m.metadata)}
     if m.id in draining:
         entity["state"] = "draining"
+    # -- resources: a fleet-py extension field --
+    if reserved is not None:
+        entity[RESOURCES_FIELD] = {
+            "cpuMilli": m.cpu, "memoryBytes": m.memory,
+            "hostReservedCpuMilli": m.reserved_cpu, "hostReservedMemoryBytes": m.reserved_memory,
+            "reservedCpuMilli": reserved[0], "reservedMemoryBytes": reserved[1]}
     return entity
+
+
+RESOURCES_FIELD = "fleetpyResources"
+"""The Machine entity's extension field: capacity, host reserve and what units reserve
+(milli-CPUs, bytes; a capacity of 0 = not published by that machine's fleetd)."""
 
 
 # --- request bodies ------------------------------------------------------------------------
@@ -323,7 +334,12 @@ def discovery_document() -> dict[str, Any]:
             "primaryIP": _str("address to reach the machine at"),
             "metadata": {"type": "object", "additionalProperties": {"type": "string"},
                          "description": "the machine's metadata (API-set over configured)"},
-            "state": _str("fleet-py extension, only on a draining machine: draining")}},
+            "state": _str("fleet-py extension, only on a draining machine: draining"),
+            RESOURCES_FIELD: {"type": "object", "description": (  # resources (extension)
+                "fleet-py extension: cpuMilli, memoryBytes (capacity; 0 = not published), "
+                "hostReservedCpuMilli, hostReservedMemoryBytes (kept for the host), "
+                "reservedCpuMilli, reservedMemoryBytes (reserved by the units there)"),
+                "additionalProperties": {"type": "integer"}}}},
         "MachinePage": {"id": "MachinePage", "type": "object", "properties": {
             "machines": {"type": "array", "items": _schema_ref("Machine")},
             "nextPageToken": {"type": "string"}}},
@@ -563,10 +579,11 @@ class HttpApi:
     # --- machines -----------------------------------------------------------------------
     async def list_machines(self, request: web.Request, _: str) -> web.StreamResponse:
         token = self._token(request)
-        machines, _leader = await self.service.list_machines()
+        machines, _leader, used = await self.service.list_machines_reserved()
         draining = await self.service.draining()
         page, nxt = paginate(machines, token)
-        return self._page("machines", [machine_entity(m, draining) for m in page], nxt)
+        return self._page("machines", [machine_entity(m, draining, used.get(m.id, (0, 0)))
+                                       for m in page], nxt)
 
     async def patch_machines(self, request: web.Request, _: str) -> web.StreamResponse:
         changes = parse_metadata_patch(decode_json(await request.read()))

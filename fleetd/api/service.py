@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from fleetd import metadata
 from fleetd.engine import moves
+from fleetd.engine._placement import pipeline_for
 from fleetd.engine.scheduler import ClusterSnapshot, explain
 from fleetd.engine.snapshot import (
     UnitParseCache,
@@ -116,7 +117,9 @@ def _refuse_template_activation(name: UnitName, desired_state: str) -> None:
 class FleetService:
     """Cluster operations over one registry; `leader_id` reports who leads the engine."""
 
-    def __init__(self, registry: Registry, view: ClusterView | None = None) -> None:
+    def __init__(self, registry: Registry, view: ClusterView | None = None, *,
+                 placement: str = "spread") -> None:
+        self.pipeline = pipeline_for(placement)  # resources: engine_placement, as the engine
         self.registry = registry
         self.view = view  # in-memory, watch-fed reads (fleetd/registry/view.py) when given
         self.parsed = UnitParseCache()  # the engine's kind of cache (fleetd/engine/snapshot.py)
@@ -138,6 +141,35 @@ class FleetService:
     async def draining(self) -> frozenset[str]:
         """Ids of the machines being drained (live or not)."""
         return frozenset((await self._state()).draining)
+
+    # -- resources --
+    async def list_machines_reserved(
+            self) -> tuple[list[MachineRecord], str | None, dict[str, tuple[int, int]]]:
+        """`list_machines`, plus what the units scheduled on each machine reserve there
+        (machine id -> (milli-CPUs, bytes)), from the same read."""
+        st = await self._state()
+        leader = await self.registry.leader()
+        return sorted(st.machines.values(), key=lambda m: m.id), leader, self.reserved(st)
+
+    def reserved(self, st: ClusterState, machine_id: str | None = None
+                 ) -> dict[str, tuple[int, int]]:
+        """(milli-CPUs, bytes) the units scheduled on each machine (or on ``machine_id``)
+        reserve there; a unit whose file is invalid reserves nothing."""
+        out: dict[str, tuple[int, int]] = {}
+        for unit, per in st.schedule.items():
+            if machine_id is not None and machine_id not in per:
+                continue
+            rec = st.records.get(unit)
+            if rec is None:
+                continue
+            xfleet = self.parsed.get(rec)
+            if isinstance(xfleet, str) or not (xfleet.cpu or xfleet.memory):
+                continue
+            for mid in per if machine_id is None else (machine_id,):
+                cpu, memory = out.get(mid, (0, 0))
+                out[mid] = (cpu + xfleet.cpu, memory + xfleet.memory)
+        return out
+    # -- end resources --
 
     async def list_units(self, with_text: bool = False) -> list[UnitInfo]:
         st = await self._state()
@@ -317,7 +349,7 @@ class FleetService:
         st = await self._state()
         if name not in st.units:
             raise NotFound(f"unit {name} does not exist")
-        ex = explain(self.snapshot_of(st), name)
+        ex = explain(self.snapshot_of(st), name, self.pipeline)
         return ExplanationInfo(name, st.units[name].desired, tuple(ex.scheduled_on),
                                tuple(ex.feasible), tuple(ex.rejected),
                                st.unschedulable.get(name, ""), ex.scores)

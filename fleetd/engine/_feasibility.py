@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from fleetd.unit import glob_match
+from fleetd.unit.resources import format_cpu, format_memory
 
 if TYPE_CHECKING:
     from fleetd.engine.scheduler import JobView, MachineView
@@ -107,6 +108,11 @@ class WorkingState:
     _meta_cache: dict[tuple[tuple[str, tuple[str, ...]], ...], frozenset[str]] = field(
         default_factory=dict
     )
+    # -- resources: reserved (milli-CPUs, bytes) per machine by the units placed there, and
+    # how many placements reserve anything (0: ranking is fleet's plain unit count) --
+    reserved: dict[str, tuple[int, int]] = field(default_factory=dict)
+    reserving: int = 0
+    # -- end resources --
 
     @classmethod
     def build(
@@ -177,6 +183,7 @@ class WorkingState:
         self._set_load(machine_id, len(hosted), len(hosted) + 1)
         hosted.add(unit)
         self.sched.setdefault(unit, set()).add(machine_id)
+        self._reserve(unit, machine_id, 1)  # resources
         for group in self.groups_matching.get(unit, ()):
             _bump(self.hits[group], machine_id, 1)
         own = self.group_of.get(unit)
@@ -198,6 +205,7 @@ class WorkingState:
                     continue
                 hosted.add(unit)
                 self.sched.setdefault(unit, set()).add(machine_id)
+                self._reserve(unit, machine_id, 1)  # resources
                 for group in groups:
                     _bump(self.hits[group], machine_id, 1)
                 if own:
@@ -211,6 +219,7 @@ class WorkingState:
             return
         self._set_load(machine_id, len(hosted), len(hosted) - 1)
         hosted.discard(unit)
+        self._reserve(unit, machine_id, -1)  # resources
         where = self.sched[unit]
         where.discard(machine_id)
         if not where:
@@ -220,6 +229,36 @@ class WorkingState:
         own = self.group_of.get(unit)
         if own:
             _bump(self.holders[own], machine_id, -1)
+
+    # -- resources ----------------------------------------------------------------------
+    def _reserve(self, unit: str, machine_id: str, sign: int) -> None:
+        job = self.jobs.get(unit)
+        if job is None:
+            return
+        cpu, memory = job.xfleet.cpu, job.xfleet.memory
+        if not cpu and not memory:
+            return
+        used_cpu, used_memory = self.reserved.get(machine_id, (0, 0))
+        self.reserved[machine_id] = (used_cpu + sign * cpu, used_memory + sign * memory)
+        self.reserving += sign
+
+    def used(self, machine_id: str) -> tuple[int, int]:
+        """(milli-CPUs, bytes) reserved on ``machine_id`` by the units placed there."""
+        return self.reserved.get(machine_id, (0, 0))
+
+    def share(self, machine_id: str, cpu: int = 0, memory: int = 0) -> float:
+        """The larger of the reserved CPU and memory shares of ``machine_id`` (in [0, 1] when
+        capacity holds) once ``cpu``/``memory`` more are reserved; 0 for a resource the
+        machine does not publish."""
+        view = self.machines[machine_id]
+        used_cpu, used_memory = self.reserved.get(machine_id, (0, 0))
+        share = 0.0
+        if view.cpu > 0:
+            share = (used_cpu + cpu) / view.cpu
+        if view.memory > 0:
+            share = max(share, (used_memory + memory) / view.memory)
+        return share
+    # -- end resources --
 
     # -- queries --------------------------------------------------------------------------
     def load(self, machine_id: str) -> int:
@@ -536,6 +575,68 @@ class DrainingCheck(Check):
         return "draining"
 
 
+# -- resources ----------------------------------------------------------------------------
+
+
+def _shortfall(state: WorkingState, job: JobView, machine_id: str) -> str:
+    """'' if ``job``'s demand fits on ``machine_id`` beside what is reserved there, else what
+    is short ('needs 512M memory, m2 has 300M free of 1G')."""
+    xfleet = job.xfleet
+    view = state.machines[machine_id]
+    used_cpu, used_memory = state.used(machine_id)
+    if job.name in state.hosted.get(machine_id, ()):  # its own demand is counted already
+        used_cpu, used_memory = used_cpu - xfleet.cpu, used_memory - xfleet.memory
+    if xfleet.memory and view.memory > 0 and used_memory + xfleet.memory > view.memory:
+        free = max(0, view.memory - used_memory)
+        return (f"needs {format_memory(xfleet.memory)} memory, {machine_id} has "
+                f"{format_memory(free)} free of {format_memory(view.memory)}")
+    if xfleet.cpu and view.cpu > 0 and used_cpu + xfleet.cpu > view.cpu:
+        free = max(0, view.cpu - used_cpu)
+        return (f"needs {format_cpu(xfleet.cpu)} CPU, {machine_id} has "
+                f"{format_cpu(free)} free of {format_cpu(view.cpu)}")
+    return ""
+
+
+class ResourcesCheck(Check):
+    """The unit's reserved CPU and memory must fit in what the machine can give units
+    (capacity minus its host reserve) beside the reservations of the units placed there. A
+    machine that publishes no capacity for a resource is not limited in it."""
+
+    name = "Resources"
+
+    def filter(self, state: WorkingState, job: JobView, candidates: Candidates) -> Candidates:
+        cpu, memory = job.xfleet.cpu, job.xfleet.memory
+        if not cpu and not memory:
+            return candidates
+        pool = state.machine_ids if candidates is None else candidates
+        machines, reserved, hosted = state.machines, state.reserved, state.hosted
+        blocked: set[str] = set()
+        for mid in pool:  # (inlined `_shortfall`: this runs per machine per demanding unit)
+            view = machines[mid]
+            used_cpu, used_memory = reserved.get(mid, (0, 0))
+            if job.name in hosted[mid]:
+                used_cpu, used_memory = used_cpu - cpu, used_memory - memory
+            if (memory and view.memory > 0 and used_memory + memory > view.memory) or (
+                    cpu and view.cpu > 0 and used_cpu + cpu > view.cpu):
+                blocked.add(mid)
+        return _drop(state, candidates, blocked)
+
+    def detail(self, state: WorkingState, job: JobView, machine_id: str) -> str:
+        return _shortfall(state, job, machine_id) or "fits"
+
+    def summary(self, state: WorkingState, job: JobView, removed: set[str]) -> str:
+        wants = []
+        if job.xfleet.memory:
+            wants.append(f"{format_memory(job.xfleet.memory)} memory")
+        if job.xfleet.cpu:
+            wants.append(f"{format_cpu(job.xfleet.cpu)} CPU")
+        first = _shortfall(state, job, min(removed)) if removed else ""
+        return "needs " + " and ".join(wants) + (f"; {first}" if first else "")
+
+
+# -- end resources --
+
+
 CHECKS: tuple[Check, ...] = (
     MachineIDCheck(),
     MachineMetadataCheck(),
@@ -545,6 +646,7 @@ CHECKS: tuple[Check, ...] = (
     DepartedCheck(),
     HeldCheck(),
     DrainingCheck(),
+    ResourcesCheck(),  # resources
 )
 """Feasibility checks in evaluation order; `filtered`/`rejected` use their ``name``. A new rule
 (e.g. resources reserved vs capacity) is one more `Check` here."""

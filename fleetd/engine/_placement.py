@@ -128,3 +128,19 @@ class Pipeline:
 
 PIPELINE = Pipeline()
 """The engine's placement pipeline."""
+
+# -- resources --
+_PIPELINES: dict[str, Pipeline] = {}
+
+
+def pipeline_for(placement: str) -> Pipeline:
+    """The pipeline of an `engine_placement` policy ('spread', the default, or 'binpack')."""
+    from fleetd.engine._ranking import PLACEMENTS
+
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r} (one of {', '.join(PLACEMENTS)})")
+    if placement not in _PIPELINES:
+        _PIPELINES[placement] = PIPELINE if placement == "spread" else Pipeline(
+            rankers=PLACEMENTS[placement])
+    return _PIPELINES[placement]
+# -- end resources --

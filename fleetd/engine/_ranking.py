@@ -39,22 +39,98 @@ class Ranker:
 
 
 class LeastLoaded(Ranker):
-    """fleet's policy: the machine with the fewest units (globals included)."""
+    """fleet's policy: the machine with the fewest units (globals included); once any unit
+    reserves resources (and the machines publish capacity), the machine with the smallest
+    reserved share after placing (the larger of its CPU and memory shares), unit count
+    breaking near-ties: score = 0.9 x (1 - share) + 0.1 / (1 + units) (the spread policy)."""
 
     name = "LeastLoaded"
 
+    @staticmethod
+    def _plain(state: WorkingState, job: JobView) -> bool:
+        return not state.reserving and not job.xfleet.cpu and not job.xfleet.memory
+
     def score(self, state: WorkingState, job: JobView, machine_id: str) -> float:
-        return 1.0 / (1 + state.load(machine_id))
+        units = 1.0 / (1 + state.load(machine_id))
+        if self._plain(state, job):
+            return units
+        share = state.share(machine_id, job.xfleet.cpu, job.xfleet.memory)
+        return 0.9 * (1.0 - min(1.0, share)) + 0.1 * units
 
     def detail(self, state: WorkingState, job: JobView, machine_id: str) -> str:
-        return f"{state.load(machine_id)} units"
+        if self._plain(state, job):
+            return f"{state.load(machine_id)} units"
+        return _load_words(state, machine_id)
 
     def reason(self, state: WorkingState, job: JobView, machine_id: str) -> str:
-        return f"least loaded feasible machine ({state.load(machine_id)} units)"
+        return f"least loaded feasible machine ({self.detail(state, job, machine_id)})"
 
     def best(self, state: WorkingState, job: JobView, candidates: Candidates) -> str | None:
-        return state.best(candidates)
+        if self._plain(state, job):
+            return state.best(candidates)
+        return _best_by(state, job, candidates, spread=True)
 
 
-RANKERS: tuple[Ranker, ...] = (LeastLoaded(),)
-"""The rankers of the engine's pipeline."""
+# -- resources ----------------------------------------------------------------------------
+
+
+def _load_words(state: WorkingState, machine_id: str) -> str:
+    """'2 units, 40% reserved' (the share before placing)."""
+    return f"{state.load(machine_id)} units, {state.share(machine_id):.0%} reserved"
+
+
+class BinPack(Ranker):
+    """`engine_placement=binpack`: the feasible machine with the largest reserved share after
+    placing, unit count breaking near-ties, so that whole machines stay free:
+    score = 0.9 x share + 0.1 x units / (1 + units)."""
+
+    name = "BinPack"
+
+    def score(self, state: WorkingState, job: JobView, machine_id: str) -> float:
+        load = state.load(machine_id)
+        share = state.share(machine_id, job.xfleet.cpu, job.xfleet.memory)
+        return 0.9 * min(1.0, share) + 0.1 * load / (1 + load)
+
+    def detail(self, state: WorkingState, job: JobView, machine_id: str) -> str:
+        return _load_words(state, machine_id)
+
+    def reason(self, state: WorkingState, job: JobView, machine_id: str) -> str:
+        return f"most loaded feasible machine that fits ({_load_words(state, machine_id)})"
+
+    def best(self, state: WorkingState, job: JobView, candidates: Candidates) -> str | None:
+        return _best_by(state, job, candidates, spread=False)
+
+
+def _best_by(state: WorkingState, job: JobView, candidates: Candidates,
+             spread: bool) -> str | None:
+    """`Ranker.best` of LeastLoaded (``spread``) or BinPack with the scores inlined (this runs
+    per machine per unit): the same numbers as their `score`, ties by machine id."""
+    pool = state.machine_ids if candidates is None else candidates
+    cpu, memory = job.xfleet.cpu, job.xfleet.memory
+    machines, reserved, hosted = state.machines, state.reserved, state.hosted
+    best: tuple[float, str] | None = None
+    for mid in pool:
+        view = machines[mid]
+        used_cpu, used_memory = reserved.get(mid, (0, 0))
+        share = (used_cpu + cpu) / view.cpu if view.cpu > 0 else 0.0
+        if view.memory > 0:
+            share = max(share, (used_memory + memory) / view.memory)
+        load = len(hosted[mid])
+        if spread:
+            score = 0.9 * (1.0 - min(1.0, share)) + 0.1 * (1.0 / (1 + load))
+        else:
+            score = 0.9 * min(1.0, share) + 0.1 * load / (1 + load)
+        key = (-score, mid)
+        if best is None or key < best:
+            best = key
+    return None if best is None else best[1]
+
+
+PLACEMENTS: dict[str, tuple[Ranker, ...]] = {"spread": (LeastLoaded(),), "binpack": (BinPack(),)}
+"""The rankers of each `engine_placement` policy (fleet.conf)."""
+
+# -- end resources --
+
+
+RANKERS: tuple[Ranker, ...] = PLACEMENTS["spread"]
+"""The rankers of the engine's pipeline (the default policy, spread)."""

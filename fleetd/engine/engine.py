@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from fleetd import clock, fencing, metrics
 from fleetd.engine import moves
+from fleetd.engine._placement import pipeline_for
 from fleetd.engine.scheduler import (
     Assign,
     ClusterSnapshot,
@@ -110,8 +111,10 @@ class Engine:
     """Campaigns for leadership and, while leader, schedules units."""
 
     def __init__(self, registry: Registry, session: MachineSession, *,
-                 reconcile_interval_s: float = 2.0, debounce_ms: float = 5.0) -> None:
+                 reconcile_interval_s: float = 2.0, debounce_ms: float = 5.0,
+                 placement: str = "spread") -> None:
         self.registry = registry
+        self.pipeline = pipeline_for(placement)  # resources: engine_placement
         self.session = session
         self.machine_id = session.identity.id
         self.reconcile_interval_s = reconcile_interval_s
@@ -360,7 +363,7 @@ class Engine:
 
     def explain(self, unit: str) -> Explanation:
         snap, _ = self.snapshot()
-        return explain(snap, unit)
+        return explain(snap, unit, self.pipeline)
 
     async def reconcile_once(self, lease: int, dirty: set[str] | None = None) -> int:
         """One pass on the cached state, writing its decisions; returns the number of ops.
@@ -382,13 +385,13 @@ class Engine:
                       and not snap.jobs[u].xfleet.replaces}
             wanted = {u for u in dirty if "@." not in u}
             if unplaced | placed == wanted and not broken.keys() & dirty:
-                decisions = place_new(snap, unplaced)
+                decisions = place_new(snap, unplaced, self.pipeline)
         full = decisions is None
         if decisions is None:
             self._need_full = False
             self._changed_since_full = False
             dirty = None
-            decisions = reconcile(snap)
+            decisions = reconcile(snap, self.pipeline)
             self.xfleet.prune(c.units)
         else:
             self.fast_passes += 1

@@ -13,8 +13,9 @@ Rules (fleet's, plus the engine's own):
   ``inactive`` or destroyed unit none; assignments to machines whose lease expired are dropped
   and the unit is rescheduled in the same pass;
 * a machine is feasible if it passes MachineID, MachineMetadata, MachineOf, Conflicts,
-  Replaces, Departed and Held, in that order; among feasible machines the best ranked (the
-  least loaded) wins, ties by machine id;
+  Replaces, Departed, Held and Resources, in that order; among feasible machines the best
+  ranked wins, ties by machine id: least loaded (by reserved share, then unit count) by
+  default, most loaded with ``engine_placement=binpack`` (`fleetd.engine._ranking`);
 * a machine in its grace (``departed``) keeps its units and gets no new ones; the units it had
   (``held``) are placed nowhere else meanwhile (global units excepted);
 * a still-feasible assignment is kept (no rebalancing); an infeasible one is moved;
@@ -71,6 +72,11 @@ class MachineView:
 
     id: str
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # -- resources: what units may reserve here (capacity minus the host reserve), in
+    # milli-CPUs and bytes; 0 = not published, not limited --
+    cpu: int = 0
+    memory: int = 0
+    # -- end resources --
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,8 @@ def build_snapshot(
                 sched.pop(name, None)
     if previous is None or machines_changed:
         extra = metadata or {}
-        views = {m.id: MachineView(m.id, merge_metadata(m.metadata, extra.get(m.id)))
+        views = {m.id: MachineView(m.id, merge_metadata(m.metadata, extra.get(m.id)),
+                                   *m.allocatable())  # resources
                  for m in machines.values()}
         for mid, view in gone.items():
             views.setdefault(mid, view)

@@ -114,7 +114,7 @@ def _decode(k: Keys, key: str, value: bytes | None, rev: int) -> Change | None:
         mid = key[len(k.machines):]
         if not mid or "/" in mid:
             return None
-        return Change("machine", rev, "", mid, _value(MachineRecord, value))
+        return Change("machine", rev, "", mid, _machine(_value(MachineRecord, value)))
     if key.startswith(k.metadata):
         mid = key[len(k.metadata):]
         if not mid:
@@ -156,6 +156,21 @@ def _move(name: str, value: bytes | None) -> MoveRecord | None:
     if rec.phase not in MOVE_PHASES:
         raise ValueError(f"unknown move phase {rec.phase!r}")
     return replace(rec, unit=name)
+
+
+# -- resources --
+_CAPACITY_FIELDS = ("cpu", "memory", "reserved_cpu", "reserved_memory")
+
+
+def _machine(rec: MachineRecord | None) -> MachineRecord | None:
+    """A machine record with its capacity fields checked: a value that is no non-negative
+    integer reads as 0 (not published), so one bad field cannot hide the machine."""
+    if rec is None:
+        return None
+    bad = {name: 0 for name in _CAPACITY_FIELDS
+           if not isinstance(v := getattr(rec, name), int) or isinstance(v, bool) or v < 0}
+    return replace(rec, **bad) if bad else rec  # type: ignore[arg-type]
+# -- end resources --
 
 
 def decode_reason(raw: bytes) -> str:

@@ -79,6 +79,19 @@ class MachineRecord:
     hostname: str = ""
     version: str = ""
     api_address: str = ""  # host:port where other fleetds reach this machine's gRPC API
+    # -- resources: capacity as measured or configured (0 = not published: an older fleetd,
+    # whose machine the engine does not limit), and the part kept for the host --
+    cpu: int = 0  # milli-CPUs
+    memory: int = 0  # bytes
+    reserved_cpu: int = 0  # milli-CPUs kept for the host
+    reserved_memory: int = 0  # bytes kept for the host
+    # -- end resources --
+
+    def allocatable(self) -> tuple[int, int]:
+        """(milli-CPUs, bytes) units may reserve here; 0 for a resource not published."""
+        cpu = max(0, self.cpu - self.reserved_cpu) if self.cpu > 0 else 0
+        memory = max(0, self.memory - self.reserved_memory) if self.memory > 0 else 0
+        return cpu, memory
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from fleetd.unit._parse import (
     parse_options,
     serialize_options,
 )
+from fleetd.unit.resources import CPU_RESERVATION, MEMORY_RESERVATION, demand_of
 
 XFLEET_SECTION = "X-Fleet"
 
@@ -112,6 +113,10 @@ XFLEET_OPTION_ALIASES: dict[str, str] = {
     _GLOBAL: _GLOBAL,
     _REPLACES: _REPLACES,
     _MOVE_BEFORE_STOP: _MOVE_BEFORE_STOP,
+    # -- resources (fleetd/unit/resources.py reads their values) --
+    CPU_RESERVATION: CPU_RESERVATION,
+    MEMORY_RESERVATION: MEMORY_RESERVATION,
+    # -- end resources --
 }
 
 _TRUE = frozenset({"true", "yes", "1", "on", "t"})
@@ -180,6 +185,10 @@ class XFleet:
     # False: the service must never run twice, even briefly, so a move (fleetctl move/drain)
     # stops it before starting it elsewhere instead of make-before-break.
     move_before_stop: bool = True
+    # -- resources: what the unit reserves where it runs (fleetd/unit/resources.py) --
+    cpu: int = 0  # milli-CPUs
+    memory: int = 0  # bytes
+    # -- end resources --
 
     def metadata_matches(self, machine_metadata: Mapping[str, str]) -> bool:
         """True if, for every required key, the machine's value is one of the allowed values."""
@@ -194,8 +203,8 @@ class XFleet:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form: machine_id, machine_of, metadata {key: [values]}, conflicts,
-        global, replaces."""
-        return {
+        global, replaces; cpu (milli-CPUs) and memory (bytes) when reserved."""
+        out: dict[str, Any] = {
             "machine_id": self.machine_id,
             "machine_of": list(self.machine_of),
             "metadata": {key: list(values) for key, values in self.metadata},
@@ -204,6 +213,12 @@ class XFleet:
             "replaces": list(self.replaces),
             **({} if self.move_before_stop else {"move_before_stop": False}),
         }
+        # -- resources: only when reserved (the shape without them is unchanged) --
+        if self.cpu:
+            out["cpu"] = self.cpu
+        if self.memory:
+            out["memory"] = self.memory
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> XFleet:
@@ -220,6 +235,8 @@ class XFleet:
             global_=bool(data.get("global", False)),
             replaces=tuple(str(v) for v in data.get("replaces") or ()),
             move_before_stop=bool(data.get("move_before_stop", True)),
+            cpu=int(data.get("cpu") or 0),
+            memory=int(data.get("memory") or 0),
         )
 
 
@@ -297,6 +314,13 @@ def xfleet_options(unit_file: UnitFile, name: str) -> XFleet:
             if glob_match(pattern, peer):
                 raise bad(f"MachineOf {quote(peer)} matches Conflicts {quote(pattern)}")
 
+    # -- resources --
+    try:
+        cpu, memory = demand_of(unit_file.options)
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    # -- end resources --
+
     return XFleet(
         machine_id=machine_ids[0] if machine_ids else "",
         machine_of=machine_of,
@@ -305,6 +329,8 @@ def xfleet_options(unit_file: UnitFile, name: str) -> XFleet:
         global_=global_,
         replaces=replaces,
         move_before_stop=move_before_stop,
+        cpu=cpu,
+        memory=memory,
     )
 
 

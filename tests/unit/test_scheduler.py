@@ -813,7 +813,7 @@ def test_explain(snapshot: ClusterSnapshot, unit: str, expected: tuple[Any, ...]
 
 def test_check_names_in_pipeline_order() -> None:
     assert CHECK_NAMES == ("MachineID", "MachineMetadata", "MachineOf", "Conflicts", "Replaces",
-                           "Departed", "Held", "Draining")
+                           "Departed", "Held", "Draining", "Resources")
 
 
 def test_synthetic_snapshot_converges_quickly() -> None:

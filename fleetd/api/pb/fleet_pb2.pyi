@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Machine(_message.Message):
-    __slots__ = ("id", "ip", "metadata", "hostname", "version", "engine_leader", "api_address", "state")
+    __slots__ = ("id", "ip", "metadata", "hostname", "version", "engine_leader", "api_address", "state", "cpu_milli", "memory_bytes", "host_reserved_cpu_milli", "host_reserved_memory_bytes", "reserved_cpu_milli", "reserved_memory_bytes")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,12 @@ class Machine(_message.Message):
     ENGINE_LEADER_FIELD_NUMBER: _ClassVar[int]
     API_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    CPU_MILLI_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HOST_RESERVED_CPU_MILLI_FIELD_NUMBER: _ClassVar[int]
+    HOST_RESERVED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_CPU_MILLI_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     id: str
     ip: str
     metadata: _containers.ScalarMap[str, str]
@@ -32,7 +38,13 @@ class Machine(_message.Message):
     engine_leader: bool
     api_address: str
     state: str
-    def __init__(self, id: _Optional[str] = ..., ip: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., engine_leader: _Optional[bool] = ..., api_address: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+    cpu_milli: int
+    memory_bytes: int
+    host_reserved_cpu_milli: int
+    host_reserved_memory_bytes: int
+    reserved_cpu_milli: int
+    reserved_memory_bytes: int
+    def __init__(self, id: _Optional[str] = ..., ip: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., engine_leader: _Optional[bool] = ..., api_address: _Optional[str] = ..., state: _Optional[str] = ..., cpu_milli: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., host_reserved_cpu_milli: _Optional[int] = ..., host_reserved_memory_bytes: _Optional[int] = ..., reserved_cpu_milli: _Optional[int] = ..., reserved_memory_bytes: _Optional[int] = ...) -> None: ...
 
 class ListMachinesRequest(_message.Message):
     __slots__ = ()
