@@ -309,10 +309,10 @@ def test_http_machine_entity_extension_and_grpc_machine_fields() -> None:
 
     rec = MachineRecord("m1", "10.0.0.1", {}, cpu=2000, memory=4 * G, reserved_memory=G)
     assert machine_entity(rec) == {"id": "m1", "primaryIP": "10.0.0.1", "metadata": {}}
-    assert machine_entity(rec, (500, 512 * M))[RESOURCES_FIELD] == {
+    assert machine_entity(rec, reserved=(500, 512 * M))[RESOURCES_FIELD] == {
         "cpuMilli": 2000, "memoryBytes": 4 * G, "hostReservedCpuMilli": 0,
         "hostReservedMemoryBytes": G, "reservedCpuMilli": 500, "reservedMemoryBytes": 512 * M}
-    pb = machine_pb(rec, None, (500, 512 * M))
+    pb = machine_pb(rec, None, reserved=(500, 512 * M))
     assert (pb.cpu_milli, pb.memory_bytes, pb.host_reserved_memory_bytes,
             pb.reserved_cpu_milli, pb.reserved_memory_bytes) == (2000, 4 * G, G, 500, 512 * M)
 
