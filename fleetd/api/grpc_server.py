@@ -227,7 +227,8 @@ class FleetServicer(pb_grpc.FleetServicer):
         return pb.Explanation(
             name=ex.name, desired_state=ex.desired_state, scheduled_on=list(ex.scheduled_on),
             feasible=list(ex.feasible), unschedulable_reason=ex.unschedulable_reason,
-            rejected=[pb.Rejection(machine_id=m, check=c, detail=d) for m, c, d in ex.rejected])
+            rejected=[pb.Rejection(machine_id=m, check=c, detail=d) for m, c, d in ex.rejected],
+            scores=[pb.MachineScore(machine_id=m, score=sc, detail=d) for m, sc, d in ex.scores])
 
 
 async def start_grpc_server(service: FleetService, *, unix_socket: str = "",
