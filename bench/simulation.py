@@ -12,41 +12,82 @@ import asyncio
 import pathlib
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING
 
 from fleetd.agent.agent import Agent
+from fleetd.fencing import FENCE_SERVICE_TEMPLATE, FENCE_TARGET, FENCE_TIMER_PREFIX
 from fleetd.machine import MachineIdentity, MachineSession
 from fleetd.registry import EtcdClient, Registry
-from fleetd.systemd import UnitStatus
+from fleetd.systemd import SystemdError, UnitManager, UnitStatus, is_unit_name
 
 
 class SimulatedSystemd:
-    """TEST DOUBLE (simulation only): an in-memory systemd manager with instant jobs."""
+    """TEST DOUBLE (simulation only): an in-memory systemd manager with instant jobs, on the
+    real clock. It implements the whole `fleetd.systemd.UnitManager` protocol (checked by
+    tests/unit/test_bench_simulation.py): unit files and fleet's fence drop-in, the fence
+    target and the dead-man timers (transient timers firing on the event loop's clock; a fired
+    timer stops every unit carrying the fence drop-in and activates the target)."""
 
     def __init__(self, name: str) -> None:
         self.unit_dir = pathlib.Path(f"/nonexistent/simulated/{name}")
         self.files: dict[str, str] = {}
+        self.drop_ins: dict[str, str] = {}
         self.status: dict[str, UnitStatus] = {}
+        self.fence_units: dict[str, str] = {}
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.fired_timers: set[str] = set()
         self._watchers: list[tuple[Callable[[], AbstractSet[str]],
                                    Callable[[UnitStatus], None]]] = []
         self.reloads = 0
+        self._closed = False
 
+    # --- connection -----------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return not self._closed
+
+    async def reconnect(self) -> None:
+        self._closed = False
+
+    async def close(self) -> None:
+        self._closed = True
+        for h in self.timers.values():
+            h.cancel()
+        self.timers.clear()
+
+    # --- files ----------------------------------------------------------------------------
     def read_unit_files(self) -> dict[str, str]:
         return dict(self.files)
 
-    def write_unit_file(self, name: str, text: str) -> None:
+    async def host_unit_file(self, name: str) -> str | None:
+        return None  # a simulated host has no units of its own
+
+    def write_unit_file(self, name: str, text: str, drop_in: str | None = None) -> None:
+        if not is_unit_name(name):
+            raise SystemdError(f"unit file {name!r}: not a valid unit name")
+        if drop_in is None:
+            self.drop_ins.pop(name, None)
+        else:
+            self.drop_ins[name] = drop_in
         self.files[name] = text
 
+    def has_drop_in(self, name: str) -> bool:
+        return name in self.drop_ins
+
     def remove_unit_file(self, name: str) -> None:
+        self.drop_ins.pop(name, None)
         self.files.pop(name, None)
 
     async def daemon_reload(self) -> None:
         self.reloads += 1
         for name in list(self.status):
-            if name not in self.files:
+            if name not in self.files and name != FENCE_TARGET:
                 self.status.pop(name)
 
+    # --- manager calls --------------------------------------------------------------------
     def _set(self, name: str, active: str, sub: str, pid: int) -> None:
-        st = UnitStatus(name, "loaded" if name in self.files else "not-found", active, sub, pid)
+        loaded = name in self.files or name == FENCE_TARGET
+        st = UnitStatus(name, "loaded" if loaded else "not-found", active, sub, pid)
         self.status[name] = st
         loop = asyncio.get_running_loop()
         for names, cb in self._watchers:
@@ -54,9 +95,18 @@ class SimulatedSystemd:
                 loop.call_soon(cb, st)
 
     async def start_unit(self, name: str) -> None:
+        if name == FENCE_TARGET:
+            self._fence_now()
+            return
         self._set(name, "active", "running", 1000 + len(self.status))
 
     async def stop_unit(self, name: str) -> None:
+        if name.startswith(FENCE_TIMER_PREFIX) and name.endswith(".timer"):
+            h = self.timers.pop(name, None)
+            if h is not None:
+                h.cancel()
+            self.fired_timers.discard(name)
+            return
         if name in self.status:
             self._set(name, "inactive", "dead", 0)
 
@@ -70,12 +120,55 @@ class SimulatedSystemd:
     async def list_units(self, names: Iterable[str]) -> dict[str, UnitStatus]:
         return {n: await self.unit_status(n) for n in names}
 
+    # --- the dead-man switch --------------------------------------------------------------
+    def install_fence(self) -> bool:
+        want = {FENCE_TARGET: "[Unit]\nDescription=fleet fence (simulated)\n",
+                FENCE_SERVICE_TEMPLATE: "[Service]\nType=oneshot\nExecStart=/bin/true\n"}
+        changed = self.fence_units != want
+        self.fence_units = want
+        return changed
+
+    def _fence_now(self) -> None:
+        """The target's transaction: every unit with the fence drop-in stops (instantly)."""
+        for name in list(self.drop_ins):
+            st = self.status.get(name)
+            if st is not None and st.active_state != "inactive":
+                self._set(name, "inactive", "dead", 0)
+        self._set(FENCE_TARGET, "active", "active", 0)
+
+    def _fire(self, name: str) -> None:
+        if self.timers.pop(name, None) is not None:
+            self.fired_timers.add(name)
+            self._fence_now()
+
+    async def arm_fence_timer(self, name: str, delay_s: float) -> None:
+        if name in self.timers or name in self.fired_timers:
+            raise SystemdError(f"arm {name}: Unit {name} already exists.",
+                               dbus_error="org.freedesktop.systemd1.UnitExists")
+        loop = asyncio.get_running_loop()
+        self.timers[name] = loop.call_later(max(0.0, delay_s), self._fire, name)
+
+    async def list_fence_timers(self) -> list[str]:
+        return sorted(set(self.timers) | self.fired_timers)
+
+    async def timer_fired(self, name: str) -> bool:
+        return name in self.fired_timers or name not in self.timers
+
+    async def fence(self, timeout_s: float) -> bool:
+        self._fence_now()
+        return True
+
+    async def job_type_of_pid(self, pid: int) -> str | None:
+        return None
+
+    # --- signals --------------------------------------------------------------------------
     def watch(self, names_callback: Callable[[], AbstractSet[str]],
               on_change: Callable[[UnitStatus], None]) -> None:
         self._watchers.append((names_callback, on_change))
 
-    async def close(self) -> None:
-        return None
+
+if TYPE_CHECKING:
+    _satisfies: type[UnitManager] = SimulatedSystemd  # mypy checks the double against it
 
 
 class SimulatedMachine:
@@ -87,6 +180,7 @@ class SimulatedMachine:
                                         metadata or {}, hostname=f"sim-{machine_id[:8]}")
         self.session = MachineSession(registry, self.identity, ttl_s)
         self.systemd = SimulatedSystemd(machine_id)
+        # Agent is annotated with the D-Bus adapter; the double satisfies its protocol (below).
         self.agent = Agent(registry, self.systemd, self.session)  # type: ignore[arg-type]
         self.tasks: list[asyncio.Task[None]] = []
 

@@ -335,6 +335,10 @@ def _why(a: argparse.Namespace) -> int:
     echo("Feasible machines: " + (", ".join(ex.feasible) or "none"))
     for r in ex.rejected:
         echo(f"  {r.machine_id}: rejected by {r.check}: {r.detail}")
+    if ex.scores:
+        echo("Ranking of the feasible machines (best first):")
+    for sc in ex.scores:
+        echo(f"  {sc.machine_id}: score {sc.score:.3f}: {sc.detail}")
     return 0
 
 

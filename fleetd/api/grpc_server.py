@@ -90,10 +90,45 @@ def state_pb(s: UnitStateRecord, ip: str) -> pb.UnitState:
                         sub_state=s.sub_state, main_pid=s.main_pid)
 
 
+def _field_1(msg_bytes: bytes) -> bytes:
+    """`msg_bytes` encoded as one element of a message's field 1 (length-delimited)."""
+    n, head = len(msg_bytes), bytearray(b"\x0a")
+    while n >= 0x80:
+        head.append((n & 0x7F) | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + msg_bytes
+
+
+class _RowCache:
+    """The encoded rows of the last list answer, by the (frozen, hashable) value they encode:
+    a 10,000-row list re-encodes only the rows that changed. Each answer keeps only its own
+    rows, so the cache never outgrows one list."""
+
+    def __init__(self, encode: Callable[[Any], Any]) -> None:
+        self._encode = encode
+        self._rows: dict[Any, bytes] = {}
+
+    def response(self, cls: Any, items: list[Any]) -> Any:
+        """A `cls` message whose field 1 holds `items` encoded (cls(field_1=items) in effect)."""
+        old, new = self._rows, {}
+        parts = []
+        for it in items:
+            row = old.get(it)
+            if row is None:
+                row = _field_1(self._encode(it).SerializeToString())
+            new[it] = row
+            parts.append(row)
+        self._rows = new
+        return cls.FromString(b"".join(parts))
+
+
 class FleetServicer(pb_grpc.FleetServicer):
     def __init__(self, service: FleetService, outputs: UnitOutputs | None = None) -> None:
         self.service = service
         self.outputs = outputs
+        self._unit_rows = _RowCache(unit_pb)
+        self._state_rows = _RowCache(lambda s_ip: state_pb(*s_ip))
 
     async def ListMachines(self, request: Any, context: Any) -> pb.ListMachinesResponse:
         machines, leader, used = await _call(context, self.service.list_machines_reserved)
@@ -104,7 +139,9 @@ class FleetServicer(pb_grpc.FleetServicer):
 
     async def ListUnits(self, request: Any, context: Any) -> pb.ListUnitsResponse:
         units = await _call(context, lambda: self.service.list_units(request.with_text))
-        return pb.ListUnitsResponse(units=[unit_pb(u) for u in units])
+        if request.with_text:  # rare, and the texts would make the cache big
+            return pb.ListUnitsResponse(units=[unit_pb(u) for u in units])
+        return self._unit_rows.response(pb.ListUnitsResponse, units)
 
     async def GetUnit(self, request: Any, context: Any) -> pb.Unit:
         return unit_pb(await _call(context, lambda: self.service.get_unit(request.name)))
@@ -125,8 +162,8 @@ class FleetServicer(pb_grpc.FleetServicer):
     async def ListUnitStates(self, request: Any, context: Any) -> pb.ListUnitStatesResponse:
         states, ips = await _call(context, lambda: self.service.list_states(
             list(request.names), request.machine_id))
-        return pb.ListUnitStatesResponse(states=[state_pb(s, ips.get(s.machine_id, ""))
-                                                 for s in states])
+        return self._state_rows.response(pb.ListUnitStatesResponse,
+                                         [(s, ips.get(s.machine_id, "")) for s in states])
 
     async def SetMachineMetadata(self, request: Any, context: Any) -> pb.Machine:
         mid = request.machine_id
@@ -263,7 +300,8 @@ class FleetServicer(pb_grpc.FleetServicer):
         return pb.Explanation(
             name=ex.name, desired_state=ex.desired_state, scheduled_on=list(ex.scheduled_on),
             feasible=list(ex.feasible), unschedulable_reason=ex.unschedulable_reason,
-            rejected=[pb.Rejection(machine_id=m, check=c, detail=d) for m, c, d in ex.rejected])
+            rejected=[pb.Rejection(machine_id=m, check=c, detail=d) for m, c, d in ex.rejected],
+            scores=[pb.MachineScore(machine_id=m, score=sc, detail=d) for m, sc, d in ex.scores])
 
 
 async def start_grpc_server(service: FleetService, *, unix_socket: str = "",

@@ -56,6 +56,7 @@ from fleetd.registry import (
     decode_change,
 )
 from fleetd.registry.model import MACHINE_DELETED
+from fleetd.unit import UnitError, UnitName
 
 log = logging.getLogger("fleetd.engine")
 
@@ -365,6 +366,19 @@ class Engine:
         snap, _ = self.snapshot()
         return explain(snap, unit, self.pipeline)
 
+    def _is_template(self, name: str) -> bool:
+        """Whether `name` is a template (`foo@.service`), from the parse cache when its record
+        is there: an instance whose name holds "@." (`foo@.x.service`) is none."""
+        if "@" not in name:
+            return False
+        rec = self.cache.units.get(name)
+        if rec is not None:
+            return self.xfleet.parsed(rec).is_template
+        try:
+            return UnitName.parse(name).is_template
+        except UnitError:
+            return False
+
     async def reconcile_once(self, lease: int, dirty: set[str] | None = None) -> int:
         """One pass on the cached state, writing its decisions; returns the number of ops.
 
@@ -383,7 +397,8 @@ class Engine:
             placed = {u for u in dirty - unplaced if c.schedule.get(u) and u in snap.jobs
                       and snap.jobs[u].target_state != "inactive"
                       and not snap.jobs[u].xfleet.replaces}
-            wanted = {u for u in dirty if "@." not in u}
+            # every dirty unit but submitted templates (never scheduled themselves)
+            wanted = {u for u in dirty if not self._is_template(u)}
             if unplaced | placed == wanted and not broken.keys() & dirty:
                 decisions = place_new(snap, unplaced, self.pipeline)
         full = decisions is None
@@ -395,14 +410,8 @@ class Engine:
             self.xfleet.prune(c.units)
         else:
             self.fast_passes += 1
-        if self.departed:
-            # A machine in its grace keeps what it has and gets nothing new; what it had is
-            # placed nowhere else until the grace is over (global units run everywhere).
-            held = {u for mid in self.departed for u in self.departed_units.get(mid, ())}
-            decisions = [d for d in decisions
-                         if not (isinstance(d, Assign) and (
-                             d.machine_id in self.departed
-                             or (d.unit in held and not _is_global(snap, d.unit))))]
+        # (A machine in its grace keeps what it has and gets nothing new, and what it had is
+        # placed nowhere else meanwhile: the pipeline's Departed and Held checks see to it.)
         if c.state.moves:
             stopping = moves.held_units(c.state.moves)  # placed nowhere until stopped
             decisions = [d for d in decisions if not (
@@ -526,8 +535,3 @@ class Engine:
 
 def _units_of(c: EngineCache, machine_id: str) -> frozenset[str]:
     return frozenset(u for u, per in c.schedule.items() if machine_id in per)
-
-
-def _is_global(snap: ClusterSnapshot, unit: str) -> bool:
-    job = snap.jobs.get(unit)
-    return job is not None and job.xfleet.global_

@@ -504,11 +504,17 @@ class Registry:
         return {u: per[machine_id] for u, per in sched.items() if machine_id in per}, rev
 
     async def unit_texts(self, names: Iterable[str]) -> dict[str, UnitRecord]:
+        """The records of `names` (those that exist), in one read-only transaction per
+        `MAX_TXN_OPS` names rather than one GET each."""
+        wanted = list(dict.fromkeys(names))
         out = {}
-        for n in names:
-            kv = await self.etcd.get(self.keys.unit(n))
-            if kv is not None:
-                out[n] = decode(UnitRecord, kv.value)
+        for i in range(0, len(wanted), MAX_TXN_OPS):
+            chunk = wanted[i:i + MAX_TXN_OPS]
+            groups, _ = await self.etcd.get_many([(self.keys.unit(n), False, False)
+                                                  for n in chunk])
+            for n, kvs in zip(chunk, groups, strict=True):
+                if kvs:
+                    out[n] = decode(UnitRecord, kvs[0].value)
         return out
 
     # --- engine ---------------------------------------------------------------------------

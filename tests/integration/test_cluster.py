@@ -156,6 +156,29 @@ def test_metadata_restricts_placement(cluster: LocalCluster, tmp_path: pathlib.P
     assert cluster.fleetctl("start", path).returncode == 0
 
 
+def test_why_ranks_every_feasible_machine_best_first(cluster: LocalCluster,
+                                                      tmp_path: pathlib.Path) -> None:
+    path = write_unit(tmp_path, "ranked.service", "[Service]\nExecStart=/bin/sleep 1000\n")
+    assert cluster.fleetctl("start", path).returncode == 0
+    out = cluster.fleetctl("why", "ranked.service").stdout
+    feasible = out.split("Feasible machines: ", 1)[1].split("\n", 1)[0].split(", ")
+    assert sorted(feasible) == sorted(m.machine_id for m in cluster.machines)
+    ranking = out.split("Ranking of the feasible machines (best first):\n", 1)[1]
+    rows = [re.fullmatch(r"  (\S+): score ([0-9.]+): (.+)", line) for line in
+            ranking.splitlines()]
+    assert all(rows) and len(rows) == len(feasible), out
+    assert sorted(r[1] for r in rows if r) == sorted(feasible)
+    scores = [float(r[2]) for r in rows if r]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert all("units" in r[3] for r in rows if r)  # what LeastLoaded saw
+    # a unit nothing can take has no ranking
+    path = write_unit(tmp_path, "nowhere.service", "[Service]\nExecStart=/bin/sleep 1000\n"
+                      "[X-Fleet]\nMachineMetadata=region=nowhere\n")
+    assert cluster.fleetctl("submit", path).returncode == 0
+    out = cluster.fleetctl("why", "nowhere.service").stdout
+    assert "Feasible machines: none" in out and "Ranking" not in out and "score" not in out
+
+
 def test_global_unit_runs_on_every_matching_machine(cluster: LocalCluster,
                                                     tmp_path: pathlib.Path) -> None:
     r = cluster.fleetctl("start", unit("monitor.service"))

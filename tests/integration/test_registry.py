@@ -86,6 +86,33 @@ async def test_create_unit_then_get_unit_round_trips(reg: Registry) -> None:
     assert await reg.get_unit(rec.name) == UnitView(rec, "launched")
 
 
+async def test_unit_texts_reads_many_units_in_one_transaction_per_max_txn_ops(
+        reg: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    n = MAX_TXN_OPS + 5
+    recs = [unit(f"u{i:03d}.service", f"[Service]\nExecStart=/bin/sleep {i}\n")
+            for i in range(n)]
+    await asyncio.gather(*(reg.create_unit(r) for r in recs))
+    calls: list[str] = []
+    real_get_many, real_get = reg.etcd.get_many, reg.etcd.get
+
+    async def get_many(ranges):  # type: ignore[no-untyped-def]
+        calls.append(f"get_many {len(ranges)}")
+        return await real_get_many(ranges)
+
+    async def get(key):  # type: ignore[no-untyped-def]
+        calls.append("get")
+        return await real_get(key)
+
+    monkeypatch.setattr(reg.etcd, "get_many", get_many)
+    monkeypatch.setattr(reg.etcd, "get", get)
+    names = [r.name for r in reversed(recs)] + ["missing.service", recs[0].name]
+    got = await reg.unit_texts(names)
+    assert got == {r.name: r for r in recs}  # the missing one left out, the repeat once
+    assert calls == [f"get_many {MAX_TXN_OPS}", f"get_many {n + 1 - MAX_TXN_OPS}"]
+    assert await reg.unit_texts([]) == {}
+    assert len(calls) == 2
+
+
 async def test_create_unit_defaults_to_inactive(reg: Registry) -> None:
     rec = unit()
     await reg.create_unit(rec)

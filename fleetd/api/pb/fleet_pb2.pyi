@@ -195,20 +195,22 @@ class Rejection(_message.Message):
     def __init__(self, machine_id: _Optional[str] = ..., check: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Explanation(_message.Message):
-    __slots__ = ("name", "desired_state", "scheduled_on", "feasible", "rejected", "unschedulable_reason")
+    __slots__ = ("name", "desired_state", "scheduled_on", "feasible", "rejected", "unschedulable_reason", "scores")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESIRED_STATE_FIELD_NUMBER: _ClassVar[int]
     SCHEDULED_ON_FIELD_NUMBER: _ClassVar[int]
     FEASIBLE_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     UNSCHEDULABLE_REASON_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
     name: str
     desired_state: str
     scheduled_on: _containers.RepeatedScalarFieldContainer[str]
     feasible: _containers.RepeatedScalarFieldContainer[str]
     rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
     unschedulable_reason: str
-    def __init__(self, name: _Optional[str] = ..., desired_state: _Optional[str] = ..., scheduled_on: _Optional[_Iterable[str]] = ..., feasible: _Optional[_Iterable[str]] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., unschedulable_reason: _Optional[str] = ...) -> None: ...
+    scores: _containers.RepeatedCompositeFieldContainer[MachineScore]
+    def __init__(self, name: _Optional[str] = ..., desired_state: _Optional[str] = ..., scheduled_on: _Optional[_Iterable[str]] = ..., feasible: _Optional[_Iterable[str]] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., unschedulable_reason: _Optional[str] = ..., scores: _Optional[_Iterable[_Union[MachineScore, _Mapping]]] = ...) -> None: ...
 
 class SetMachineMetadataRequest(_message.Message):
     __slots__ = ("machine_id", "set", "delete")
@@ -370,3 +372,13 @@ class MoveUnitResponse(_message.Message):
     from_machine: str
     to_machine: str
     def __init__(self, from_machine: _Optional[str] = ..., to_machine: _Optional[str] = ...) -> None: ...
+
+class MachineScore(_message.Message):
+    __slots__ = ("machine_id", "score", "detail")
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    machine_id: str
+    score: float
+    detail: str
+    def __init__(self, machine_id: _Optional[str] = ..., score: _Optional[float] = ..., detail: _Optional[str] = ...) -> None: ...
