@@ -6,7 +6,7 @@
 | GET    | `/dashboard/api/events`             | SSE: a snapshot, then every change (`Watch`)    |
 | GET    | `/dashboard/api/units/NAME`         | one unit with its file and placement reasons    |
 | GET    | `/dashboard/api/units/NAME/journal` | SSE: the unit's journal, followed               |
-| POST   | `/dashboard/api/units/NAME/ACTION`  | start, stop, unload, restart or destroy         |
+| POST   | `/dashboard/api/units/NAME/ACTION`  | start, stop, unload, (rolling-)restart, destroy |
 
 Events carry their etcd revision as the SSE `id`: a browser that reconnects sends it back
 (`Last-Event-ID`, or `?since=`) and the stream resumes after it, or starts over with a fresh
@@ -46,6 +46,11 @@ MAX_JOURNAL_LINES = 1000
 JOURNAL_OUTPUT = "short-iso"
 #: Desired states the page's buttons set (fleet's start, stop, unload).
 TARGETS = {"start": "launched", "stop": "loaded", "unload": "inactive"}
+#: A rolling restart: how long each machine's copy has to be active again, how long it must
+#: stay so (a Type=simple service is active the moment it forks), how often that is read.
+ROLLING_WAIT_S = 60.0
+ROLLING_STABLE_S = 1.0
+ROLLING_POLL_S = 0.2
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
@@ -68,8 +73,16 @@ def _status_of(e: ApiError) -> int:
 
 # --- JSON of the Watch stream's messages ---------------------------------------------------
 def machine_json(m: Any) -> dict[str, Any]:
+    """A machine for the page: its registration, drain state (`fleetctl drain`) and capacity
+    (milli-CPUs and bytes units may reserve: capacity minus the host's reserve; 0 = not
+    published) with what its units reserve."""
     return {"id": m.id, "ip": m.ip, "metadata": dict(m.metadata), "hostname": m.hostname,
-            "version": m.version, "engine_leader": m.engine_leader}
+            "version": m.version, "engine_leader": m.engine_leader,
+            "state": m.state or "active",
+            "cpu_milli": max(0, m.cpu_milli - m.host_reserved_cpu_milli),
+            "memory_bytes": max(0, m.memory_bytes - m.host_reserved_memory_bytes),
+            "reserved_cpu_milli": m.reserved_cpu_milli,
+            "reserved_memory_bytes": m.reserved_memory_bytes}
 
 
 def unit_json(u: Any) -> dict[str, Any]:
@@ -80,9 +93,7 @@ def unit_json(u: Any) -> dict[str, Any]:
 
 
 def _is_global(u: Any) -> bool:
-    # the proto field is `global` (a Python keyword), or `is_global` where it was renamed
-    fields = u.DESCRIPTOR.fields_by_name
-    return bool(getattr(u, "is_global" if "is_global" in fields else "global"))
+    return bool(u.is_global)
 
 
 def state_json(s: Any) -> dict[str, Any]:
@@ -384,26 +395,63 @@ class Dashboard:
                 return web.json_response({"name": name, "destroyed": True})
             if action == "restart":
                 return web.json_response(await self._restart(name))
+            if action == "rolling-restart":
+                return web.json_response(await self._restart(name, rolling=True))
             raise DashboardError(404, f"no dashboard action {action!r}: expected "
-                                      + ", ".join([*TARGETS, "restart", "destroy"]))
+                                      + ", ".join([*TARGETS, "restart", "rolling-restart",
+                                                   "destroy"]))
         except (DashboardError, ApiError) as e:
             return self._error(e)
 
-    async def _restart(self, name: str) -> dict[str, Any]:
-        """`systemctl restart` on every machine of a launched unit, one machine at a time."""
+    async def _restart(self, name: str, rolling: bool = False) -> dict[str, Any]:
+        """`systemctl restart` on every machine of a launched unit, one machine at a time.
+        `rolling` (as `fleetctl restart --rolling --batch 1`): each machine's copy must be
+        active again with a new main PID, and stay so for ROLLING_STABLE_S, before the next
+        machine restarts; the first failure stops the rollout (`stopped_at`)."""
         if self.outputs is None:
             raise Unavailable("this fleetd restarts no units")
         info = await self.service.get_unit(name)
         if info.desired_state != "launched" or not info.machine_ids:
             raise DashboardError(409, f"unit {name} is not launched: start it instead")
-        results = []
+        results: list[dict[str, Any]] = []
         for mid in info.machine_ids:
+            old_pid = await self._main_pid(name, mid) if rolling else 0
             try:
                 target, out, rc = await self.outputs.restart(name, mid)
             except NotFound:
                 raise
             except ApiError as e:
-                results.append({"machine_id": mid, "exit_code": -1, "output": str(e)})
-                continue
+                target, out, rc = mid, str(e), -1
             results.append({"machine_id": target, "exit_code": rc, "output": out})
-        return {"name": name, "restarted": results}
+            if rolling and (rc != 0 or not await self._active_again(name, mid, old_pid)):
+                if rc == 0:
+                    results[-1].update(exit_code=-1, output=(
+                        f"failed, or not active with a new main PID within {ROLLING_WAIT_S:.0f}s"))
+                return {"name": name, "restarted": results, "stopped_at": mid}
+        return {"name": name, "restarted": results, "stopped_at": None} if rolling else {
+            "name": name, "restarted": results}
+
+    async def _main_pid(self, name: str, machine_id: str) -> int:
+        states, _ = await self.service.list_states([name], machine_id)
+        return states[0].main_pid if states else 0
+
+    async def _active_again(self, name: str, machine_id: str, old_pid: int) -> bool:
+        """Whether the machine reports the unit active with a main PID other than `old_pid`
+        for ROLLING_STABLE_S on end, within ROLLING_WAIT_S. The agent publishes systemd's
+        changes as they happen; this reads them from the API's view every ROLLING_POLL_S
+        (one request's wait, bounded)."""
+        loop = asyncio.get_running_loop()
+        deadline, since = loop.time() + ROLLING_WAIT_S, None
+        while loop.time() < deadline:
+            states, _ = await self.service.list_states([name], machine_id)
+            s = states[0] if states else None
+            if s is not None and s.active_state == "failed":
+                return False
+            if s is not None and s.active_state == "active" and s.main_pid not in (0, old_pid):
+                since = since if since is not None else loop.time()
+                if loop.time() - since >= ROLLING_STABLE_S:
+                    return True
+            else:
+                since = None
+            await asyncio.sleep(ROLLING_POLL_S)
+        return False

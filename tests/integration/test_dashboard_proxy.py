@@ -353,6 +353,42 @@ def test_action_buttons_stop_restart_and_destroy_a_unit(
     assert "act.service" not in r.stdout
 
 
+def test_rolling_restart_goes_one_machine_at_a_time_and_stops_at_the_first_failure(
+        cluster: LocalCluster, proxy: Proxy, tmp_units: pathlib.Path) -> None:
+    flag = tmp_units / "fail-from-now-on"
+    path = tmp_units / "roll.service"
+    path.write_text("[Service]\nExecStart=/bin/sh -c 'test -e %s && exit 3; exec sleep 1000'\n\n"
+                    "[X-Fleet]\nGlobal=true\n" % flag)
+    ms = cluster.machines
+    cluster.fleetctl("start", str(path), check=True)
+    try:
+        wait_until(lambda: all(m.is_active("roll.service") for m in ms), 20,
+                   what="roll.service active everywhere")
+        wait_until(lambda: all(m.main_pid("roll.service") > 0 for m in ms), 20, what="pids")
+        pids = {m.machine_id: m.main_pid("roll.service") for m in ms}
+        status, body = proxy.json("POST", "/dashboard/api/units/roll.service/rolling-restart", {})
+        assert status == 200, body
+        order = sorted(pids)
+        assert [r["machine_id"] for r in body["restarted"]] == order
+        assert all(r["exit_code"] == 0 for r in body["restarted"]) and body["stopped_at"] is None
+        for m in ms:  # each copy is active again with a new main PID
+            assert m.is_active("roll.service") and m.main_pid("roll.service") not in (
+                0, pids[m.machine_id])
+        # From now on a restart fails: the rollout stops at the first machine, the rest keep
+        # running untouched.
+        pids = {m.machine_id: m.main_pid("roll.service") for m in ms}
+        flag.write_text("")
+        status, body = proxy.json("POST", "/dashboard/api/units/roll.service/rolling-restart", {})
+        assert status == 200, body
+        assert body["stopped_at"] == order[0]
+        assert [r["machine_id"] for r in body["restarted"]] == order[:1]
+        assert body["restarted"][0]["exit_code"] != 0
+        rest = [m for m in ms if m.machine_id != order[0]]
+        assert all(m.main_pid("roll.service") == pids[m.machine_id] for m in rest)
+    finally:
+        cluster.fleetctl("destroy", "roll.service")
+
+
 def test_a_browser_resuming_from_compacted_history_gets_a_fresh_snapshot(
         cluster: LocalCluster, proxy: Proxy, tmp_units: pathlib.Path) -> None:
     stream = EventStream(proxy, "/dashboard/api/events")

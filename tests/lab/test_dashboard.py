@@ -342,6 +342,30 @@ def test_stop_button_stops_the_unit(browser: WebDriver, proxy_url: str, clean: N
     shot(browser, "06-stopped")
 
 
+def test_a_drained_machine_shows_draining_and_its_capacity(
+        browser: WebDriver, proxy_url: str, clean: None) -> None:
+    open_dashboard(browser, proxy_url)
+    m3 = machine_ids()["m3"]
+
+    def column() -> Any:
+        return browser.find_element(By.CSS_SELECTOR, f'#cluster .machine[data-machine-id="{m3}"]')
+    assert column().get_attribute("data-state") == "active"
+    # the lab's machines publish the host's capacity: the column says what is free of it
+    assert "free" in column().find_element(By.CSS_SELECTOR, "[data-capacity]").text
+    fleetctl("drain", "--no-block", m3)
+    try:
+        until(browser, lambda: column().get_attribute("data-state") == "draining", 2.0,
+              "m3 shown draining within 2 s")
+        assert "draining" in column().find_element(By.CSS_SELECTOR, "h3").text
+        row = browser.find_element(By.CSS_SELECTOR, f'#machines tr[data-machine-id="{m3}"]')
+        assert row.find_element(By.CSS_SELECTOR, ".machine-state").text == "draining"
+        shot(browser, "07-draining")
+    finally:
+        fleetctl("undrain", m3)
+    until(browser, lambda: column().get_attribute("data-state") == "active", 2.0,
+          "m3 shown active again after undrain")
+
+
 def test_journal_line_written_by_the_unit_appears_on_its_page(
         browser: WebDriver, proxy_url: str, clean: None, units_dir: pathlib.Path) -> None:
     token = f"dash-journal-{uuid.uuid4().hex[:12]}"

@@ -79,15 +79,24 @@ def test_watch_events_become_the_pages_json() -> None:
     k = pb.WatchEvent
     snap = pb.WatchEvent(kind=k.SNAPSHOT, revision=7, snapshot=pb.Snapshot(
         machines=[pb.Machine(id="m1", ip="10.0.0.1", metadata={"a": "b"}, hostname="h1",
-                             engine_leader=True)],
+                             engine_leader=True, state="draining", cpu_milli=4000,
+                             host_reserved_cpu_milli=500, memory_bytes=8 << 30,
+                             host_reserved_memory_bytes=1 << 30, reserved_cpu_milli=1500,
+                             reserved_memory_bytes=2 << 30)],
         units=[pb.Unit(name="u.service", hash="ab", desired_state="launched",
                        current_state="launched", machine_ids=["m1"], **{GLOBAL: True})],
         states=[pb.UnitState(name="u.service", machine_id="m1", active_state="active",
                              sub_state="running", main_pid=42)]))
     got = event_json(snap)
     assert got["kind"] == "snapshot" and got["revision"] == 7
+    # capacity as units see it: the host's reserve taken off
     assert got["machines"][0] == {"id": "m1", "ip": "10.0.0.1", "metadata": {"a": "b"},
-                                  "hostname": "h1", "version": "", "engine_leader": True}
+                                  "hostname": "h1", "version": "", "engine_leader": True,
+                                  "state": "draining", "cpu_milli": 3500,
+                                  "memory_bytes": 7 << 30, "reserved_cpu_milli": 1500,
+                                  "reserved_memory_bytes": 2 << 30}
+    bare = event_json(pb.WatchEvent(kind=k.MACHINE_PUT, machine=pb.Machine(id="m2")))
+    assert bare["machine"]["state"] == "active" and bare["machine"]["cpu_milli"] == 0
     assert got["units"][0]["global"] is True and got["units"][0]["machine_ids"] == ["m1"]
     assert got["states"][0]["main_pid"] == 42
     table = [

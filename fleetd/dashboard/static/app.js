@@ -240,12 +240,32 @@ function machineColumn(m) {
   const units = [...model.units.values()].filter((u) => u.machine_ids.includes(m.id) && unitMatches(u))
     .sort((a, b) => a.name.localeCompare(b.name));
   const md = Object.entries(m.metadata).sort();
-  return h("section", { class: "machine", "data-machine-id": m.id },
+  const draining = m.state === "draining";
+  return h("section", { class: `machine${draining ? " draining" : ""}`, "data-machine-id": m.id,
+                        "data-state": m.state || "active" },
     h("h3", null, h("span", { title: m.id, class: "mono" }, m.hostname || short(m.id)),
-      m.engine_leader ? h("span", { class: "badge leader", title: "leads the engine" }, "engine") : null),
+      m.engine_leader ? h("span", { class: "badge leader", title: "leads the engine" }, "engine") : null,
+      draining ? h("span", { class: "badge draining", title: "fleetctl drain: gets no new units" }, "draining") : null),
     h("div", { class: "meta" }, h("span", { class: "mono", title: m.id }, short(m.id)), " · ", m.ip || "no ip",
-      h("br"), md.length ? md.map(([k, v]) => h("span", { class: "chip" }, `${k}=${v}`)) : "no metadata"),
+      h("br"), md.length ? md.map(([k, v]) => h("span", { class: "chip" }, `${k}=${v}`)) : "no metadata",
+      h("br"), capacity(m)),
     units.length ? units.map((u) => unitCard(u, m.id)) : h("div", { class: "muted" }, "no units"));
+}
+
+function bytes(n) {
+  const units = ["B", "K", "M", "G", "T"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${n >= 10 || i === 0 ? Math.round(n) : n.toFixed(1)}${units[i]}`;
+}
+
+// What units may still reserve there ("cpu 1.5/2 free · mem 3.1G/7.8G free"), or that the
+// machine publishes no capacity.
+function capacity(m) {
+  const parts = [];
+  if (m.cpu_milli) parts.push(`cpu ${((m.cpu_milli - m.reserved_cpu_milli) / 1000).toFixed(2)}/${(m.cpu_milli / 1000).toFixed(2)} free`);
+  if (m.memory_bytes) parts.push(`mem ${bytes(Math.max(0, m.memory_bytes - m.reserved_memory_bytes))}/${bytes(m.memory_bytes)} free`);
+  return h("span", { class: "capacity", "data-capacity": "" }, parts.length ? parts.join(" · ") : "no capacity published");
 }
 
 function goneColumn(id, g) {
@@ -353,7 +373,7 @@ function machinesTable() {
   const rows = [...model.machines.values()].filter(machineMatches)
     .sort((a, b) => (a.hostname || a.id).localeCompare(b.hostname || b.id));
   return h("table", { id: "machines" },
-    h("thead", null, h("tr", null, ["Machine", "IP", "Hostname", "Metadata", "Health", "Units"]
+    h("thead", null, h("tr", null, ["Machine", "IP", "Hostname", "Metadata", "Health", "State", "Capacity", "Units"]
       .map((t) => h("th", null, t)))),
     h("tbody", null, rows.map((m) => {
       const units = [...model.units.values()].filter((u) => u.machine_ids.includes(m.id));
@@ -362,6 +382,9 @@ function machinesTable() {
         h("td", null, m.ip), h("td", null, m.hostname),
         h("td", null, Object.entries(m.metadata).sort().map(([k, v]) => h("span", { class: "chip" }, `${k}=${v}`))),
         h("td", null, h("span", { class: "pill s-active" }, "lease live"), m.version ? ` v${m.version}` : ""),
+        h("td", { class: "machine-state" }, m.state === "draining"
+          ? h("span", { class: "pill s-busy" }, "draining") : "active"),
+        h("td", null, capacity(m)),
         h("td", null, units.length));
     }),
     [...model.gone].map(([id, g]) => h("tr", { "data-machine-id": id, "data-gone": "true" },
@@ -369,6 +392,7 @@ function machinesTable() {
       h("td", null, g.machine.hostname),
       h("td", null, Object.entries(g.machine.metadata).sort().map(([k, v]) => h("span", { class: "chip" }, `${k}=${v}`))),
       h("td", null, h("span", { class: "pill s-failed" }, `lease expired ${ago(g.at)}`)),
+      h("td", null, "-"), h("td", null, "-"),
       h("td", null, 0)))));
 }
 
@@ -437,11 +461,11 @@ function renderUnitPage() {
   fill(live,
     h("h1", { id: "unit-name" }, name), u.description ? h("div", { class: "muted" }, u.description) : null,
     h("div", { class: "actions" },
-      ["start", "stop", "restart", "destroy"].map((a) => h("button", {
+      ["start", "stop", "restart", "rolling-restart", "destroy"].map((a) => h("button", {
         id: `btn-${a}`, class: a === "destroy" || a === "stop" ? "danger" : null,
-        disabled: a === "restart" && u.desired_state !== "launched",
+        disabled: a.endsWith("restart") && u.desired_state !== "launched",
         onclick: () => confirmAction(name, a),
-      }, a[0].toUpperCase() + a.slice(1)))),
+      }, actionLabel(a)))),
     ui.unit.notice ? h("div", { class: `notice ${ui.unit.notice.error ? "error" : ""}`, id: "action-notice" },
       ui.unit.notice.text) : null,
     h("table", null, h("tbody", null,
@@ -473,15 +497,21 @@ function renderUnitPage() {
   followJournal(u);
 }
 
+function actionLabel(action) {
+  const text = action.replace("-", " ");
+  return text[0].toUpperCase() + text.slice(1);
+}
+
 function confirmAction(name, action) {
   const dlg = $("#confirm");
   $("#confirm-text").textContent = {
     start: `Start ${name}? fleet schedules it to a machine and starts it there.`,
     stop: `Stop ${name}? It stays loaded on its machine.`,
     restart: `Restart ${name} on every machine that runs it (systemctl restart)?`,
+    "rolling-restart": `Restart ${name} one machine at a time, each active again before the next?`,
     destroy: `Destroy ${name}? It is stopped everywhere and its file removed from the cluster.`,
   }[action];
-  $("#confirm-ok").textContent = action[0].toUpperCase() + action.slice(1);
+  $("#confirm-ok").textContent = actionLabel(action);
   dlg.onclose = () => { if (dlg.returnValue === "ok") runAction(name, action); };
   dlg.returnValue = "";
   dlg.showModal();
@@ -495,10 +525,12 @@ async function runAction(name, action) {
       method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" });
     const body = await r.json();
     if (!r.ok) { notice(`${action} failed: ${body.error ? body.error.message : r.statusText}`, true); return; }
-    if (action === "restart") {
+    if (action.endsWith("restart")) {
       const bad = body.restarted.filter((x) => x.exit_code !== 0);
+      const stopped = body.stopped_at ? ` (rollout stopped at ${machineLabel(body.stopped_at)})` : "";
       notice(bad.length ? `restart failed on ${bad.map((x) => machineLabel(x.machine_id)).join(", ")}: ` +
-        bad.map((x) => x.output.trim()).join("; ") : `restarted on ${body.restarted.length} machine(s)`, bad.length > 0);
+        bad.map((x) => x.output.trim()).join("; ") + stopped
+        : `restarted on ${body.restarted.length} machine(s)`, bad.length > 0);
     } else {
       notice(action === "destroy" ? "destroyed" : `${action}: desired state is now ${body.desired_state}`, false);
     }
