@@ -357,8 +357,8 @@ def test_rolling_restart_goes_one_machine_at_a_time_and_stops_at_the_first_failu
         cluster: LocalCluster, proxy: Proxy, tmp_units: pathlib.Path) -> None:
     flag = tmp_units / "fail-from-now-on"
     path = tmp_units / "roll.service"
-    path.write_text("[Service]\nExecStart=/bin/sh -c 'test -e %s && exit 3; exec sleep 1000'\n\n"
-                    "[X-Fleet]\nGlobal=true\n" % flag)
+    path.write_text(f"[Service]\nExecStart=/bin/sh -c 'test -e {flag} && exit 3; exec sleep 1000'"
+                    "\n\n[X-Fleet]\nGlobal=true\n")
     ms = cluster.machines
     cluster.fleetctl("start", str(path), check=True)
     try:
