@@ -279,8 +279,8 @@ def xfleet_options(unit_file: UnitFile, name: str) -> XFleet:
     conflicts = _unique(collected[_CONFLICTS])
     replaces = _unique(collected[_REPLACES])
     metadata = _metadata(collected[_METADATA], bad)
-    global_ = _global(collected[_GLOBAL], bad)
-    move_before_stop = _move_before_stop(collected[_MOVE_BEFORE_STOP], bad)
+    global_ = _boolean("Global", collected[_GLOBAL], bad, False)
+    move_before_stop = _boolean("MoveBeforeStop", collected[_MOVE_BEFORE_STOP], bad, True)
 
     for pattern in conflicts:
         try:
@@ -351,8 +351,9 @@ def _metadata(items: list[str], bad: _Fail) -> tuple[tuple[str, tuple[str, ...]]
     return tuple((key, tuple(sorted(allowed[key]))) for key in sorted(allowed))
 
 
-def _global(items: list[str], bad: _Fail) -> bool:
-    result = False
+def _boolean(option: str, items: list[str], bad: _Fail, default: bool) -> bool:
+    """The last non-empty value of a boolean option (true/false, yes/no, ...), else `default`."""
+    result = default
     for item in _drop_empty(items):
         lowered = item.lower()
         if lowered in _TRUE:
@@ -360,20 +361,7 @@ def _global(items: list[str], bad: _Fail) -> bool:
         elif lowered in _FALSE:
             result = False
         else:
-            raise bad(f"Global value {quote(item)} is not a boolean (true/false)")
-    return result
-
-
-def _move_before_stop(items: list[str], bad: _Fail) -> bool:
-    result = True
-    for item in _drop_empty(items):
-        lowered = item.lower()
-        if lowered in _TRUE:
-            result = True
-        elif lowered in _FALSE:
-            result = False
-        else:
-            raise bad(f"MoveBeforeStop value {quote(item)} is not a boolean (true/false)")
+            raise bad(f"{option} value {quote(item)} is not a boolean (true/false)")
     return result
 
 
