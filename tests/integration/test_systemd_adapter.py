@@ -153,7 +153,10 @@ async def test_start_status_watch_stop_latency(um: UserManager, sd: SystemdManag
         f"stop_unit->inactive callback {(t_inactive - t_stop) * 1000:.2f} ms; "
         f"main process death->inactive callback {(t_inactive - t_died) * 1000:.2f} ms"
     )
-    assert 0 <= t_inactive - t_died < 1.0
+    # The pidfd and systemd's signal arrive on two sockets: the loop may serve either first, so
+    # the inactive callback can precede the death's by microseconds. What matters: it follows
+    # the stop call, and comes within a second of the process dying.
+    assert t_inactive >= t_stop and abs(t_inactive - t_died) < 1.0
     assert not _alive(st.main_pid)
     # Transition order as seen by the watcher: ... -> active -> ... -> inactive, no dup repeats.
     states = [s.active_state for _, s in rec.events]
