@@ -39,6 +39,9 @@ STATIC_DIR = pathlib.Path(__file__).resolve().parent / "static"
 STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript",
                 "style.css": "text/css"}
 HEARTBEAT_S = 5.0
+#: How often the feed sends each machine's lease (granted TTL, seconds left): the page's
+#: health column. Browsers share one read per period (`Dashboard.leases`).
+LEASES_EVERY_S = 1.0
 #: A browser that falls this many events behind is dropped; it reconnects and resumes.
 MAX_QUEUED_EVENTS = 10_000
 JOURNAL_LINES = 50
@@ -46,11 +49,10 @@ MAX_JOURNAL_LINES = 1000
 JOURNAL_OUTPUT = "short-iso"
 #: Desired states the page's buttons set (fleet's start, stop, unload).
 TARGETS = {"start": "launched", "stop": "loaded", "unload": "inactive"}
-#: A rolling restart: how long each machine's copy has to be active again, how long it must
-#: stay so (a Type=simple service is active the moment it forks), how often that is read.
+#: A rolling restart: how long each machine's copy has to be active again, and how long it
+#: must stay so (a Type=simple service is active the moment it forks).
 ROLLING_WAIT_S = 60.0
 ROLLING_STABLE_S = 1.0
-ROLLING_POLL_S = 0.2
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
@@ -168,6 +170,8 @@ class Dashboard:
         self.service = service
         self.outputs = outputs
         self._files = {name: (*_static(name), ctype) for name, ctype in STATIC_FILES.items()}
+        self._leases: tuple[float, dict[str, Any]] = (-LEASES_EVERY_S, {})
+        self._leases_lock = asyncio.Lock()
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -214,12 +218,14 @@ class Dashboard:
         return self._file(request, name)
 
     # --- the live feed ------------------------------------------------------------------
-    async def _watch(self, since: int) -> AsyncIterator[Any]:
-        """The gRPC Watch stream's events, from a snapshot (`since` 0) or after `since`."""
+    async def _watch(self, since: int, names: tuple[str, ...] = ()) -> AsyncIterator[Any]:
+        """The gRPC Watch stream's events, from a snapshot (`since` 0) or after `since`;
+        only those of units `names` if any are given."""
         from fleetd.api.grpc_server import FleetServicer
 
         servicer = FleetServicer(self.service)
-        async for ev in servicer.Watch(pb.WatchRequest(start_revision=since), _InProcessCall()):
+        async for ev in servicer.Watch(pb.WatchRequest(start_revision=since, names=names),
+                                       _InProcessCall()):
             yield ev
 
     @staticmethod
@@ -247,6 +253,11 @@ class Dashboard:
             return self._error(e)
         resp = await self._open_stream(request)
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        begun = asyncio.Event()
+
+        def put(item: dict[str, Any] | None) -> None:
+            queue.put_nowait(item)
+            begun.set()
 
         async def pump() -> None:
             import grpc
@@ -257,29 +268,64 @@ class Dashboard:
             try:
                 try:
                     if start:
-                        queue.put_nowait({"kind": "resumed", "revision": since})
+                        put({"kind": "resumed", "revision": since})
                     async for ev in self._watch(start):
-                        queue.put_nowait(event_json(ev))
+                        put(event_json(ev))
                 except WatchEnded as e:
                     if not start or e.code != grpc.StatusCode.OUT_OF_RANGE:
                         raise
                     log.info("dashboard feed: revision %d is compacted; sending a snapshot",
                              since)
                     async for ev in self._watch(0):
-                        queue.put_nowait(event_json(ev))
+                        put(event_json(ev))
             except (WatchEnded, ApiError) as e:
-                queue.put_nowait({"kind": "error", "message": str(e)})
+                put({"kind": "error", "message": str(e)})
             except Exception as e:  # etcd gone for good: the page shows it and reconnects
                 log.warning("dashboard feed failed: %s", e)
-                queue.put_nowait({"kind": "error", "message": f"watch failed: {e}"})
-            queue.put_nowait(None)
+                put({"kind": "error", "message": f"watch failed: {e}"})
+            put(None)
+
+        async def leases() -> None:
+            await begun.wait()  # the snapshot (or "resumed") goes first
+            while True:
+                got = await self.leases()
+                if got is not None:
+                    queue.put_nowait({"kind": "leases", "leases": got})
+                await asyncio.sleep(LEASES_EVERY_S)
+
+        async def feed() -> None:
+            health = asyncio.ensure_future(leases())
+            try:
+                await pump()
+            finally:
+                health.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await health
 
         async def ping() -> dict[str, Any]:
             # the engine leader is no watched object: the ping says who it is now
             return {"kind": "ping", "leader": await self._leader()}
 
         # Too far behind: the browser reconnects and resumes from the last id it got.
-        return await self._relay(resp, queue, pump(), ping, MAX_QUEUED_EVENTS, ids=True)
+        return await self._relay(resp, queue, feed(), ping, MAX_QUEUED_EVENTS, ids=True)
+
+    async def leases(self) -> dict[str, Any] | None:
+        """Each machine's lease as etcd counts it, {id: {"ttl": granted, "left": seconds}},
+        read at most once per LEASES_EVERY_S for all browsers; None if etcd does not answer
+        in time (a lease is no watched object, so the feed samples it)."""
+        async with self._leases_lock:
+            at, got = self._leases
+            if asyncio.get_running_loop().time() - at < LEASES_EVERY_S / 2:
+                return got
+            try:
+                raw = await asyncio.wait_for(self.service.registry.machine_leases(),
+                                             HEARTBEAT_S)
+            except Exception as e:
+                log.debug("dashboard: machine leases not read: %s", e)
+                return None
+            got = {mid: {"ttl": ttl, "left": left} for mid, (ttl, left) in raw.items()}
+            self._leases = (asyncio.get_running_loop().time(), got)
+            return got
 
     @staticmethod
     async def _relay(resp: web.StreamResponse, queue: asyncio.Queue[dict[str, Any] | None],
@@ -287,15 +333,19 @@ class Dashboard:
                      ping: Callable[[], Awaitable[dict[str, Any]]],
                      max_queued: int | None = None, ids: bool = False) -> web.StreamResponse:
         """Send what `pump` queues as events (with their revision as id if `ids`) until it
-        queues None, more than `max_queued` wait, or the browser leaves; a `ping` after each
-        HEARTBEAT_S of silence. The pump stops with the stream."""
+        queues None, more than `max_queued` wait, or the browser leaves; a `ping` every
+        HEARTBEAT_S, however busy the stream. The pump stops with the stream."""
         task = asyncio.ensure_future(pump)
+        loop = asyncio.get_running_loop()
+        pinged = loop.time()
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
+                    item = await asyncio.wait_for(queue.get(),
+                                                  max(0.0, pinged + HEARTBEAT_S - loop.time()))
                 except TimeoutError:
                     await resp.write(sse(await ping()))
+                    pinged = loop.time()
                     continue
                 if item is None:
                     break
@@ -437,21 +487,55 @@ class Dashboard:
 
     async def _active_again(self, name: str, machine_id: str, old_pid: int) -> bool:
         """Whether the machine reports the unit active with a main PID other than `old_pid`
-        for ROLLING_STABLE_S on end, within ROLLING_WAIT_S. The agent publishes systemd's
-        changes as they happen; this reads them from the API's view every ROLLING_POLL_S
-        (one request's wait, bounded)."""
+        for ROLLING_STABLE_S on end, within ROLLING_WAIT_S: followed on the Watch stream of
+        this one unit (its snapshot, then each state the agent publishes), no polling."""
         loop = asyncio.get_running_loop()
-        deadline, since = loop.time() + ROLLING_WAIT_S, None
-        while loop.time() < deadline:
-            states, _ = await self.service.list_states([name], machine_id)
-            s = states[0] if states else None
-            if s is not None and s.active_state == "failed":
-                return False
-            if s is not None and s.active_state == "active" and s.main_pid not in (0, old_pid):
-                since = since if since is not None else loop.time()
-                if loop.time() - since >= ROLLING_STABLE_S:
+        deadline = loop.time() + ROLLING_WAIT_S
+        events: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def follow() -> None:
+            try:
+                async for ev in self._watch(0, (name,)):
+                    events.put_nowait(ev)
+            finally:
+                events.put_nowait(None)
+
+        def mine(s: Any) -> bool:
+            return bool(s.name == name and s.machine_id == machine_id)
+
+        k = pb.WatchEvent
+        state: Any = None
+        since: float | None = None
+        task = asyncio.ensure_future(follow())
+        try:
+            while True:
+                now = loop.time()
+                if state is not None and state.active_state == "failed":
+                    return False
+                good = (state is not None and state.active_state == "active"
+                        and state.main_pid not in (0, old_pid))
+                since = (since if since is not None else now) if good else None
+                if since is not None and now - since >= ROLLING_STABLE_S:
                     return True
-            else:
-                since = None
-            await asyncio.sleep(ROLLING_POLL_S)
-        return False
+                wait = deadline - now
+                if since is not None:
+                    wait = min(wait, since + ROLLING_STABLE_S - now)
+                if wait <= 0:
+                    return False
+                try:
+                    ev = await asyncio.wait_for(events.get(), wait)
+                except TimeoutError:
+                    continue
+                if ev is None:
+                    return False  # the stream ended (etcd gone): not known to be active
+                if ev.kind == k.SNAPSHOT:
+                    state = next((s for s in ev.snapshot.states if mine(s)), None)
+                elif ev.kind == k.STATE_PUT and mine(ev.state):
+                    state = ev.state
+                elif ev.kind == k.STATE_DELETED and ev.name == name and \
+                        ev.machine_id == machine_id:
+                    state = None
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -350,6 +350,15 @@ class EtcdClient:
             if "NOT_FOUND" not in str(e) and "not found" not in str(e):
                 raise
 
+    async def lease_ttl(self, lease: int) -> tuple[int, int]:
+        """`lease`'s granted TTL and the seconds it has left, as etcd counts them (whole
+        seconds; (0, -1) when the lease is gone). Reads only: renews nothing."""
+        resp = await self._unary("lease time-to-live", self._lease.LeaseTimeToLive,
+                                 rpc.LeaseTimeToLiveRequest(ID=lease))
+        if resp.TTL < 0:
+            return 0, -1
+        return int(resp.grantedTTL), int(resp.TTL)
+
     async def keepalive_once(self, lease: int, timeout_s: float | None = None) -> int:
         """Renew `lease` once (within `timeout_s`, default the request timeout); returns the
         remaining TTL in seconds (<= 0: the lease is gone)."""
@@ -492,6 +501,7 @@ class EtcdApi(Protocol):
                   failure: Sequence[Op] = ()) -> tuple[bool, int]: ...
     async def grant(self, ttl_s: int) -> int: ...
     async def revoke(self, lease: int) -> None: ...
+    async def lease_ttl(self, lease: int) -> tuple[int, int]: ...
     async def keepalive_once(self, lease: int, timeout_s: float | None = None) -> int: ...
     def watch_prefix(self, prefix: str, start_revision: int
                      ) -> AsyncIterator[list[WatchEvent]]: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
@@ -489,6 +490,16 @@ class Registry:
     async def list_machines(self) -> dict[str, MachineRecord]:
         kvs, rev = await self.etcd.get_prefix(self.keys.machines)
         return state_from(self.keys, kvs, rev).configured
+
+    async def machine_leases(self) -> dict[str, tuple[int, int]]:
+        """Each registered machine's lease as etcd counts it: machine id -> (granted TTL,
+        whole seconds left). One read of the machine keys, then one LeaseTimeToLive per
+        machine, concurrently; a lease gone in between is left out."""
+        kvs, _ = await self.etcd.get_prefix(self.keys.machines)
+        owners = {kv.key[len(self.keys.machines):]: kv.lease for kv in kvs if kv.lease}
+        owners = {mid: lease for mid, lease in owners.items() if mid and "/" not in mid}
+        ttls = await asyncio.gather(*(self.etcd.lease_ttl(lease) for lease in owners.values()))
+        return {mid: ttl for mid, ttl in zip(owners, ttls, strict=True) if ttl[1] >= 0}
 
     async def publish_states(self, states: Iterable[UnitStateRecord], lease: int) -> None:
         ops: list[Op] = [Put(self.keys.state(s.unit, s.machine_id), encode(s), lease)

@@ -105,8 +105,9 @@ class EventStream:
         assert self.resp.status == 200, self.resp.read()
         assert self.resp.getheader("Content-Type", "").startswith("text/event-stream")
 
-    def next(self) -> tuple[str, dict[str, Any]]:
-        """(id, data) of the next event with data."""
+    def next(self, leases: bool = False) -> tuple[str, dict[str, Any]]:
+        """(id, data) of the next event with data; the feed's "leases" samples (about one a
+        second, in between any others) only if `leases`."""
         event_id, data = "", ""
         while True:
             line = self.resp.readline().decode()
@@ -117,12 +118,16 @@ class EventStream:
             elif line.startswith("data: "):
                 data = line[6:]
             elif not line and data:
-                return event_id, json.loads(data)
+                ev = json.loads(data)
+                if leases or ev.get("kind") != "leases":
+                    return event_id, ev
+                event_id, data = "", ""
 
-    def until(self, pred: Any, limit: int = 200) -> tuple[str, dict[str, Any]]:
+    def until(self, pred: Any, limit: int = 200, leases: bool = False
+              ) -> tuple[str, dict[str, Any]]:
         seen = []
         for _ in range(limit):
-            eid, ev = self.next()
+            eid, ev = self.next(leases)
             seen.append(ev.get("kind"))
             if pred(ev):
                 return eid, ev
@@ -467,3 +472,35 @@ def test_api_writes_pass_through_the_proxy_and_fleetd_judges_them(
         assert "big.service" not in cluster.fleetctl("list-unit-files").stdout
     finally:
         cluster.fleetctl("destroy", "via-proxy.service")
+
+
+def test_event_stream_shows_each_machines_lease_running_down_while_its_fleetd_is_frozen(
+        cluster: LocalCluster, proxy: Proxy) -> None:
+    """The health column: each machine's etcd lease (granted TTL, whole seconds left) arrives
+    about every second; a fleetd that stops renewing shows its lease running down, the other
+    machine's stays full, and a renewal fills it again."""
+    m1, m2 = cluster.machines
+    ttl = 4  # the module's agent_ttl_s
+
+    def leases(ev: dict[str, Any]) -> dict[str, Any] | None:
+        return ev["leases"] if ev["kind"] == "leases" else None
+
+    stream = EventStream(proxy, "/dashboard/api/events")
+    try:
+        assert stream.next()[1]["kind"] == "snapshot", "the snapshot comes first"
+        _, ev = stream.until(lambda e: (leases(e) or {}).keys() >= {m1.machine_id, m2.machine_id},
+                             leases=True)
+        for mid in (m1.machine_id, m2.machine_id):
+            assert ev["leases"][mid]["ttl"] == ttl and ttl // 2 <= ev["leases"][mid]["left"] <= ttl
+
+        m2.freeze_fleetd()
+        try:
+            _, ev = stream.until(lambda e: (leases(e) or {}).get(m2.machine_id, {})
+                                 .get("left", ttl) <= 1, limit=60, leases=True)
+        finally:
+            m2.thaw_fleetd()
+        assert ev["leases"][m1.machine_id]["left"] >= ttl // 2, "only the frozen one runs down"
+        stream.until(lambda e: (leases(e) or {}).get(m2.machine_id, {}).get("left", 0)
+                     >= ttl // 2, limit=60, leases=True)
+    finally:
+        stream.close()

@@ -209,6 +209,17 @@ def test_page_lists_every_machine_and_unit(browser: WebDriver, proxy_url: str, c
     machines_table = {e.get_attribute("data-machine-id") for e in browser.find_elements(
         By.CSS_SELECTOR, "#machines tbody tr")}
     assert machines_table == set(ids.values())
+
+    def health() -> dict[str, tuple[str, str, str]]:
+        return {e.find_element(By.XPATH, "ancestor::tr").get_attribute("data-machine-id") or "":
+                (e.get_attribute("data-health") or "", e.get_attribute("data-lease-left") or "",
+                 e.get_attribute("data-lease-ttl") or "")
+                for e in browser.find_elements(By.CSS_SELECTOR,
+                                               "#machines td.health [data-health]")}
+    until(browser, lambda: set(health()) == set(ids.values())
+          and all(h[0] == "live" for h in health().values()), 10, "every machine's lease live")
+    assert len({h[2] for h in health().values()}) == 1 and all(
+        0 < int(h[1]) <= int(h[2]) for h in health().values()), health()
     shot(browser, "01-overview")
 
     def table_order() -> list[str]:

@@ -232,6 +232,13 @@ class SimEtcd:
         if self.on_lease_expired is not None:
             self.on_lease_expired(keys)
 
+    def lease_ttl(self, lease_id: int) -> tuple[int, int]:
+        """As etcd's LeaseTimeToLive: granted TTL and whole seconds left, (0, -1) if gone."""
+        lease = self.leases.get(lease_id)
+        if lease is None:
+            return 0, -1
+        return lease.ttl_s, max(0, int(lease.expires_at - self.loop.time()))
+
     def keepalive(self, lease_id: int) -> int:
         lease = self.leases.get(lease_id)
         if lease is None:
@@ -447,6 +454,10 @@ class SimEtcdClient:
 
     async def revoke(self, lease: int) -> None:
         await self._request("lease revoke", lambda: self.server.revoke(lease))
+
+    async def lease_ttl(self, lease: int) -> tuple[int, int]:
+        return await self._request("lease time-to-live",  # type: ignore[return-value]
+                                   lambda: self.server.lease_ttl(lease))
 
     async def keepalive_once(self, lease: int, timeout_s: float | None = None) -> int:
         try:

@@ -152,13 +152,17 @@ async def leases(b: Backend) -> None:
     lease = await c.grant(2)
     await c.put(p + "live", b"1", lease)
     assert await c.keepalive_once(lease) > 0
+    granted, left = await c.lease_ttl(lease)
+    assert granted == 2 and 0 <= left <= 2, (granted, left)
     await c.revoke(lease)
     assert await c.get(p + "live") is None
     assert await c.keepalive_once(lease) <= 0
+    assert await c.lease_ttl(lease) == (0, -1), "a revoked lease reads as gone"
     lease = await c.grant(2)
     await c.put(p + "live", b"1", lease)
     await b.sleep(4.5)
     assert await c.get(p + "live") is None, "the lease expired with its keys"
+    assert await c.lease_ttl(lease) == (0, -1), "an expired lease reads as gone"
     with pytest.raises(EtcdError):
         await c.put(p + "x", b"1", lease)
 

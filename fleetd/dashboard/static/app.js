@@ -16,6 +16,7 @@ const model = {
   revision: 0,
   gone: new Map(),      // machine id -> {machine, at, units: [names it held]}
   moved: new Map(),     // unit name -> {from, to, at}
+  leases: {},           // machine id -> {ttl, left}: its etcd lease (granted TTL, seconds left)
   loaded: false,
 };
 const ui = { sort: { key: "name", dir: 1 }, filter: "", route: null, unit: null };
@@ -113,6 +114,12 @@ function apply(msg) {
           .filter((u) => !u.global && u.machine_ids.includes(m.id)).map((u) => u.name);
         model.gone.set(m.id, { machine: m, at: Date.now(), units: held });
       }
+      break;
+    }
+    case "leases": {
+      const before = JSON.stringify(model.leases);
+      model.leases = msg.leases;
+      if (JSON.stringify(model.leases) === before) return;  // nothing to redraw
       break;
     }
     case "ping": {
@@ -248,7 +255,7 @@ function machineColumn(m) {
       draining ? h("span", { class: "badge draining", title: "fleetctl drain: gets no new units" }, "draining") : null),
     h("div", { class: "meta" }, h("span", { class: "mono", title: m.id }, short(m.id)), " · ", m.ip || "no ip",
       h("br"), md.length ? md.map(([k, v]) => h("span", { class: "chip" }, `${k}=${v}`)) : "no metadata",
-      h("br"), capacity(m)),
+      h("br"), capacity(m), " ", health(m)),
     units.length ? units.map((u) => unitCard(u, m.id)) : h("div", { class: "muted" }, "no units"));
 }
 
@@ -369,6 +376,18 @@ function unitsTable() {
       model.units.size ? "no unit matches the filter" : "no units"))));
 }
 
+// A machine's health: its etcd lease, granted TTL and whole seconds left, as the feed last
+// read it. Renewals come every tenth of the TTL, so a lease under half its TTL is late.
+function health(m) {
+  const l = model.leases[m.id];
+  if (!l) return h("span", { class: "pill s-idle", "data-health": "unknown" }, "lease ?");
+  const late = l.left * 2 < l.ttl;
+  return h("span", { class: `pill ${late ? "s-busy" : "s-active"}`, "data-health": late ? "late" : "live",
+                     "data-lease-left": l.left, "data-lease-ttl": l.ttl,
+                     title: `etcd lease: ${l.left} s left of ${l.ttl} s` + (late ? " (renewals are late)" : "") },
+    `lease ${l.left}/${l.ttl} s${late ? " late" : ""}`);
+}
+
 function machinesTable() {
   const rows = [...model.machines.values()].filter(machineMatches)
     .sort((a, b) => (a.hostname || a.id).localeCompare(b.hostname || b.id));
@@ -381,7 +400,7 @@ function machinesTable() {
         h("td", { class: "mono", title: m.id }, short(m.id), m.engine_leader ? " (engine)" : ""),
         h("td", null, m.ip), h("td", null, m.hostname),
         h("td", null, Object.entries(m.metadata).sort().map(([k, v]) => h("span", { class: "chip" }, `${k}=${v}`))),
-        h("td", null, h("span", { class: "pill s-active" }, "lease live"), m.version ? ` v${m.version}` : ""),
+        h("td", { class: "health" }, health(m), m.version ? ` v${m.version}` : ""),
         h("td", { class: "machine-state" }, m.state === "draining"
           ? h("span", { class: "pill s-busy" }, "draining") : "active"),
         h("td", null, capacity(m)),
