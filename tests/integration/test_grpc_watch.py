@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-import queue
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from fleetd.api.pb import fleet_pb2 as pb
 from fleetd.api.pb import fleet_pb2_grpc as pb_grpc
 from fleetd.localcluster import LocalCluster
+from tests.harness.watch_stream import WatchStream
 from tests.integration.conftest import UNITS_DIR, unit_rows, wait_until
 
 K = pb.WatchEvent
@@ -41,51 +39,9 @@ def stub(cluster: LocalCluster) -> Iterator[Any]:
     channel.close()
 
 
-class Watcher:
-    """A Watch call drained by a thread into a queue."""
-
-    def __init__(self, stub: Any, **request: Any) -> None:
-        self.call = stub.Watch(pb.WatchRequest(**request))
-        self.events: queue.Queue[Any] = queue.Queue()
-        self.error: grpc.RpcError | None = None
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        try:
-            for ev in self.call:
-                self.events.put(ev)
-        except grpc.RpcError as e:
-            self.error = e
-            self.events.put(None)
-
-    def next(self, timeout_s: float = 10) -> Any:
-        return self.events.get(timeout=timeout_s)
-
-    def until(self, pred: Any, timeout_s: float = 15) -> list[Any]:
-        """Events up to and including the first one `pred` accepts."""
-        seen = []
-        deadline = time.monotonic() + timeout_s
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no matching event; saw {[str(e)[:200] for e in seen]}")
-            try:
-                ev = self.events.get(timeout=left)
-            except queue.Empty:
-                continue
-            if ev is None:
-                raise AssertionError(f"watch ended: {self.error}")
-            seen.append(ev)
-            if pred(ev):
-                return seen
-
-    def cancel(self) -> None:
-        self.call.cancel()
-
-
 def test_watch_sends_a_snapshot_then_live_unit_and_state_changes(
         cluster: LocalCluster, stub: Any) -> None:
-    w = Watcher(stub)
+    w = WatchStream(stub)
     try:
         snap = w.next()
         assert snap.kind == K.SNAPSHOT and snap.revision > 0
@@ -105,26 +61,26 @@ def test_watch_sends_a_snapshot_then_live_unit_and_state_changes(
         w.until(lambda e: e.kind == K.UNIT_DELETED and e.name == "hello.service")
         w.until(lambda e: e.kind == K.STATE_DELETED and e.name == "hello.service")
     finally:
-        w.cancel()
+        w.close()
 
 
 def test_watch_resumes_after_a_revision_without_a_snapshot(cluster: LocalCluster,
                                                            stub: Any) -> None:
-    w = Watcher(stub)
+    w = WatchStream(stub)
     rev = w.next().revision
-    w.cancel()
+    w.close()
     cluster.fleetctl("submit", str(UNITS_DIR / "hello.service"), check=True)
-    resumed = Watcher(stub, start_revision=rev)
+    resumed = WatchStream(stub, start_revision=rev)
     try:
         first = resumed.next()
         assert first.kind == K.UNIT_PUT and first.unit.name == "hello.service"
         assert first.revision > rev
     finally:
-        resumed.cancel()
+        resumed.close()
 
 
 def test_watch_filters_by_kind(cluster: LocalCluster, stub: Any) -> None:
-    w = Watcher(stub, units=True)
+    w = WatchStream(stub, units=True)
     try:
         snap = w.next()
         assert len(snap.snapshot.machines) == 0 and len(snap.snapshot.states) == 0
@@ -132,11 +88,11 @@ def test_watch_filters_by_kind(cluster: LocalCluster, stub: Any) -> None:
         seen = w.until(lambda e: e.kind == K.UNIT_PUT and e.unit.current_state == "launched")
         assert {e.kind for e in seen} == {K.UNIT_PUT}
     finally:
-        w.cancel()
+        w.close()
 
 
 def test_watch_reports_machine_changes(cluster: LocalCluster, stub: Any) -> None:
-    w = Watcher(stub, machines=True)
+    w = WatchStream(stub, machines=True)
     try:
         w.next()
         mid = cluster.machines[2].machine_id
@@ -153,7 +109,7 @@ def test_watch_reports_machine_changes(cluster: LocalCluster, stub: Any) -> None
         ev = w.until(lambda e: e.kind == K.MACHINE_PUT)[-1]
         assert "rack" not in ev.machine.metadata and ev.machine.metadata["region"] == "us-east"
     finally:
-        w.cancel()
+        w.close()
     with pytest.raises(grpc.RpcError) as e:
         stub.SetMachineMetadata(pb.SetMachineMetadataRequest(machine_id=mid, set={"a/b": "1"}))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -170,7 +126,7 @@ def test_watch_from_a_compacted_revision_is_out_of_range(cluster: LocalCluster,
     rev = int(next(x for x in status.splitlines() if '"Revision"' in x).split(":")[1])
     subprocess.run(["etcdctl", "--endpoints", cluster.etcd.endpoint, "compact", str(rev)],
                    env=env, check=True, capture_output=True)
-    w = Watcher(stub, start_revision=2)
+    w = WatchStream(stub, start_revision=2)
     assert w.next() is None
     assert w.error is not None and w.error.code() == grpc.StatusCode.OUT_OF_RANGE
 
