@@ -13,7 +13,8 @@ Rules (fleet's, plus the engine's own):
   ``inactive`` or destroyed unit none; assignments to machines whose lease expired are dropped
   and the unit is rescheduled in the same pass;
 * a machine is feasible if it passes MachineID, MachineMetadata, MachineOf, Conflicts,
-  Replaces, Departed, Held and Resources, in that order; among feasible machines the best
+  Replaces, Departed, Held, Draining and Resources, in that order (a MachineOf leader needs
+  room for its followers too where it is not yet); among feasible machines the best
   ranked wins, ties by machine id: least loaded (by reserved share, then unit count) by
   default, most loaded with ``engine_placement=binpack`` (`fleetd.engine._ranking`);
 * a machine in its grace (``departed``) keeps its units and gets no new ones; the units it had
@@ -104,6 +105,10 @@ class ClusterSnapshot:
     departed: frozenset[str] = frozenset()
     held: frozenset[str] = frozenset()
     draining: frozenset[str] = frozenset()  # machines being drained: no new units there
+    # unit -> machines of its new copies while it moves make-before-break: hidden from
+    # ``schedule`` (the scheduler neither keeps nor drops them) but occupying those machines
+    # for Conflicts and Resources (`fleetd.engine.moves`)
+    moving: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -351,7 +356,8 @@ class _Pass:
 
 def _working_state(snapshot: ClusterSnapshot) -> WorkingState:
     return WorkingState.build(snapshot.machines, snapshot.jobs, snapshot.schedule,
-                              snapshot.departed, snapshot.held, snapshot.draining)
+                              snapshot.departed, snapshot.held, snapshot.draining,
+                              snapshot.moving)
 
 
 def _simulate(snapshot: ClusterSnapshot, pipeline: Pipeline) -> _Pass:
