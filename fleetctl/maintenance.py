@@ -38,9 +38,9 @@ def _blocking(p: argparse.ArgumentParser, what: str) -> None:
 def _drain_args(p: argparse.ArgumentParser) -> None:
     _machine_argument(p)
     p.add_argument("--pinned", default="leave", choices=("leave", "stop"),
-                   help="units that cannot move make-before-break (a MachineID pin, "
-                        "Conflicts, MachineOf): leave them running (default), or stop them "
-                        "first and start them elsewhere where their constraints allow")
+                   help="units pinned by MachineID (and their MachineOf groups): leave "
+                        "them running (default), or stop them (they wait, unschedulable, "
+                        "for the machine to be undrained)")
     flag(p, "--include-global", help="global units leave the machine too")
     _blocking(p, "drain")
 

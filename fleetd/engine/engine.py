@@ -343,6 +343,7 @@ class Engine:
         c = self.cache
         held = {u for mid in self.departed for u in self.departed_units.get(mid, ())}
         schedule: Mapping[str, Mapping[str, ScheduleEntry]] = c.schedule
+        hidden: dict[str, set[str]] = {}
         if c.state.moves:  # the new copy of a unit being moved is not the scheduler's to see
             hidden = moves.visible_schedule(c.schedule, c.state.moves)
             if hidden:
@@ -360,6 +361,9 @@ class Engine:
         c.stale_machines = False
         c.machine_views, c.jobs, c.sched_sets, c.broken = (
             built.machines, built.jobs, built.schedule, built.broken)
+        if hidden:  # ... but it occupies its machine (Conflicts, Resources) until the move ends
+            return replace(built.snapshot, moving={u: frozenset(ms) for u, ms in
+                                                   hidden.items()}), c.broken
         return built.snapshot, c.broken
 
     def explain(self, unit: str) -> Explanation:
@@ -484,7 +488,8 @@ class Engine:
         itself (un)assigns this pass start no move."""
         c, reg = self.cache, self.registry
         touched = {d.unit for d in decisions if isinstance(d, Assign | Unassign)}
-        mp = moves.plan(snap, c.state.moves, c.state.states, c.state.draining, time.time_ns())
+        mp = moves.plan(snap, c.state.moves, c.state.states, c.state.draining, time.time_ns(),
+                        self.pipeline)
         ops: list[Op] = []
 
         def entry(unit: str, mid: str) -> ScheduleEntry | None:
@@ -508,10 +513,11 @@ class Engine:
             ops += [reg.unassign_op(m.from_machine, m.unit), reg.move_op(m.unit, None)]
             log.info("move %s: active on %s; stopping it on %s", m.unit, m.to_machine,
                      m.from_machine)
+        placed = moves.placements(snap, mp.release, self.pipeline) if mp.release else {}
         for m in mp.release:
             ops.append(reg.move_op(m.unit, None))
-            e = entry(m.unit, m.to_machine) if m.to_machine else None
-            if e is not None and not moves.refusal(snap, m.unit, m.to_machine):
+            e = entry(m.unit, m.to_machine) if m.unit in placed else None
+            if e is not None:
                 ops.append(reg.assign_op(e))
             log.info("move %s: stopped on %s; placing it %s", m.unit, m.from_machine,
                      f"on {m.to_machine}" if e is not None else "where it fits")
