@@ -116,9 +116,10 @@ class WorkingState:
     # a machine it is not on yet must have room for them too (`ResourcesCheck`).
     followers_reserving: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # -- end resources --
-    # The new copies of units being moved make-before-break (machine -> units): invisible to
-    # the scheduler (`fleetd.engine.moves.visible_schedule`) but occupying their machine for
-    # the Conflicts and Resources checks until the move ends.
+    # The copies to come of units being moved (machine -> units): a make-before-break move's
+    # new copy, invisible to the scheduler (`fleetd.engine.moves.visible_schedule`), and a
+    # stop-first move's target. They occupy their machine for the Conflicts and Resources
+    # checks until the move ends (`fleetd.engine.moves.reserved_copies`).
     shadows: dict[str, set[str]] = field(default_factory=dict)
 
     @classmethod
@@ -208,21 +209,29 @@ class WorkingState:
             if reserving:
                 self.followers_reserving[target] = reserving
 
-    def _shadow(self, unit: str, machine_id: str) -> None:
-        """Count a moving unit's hidden new copy on ``machine_id`` (live) for Conflicts and
-        Resources; it is in no unit's schedule and no machine's load."""
+    def _shadow(self, unit: str, machine_id: str, sign: int = 1) -> None:
+        """Count (``sign`` 1) or stop counting (-1) a moving unit's copy to come on
+        ``machine_id`` (live) for Conflicts and Resources; it is in no unit's schedule and
+        no machine's load."""
         if unit not in self.jobs or machine_id not in self.hosted:
             return
         here = self.shadows.setdefault(machine_id, set())
-        if unit in here:
+        if (unit in here) == (sign > 0):
             return
-        here.add(unit)
-        self._reserve(unit, machine_id, 1)
+        if sign > 0:
+            here.add(unit)
+        else:
+            here.discard(unit)
+        self._reserve(unit, machine_id, sign)
         for group in self.groups_matching.get(unit, ()):
-            _bump(self.hits[group], machine_id, 1)
+            _bump(self.hits[group], machine_id, sign)
         own = self.group_of.get(unit)
         if own:
-            _bump(self.holders[own], machine_id, 1)
+            _bump(self.holders[own], machine_id, sign)
+
+    def unshadow(self, unit: str, machine_id: str) -> None:
+        """Stop counting ``unit``'s copy to come on ``machine_id`` (it is being placed)."""
+        self._shadow(unit, machine_id, -1)
 
     # -- mutation -------------------------------------------------------------------------
     def _set_load(self, machine_id: str, old: int, new: int) -> None:

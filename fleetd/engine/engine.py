@@ -343,13 +343,14 @@ class Engine:
         c = self.cache
         held = {u for mid in self.departed for u in self.departed_units.get(mid, ())}
         schedule: Mapping[str, Mapping[str, ScheduleEntry]] = c.schedule
-        hidden: dict[str, set[str]] = {}
+        reserved: dict[str, frozenset[str]] = {}
         if c.state.moves:  # the new copy of a unit being moved is not the scheduler's to see
             hidden = moves.visible_schedule(c.schedule, c.state.moves)
             if hidden:
                 schedule = {**c.schedule, **{u: {m: e for m, e in c.schedule[u].items()
                                                  if m not in hid}
                                              for u, hid in hidden.items()}}
+            reserved = moves.reserved_copies(c.schedule, c.state.moves)
         built = build_snapshot(
             c.units, c.desired, c.machines, schedule, parsed=self.xfleet, metadata=c.metadata,
             departed={mid: view for mid, (_, view) in self.departed.items()}, held=held,
@@ -361,9 +362,8 @@ class Engine:
         c.stale_machines = False
         c.machine_views, c.jobs, c.sched_sets, c.broken = (
             built.machines, built.jobs, built.schedule, built.broken)
-        if hidden:  # ... but it occupies its machine (Conflicts, Resources) until the move ends
-            return replace(built.snapshot, moving={u: frozenset(ms) for u, ms in
-                                                   hidden.items()}), c.broken
+        if reserved:  # ... but it occupies its machine (Conflicts, Resources) until it ends
+            return replace(built.snapshot, moving=reserved), c.broken
         return built.snapshot, c.broken
 
     def explain(self, unit: str) -> Explanation:
@@ -488,6 +488,7 @@ class Engine:
         itself (un)assigns this pass start no move."""
         c, reg = self.cache, self.registry
         touched = {d.unit for d in decisions if isinstance(d, Assign | Unassign)}
+        snap = moves.with_decisions(snap, decisions)  # planned beside this pass's placements
         mp = moves.plan(snap, c.state.moves, c.state.states, c.state.draining, time.time_ns(),
                         self.pipeline)
         ops: list[Op] = []
@@ -513,10 +514,9 @@ class Engine:
             ops += [reg.unassign_op(m.from_machine, m.unit), reg.move_op(m.unit, None)]
             log.info("move %s: active on %s; stopping it on %s", m.unit, m.to_machine,
                      m.from_machine)
-        placed = moves.placements(snap, mp.release, self.pipeline) if mp.release else {}
         for m in mp.release:
             ops.append(reg.move_op(m.unit, None))
-            e = entry(m.unit, m.to_machine) if m.unit in placed else None
+            e = entry(m.unit, m.to_machine) if m.unit in mp.placed else None
             if e is not None:
                 ops.append(reg.assign_op(e))
             log.info("move %s: stopped on %s; placing it %s", m.unit, m.from_machine,

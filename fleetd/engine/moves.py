@@ -50,17 +50,17 @@ into etcd operations.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from fleetd.engine._feasibility import WorkingState
 from fleetd.engine._placement import PIPELINE, Pipeline
-from fleetd.engine.scheduler import ClusterSnapshot, JobView
+from fleetd.engine.scheduler import Assign, ClusterSnapshot, Decision, JobView, Unassign
 from fleetd.registry.schema import DrainRecord, MoveRecord, UnitStateRecord
 
 __all__ = ["MovePlan", "destination", "follower_refusal", "group_of", "group_pin", "held_units",
-           "in_flight", "leaders", "pin_reason", "placements", "plan", "refusal",
-           "visible_schedule"]
+           "in_flight", "leaders", "pin_reason", "plan", "refusal", "reserved_copies",
+           "visible_schedule", "with_decisions"]
 
 #: How long a failed move's record stays for `fleetctl move` to read it (off a machine that
 #: is not draining; a draining machine's failed moves stay until it is undrained).
@@ -80,6 +80,18 @@ def visible_schedule(schedule: Mapping[str, Mapping[str, object]],
                 and rec.to_machine != rec.from_machine):
             hidden[unit] = {rec.to_machine}
     return hidden
+
+
+def reserved_copies(schedule: Mapping[str, Mapping[str, object]],
+                    moves: Mapping[str, MoveRecord]) -> dict[str, frozenset[str]]:
+    """unit -> the machine its move is bringing it to, held for it (`ClusterSnapshot.moving`):
+    a make-before-break move's hidden new copy, and a stop-first move's named target while
+    the old copy stops (nothing else takes its room or conflicts with it there meanwhile)."""
+    out = {u: frozenset(ms) for u, ms in visible_schedule(schedule, moves).items()}
+    for unit, rec in moves.items():
+        if rec.phase == "stopping" and rec.to_machine:
+            out[unit] = out.get(unit, frozenset()) | {rec.to_machine}
+    return out
 
 
 def in_flight(moves: Mapping[str, MoveRecord]) -> bool:
@@ -193,6 +205,7 @@ class MovePlan:
     finish: list[MoveRecord] = field(default_factory=list)  # unschedule `from_machine`, drop
     release: list[MoveRecord] = field(default_factory=list)  # drop; place on `to_machine`
     abort: list[tuple[MoveRecord, str]] = field(default_factory=list)
+    placed: dict[str, str] = field(default_factory=dict)  # released unit -> its target now
     blocked: list[MoveRecord] = field(default_factory=list)  # pinned/blocked: write them
     forget: list[str] = field(default_factory=list)  # records to delete, nothing else
     unassign_global: list[tuple[str, str]] = field(default_factory=list)  # (unit, machine)
@@ -201,6 +214,23 @@ class MovePlan:
     def empty(self) -> bool:
         return not (self.start or self.stop_first or self.finish or self.release or self.abort
                     or self.blocked or self.forget or self.unassign_global)
+
+
+def with_decisions(snap: ClusterSnapshot, decisions: Iterable[Decision]) -> ClusterSnapshot:
+    """``snap`` with the scheduler's Assign/Unassign ``decisions`` applied: the schedule the
+    pass's moves are planned on, so a move never takes room the same pass gives a unit."""
+    changed: dict[str, set[str]] = {}
+    for d in decisions:
+        if isinstance(d, Assign | Unassign):
+            where = changed.setdefault(d.unit, set(snap.schedule.get(d.unit, frozenset())))
+            if isinstance(d, Assign):
+                where.add(d.machine_id)
+            else:
+                where.discard(d.machine_id)
+    if not changed:
+        return snap
+    schedule = {**snap.schedule, **{u: frozenset(ms) for u, ms in changed.items()}}
+    return replace(snap, schedule={u: ms for u, ms in schedule.items() if ms})
 
 
 def _working(snap: ClusterSnapshot) -> WorkingState:
@@ -293,34 +323,6 @@ def _choose(state: WorkingState, snap: ClusterSnapshot, group: tuple[str, ...],
         return best, ""
     _, phrases = pipeline.count_filtered(state, head)
     return None, "no other machine fits: " + (", ".join(phrases) or "no other live machine")
-
-
-def placements(snap: ClusterSnapshot, released: list[MoveRecord],
-               pipeline: Pipeline = PIPELINE) -> dict[str, str]:
-    """Where the units of finished stop-first moves go now (unit -> their move's target),
-    for those the pipeline accepts there: a MachineOf group's members are judged together,
-    targets first (the rest go wherever the scheduler places them)."""
-    state = _working(snap)
-    links = _links(snap)
-    out: dict[str, str] = {}
-    by_target: dict[str, set[str]] = {}
-    for rec in released:
-        if rec.to_machine and rec.unit in snap.jobs:
-            by_target.setdefault(rec.to_machine, set()).add(rec.unit)
-    for target, units in sorted(by_target.items()):
-        if target not in snap.machines or target in snap.departed:
-            continue
-        for group in _components(snap, units, links):
-            _lift(state, group)
-            for i, member in enumerate(group):
-                if pipeline.first_rejection(state, snap.jobs[member], target) is not None:
-                    for placed in group[:i]:
-                        state.lift(placed, target)
-                        out.pop(placed, None)
-                    break
-                state.place(member, target)
-                out[member] = target
-    return out
 
 
 def _components(snap: ClusterSnapshot, units: set[str],
@@ -432,6 +434,8 @@ def plan(snap: ClusterSnapshot, moves: Mapping[str, MoveRecord],
             else:
                 _stopping(snap, [moves[u] for u in group], states, out)
 
+    _place_released(snap, state, links, out, pipeline)
+
     for unit in sorted(moves):
         rec = moves[unit]
         if unit in begun:
@@ -504,6 +508,26 @@ def _starting(snap: ClusterSnapshot, group: list[MoveRecord],
                          for rec in group if rec.unit not in went)
     elif len(done) + len(went) == len(group):
         out.finish.extend(done)
+
+
+def _place_released(snap: ClusterSnapshot, state: WorkingState,
+                    links: Mapping[str, set[str]], out: MovePlan, pipeline: Pipeline) -> None:
+    """`out.placed`: where the units of finished stop-first moves go now, their move's target
+    for those the pipeline accepts there (a MachineOf group's members judged together,
+    targets first); the rest go wherever the scheduler places them. They stay placed in
+    ``state`` so the pass's other moves see them."""
+    by_target: dict[str, set[str]] = {}
+    for rec in out.release:
+        if rec.to_machine and rec.unit in snap.jobs:
+            state.unshadow(rec.unit, rec.to_machine)
+            by_target.setdefault(rec.to_machine, set()).add(rec.unit)
+    for target, units in sorted(by_target.items()):
+        if target not in snap.machines or target in snap.departed:
+            continue
+        for group in _components(snap, units, links):
+            _lift(state, group)
+            if not _try(state, snap, group, target, pipeline):
+                out.placed.update(dict.fromkeys(group, target))
 
 
 def _stopping(snap: ClusterSnapshot, group: list[MoveRecord],

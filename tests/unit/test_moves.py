@@ -159,10 +159,10 @@ def test_a_group_with_a_stop_first_member_is_moved_stop_first_as_a_whole() -> No
     half = active("app.service", "m1", "inactive")
     assert moves.plan(gone, recs, {**half, **active("side.service", "m1")}, {}, NOW).release == []
     done = {**half, **active("side.service", "m1", "inactive")}
-    released = moves.plan(gone, recs, done, {}, NOW).release
-    assert sorted(m.unit for m in released) == ["app.service", "side.service"]
+    p = moves.plan(gone, recs, done, {}, NOW)
+    assert sorted(m.unit for m in p.release) == ["app.service", "side.service"]
     # Both go to the target, the leader first so the sidekick's MachineOf holds there.
-    assert moves.placements(gone, released) == {"app.service": "m2", "side.service": "m2"}
+    assert p.placed == {"app.service": "m2", "side.service": "m2"}
 
 
 def test_a_group_with_a_pinned_member_is_pinned_as_a_whole() -> None:
@@ -300,3 +300,30 @@ def test_pinned_records_end_when_the_machine_is_undrained() -> None:
     assert moves.plan(s, {"p.service": rec}, {}, {}, NOW).forget == ["p.service"]
     still = moves.plan(s, {"p.service": rec}, {}, drain("m1"), NOW)
     assert still.empty  # unchanged: not rewritten
+
+
+def test_a_stop_first_target_is_held_for_the_unit_while_its_old_copy_stops() -> None:
+    from fleetd.engine.scheduler import Assign, reconcile
+
+    M = 1 << 20
+    machines = {"m1": MachineView("m1", {}, 0, 0), "m2": MachineView("m2", {}, 0, 512 * M)}
+    jobs = {"o.service": J("o.service", memory=400 * M, move_before_stop=False),
+            "n.service": J("n.service", memory=200 * M)}
+    recs = {"o.service": MoveRecord("o.service", "m1", "m2", "stopping")}
+    assert moves.reserved_copies({}, recs) == {"o.service": frozenset({"m2"})}
+    s = ClusterSnapshot(machines, jobs, {}, draining=frozenset({"m1"}),
+                        moving=moves.reserved_copies({}, recs))
+    # The scheduler does not give o's room to n (m1 drains: n waits).
+    assert [d for d in reconcile(s) if isinstance(d, Assign)] == []
+    p = moves.plan(s, recs, active("o.service", "m1", "inactive"), drain("m1"), NOW)
+    assert p.placed == {"o.service": "m2"}
+
+
+def test_moves_are_planned_beside_the_passes_own_placements() -> None:
+    from fleetd.engine.scheduler import Assign, Unassign
+
+    s = snap([J("a.service"), J("b.service")], {"a.service": {"m1"}})
+    after = moves.with_decisions(s, [Assign("b.service", "m2", ""),
+                                     Unassign("a.service", "m1", "")])
+    assert after.schedule == {"b.service": frozenset({"m2"})}
+    assert moves.with_decisions(s, []) is s
