@@ -168,7 +168,8 @@ def group_of(snap: ClusterSnapshot, unit: str, machine: str,
 def leaders(snap: ClusterSnapshot, group: tuple[str, ...]) -> tuple[str, ...]:
     """The members of ``group`` that follow no other member."""
     inside = set(group)
-    return tuple(u for u in group if not set(snap.jobs[u].xfleet.machine_of) & inside)
+    return tuple(u for u in group if u not in snap.jobs
+                 or not set(snap.jobs[u].xfleet.machine_of) & inside)
 
 
 def follower_refusal(snap: ClusterSnapshot, unit: str) -> str:
@@ -179,7 +180,7 @@ def follower_refusal(snap: ClusterSnapshot, unit: str) -> str:
         return ""
     group = group_of(snap, unit, where[0])
     heads = leaders(snap, group)
-    if unit in heads:
+    if unit in heads or not heads:  # (a MachineOf cycle has no leader: unschedulable anyway)
         return ""
     return (f"{unit} follows {', '.join(heads)} (MachineOf): move {heads[0]} and its "
             f"MachineOf group ({', '.join(group)}) moves with it")

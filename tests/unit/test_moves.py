@@ -327,3 +327,11 @@ def test_moves_are_planned_beside_the_passes_own_placements() -> None:
                                      Unassign("a.service", "m1", "")])
     assert after.schedule == {"b.service": frozenset({"m2"})}
     assert moves.with_decisions(s, []) is s
+
+
+def test_a_machine_of_cycle_has_no_leader_to_name() -> None:
+    s = snap([J("a.service", machine_of=("b.service",)), J("b.service", machine_of=(
+        "a.service",))], {"a.service": {"m1"}, "b.service": {"m1"}})
+    assert moves.group_of(s, "a.service", "m1") == ("a.service", "b.service")
+    assert moves.leaders(s, ("a.service", "b.service")) == ()
+    assert moves.follower_refusal(s, "a.service") == ""
