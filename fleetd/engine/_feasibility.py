@@ -184,8 +184,9 @@ class WorkingState:
         return state
 
     def _index_followers(self, names: Sequence[str]) -> None:
-        """`followers_reserving`: for each MachineOf target, its wanted transitive followers
-        that reserve CPU or memory (cycles are cut: a unit never follows itself)."""
+        """`followers_reserving`: for each non-global MachineOf target, its wanted transitive
+        followers that reserve CPU or memory (cycles are cut: a unit never follows itself). A
+        global unit has no group: its followers need only one of its machines."""
         jobs = self.jobs
         direct: dict[str, list[str]] = {}
         for name in names:
@@ -196,6 +197,8 @@ class WorkingState:
         if not direct:
             return
         for target in direct:
+            if target not in jobs or jobs[target].xfleet.global_:
+                continue
             seen: set[str] = set()
             stack = list(direct[target])
             while stack:

@@ -337,6 +337,15 @@ def test_followers_reservations_count_transitively_and_only_once_placed() -> Non
     assert reconcile(settled) == []  # placed followers are not counted twice
 
 
+def test_a_global_unit_is_not_held_back_by_a_sidekick_that_needs_one_of_its_machines() -> None:
+    s = snap([machine("m1", memory=G), machine("m2", memory=256 * M)],
+             [job("agent.service", global_=True),
+              job("side.service", memory=512 * M, machine_of=("agent.service",))])
+    out = reconcile(s)
+    assert {(d.unit, d.machine_id) for d in out if isinstance(d, Assign)} == {
+        ("agent.service", "m1"), ("agent.service", "m2"), ("side.service", "m1")}
+
+
 def test_unknown_placement_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown placement 'x'"):
         pipeline_for("x")
