@@ -400,6 +400,13 @@ def plan(snap: ClusterSnapshot, moves: Mapping[str, MoveRecord],
         target = rec.to_machine
         if target:
             why = refusal(snap, rec.unit, target, pipeline)
+            if not why:  # and beside what this pass has placed already
+                _lift(state, group)
+                why = _try(state, snap, group, target, pipeline)
+                if not why:
+                    _lift(state, group)
+                for u in group:
+                    state.place(u, source)
             if why:
                 out.abort.append((rec, f"cannot move to {target}: {why}"))
                 return

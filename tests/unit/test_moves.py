@@ -335,3 +335,19 @@ def test_a_machine_of_cycle_has_no_leader_to_name() -> None:
     assert moves.group_of(s, "a.service", "m1") == ("a.service", "b.service")
     assert moves.leaders(s, ("a.service", "b.service")) == ()
     assert moves.follower_refusal(s, "a.service") == ""
+
+
+def test_a_named_target_is_judged_beside_the_passes_other_moves() -> None:
+    M = 1 << 20
+    machines = {"m1": MachineView("m1"), "m2": MachineView("m2"),
+                "m3": MachineView("m3", {}, 0, 512 * M)}
+    jobs = {"a.service": J("a.service", memory=400 * M),
+            "b.service": J("b.service", memory=400 * M)}
+    s = ClusterSnapshot(machines, jobs, {"a.service": frozenset({"m1"}),
+                                         "b.service": frozenset({"m2"})})
+    both = {u: MoveRecord(u, m, "m3", "requested") for u, m in (("a.service", "m1"),
+                                                                ("b.service", "m2"))}
+    p = moves.plan(s, both, {}, {}, NOW)
+    assert [(m.unit, m.to_machine) for m in p.start] == [("a.service", "m3")]
+    [(rec, why)] = p.abort
+    assert rec.unit == "b.service" and why.startswith("cannot move to m3: Resources: needs 400M")
