@@ -4,7 +4,8 @@ and move (one unit to another machine).
 MACHINE is a machine id, a unique prefix of one, or the machine's IP; fleetd resolves it
 (`FleetService.resolve_machine`), so every front end accepts the same forms. The blocking
 forms follow fleetd's Watch stream (the units' `move_*` fields say where each move stands);
-nothing is re-listed in a loop.
+nothing is re-listed in a loop. A drain is done once the machine runs no movable unit: each
+one moved off and its old copy stopped there (as its agent reports it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 # Phases after which a unit stays where it is without more help (see fleetd.engine.moves).
 _LEFT = ("pinned", "failed")
+_DOWN = ("inactive", "failed", "")  # systemd ActiveStates of a copy that no longer runs
 
 
 def _machine_argument(p: argparse.ArgumentParser) -> None:
@@ -38,9 +40,9 @@ def _blocking(p: argparse.ArgumentParser, what: str) -> None:
 def _drain_args(p: argparse.ArgumentParser) -> None:
     _machine_argument(p)
     p.add_argument("--pinned", default="leave", choices=("leave", "stop"),
-                   help="units that cannot move make-before-break (a MachineID pin, "
-                        "Conflicts, MachineOf): leave them running (default), or stop them "
-                        "first and start them elsewhere where their constraints allow")
+                   help="units pinned by MachineID (and their MachineOf groups): leave "
+                        "them running (default), or stop them (they wait, unschedulable, "
+                        "for the machine to be undrained)")
     flag(p, "--include-global", help="global units leave the machine too")
     _blocking(p, "drain")
 
@@ -66,6 +68,15 @@ def _on(seen: UnitsSeen, mid: str, include_global: bool) -> list[pb.Unit]:
                   key=lambda u: u.name)
 
 
+def _still_stopping(seen: UnitsSeen, mid: str, include_global: bool) -> list[str]:
+    """Units moved off ``mid`` (no longer scheduled there) whose old copy systemd there has
+    not stopped yet: the machine holds them until it has."""
+    return sorted(name for name, per in seen.states.items()
+                  if (s := per.get(mid)) is not None and s.active_state not in _DOWN
+                  and (u := seen.units.get(name)) is not None and mid not in u.machine_ids
+                  and (include_global or not u.is_global))
+
+
 @api_errors
 def _drain(a: argparse.Namespace) -> int:
     from fleetctl.client import DeadlineExceeded
@@ -81,27 +92,36 @@ def _drain(a: argparse.Namespace) -> int:
     said: dict[str, str] = {}
     left: list[pb.Unit] = []
     try:
-        with c.watch(units=True, timeout_s=a.deadline or None) as events:
+        with c.watch(units=True, states=True, timeout_s=a.deadline or None) as events:
             for ev in events:
                 seen.apply(ev)
                 left = _on(seen, m.id, a.include_global)
-                here = {u.name for u in left}
+                stopping = _still_stopping(seen, m.id, a.include_global)
+                here = {u.name for u in left} | set(stopping)
                 for u in left:
                     line = _status(u)
                     if said.get(u.name) != line:
                         said[u.name] = line
                         echo(f"Unit {u.name}: {line}")
+                for name in stopping:
+                    line = "moved; its old copy here is stopping"
+                    if said.get(name) != line:
+                        said[name] = line
+                        echo(f"Unit {name}: {line}")
                 for gone in [n for n in said if n not in here]:
                     del said[gone]
                     u2 = seen.units.get(gone)
                     to = (", ".join(f"{short_id(x, False)}" for x in u2.machine_ids)
                           if u2 is not None and u2.machine_ids else "")
                     echo(f"Unit {gone} moved off {name}" + (f" to {to}" if to else ""))
-                if all(u.move_phase in _LEFT for u in left):
+                if not stopping and all(u.move_phase in _LEFT for u in left):
                     break
     except DeadlineExceeded:
         for u in left:
             echo(f"Error: unit {u.name} is still on {name}: {_status(u)}", err=True)
+        for unit in _still_stopping(seen, m.id, a.include_global):
+            echo(f"Error: unit {unit} moved but its old copy on {name} has not stopped",
+                 err=True)
         echo(f"Error: drain of {name} not done after {a.deadline:g}s", err=True)
         return 1
     failed = [u for u in left if u.move_phase == "failed"]

@@ -463,15 +463,20 @@ class FleetService:
             raise InvalidArgument(f"unit {name} is scheduled on {len(where)} machines, not one")
         source = where[0]
         to = ""
-        if job.xfleet.machine_id:
-            raise InvalidArgument(f"cannot move {name}: {moves.pin_reason(snap, job)}")
+        # A MachineOf group moves as one, from its leader (fleetd.engine.moves).
+        alone = moves.follower_refusal(snap, name)
+        if alone:
+            raise InvalidArgument(f"cannot move {name} alone: {alone}")
+        pin = moves.group_pin(snap, moves.group_of(snap, name, source))
+        if pin:
+            raise InvalidArgument(f"cannot move {name}: {pin}")
         if target:
             to = (await self.resolve_machine(target)).id
-            why = moves.refusal(snap, name, to)
+            why = moves.refusal(snap, name, to, self.pipeline)
             if why:
                 raise InvalidArgument(f"cannot move {name} to {to}: {why}")
         else:
-            best, why = moves.destination(snap, name)
+            best, why = moves.destination(snap, name, self.pipeline)
             if best is None:
                 raise InvalidArgument(f"cannot move {name}: {why}")
         try:

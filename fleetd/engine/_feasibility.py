@@ -112,7 +112,15 @@ class WorkingState:
     # how many placements reserve anything (0: ranking is fleet's plain unit count) --
     reserved: dict[str, tuple[int, int]] = field(default_factory=dict)
     reserving: int = 0
+    # A MachineOf leader's transitive followers that reserve anything (unit -> followers):
+    # a machine it is not on yet must have room for them too (`ResourcesCheck`).
+    followers_reserving: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # -- end resources --
+    # The copies to come of units being moved (machine -> units): a make-before-break move's
+    # new copy, invisible to the scheduler (`fleetd.engine.moves.visible_schedule`), and a
+    # stop-first move's target. They occupy their machine for the Conflicts and Resources
+    # checks until the move ends (`fleetd.engine.moves.reserved_copies`).
+    shadows: dict[str, set[str]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -123,9 +131,11 @@ class WorkingState:
         departed: frozenset[str] = frozenset(),
         held: frozenset[str] = frozenset(),
         draining: frozenset[str] = frozenset(),
+        moving: Mapping[str, frozenset[str]] | None = None,
     ) -> WorkingState:
         """An empty working schedule over live ``machines`` with conflict/replace indexes;
-        ``initial`` is the schedule before the pass (what departed machines may keep)."""
+        ``initial`` is the schedule before the pass (what departed machines may keep);
+        ``moving`` the hidden new copies of moving units (unit -> machines)."""
         state = cls(machines=machines, jobs=jobs, machine_ids=tuple(sorted(machines)),
                     initial=initial or {}, departed=departed, held=held,
                     draining=draining)
@@ -167,7 +177,64 @@ class WorkingState:
                 for target in effective:
                     replaced_by.setdefault(target, set()).add(name)
         state.replaced_by = {name: frozenset(rs) for name, rs in replaced_by.items()}
+        state._index_followers(names)
+        for unit, where in (moving or {}).items():
+            for machine_id in where:
+                state._shadow(unit, machine_id)
         return state
+
+    def _index_followers(self, names: Sequence[str]) -> None:
+        """`followers_reserving`: for each non-global MachineOf target, its wanted transitive
+        followers that reserve CPU or memory (cycles are cut: a unit never follows itself). A
+        global unit has no group: its followers need only one of its machines."""
+        jobs = self.jobs
+        direct: dict[str, list[str]] = {}
+        for name in names:
+            job = jobs[name]
+            if job.xfleet.machine_of and job.target_state != "inactive":
+                for target in job.xfleet.machine_of:
+                    direct.setdefault(target, []).append(name)
+        if not direct:
+            return
+        for target in direct:
+            if target not in jobs or jobs[target].xfleet.global_:
+                continue
+            seen: set[str] = set()
+            stack = list(direct[target])
+            while stack:
+                follower = stack.pop()
+                if follower in seen or follower == target:
+                    continue
+                seen.add(follower)
+                stack.extend(direct.get(follower, ()))
+            reserving = tuple(sorted(f for f in seen
+                                     if jobs[f].xfleet.cpu or jobs[f].xfleet.memory))
+            if reserving:
+                self.followers_reserving[target] = reserving
+
+    def _shadow(self, unit: str, machine_id: str, sign: int = 1) -> None:
+        """Count (``sign`` 1) or stop counting (-1) a moving unit's copy to come on
+        ``machine_id`` (live) for Conflicts and Resources; it is in no unit's schedule and
+        no machine's load."""
+        if unit not in self.jobs or machine_id not in self.hosted:
+            return
+        here = self.shadows.setdefault(machine_id, set())
+        if (unit in here) == (sign > 0):
+            return
+        if sign > 0:
+            here.add(unit)
+        else:
+            here.discard(unit)
+        self._reserve(unit, machine_id, sign)
+        for group in self.groups_matching.get(unit, ()):
+            _bump(self.hits[group], machine_id, sign)
+        own = self.group_of.get(unit)
+        if own:
+            _bump(self.holders[own], machine_id, sign)
+
+    def unshadow(self, unit: str, machine_id: str) -> None:
+        """Stop counting ``unit``'s copy to come on ``machine_id`` (it is being placed)."""
+        self._shadow(unit, machine_id, -1)
 
     # -- mutation -------------------------------------------------------------------------
     def _set_load(self, machine_id: str, old: int, new: int) -> None:
@@ -242,6 +309,24 @@ class WorkingState:
         self.reserved[machine_id] = (used_cpu + sign * cpu, used_memory + sign * memory)
         self.reserving += sign
 
+    def group_need(self, job: JobView, machine_id: str) -> tuple[int, int, tuple[str, ...]]:
+        """(milli-CPUs, bytes, followers) ``job``'s MachineOf followers would add on
+        ``machine_id`` beside it: those not placed there yet. Nothing for a machine ``job``
+        was on before the pass: a kept leader is never evicted for its sidekicks."""
+        followers = self.followers_reserving.get(job.name)
+        if not followers or machine_id in self.initial.get(job.name, ()):
+            return 0, 0, ()
+        hosted = self.hosted[machine_id]
+        cpu = memory = 0
+        counted = []
+        for name in followers:
+            if name not in hosted:
+                x = self.jobs[name].xfleet
+                cpu += x.cpu
+                memory += x.memory
+                counted.append(name)
+        return cpu, memory, tuple(counted)
+
     def used(self, machine_id: str) -> tuple[int, int]:
         """(milli-CPUs, bytes) reserved on ``machine_id`` by the units placed there."""
         return self.reserved.get(machine_id, (0, 0))
@@ -297,7 +382,7 @@ class WorkingState:
         ignore = self.replaces_of.get(unit, frozenset())
         return sorted(
             other
-            for other in self.hosted[machine_id]
+            for other in self.hosted[machine_id] | self.shadows.get(machine_id, set())
             if other not in ignore and self.conflict_between(unit, other)
         )
 
@@ -579,43 +664,56 @@ class DrainingCheck(Check):
 
 
 def _shortfall(state: WorkingState, job: JobView, machine_id: str) -> str:
-    """'' if ``job``'s demand fits on ``machine_id`` beside what is reserved there, else what
-    is short ('needs 512M memory, m2 has 300M free of 1G')."""
+    """'' if ``job``'s demand (with its MachineOf followers not yet there) fits on
+    ``machine_id`` beside what is reserved there, else what is short ('needs 512M memory,
+    m2 has 300M free of 1G')."""
     xfleet = job.xfleet
     view = state.machines[machine_id]
     used_cpu, used_memory = state.used(machine_id)
     if job.name in state.hosted.get(machine_id, ()):  # its own demand is counted already
         used_cpu, used_memory = used_cpu - xfleet.cpu, used_memory - xfleet.memory
-    if xfleet.memory and view.memory > 0 and used_memory + xfleet.memory > view.memory:
+    more_cpu, more_memory, followers = state.group_need(job, machine_id)
+    cpu, memory = xfleet.cpu + more_cpu, xfleet.memory + more_memory
+    with_them = (" with its MachineOf followers (" + ", ".join(followers) + ")"
+                 if followers else "")
+    if memory and view.memory > 0 and used_memory + memory > view.memory:
         free = max(0, view.memory - used_memory)
-        return (f"needs {format_memory(xfleet.memory)} memory, {machine_id} has "
+        return (f"needs {format_memory(memory)} memory{with_them}, {machine_id} has "
                 f"{format_memory(free)} free of {format_memory(view.memory)}")
-    if xfleet.cpu and view.cpu > 0 and used_cpu + xfleet.cpu > view.cpu:
+    if cpu and view.cpu > 0 and used_cpu + cpu > view.cpu:
         free = max(0, view.cpu - used_cpu)
-        return (f"needs {format_cpu(xfleet.cpu)} CPU, {machine_id} has "
+        return (f"needs {format_cpu(cpu)} CPU{with_them}, {machine_id} has "
                 f"{format_cpu(free)} free of {format_cpu(view.cpu)}")
     return ""
 
 
 class ResourcesCheck(Check):
     """The unit's reserved CPU and memory must fit in what the machine can give units
-    (capacity minus its host reserve) beside the reservations of the units placed there. A
-    machine that publishes no capacity for a resource is not limited in it."""
+    (capacity minus its host reserve) beside the reservations of the units placed there
+    (hidden new copies of moving units included). A MachineOf leader needs room for its
+    followers too (transitively, those not there yet) on a machine it was not on, so a
+    group is placed only where all of it fits. A machine that publishes no capacity for a
+    resource is not limited in it."""
 
     name = "Resources"
 
     def filter(self, state: WorkingState, job: JobView, candidates: Candidates) -> Candidates:
-        cpu, memory = job.xfleet.cpu, job.xfleet.memory
-        if not cpu and not memory:
+        own_cpu, own_memory = job.xfleet.cpu, job.xfleet.memory
+        group = job.name in state.followers_reserving
+        if not own_cpu and not own_memory and not group:
             return candidates
         pool = state.machine_ids if candidates is None else candidates
         machines, reserved, hosted = state.machines, state.reserved, state.hosted
         blocked: set[str] = set()
+        cpu, memory = own_cpu, own_memory
         for mid in pool:  # (inlined `_shortfall`: this runs per machine per demanding unit)
             view = machines[mid]
             used_cpu, used_memory = reserved.get(mid, (0, 0))
             if job.name in hosted[mid]:
-                used_cpu, used_memory = used_cpu - cpu, used_memory - memory
+                used_cpu, used_memory = used_cpu - own_cpu, used_memory - own_memory
+            if group:
+                more_cpu, more_memory, _ = state.group_need(job, mid)
+                cpu, memory = own_cpu + more_cpu, own_memory + more_memory
             if (memory and view.memory > 0 and used_memory + memory > view.memory) or (
                     cpu and view.cpu > 0 and used_cpu + cpu > view.cpu):
                 blocked.add(mid)
@@ -630,6 +728,9 @@ class ResourcesCheck(Check):
             wants.append(f"{format_memory(job.xfleet.memory)} memory")
         if job.xfleet.cpu:
             wants.append(f"{format_cpu(job.xfleet.cpu)} CPU")
+        if job.name in state.followers_reserving:
+            wants.append("room for " + ", ".join(state.followers_reserving[job.name])
+                         + " (MachineOf)")
         first = _shortfall(state, job, min(removed)) if removed else ""
         return "needs " + " and ".join(wants) + (f"; {first}" if first else "")
 

@@ -343,12 +343,14 @@ class Engine:
         c = self.cache
         held = {u for mid in self.departed for u in self.departed_units.get(mid, ())}
         schedule: Mapping[str, Mapping[str, ScheduleEntry]] = c.schedule
+        reserved: dict[str, frozenset[str]] = {}
         if c.state.moves:  # the new copy of a unit being moved is not the scheduler's to see
             hidden = moves.visible_schedule(c.schedule, c.state.moves)
             if hidden:
                 schedule = {**c.schedule, **{u: {m: e for m, e in c.schedule[u].items()
                                                  if m not in hid}
                                              for u, hid in hidden.items()}}
+            reserved = moves.reserved_copies(c.schedule, c.state.moves)
         built = build_snapshot(
             c.units, c.desired, c.machines, schedule, parsed=self.xfleet, metadata=c.metadata,
             departed={mid: view for mid, (_, view) in self.departed.items()}, held=held,
@@ -360,6 +362,8 @@ class Engine:
         c.stale_machines = False
         c.machine_views, c.jobs, c.sched_sets, c.broken = (
             built.machines, built.jobs, built.schedule, built.broken)
+        if reserved:  # ... but it occupies its machine (Conflicts, Resources) until it ends
+            return replace(built.snapshot, moving=reserved), c.broken
         return built.snapshot, c.broken
 
     def explain(self, unit: str) -> Explanation:
@@ -484,7 +488,9 @@ class Engine:
         itself (un)assigns this pass start no move."""
         c, reg = self.cache, self.registry
         touched = {d.unit for d in decisions if isinstance(d, Assign | Unassign)}
-        mp = moves.plan(snap, c.state.moves, c.state.states, c.state.draining, time.time_ns())
+        snap = moves.with_decisions(snap, decisions)  # planned beside this pass's placements
+        mp = moves.plan(snap, c.state.moves, c.state.states, c.state.draining, time.time_ns(),
+                        self.pipeline)
         ops: list[Op] = []
 
         def entry(unit: str, mid: str) -> ScheduleEntry | None:
@@ -510,8 +516,8 @@ class Engine:
                      m.from_machine)
         for m in mp.release:
             ops.append(reg.move_op(m.unit, None))
-            e = entry(m.unit, m.to_machine) if m.to_machine else None
-            if e is not None and not moves.refusal(snap, m.unit, m.to_machine):
+            e = entry(m.unit, m.to_machine) if m.unit in mp.placed else None
+            if e is not None:
                 ops.append(reg.assign_op(e))
             log.info("move %s: stopped on %s; placing it %s", m.unit, m.from_machine,
                      f"on {m.to_machine}" if e is not None else "where it fits")

@@ -13,14 +13,17 @@ Rules (fleet's, plus the engine's own):
   ``inactive`` or destroyed unit none; assignments to machines whose lease expired are dropped
   and the unit is rescheduled in the same pass;
 * a machine is feasible if it passes MachineID, MachineMetadata, MachineOf, Conflicts,
-  Replaces, Departed, Held and Resources, in that order; among feasible machines the best
+  Replaces, Departed, Held, Draining and Resources, in that order (a MachineOf leader needs
+  room for its followers too where it is not yet); among feasible machines the best
   ranked wins, ties by machine id: least loaded (by reserved share, then unit count) by
   default, most loaded with ``engine_placement=binpack`` (`fleetd.engine._ranking`);
 * a machine in its grace (``departed``) keeps its units and gets no new ones; the units it had
   (``held``) are placed nowhere else meanwhile (global units excepted);
 * a still-feasible assignment is kept (no rebalancing); an infeasible one is moved;
 * units are processed MachineOf-targets (and replacers) first so followers land with their
-  target; MachineOf cycles make every unit in the cycle unschedulable;
+  target, each follower as soon as its targets are placed (before unrelated units take the
+  room its group was placed with); MachineOf cycles make every unit in the cycle
+  unschedulable;
 * of units that Replace each other only one runs: the one already placed, else the first in
   processing order; the others are unschedulable;
 * global units go to every live machine that passes the checks (the pipeline's Global mode).
@@ -104,6 +107,10 @@ class ClusterSnapshot:
     departed: frozenset[str] = frozenset()
     held: frozenset[str] = frozenset()
     draining: frozenset[str] = frozenset()  # machines being drained: no new units there
+    # unit -> machines its move is bringing it to (`fleetd.engine.moves.reserved_copies`):
+    # not in ``schedule`` (the scheduler neither keeps nor drops them) but occupying those
+    # machines for Conflicts and Resources until the move ends
+    moving: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -218,7 +225,8 @@ def _processing_order(
     active: list[str], jobs: Mapping[str, JobView], state: WorkingState
 ) -> tuple[list[str], dict[str, str]]:
     """Active units ordered so MachineOf targets and replacers come before their dependants
-    (ties: non-globals first, then by name); also the MachineOf cycle of each cyclic unit."""
+    (ties: non-globals first, then followers ready to go, then by name); also the MachineOf
+    cycle of each cyclic unit."""
     active_set = set(active)
     follows: dict[str, list[str]] = {}
     for name in active:
@@ -249,8 +257,10 @@ def _processing_order(
             dependants.setdefault(dep, []).append((name, is_hard))
     pending = {name: len(d) for name, d in deps.items()}
 
-    def key(name: str) -> tuple[bool, str]:
-        return (jobs[name].xfleet.global_, name)
+    def key(name: str) -> tuple[bool, bool, str]:
+        # A follower whose targets are placed goes before any other ready unit, so nothing
+        # takes the room its leader was placed with (`ResourcesCheck` counts the group).
+        return (jobs[name].xfleet.global_, name not in follows, name)
 
     heap = [key(name) for name in rest if pending[name] == 0]
     heapq.heapify(heap)
@@ -262,7 +272,7 @@ def _processing_order(
             # MachineOf targets are all placed.
             name = min((n for n in rest if n not in done and hard[n] == 0), key=key)
             heap.append(key(name))
-        _, name = heapq.heappop(heap)
+        name = heapq.heappop(heap)[-1]
         if name in done:
             continue
         done.add(name)
@@ -351,7 +361,8 @@ class _Pass:
 
 def _working_state(snapshot: ClusterSnapshot) -> WorkingState:
     return WorkingState.build(snapshot.machines, snapshot.jobs, snapshot.schedule,
-                              snapshot.departed, snapshot.held, snapshot.draining)
+                              snapshot.departed, snapshot.held, snapshot.draining,
+                              snapshot.moving)
 
 
 def _simulate(snapshot: ClusterSnapshot, pipeline: Pipeline) -> _Pass:

@@ -200,3 +200,33 @@ def test_global_units_stay_on_a_draining_machine_unless_included(
     wait_until(lambda: m1.machine_id not in machines_running(cluster, "g.service"),
                what="the global unit off the drained machine")
     assert len(machines_running(cluster, "g.service")) == 2
+
+
+def test_a_machine_of_group_moves_together_and_its_follower_not_alone(
+        cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+    m3 = cluster.machines[2]
+    app = write(tmp_path, "app.service")
+    side = write(tmp_path, "side.service", "MachineOf=app.service")
+    assert cluster.fleetctl("start", app, side).returncode == 0
+    wait_until(lambda: machines_running(cluster, "side.service")
+               == machines_running(cluster, "app.service") != [],
+               what="the sidekick beside its unit")
+    r = cluster.fleetctl("move", "side.service", m3.machine_id)
+    assert r.returncode != 0 and "follows app.service (MachineOf): move app.service" in \
+        r.stderr, r.stderr
+    if machines_running(cluster, "app.service") != [m3.machine_id]:
+        r = cluster.fleetctl("move", "app.service", m3.machine_id, timeout_s=90)
+        assert r.returncode == 0, r.stdout + r.stderr
+        # `move` returns once the leader is there; the group's old copies stopped together.
+        wait_until(lambda: machines_running(cluster, "side.service") == [m3.machine_id],
+                   what="the sidekick moved with its unit")
+    assert machines_running(cluster, "app.service") == [m3.machine_id]
+    with Sampler(cluster, "app.service", m3.machine_id) as a, \
+            Sampler(cluster, "side.service", m3.machine_id) as b:
+        r = cluster.fleetctl("drain", "--deadline", "60", m3.machine_id, timeout_s=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    where = machines_running(cluster, "app.service")
+    assert len(where) == 1 and where != [m3.machine_id], where
+    assert machines_running(cluster, "side.service") == where
+    assert a.samples and all(a.samples), "the unit was down everywhere during the drain"
+    assert b.samples and all(b.samples), "the sidekick was down everywhere during the drain"

@@ -88,3 +88,39 @@ def test_memory_limits_refuse_placement_why_explains_and_capacity_changes_are_pi
     assert memory_of()[ids["m2"]] == 2048 * M
     assert is_active("m1", "big1.service")
     fleetctl("destroy", "big1.service", "big2.service")
+
+
+def reserving_unit(tmp: pathlib.Path, name: str, memory: str, xfleet: str = "") -> str:
+    path = tmp / name
+    path.write_text(f"[Unit]\nDescription=reserves {memory}\n"
+                    f"[Service]\nExecStart=/bin/sleep infinity\nMemoryMax={memory}\n"
+                    + (f"[X-Fleet]\n{xfleet}\n" if xfleet else ""))
+    return str(path)
+
+
+def test_a_machine_of_group_is_placed_only_where_all_of_it_fits(tmp_path: pathlib.Path) -> None:
+    ids = machine_ids()
+    configure("m2", "capacity_memory=512M")
+    wait_until(lambda: memory_of().get(ids["m2"]) == 512 * M, 60, what="m2 publishes 512M")
+    fleetctl("start", reserving_unit(tmp_path, "filler.service", "512M",
+                                     f"MachineID={ids['m1']}"))
+    # The sidekick first (unschedulable until its unit is placed), so the engine judges the
+    # unit with it: alone (256M) it would fit on either machine, with it (768M) on none.
+    fleetctl("start", "--no-block", reserving_unit(tmp_path, "side.service", "512M",
+                                                   "MachineOf=app.service"))
+    fleetctl("start", "--no-block", reserving_unit(tmp_path, "app.service", "256M"))
+
+    def why() -> str:
+        out = fleetctl("why", "app.service", check=False).stdout
+        return out if "with its MachineOf followers" in out else ""
+
+    out = wait_until(why, 60, what="why names the group's memory")
+    assert "needs 768M memory with its MachineOf followers (side.service)" in out, out
+    assert "has 512M free of 512M" in out and "has 512M free of 1G" in out, out
+    for n in NAMES:
+        assert not is_active(n, "app.service") and not is_active(n, "side.service")
+    fleetctl("destroy", "filler.service")  # room for the whole group on m1
+    wait_until(lambda: is_active("m1", "app.service") and is_active("m1", "side.service"),
+               90, what="the group placed whole on m1")
+    assert not is_active("m2", "app.service")
+    fleetctl("destroy", "app.service", "side.service")

@@ -295,6 +295,57 @@ def test_sidekick_demand_counts_on_its_leaders_machine() -> None:
     assert ("m1", "Resources", "needs 512M memory, m1 has 256M free of 1G") in ex.rejected
 
 
+def _group_cluster(m2_memory: int = G) -> ClusterSnapshot:
+    return snap([machine("m1", memory=G), machine("m2", memory=m2_memory)],
+                [job("hog.service", memory=512 * M), job("app.service", memory=256 * M),
+                 job("side.service", memory=512 * M, machine_of=("app.service",))],
+                {"hog.service": frozenset({"m1"})})
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_leader_is_placed_only_where_its_sidekick_fits_too(fast: bool) -> None:
+    # binpack would take m1 (the fuller) for the leader alone; with its sidekick it is short.
+    binpack = pipeline_for("binpack")
+    s = _group_cluster()
+    out = (place_new(s, ["app.service", "side.service"], binpack) if fast
+           else reconcile(s, binpack))
+    assert out is not None
+    assert placed(out) == {"app.service": "m2", "side.service": "m2"}
+    ex = explain(s, "app.service", binpack)
+    assert ("m1", "Resources", "needs 768M memory with its MachineOf followers "
+            "(side.service), m1 has 512M free of 1G") in ex.rejected
+    assert ex.feasible == ("m2",)
+
+
+def test_a_group_that_fits_nowhere_is_unschedulable_with_the_numbers() -> None:
+    s = _group_cluster(m2_memory=512 * M)
+    out = reconcile(s)
+    bad = {d.unit: d.reason for d in out if isinstance(d, Unschedulable)}
+    assert set(bad) == {"app.service", "side.service"}
+    assert ("needs 256M memory and room for side.service (MachineOf); needs 768M memory "
+            "with its MachineOf followers (side.service), m1 has 512M free of 1G") in \
+        bad["app.service"]
+
+
+def test_followers_reservations_count_transitively_and_only_once_placed() -> None:
+    jobs = [job("app.service"), job("side.service", memory=300 * M, machine_of=(
+        "app.service",)), job("log.service", memory=300 * M, machine_of=("side.service",))]
+    machines = [machine("m1", memory=512 * M), machine("m2", memory=G)]
+    out = reconcile(snap(machines, jobs))
+    assert placed(out) == {"app.service": "m2", "side.service": "m2", "log.service": "m2"}
+    settled = snap(machines, jobs, {u: frozenset({"m2"}) for u in placed(out)})
+    assert reconcile(settled) == []  # placed followers are not counted twice
+
+
+def test_a_global_unit_is_not_held_back_by_a_sidekick_that_needs_one_of_its_machines() -> None:
+    s = snap([machine("m1", memory=G), machine("m2", memory=256 * M)],
+             [job("agent.service", global_=True),
+              job("side.service", memory=512 * M, machine_of=("agent.service",))])
+    out = reconcile(s)
+    assert {(d.unit, d.machine_id) for d in out if isinstance(d, Assign)} == {
+        ("agent.service", "m1"), ("agent.service", "m2"), ("side.service", "m1")}
+
+
 def test_unknown_placement_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown placement 'x'"):
         pipeline_for("x")

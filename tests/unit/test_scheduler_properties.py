@@ -1,4 +1,8 @@
-"""Property tests of fleetd.engine.scheduler on random clusters (Hypothesis)."""
+"""Property tests of fleetd.engine.scheduler on random clusters (Hypothesis).
+
+`clusters` is the one generator of random clusters for the scheduler's property tests;
+`clusters(resources=True)` adds machine capacities and unit reservations
+(tests/unit/test_resources_properties.py)."""
 
 from __future__ import annotations
 
@@ -27,18 +31,30 @@ PATTERNS = [*UNITS, "u1*.service", "u*.service", "u[0-3].service"]
 META_KEYS = {"region": ["a", "b"], "disk": ["x", "y"]}
 
 
+M = 1 << 20
+CPUS = [0, 500, 1000, 2000, 4000]  # a machine's milli-CPUs (0: not published)
+MEMORIES = [0, 256 * M, 512 * M, 1024 * M, 4096 * M]
+CPU_DEMANDS = [0, 0, 250, 500, 1000, 3000]  # a unit's reservation
+MEMORY_DEMANDS = [0, 0, 100 * M, 300 * M, 700 * M, 2048 * M]
+
+
 @st.composite
-def machine_views(draw: Any) -> dict[str, MachineView]:
-    ids = draw(st.lists(st.sampled_from(MACHINES), unique=True, max_size=5))
+def machine_views(draw: Any, resources: bool = False, min_size: int = 0
+                  ) -> dict[str, MachineView]:
+    ids = draw(st.lists(st.sampled_from(MACHINES), unique=True, min_size=min_size,
+                        max_size=5))
     views = {}
     for mid in ids:
         keys = draw(st.lists(st.sampled_from(sorted(META_KEYS)), unique=True))
-        views[mid] = MachineView(mid, {k: draw(st.sampled_from(META_KEYS[k])) for k in keys})
+        cpu, memory = ((draw(st.sampled_from(CPUS)), draw(st.sampled_from(MEMORIES)))
+                       if resources else (0, 0))
+        views[mid] = MachineView(mid, {k: draw(st.sampled_from(META_KEYS[k])) for k in keys},
+                                 cpu, memory)
     return views
 
 
 @st.composite
-def xfleets(draw: Any, name: str, allow_replaces: bool) -> XFleet:
+def xfleets(draw: Any, name: str, allow_replaces: bool, resources: bool = False) -> XFleet:
     meta_keys = draw(st.lists(st.sampled_from(sorted(META_KEYS)), unique=True, max_size=2))
     metadata = tuple(
         (
@@ -62,18 +78,24 @@ def xfleets(draw: Any, name: str, allow_replaces: bool) -> XFleet:
         replaces=tuple(draw(st.lists(st.sampled_from(UNITS), unique=True, max_size=1)))
         if allow_replaces and not is_global and draw(st.integers(0, 3)) == 0
         else (),
+        cpu=draw(st.sampled_from(CPU_DEMANDS)) if resources else 0,
+        memory=draw(st.sampled_from(MEMORY_DEMANDS)) if resources else 0,
     )
 
 
 @st.composite
-def clusters(draw: Any, allow_replaces: bool = False) -> ClusterSnapshot:
-    machines = draw(machine_views())
+def clusters(draw: Any, allow_replaces: bool = False, resources: bool = False
+             ) -> ClusterSnapshot:
+    """A random cluster: up to 5 machines (metadata; capacities with ``resources``), up to 8
+    units with random [X-Fleet] options (reservations with ``resources``), and a partly
+    stale schedule (dead machines, destroyed units, duplicates)."""
+    machines = draw(machine_views(resources, min_size=1 if resources else 0))
     names = draw(st.lists(st.sampled_from(UNITS), unique=True, max_size=8))
     jobs = {
         name: JobView(
             name,
             draw(st.sampled_from(["launched", "launched", "loaded", "inactive"])),
-            draw(xfleets(name, allow_replaces)),
+            draw(xfleets(name, allow_replaces, resources)),
         )
         for name in names
     }
