@@ -40,6 +40,7 @@ from fleetd.engine.scheduler import (
 )
 from fleetd.engine.snapshot import BuiltSnapshot, build_snapshot
 from fleetd.engine.snapshot import UnitParseCache as XFleetCache
+from fleetd.engine.standing import StandingSchedule
 from fleetd.machine import MachineSession
 from fleetd.registry import (
     Change,
@@ -122,6 +123,8 @@ class Engine:
         self.debounce_ms = debounce_ms
         self.cache = EngineCache()
         self.xfleet = XFleetCache()
+        # The fast path's working state, kept between passes (O(changes) per decision).
+        self.standing = StandingSchedule()
         self.is_leader = False
         self.reconciles = 0
         self.last_reconcile_s = 0.0
@@ -351,6 +354,7 @@ class Engine:
                                                  if m not in hid}
                                              for u, hid in hidden.items()}}
             reserved = moves.reserved_copies(c.schedule, c.state.moves)
+        self.standing.note({n: c.jobs.get(n) for n in c.stale_jobs}, c.stale_sched)
         built = build_snapshot(
             c.units, c.desired, c.machines, schedule, parsed=self.xfleet, metadata=c.metadata,
             departed={mid: view for mid, (_, view) in self.departed.items()}, held=held,
@@ -404,7 +408,9 @@ class Engine:
             # every dirty unit but submitted templates (never scheduled themselves)
             wanted = {u for u in dirty if not self._is_template(u)}
             if unplaced | placed == wanted and not broken.keys() & dirty:
-                decisions = place_new(snap, unplaced, self.pipeline)
+                standing = self.standing.state(snap) if unplaced else None
+                decisions = place_new(snap, unplaced, self.pipeline, state=standing,
+                                      followers=self.standing.followers if unplaced else None)
         full = decisions is None
         if decisions is None:
             self._need_full = False
@@ -418,8 +424,11 @@ class Engine:
         # placed nowhere else meanwhile: the pipeline's Departed and Held checks see to it.)
         if c.state.moves:
             stopping = moves.held_units(c.state.moves)  # placed nowhere until stopped
-            decisions = [d for d in decisions if not (
+            kept = [d for d in decisions if not (
                 isinstance(d, Assign | Unschedulable) and d.unit in stopping)]
+            if len(kept) != len(decisions):
+                self.standing.invalidate()  # it holds placements that are not written
+            decisions = kept
         ops: list[Op] = []
         reg = self.registry
         scope = c.schedule if dirty is None else {u: c.schedule[u] for u in dirty
@@ -458,7 +467,11 @@ class Engine:
         for unit in stale if dirty is None else stale & dirty:
             ops.append(reg.unschedulable_op(unit, None))
         if ops:
-            await reg.write_decisions(self.machine_id, lease, ops)
+            try:
+                await reg.write_decisions(self.machine_id, lease, ops)
+            except BaseException:
+                self.standing.invalidate()  # its placements were not written
+                raise
             # Fold our writes in now; their watch echoes are then no-ops.
             for op in ops:
                 value = getattr(op, "value", None)

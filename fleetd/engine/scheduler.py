@@ -436,7 +436,12 @@ def reconcile(snapshot: ClusterSnapshot, pipeline: Pipeline = PIPELINE) -> list[
 
 
 def place_new(
-    snapshot: ClusterSnapshot, units: Iterable[str], pipeline: Pipeline = PIPELINE
+    snapshot: ClusterSnapshot,
+    units: Iterable[str],
+    pipeline: Pipeline = PIPELINE,
+    *,
+    state: WorkingState | None = None,
+    followers: Mapping[str, Iterable[str]] | None = None,
 ) -> list[Decision] | None:
     """The engine's fast path: place only ``units`` (and the MachineOf followers waiting for
     them), taking every other assignment as it stands, in O(cluster) instead of a full pass.
@@ -445,7 +450,12 @@ def place_new(
     makes for these units when the rest of the schedule is settled (Assigns in processing
     order, then Unschedulables by unit). Returns None when any of them needs the full
     `reconcile` (global, Replaces on either side, already assigned, not wanted, a MachineOf
-    cycle); the engine still runs `reconcile` later, which keeps these placements."""
+    cycle); the engine still runs `reconcile` later, which keeps these placements.
+
+    ``state`` (the engine's `fleetd.engine.standing.StandingSchedule`): a working state that
+    already holds ``snapshot``'s schedule, used instead of building one (it gets the new
+    placements); ``followers``: MachineOf target -> the jobs that follow it, for the same
+    snapshot. Both only spare the O(cluster) setup; the decisions are the same."""
     jobs = snapshot.jobs
 
     def simple(name: str) -> bool:
@@ -458,11 +468,15 @@ def place_new(
         return None
     if not todo:
         return []
-    state = _working_state(snapshot)
-    followers: dict[str, list[str]] = {}
-    for name, job in jobs.items():
-        for target in job.xfleet.machine_of:
-            followers.setdefault(target, []).append(name)
+    prebuilt = state is not None
+    if state is None:
+        state = _working_state(snapshot)
+    if followers is None:
+        following: dict[str, list[str]] = {}
+        for name, job in jobs.items():
+            for target in job.xfleet.machine_of:
+                following.setdefault(target, []).append(name)
+        followers = following
     chosen = set(todo)
     frontier = list(todo)
     while frontier:
@@ -472,7 +486,8 @@ def place_new(
                 frontier.append(follower)
     if any(name in state.replaced_by or _in_machine_of_cycle(jobs, name) for name in chosen):
         return None
-    state.place_all(snapshot.schedule)
+    if not prebuilt:
+        state.place_all(snapshot.schedule)
     run = _Pass(state, pipeline)
     order, _ = _processing_order(sorted(chosen), jobs, state)
     for name in order:
