@@ -118,38 +118,47 @@ def _list_machines(a: argparse.Namespace) -> int:
     return 0
 
 
+# A list-units row: unit, machine cell, machine id, active, sub, load, hash, its pb.Unit (or
+# None). Plain lists, not dicts: list-units builds and formats 10,000 of them.
+_NAME, _MACHINE, _MID, _ACTIVE, _SUB, _LOAD, _HASH, _UNIT = range(8)
+_RUNNING = frozenset(("active", "activating", "reloading"))
+
+
 @api_errors
 def _list_units(a: argparse.Namespace) -> int:
+    from operator import itemgetter
+
     cols = _fields(a.fields, UNIT_FIELDS, "list-units")
     full = a.full
     c = client()
     units = {u.name: u for u in c.list_units()}
     states = c.list_unit_states()
-    rows: list[dict[str, Any]] = []
+    rows: list[list[Any]] = []
     seen: dict[str, int] = {}
     seen_on: dict[str, set[str]] = {}
+    reported: set[str] = set()
+    cells: dict[tuple[str, str], str] = {}  # (machine id, ip) -> its cell: ~1 per machine
     for s in states:
-        u = units.get(s.name)
-        rows.append({"u": u, "name": s.name, "machine": f"{short_id(s.machine_id, full)}/"
-                     f"{s.machine_ip or '-'}", "machine_id": s.machine_id,
-                     "active": s.active_state or "-",
-                     "sub": s.sub_state or "-", "load": s.load_state or "-", "hash": s.hash})
-        if s.active_state in ("active", "activating", "reloading"):
-            seen[s.name] = seen.get(s.name, 0) + 1
-            seen_on.setdefault(s.name, set()).add(s.machine_id)
-    reported = {s.name for s in states}
+        name, mid, ip, active = s.name, s.machine_id, s.machine_ip, s.active_state
+        cell = cells.get((mid, ip))
+        if cell is None:
+            cell = cells[(mid, ip)] = f"{short_id(mid, full)}/{ip or '-'}"
+        rows.append([name, cell, mid, active or "-", s.sub_state or "-", s.load_state or "-",
+                     s.hash, units.get(name)])
+        reported.add(name)
+        if active in _RUNNING:
+            seen[name] = seen.get(name, 0) + 1
+            seen_on.setdefault(name, set()).add(mid)
     for name, u in sorted(units.items()):
         if name not in reported and u.machine_ids:
             for mid in u.machine_ids:
-                rows.append({"u": u, "name": name, "machine": short_id(mid, full),
-                             "machine_id": mid,
-                             "active": "-", "sub": "-", "load": "-", "hash": u.hash})
-    rows.sort(key=lambda r: (r["name"], r["machine"]))
+                rows.append([name, short_id(mid, full), mid, "-", "-", "-", u.hash, u])
+    rows.sort(key=itemgetter(_NAME, _MACHINE))
     columns: Columns = {
-        "unit": lambda r: r["name"], "machine": lambda r: r["machine"],
-        "active": lambda r: r["active"], "sub": lambda r: r["sub"], "load": lambda r: r["load"],
-        "hash": lambda r: r["hash"] if full else r["hash"][:7],
-        "desc": lambda r: (r["u"].description if r["u"] else "") or "-",
+        "unit": itemgetter(_NAME), "machine": itemgetter(_MACHINE),
+        "active": itemgetter(_ACTIVE), "sub": itemgetter(_SUB), "load": itemgetter(_LOAD),
+        "hash": itemgetter(_HASH) if full else lambda r: r[_HASH][:7],
+        "desc": lambda r: (r[_UNIT].description if r[_UNIT] else "") or "-",
     }
     def handing_over(n: str) -> bool:
         """A make-before-break move (fleetctl move/drain): both copies run, by design."""
@@ -159,13 +168,14 @@ def _list_units(a: argparse.Namespace) -> int:
 
     twice = sorted(n for n, k in seen.items() if k > 1 and not
                    (n in units and units[n].is_global) and not handing_over(n))
-    if a.output == "table":
+    if a.output == "table" and twice:
+        flagged = set(twice)
         for r in rows:  # flag the offending rows themselves, not only the summary below
-            if r["name"] in twice:
-                r["name"] = f"{r['name']} (!)"
+            if r[_NAME] in flagged:
+                r[_NAME] = f"{r[_NAME]} (!)"
     _emit(rows, cols, columns, a.no_legend, a.output, {
-        "machine": lambda r: r["machine_id"], "hash": lambda r: r["hash"],
-        "unit": lambda r: r["name"].removesuffix(" (!)")})
+        "machine": itemgetter(_MID), "hash": itemgetter(_HASH),
+        "unit": lambda r: r[_NAME].removesuffix(" (!)")})
     for name in twice:
         echo(f"WARNING: unit {name} is running on {seen[name]} machines at once; "
              "fleet must never let this happen: report it", err=True)

@@ -28,14 +28,13 @@ def render(rows: Sequence[Any], fields: Sequence[str],
            columns: Mapping[str, Callable[[Any], str]], *, legend: bool = True) -> str:
     """Rows as aligned columns (fleet uses a tab writer; we pad with spaces so output lines up
     the same in any terminal), with an upper-case header unless legend is False."""
-    table = [[columns[f](r) for f in fields] for r in rows]
-    if legend:
-        table.insert(0, [f.upper() for f in fields])
-    if not table:
+    if not rows and not legend:
         return ""
-    widths = [max(len(row[i]) for row in table) for i in range(len(fields))]
-    lines = []
-    for row in table:
-        cells = [c.ljust(widths[i]) if i < len(row) - 1 else c for i, c in enumerate(row)]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines) + "\n"
+    # Column by column: one pass per field over 10,000 rows, not a call per cell and row.
+    table = [[f.upper()] if legend else [] for f in fields]
+    for col, f in zip(table, fields, strict=True):
+        col.extend(map(columns[f], rows))
+    padded = [[c.ljust(width) for c in col] if (width := max(map(len, col))) else col
+              for col in table[:-1]]
+    padded.append(table[-1])
+    return "".join("  ".join(cells).rstrip() + "\n" for cells in zip(*padded, strict=True))
