@@ -3,7 +3,8 @@
 Leadership is a key on the leader machine's lease (`engine/leader`); every write the leader
 makes is a transaction guarded by that key, so a deposed leader cannot write. The leader keeps
 an in-memory copy of units, desired states, machines and assignments fed by one etcd watch,
-reconciles on every relevant event (debounced by `debounce_ms`) and every
+reconciles on every relevant event (a full pass debounced by `debounce_ms`; new units are
+placed at once, on a working state kept between passes: `fleetd.engine.standing`) and every
 `reconcile_interval_s` as a safety net. `scheduler.reconcile` decides; this module only feeds it
 and writes its decisions.
 
@@ -202,7 +203,9 @@ class Engine:
                     # last full pass (the cache cannot drift without an event).
                     self._need_full = self._changed_since_full
                 self._wake.clear()
-                if self.debounce_ms:
+                # A full pass waits for the changes that come with the first (machines leave
+                # together); a unit to place is decided at once (its pass costs O(changes)).
+                if self.debounce_ms and self._need_full:
                     await asyncio.sleep(self.debounce_ms / 1000)
                 # Under a burst (the last pass ended moments ago), let changes pile up for as
                 # long as a pass takes: passes then grow with the load instead of running back
@@ -464,7 +467,9 @@ class Engine:
             if c.unschedulable.get(unit) != reason:
                 ops.append(reg.unschedulable_op(unit, reason))
         stale = c.unschedulable.keys() - reasons.keys()
-        for unit in stale if dirty is None else stale & dirty:
+        if dirty is not None:  # (followers placed with their target are no longer stuck)
+            stale &= dirty | {d.unit for d in decisions if isinstance(d, Assign)}
+        for unit in stale:
             ops.append(reg.unschedulable_op(unit, None))
         if ops:
             try:

@@ -72,3 +72,20 @@ async def test_a_dirty_unit_the_fast_path_cannot_decide_takes_a_full_pass() -> N
     await eng.reconcile_once(1, {"a.service"})
     assert eng.fast_passes == 1
     assert any(not isinstance(op, Put) and op.key.endswith("/a.service") for op in reg.written)
+
+
+async def test_a_follower_placed_with_its_late_target_loses_its_reason_at_once() -> None:
+    eng, reg = engine(["m1", "m2"])
+    await eng.reconcile_once(1)
+    k = eng.registry.keys
+    eng._apply_kv(eng.cache, k.unit("side.service"), encode(UnitRecord(
+        "side.service", TEXT + "[X-Fleet]\nMachineOf=main.service\n", "h-side")))
+    eng._apply_kv(eng.cache, k.desired_state("side.service"), encode("launched"))
+    await eng.reconcile_once(1, {"side.service"})
+    assert "side.service" in eng.cache.unschedulable  # its target does not exist yet
+    submit(eng, "main.service", "launched")
+    await eng.reconcile_once(1, {"main.service"})
+    assert eng.fast_passes == 2
+    got = placed(reg)
+    assert got["side.service"] == got["main.service"]
+    assert "side.service" not in eng.cache.unschedulable  # cleared by the same pass
