@@ -20,6 +20,7 @@ from fleetd.api.service import (
     FleetService,
     InvalidArgument,
     NotFound,
+    RowCache,
     Unavailable,
     UnitInfo,
 )
@@ -100,35 +101,49 @@ def _field_1(msg_bytes: bytes) -> bytes:
     return bytes(head) + msg_bytes
 
 
-class _RowCache:
-    """The encoded rows of the last list answer, by the (frozen, hashable) value they encode:
-    a 10,000-row list re-encodes only the rows that changed. Each answer keeps only its own
-    rows, so the cache never outgrows one list."""
+def _unit_row(u: UnitInfo) -> bytes:
+    """One unit as an element of a `ListUnitsResponse` (its field 1), encoded."""
+    return _field_1(unit_pb(u).SerializeToString())
 
-    def __init__(self, encode: Callable[[Any], Any]) -> None:
-        self._encode = encode
-        self._rows: dict[Any, bytes] = {}
 
-    def response(self, cls: Any, items: list[Any]) -> Any:
-        """A `cls` message whose field 1 holds `items` encoded (cls(field_1=items) in effect)."""
-        old, new = self._rows, {}
-        parts = []
-        for it in items:
-            row = old.get(it)
-            if row is None:
-                row = _field_1(self._encode(it).SerializeToString())
-            new[it] = row
-            parts.append(row)
-        self._rows = new
-        return cls.FromString(b"".join(parts))
+def _state_row(s_ip: tuple[UnitStateRecord, str]) -> bytes:
+    """One (state, machine IP) as an element of a `ListUnitStatesResponse`, encoded."""
+    return _field_1(state_pb(*s_ip).SerializeToString())
+
+
+def _serialize(message: Any) -> bytes:
+    """A response serializer that also passes an answer encoded already (bytes) through: the
+    list calls join their cached rows instead of building a 10,000-element message."""
+    return message if isinstance(message, bytes) else message.SerializeToString()  # type: ignore[no-any-return]
+
+
+_PREENCODED = ("ListUnits", "ListUnitStates")
+
+
+class _PreencodedLists:
+    """What `add_FleetServicer_to_server` registers on, with the list calls' serializers
+    swapped for `_serialize`."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self.server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the same handlers come registered by name (below), which gRPC looks up first
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        handlers = {name: h._replace(response_serializer=_serialize) if name in _PREENCODED
+                    else h for name, h in handlers.items()}
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, handlers),))
+        self.server.add_registered_method_handlers(service, handlers)
 
 
 class FleetServicer(pb_grpc.FleetServicer):
     def __init__(self, service: FleetService, outputs: UnitOutputs | None = None) -> None:
         self.service = service
         self.outputs = outputs
-        self._unit_rows = _RowCache(unit_pb)
-        self._state_rows = _RowCache(lambda s_ip: state_pb(*s_ip))
+        self._unit_rows: RowCache[bytes] = RowCache(_unit_row)
+        self._state_rows: RowCache[bytes] = RowCache(_state_row)
 
     async def ListMachines(self, request: Any, context: Any) -> pb.ListMachinesResponse:
         machines, leader, used = await _call(context, self.service.list_machines_reserved)
@@ -137,11 +152,14 @@ class FleetServicer(pb_grpc.FleetServicer):
                                                             used.get(m.id, (0, 0)))
                                                  for m in machines])
 
-    async def ListUnits(self, request: Any, context: Any) -> pb.ListUnitsResponse:
-        units = await _call(context, lambda: self.service.list_units(request.with_text))
+    async def ListUnits(self, request: Any, context: Any) -> pb.ListUnitsResponse | bytes:
+        """The answer encoded already (`_serialize`): the rows of the units unchanged since
+        the last call come from the row cache."""
         if request.with_text:  # rare, and the texts would make the cache big
+            units = await _call(context, lambda: self.service.list_units(True))
             return pb.ListUnitsResponse(units=[unit_pb(u) for u in units])
-        return self._unit_rows.response(pb.ListUnitsResponse, units)
+        return b"".join(await _call(context, lambda: self.service.list_unit_rows(
+            self._unit_rows)))
 
     async def GetUnit(self, request: Any, context: Any) -> pb.Unit:
         return unit_pb(await _call(context, lambda: self.service.get_unit(request.name)))
@@ -159,11 +177,10 @@ class FleetServicer(pb_grpc.FleetServicer):
         await _call(context, lambda: self.service.destroy_unit(request.name))
         return pb.DestroyUnitResponse()
 
-    async def ListUnitStates(self, request: Any, context: Any) -> pb.ListUnitStatesResponse:
-        states, ips = await _call(context, lambda: self.service.list_states(
-            list(request.names), request.machine_id))
-        return self._state_rows.response(pb.ListUnitStatesResponse,
-                                         [(s, ips.get(s.machine_id, "")) for s in states])
+    async def ListUnitStates(self, request: Any, context: Any) -> bytes:
+        """The answer encoded already (`_serialize`), from the row cache like ListUnits."""
+        return b"".join(await _call(context, lambda: self.service.list_state_rows(
+            self._state_rows, list(request.names), request.machine_id)))
 
     async def SetMachineMetadata(self, request: Any, context: Any) -> pb.Machine:
         mid = request.machine_id
@@ -318,7 +335,8 @@ async def start_grpc_server(service: FleetService, *, unix_socket: str = "",
     server = grpc.aio.server(options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                                       *KEEPALIVE_SERVER_OPTIONS])
-    pb_grpc.add_FleetServicer_to_server(FleetServicer(service, outputs), server)
+    pb_grpc.add_FleetServicer_to_server(FleetServicer(service, outputs),
+                                        _PreencodedLists(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (pb.DESCRIPTOR.services_by_name["Fleet"].full_name, health.SERVICE_NAME,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from fleetd import metadata
 from fleetd.engine import moves
@@ -40,6 +42,7 @@ from fleetd.unit import Unit, UnitError, UnitName
 from fleetd.unit.host_units import host_unit_reason
 
 _RANK = {"inactive": 0, "loaded": 1, "launched": 2}
+T = TypeVar("T")
 _MACHINE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
@@ -92,6 +95,18 @@ class ExplanationInfo:
     rejected: tuple[tuple[str, str, str], ...]  # machine, check, detail
     unschedulable_reason: str
     scores: tuple[tuple[str, float, str], ...] = ()  # feasible machine, score, detail; best first
+
+
+class RowCache(Generic[T]):
+    """The rows of the last list answer as ``encode`` made them, each with what proves it
+    current (a unit's stamp in the view, `ClusterView.unit_stamps`; a state's very record):
+    the next answer re-encodes only the rows whose object changed since, so a 10,000-row
+    list costs its changes, not 10,000 encodings. Each answer keeps only its own rows."""
+
+    def __init__(self, encode: Callable[[Any], T]) -> None:
+        self.encode = encode
+        self.generation = -1  # the view's generation the rows were made in
+        self.rows: dict[Any, tuple[Any, T]] = {}
 
 
 def _parse(name: str, text: str) -> Unit:
@@ -174,6 +189,55 @@ class FleetService:
     async def list_units(self, with_text: bool = False) -> list[UnitInfo]:
         st = await self._state()
         return [self._info(st, n, with_text) for n in sorted(st.units)]
+
+    def _cached(self, st: ClusterState, cache: RowCache[Any]) -> bool:
+        """Whether `st` is the view's own state (stamped), readying ``cache`` for it."""
+        view = self.view
+        if view is None or st is not view.state:
+            return False  # a fallback read: nothing to compare with
+        if cache.generation != view.generation:
+            cache.rows, cache.generation = {}, view.generation
+        return True
+
+    async def list_unit_rows(self, cache: RowCache[T]) -> list[T]:
+        """`list_units()` (no texts), each unit as ``cache.encode`` made it from its
+        `UnitInfo`: from the view, re-encoding only the units changed since the last call."""
+        st = await self._state()
+        names = sorted(st.units)
+        if not self._cached(st, cache):
+            return [cache.encode(self._info(st, n, False)) for n in names]
+        assert self.view is not None
+        stamps, old, encode = self.view.unit_stamps, cache.rows, cache.encode
+        new: dict[Any, tuple[Any, T]] = {}
+        out: list[T] = []
+        for n in names:
+            stamp = stamps.get(n, 0)
+            hit = old.get(n)
+            if hit is None or hit[0] != stamp:
+                hit = (stamp, encode(self._info(st, n, False)))
+            new[n] = hit
+            out.append(hit[1])
+        cache.rows = new
+        return out
+
+    async def list_state_rows(self, cache: RowCache[T], names: list[str] | None = None,
+                              machine_id: str = "") -> list[T]:
+        """`list_states()`, each (state, machine IP) as ``cache.encode`` made it,
+        re-encoding only the states (or IPs) that changed since the last call: a state record
+        is immutable and replaced on every change, so the same object is the same row."""
+        states, ips = await self.list_states(names, machine_id)
+        old, encode = cache.rows, cache.encode
+        new: dict[Any, tuple[Any, T]] = {}
+        out: list[T] = []
+        for s in states:
+            key, ip = (s.unit, s.machine_id), ips.get(s.machine_id, "")
+            hit = old.get(key)
+            if hit is None or hit[0][0] is not s or hit[0][1] != ip:
+                hit = ((s, ip), encode((s, ip)))
+            new[key] = hit
+            out.append(hit[1])
+        cache.rows = new
+        return out
 
     async def get_unit(self, name: str) -> UnitInfo:
         _check_name(name)

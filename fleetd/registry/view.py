@@ -8,6 +8,10 @@ to its revision has been delivered), so a write acknowledged before the read (by
 always visible. Each read waits for its own revision: a notification answering an earlier read
 releases only the reads it covers. If the view is not in sync (starting, resyncing, or etcd
 does not answer in time) the read falls back to a full `Registry.cluster_state()`.
+
+The view also stamps the units each change touched (`unit_stamps`; `generation` counts fresh
+reads), so a list answer can re-encode only the rows whose object changed since
+the last one (`fleetd.api.service.RowCache`).
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ import asyncio
 import logging
 
 from fleetd.registry._etcd import EtcdError
-from fleetd.registry.model import ClusterState
-from fleetd.registry.registry import Follower, Registry
+from fleetd.registry.model import UNIT_DELETED, UNIT_PUT, ClusterState
+from fleetd.registry.registry import Follower, Registry, Update
 
 log = logging.getLogger("fleetd.registry.view")
 
@@ -33,6 +37,13 @@ class ClusterView:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
         self.fallbacks = 0
+        # Change stamps of the current `state` (a fresh read bumps `generation` and clears
+        # them): a unit's stamp changes whenever anything a list shows of it may have (its
+        # record, desired state, schedule, reported states, reason, move); units untouched
+        # since the read have none.
+        self.generation = 0
+        self.unit_stamps: dict[str, int] = {}
+        self._tick = 0
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
@@ -100,16 +111,32 @@ class ClusterView:
         self._follower = follower = self.registry.follow(retry_first_read=True)
         try:
             async for update in follower:
-                if update.kind == "interrupted":
-                    # The state stays a true prefix of history; a read proves it current
-                    # again by a progress notification once the watch is back.
-                    self._release_all()
-                    continue
-                if update.kind == "reset" and self.state is not None:
-                    self._release_all()  # reads that waited on the old state re-check
-                self.state = update.state
-                self._release(update.state.revision)
+                self._absorb(update)
         finally:
             self._follower = None
             self.state = None
             self._release_all()
+
+    def _absorb(self, update: Update) -> None:
+        """Take one update of the follower in (synchronously: `state` and the stamps never
+        disagree for a reader)."""
+        if update.kind == "interrupted":
+            # The state stays a true prefix of history; a read proves it current again by
+            # a progress notification once the watch is back.
+            self._release_all()
+            return
+        if update.kind == "reset":
+            if self.state is not None:
+                self._release_all()  # reads that waited on the old state re-check
+            self.generation += 1
+            self.unit_stamps = {}
+        elif update.events:
+            self._tick += 1
+            tick, units = self._tick, self.unit_stamps
+            for ev in update.events:
+                if ev.kind == UNIT_PUT:
+                    units[ev.name] = tick
+                elif ev.kind == UNIT_DELETED:  # a unit added again gets a put, so a new stamp
+                    units.pop(ev.name, None)
+        self.state = update.state
+        self._release(update.state.revision)
