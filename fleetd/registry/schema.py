@@ -42,7 +42,7 @@ plain schedule entry on both machines; the move record says which one is the new
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 TARGET_STATES = ("inactive", "loaded", "launched")
@@ -148,10 +148,21 @@ class MoveRecord:
     since_ns: int = 0
 
 
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def encode(record: Any) -> bytes:
     """JSON bytes of a record dataclass (or a plain JSON value)."""
     if hasattr(record, "__dataclass_fields__"):
-        record = asdict(record)
+        cls = type(record)
+        names = _FIELD_NAMES.get(cls)
+        if names is None:
+            names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(record))
+        flat = {name: getattr(record, name) for name in names}
+        # `asdict` deep-copies every value (most of an encode's cost); a record of plain
+        # values is the same JSON without it.
+        record = flat if all(type(v) in _SCALARS for v in flat.values()) else asdict(record)
     return json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
 
 

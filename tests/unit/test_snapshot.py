@@ -183,3 +183,25 @@ def test_the_engine_and_the_api_build_the_same_snapshot(reg: dict[str, Any]) -> 
     snap, broken = engine_view(reg)
     assert api_view(reg) == snap
     assert set(broken) <= set(reg["units"])
+
+
+SHARED_NAMES = ["a.service", "b.socket", "bad name.service", "c.timer", "x@1.service",
+                "x@.service", "d.service"]
+SHARED_TEXTS = [PLAIN, PLAIN + "[X-Fleet]\nMachineMetadata=role=web\n",
+                "[Unit]\nDescription=web %n\n" + PLAIN, PLAIN + "[X-Fleet]\nMachineOf=%p.x\n",
+                PLAIN + "[X-Fleet]\nBogus=1\n", "[Unit]\nDescription=plain\n" + PLAIN,
+                PLAIN + "[X-Fleet]\nMachineOf=a.service\n",
+                PLAIN + "[X-Fleet]\nReplaces=d.service\n",
+                PLAIN + "[X-Fleet]\nConflicts=a.service\n"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(SHARED_NAMES), st.sampled_from(SHARED_TEXTS)),
+                max_size=20))
+def test_a_parse_shared_by_text_is_the_parse_of_the_unit_itself(recs: list[Any]) -> None:
+    # One file submitted under many names is parsed once; what each unit gets must still be
+    # what parsing its own (name, text) gives: the name check, templates and specifiers.
+    cache = UnitParseCache()
+    for name, text in recs:
+        rec = record(name, text)
+        assert cache.parsed(rec) == UnitParseCache().parsed(rec), (name, text)
