@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
 from fleetd import metadata
@@ -263,8 +264,8 @@ class FleetService:
                 states, machines = await self.registry.states_and_machines(names or None)
             except EtcdError as e:
                 raise Unavailable(str(e)) from None
-        out = [s for s in states if not machine_id or s.machine_id == machine_id]
-        out.sort(key=lambda s: (s.unit, s.machine_id))
+        out = [s for s in states if s.machine_id == machine_id] if machine_id else states
+        out.sort(key=attrgetter("unit", "machine_id"))  # (in C: 10,000 states per list)
         return out, {m.id: m.ip for m in machines}
 
     def _summary(self, rec: UnitRecord) -> tuple[str, bool]:
