@@ -240,9 +240,10 @@ def main() -> int:
         ("soak_lost_changes", "desired states not reached", "0"),
         ("soak_adoption_failures", "restarted instead of adopted", "0"),
     ]
-    print(f"{'benchmark':30} {'value':>10}  {'unit / size':40} {'target':>8}")
+    width = max(30, *(len(key) for key, _, _ in rows))
+    print(f"{'benchmark':{width}} {'value':>10}  {'unit / size':40} {'target':>8}")
     for key, unit, target in rows:
-        print(f"{key:30} {res[key]:10.2f}  {unit:40} {target:>8}")
+        print(f"{key:{width}} {res[key]:10.2f}  {unit:40} {target:>8}")
     if q:
         print("(--quick: a tenth of the size; targets apply to the full run)")
     if args.json and not args.lab:
