@@ -501,7 +501,7 @@ class MachineOfCheck(Check):
 
     def _why(self, state: WorkingState, job: JobView, machine_id: str | None) -> str:
         if job.name in state.cycles:
-            return f"MachineOf cycle: {state.cycles[job.name]}"
+            return state.cycles[job.name]
         for target in job.xfleet.machine_of:
             if target not in state.jobs:
                 return f"follows {target}, which does not exist"

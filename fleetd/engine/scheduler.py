@@ -225,8 +225,9 @@ def _processing_order(
     active: list[str], jobs: Mapping[str, JobView], state: WorkingState
 ) -> tuple[list[str], dict[str, str]]:
     """Active units ordered so MachineOf targets and replacers come before their dependants
-    (ties: non-globals first, then followers ready to go, then by name); also the MachineOf
-    cycle of each cyclic unit."""
+    (ties: non-globals first, then followers ready to go, then by name); also why each
+    contradictory unit can be placed nowhere (a MachineOf cycle, or following a unit it
+    Replaces)."""
     active_set = set(active)
     follows: dict[str, list[str]] = {}
     for name in active:
@@ -238,7 +239,23 @@ def _processing_order(
         if len(component) > 1 or component[0] in follows.get(component[0], ()):
             members = set(component)
             for member in component:
-                cycles[member] = _describe_cycle(member, members, follows)
+                cycles[member] = "MachineOf cycle: " + _describe_cycle(member, members, follows)
+    # A unit that follows (directly or through others) a unit it Replaces can run nowhere:
+    # it must share that unit's machine and may not. Contradictory like a cycle, and so
+    # placed nowhere, rather than beside the unit it replaces.
+    for name in active:
+        if name in cycles or not jobs[name].xfleet.replaces or name not in follows:
+            continue
+        seen, stack = set(), list(follows[name])
+        while stack:
+            target = stack.pop()
+            if target in seen:
+                continue
+            seen.add(target)
+            if target in jobs[name].xfleet.replaces:
+                cycles[name] = f"follows {target} (MachineOf), which it Replaces"
+                break
+            stack.extend(follows.get(target, ()))
 
     rest = [name for name in active if name not in cycles]
     deps: dict[str, set[str]] = {name: set() for name in rest}

@@ -118,8 +118,9 @@ class DrainRecord:
     """A machine taken out of service: nothing new is placed there, its units move away.
 
     `pinned`: what happens to units that cannot move make-before-break (a `MachineID` pin,
-    their own or in their `MachineOf` group): "leave" them running there, or "stop" them (then start them elsewhere
-    when their constraints allow). `include_global`: global units leave it too."""
+    their own or in their `MachineOf` group): "leave" them running there, or "stop" them
+    (then start them elsewhere when their constraints allow). `include_global`: global
+    units leave it too."""
 
     machine_id: str
     pinned: str = "leave"

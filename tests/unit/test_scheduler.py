@@ -230,6 +230,18 @@ CASES: list[tuple[str, list[Any], list[JobView], dict[str, set[str]], Schedule, 
         },
     ),
     (
+        "MachineOf (through another unit) a unit it Replaces: placed nowhere, not beside it",
+        ["m1", "m2"],
+        [
+            J("db.service"),
+            J("proxy.service", machine_of="db.service"),
+            J("app.service", machine_of="proxy.service", replaces="db.service"),
+        ],
+        {},
+        {"db.service": {"m1"}, "proxy.service": {"m1"}},
+        {"app.service": "follows db.service (MachineOf), which it Replaces"},
+    ),
+    (
         "MachineOf self loop",
         ["m1"],
         [J("a.service", machine_of="a.service")],
