@@ -21,8 +21,8 @@ from fleetd.registry import EtcdError, MachineRecord, Registry, backoff_sleep
 
 log = logging.getLogger("fleetd.machine")
 
-#: Pause before retrying a failed lease renewal.
-RENEW_RETRY_S = 0.25
+#: Pause before retrying a failed lease renewal (the fence point leaves only a few seconds).
+RENEW_RETRY_S = 0.1
 
 
 @dataclass
@@ -45,7 +45,10 @@ class MachineSession:
     def __init__(self, registry: Registry, identity: MachineIdentity, ttl_s: int) -> None:
         self.registry = registry
         self.identity = identity
-        self.ttl_s = max(2, int(ttl_s))
+        self.ttl_s = int(ttl_s)
+        problem = fencing.ttl_problem(self.ttl_s)
+        if problem is not None:
+            raise ValueError(f"lease ttl {self.ttl_s}s {problem}")
         self.lease = 0
         self.generation = 0  # bumps every time a new lease is taken
         self.lease_changed = asyncio.Event()
@@ -69,7 +72,7 @@ class MachineSession:
 
     @property
     def fence_deadline(self) -> float:
-        return self._last_renewed + self.ttl_s - self.fence_margin_s
+        return self._last_renewed + fencing.fence_point_s(self.ttl_s)
 
     def fence_delay_s(self) -> float:
         """Seconds from now until the fence is due (0: due now)."""
@@ -77,7 +80,7 @@ class MachineSession:
 
     @property
     def renew_timeout_s(self) -> float:
-        return max(0.5, self.ttl_s * 0.2)
+        return fencing.renew_timeout_s(self.ttl_s)
 
     async def establish(self) -> None:
         """Take a new lease and register the machine under it, retrying until etcd answers.

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from fleetd import fencing
 from fleetd.machine import MachineIdentity, MachineSession
 from fleetd.registry import EtcdError
 
@@ -29,7 +32,8 @@ class ScriptedRegistry:
 
 def session() -> tuple[MachineSession, ScriptedRegistry]:
     reg = ScriptedRegistry()
-    return MachineSession(reg, MachineIdentity("m1", "10.0.0.1"), 2), reg  # type: ignore[arg-type]
+    return MachineSession(reg, MachineIdentity("m1", "10.0.0.1"),  # type: ignore[arg-type]
+                          fencing.min_ttl_s()), reg
 
 
 def test_an_etcd_error_in_a_new_lease_handler_is_retried_not_fatal() -> None:
@@ -68,3 +72,9 @@ def test_fence_deadline_is_before_the_ttl_at_the_smallest_ttl() -> None:
     asyncio.run(s.establish())
     assert 0 < s.fence_delay_s() < s.ttl_s
     assert s.fence_margin_s > 0
+
+
+def test_a_ttl_too_short_for_the_fence_is_refused() -> None:
+    with pytest.raises(ValueError, match="renewal intervals"):
+        MachineSession(ScriptedRegistry(), MachineIdentity("m1", "10.0.0.1"),  # type: ignore[arg-type]
+                       fencing.min_ttl_s() - 1)
