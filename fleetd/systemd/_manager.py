@@ -206,6 +206,12 @@ class SystemdManager:
         self._pid: dict[str, int] = {}
         # Last status handed to watchers per name (suppresses identical repeats).
         self._emitted: dict[str, UnitStatus] = {}
+        # Signals handled per name (ActiveState/SubState ones, MainPID ones). A query whose
+        # reply is used after such a signal may be older than it (its reply is resumed after
+        # the signal's handler ran, or its Gets straddle it): its values must not overwrite
+        # the signal's, or the last state of a unit that then stays put is never published.
+        self._state_signals: dict[str, int] = {}
+        self._pid_signals: dict[str, int] = {}
         self._path_names: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -540,14 +546,31 @@ class SystemdManager:
         ]
         if name.endswith(".service"):
             gets.append(self._get_prop(path, SERVICE_IFACE, "MainPID", name))
+        seen = self._signals_seen([name])
         vals = await asyncio.gather(*gets)
         if vals[0] is None:
-            return self._remember(UnitStatus(name, "not-found", "inactive", "dead", 0))
-        pid = vals[3] if len(vals) > 3 and vals[3] is not None else 0
-        st = UnitStatus(
-            name, str(vals[0]), str(vals[1] or "inactive"), str(vals[2] or "dead"), int(pid)
-        )
-        return self._remember(st)
+            st = UnitStatus(name, "not-found", "inactive", "dead", 0)
+        else:
+            pid = vals[3] if len(vals) > 3 and vals[3] is not None else 0
+            st = UnitStatus(
+                name, str(vals[0]), str(vals[1] or "inactive"), str(vals[2] or "dead"), int(pid)
+            )
+        return self._remember(self._newer_of(st, seen[name]))
+
+    def _signals_seen(self, names: Iterable[str]) -> dict[str, tuple[int, int]]:
+        return {n: (self._state_signals.get(n, 0), self._pid_signals.get(n, 0)) for n in names}
+
+    def _newer_of(self, st: UnitStatus, seen: tuple[int, int]) -> UnitStatus:
+        """A queried status, with what signals handled since the query was sent (`seen`: the
+        counters then) said instead: those are at least as new as the reply."""
+        state_seen, pid_seen = seen
+        if self._state_signals.get(st.name, 0) != state_seen and st.name in self._active:
+            active, sub = self._active[st.name]
+            st = UnitStatus(st.name, st.load_state, active, sub, st.main_pid)
+        if self._pid_signals.get(st.name, 0) != pid_seen:
+            st = UnitStatus(st.name, st.load_state, st.active_state, st.sub_state,
+                            self._pid.get(st.name, 0) if st.name.endswith(".service") else 0)
+        return st
 
     async def list_units(self, names: Iterable[str]) -> dict[str, UnitStatus]:
         """Statuses of ``names`` in one ListUnitsByNames call (+ pipelined MainPID reads)."""
@@ -556,6 +579,7 @@ class SystemdManager:
             return {}
         valid = [n for n in wanted if is_unit_name(n)]
         rows: list[Any] = []
+        seen = self._signals_seen(wanted)
         if valid:
             reply = await self._call_manager("ListUnitsByNames", "as", [valid], op="list-units")
             rows = reply[0]
@@ -581,7 +605,7 @@ class SystemdManager:
         result: dict[str, UnitStatus] = {}
         for n in wanted:
             st = out.get(n) or UnitStatus(n, "not-found", "inactive", "dead", 0)
-            result[n] = self._remember(st)
+            result[n] = self._remember(self._newer_of(st, seen[n]))
         return result
 
     # ------------------------------------------------------------------ watching
@@ -633,9 +657,14 @@ class SystemdManager:
                 self._pid[name] = int(v.value)
             elif "MainPID" in invalidated:
                 self._pid.pop(name, None)
+            else:
+                return
+            self._pid_signals[name] = self._pid_signals.get(name, 0) + 1
             return
         if iface != UNIT_IFACE:
             return
+        if "ActiveState" in changed or "SubState" in changed:
+            self._state_signals[name] = self._state_signals.get(name, 0) + 1
         active, sub = self._active.get(name, ("inactive", "dead"))
         v = changed.get("ActiveState")
         if v is not None:

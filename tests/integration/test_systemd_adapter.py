@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -386,3 +387,48 @@ async def test_many_concurrent_calls_and_reconnect_after_the_bus_drops(
     await sd.start_unit(names[0])
     await rec.wait_for(lambda s: s.active_state == "active")
     assert um.systemctl("is-active", names[0]).stdout.strip() == "active"
+
+
+SLOW_STOP = "[Service]\nExecStart=/bin/sleep 1000\nExecStop=/bin/sleep 1\n"
+
+
+@pytest.mark.parametrize("query", ["unit_status", "list_units"])
+async def test_a_status_read_straddling_the_last_signal_does_not_bring_back_an_old_state(
+        sd: SystemdManager, monkeypatch: pytest.MonkeyPatch, query: str) -> None:
+    """The agent stored a status read that was sent while the unit was deactivating and
+    answered (its last Get, MainPID) after the signal saying it was inactive: the published
+    state stayed deactivating, and no later signal corrected it. Here the real adapter's
+    MainPID Get is held (delay injection, real systemd) until the inactive signal has been
+    handled, so the read straddles it every time."""
+    name = "slowstop.service"
+    rec = Recorder()
+    sd.watch(lambda: {name}, rec)
+    sd.write_unit_file(name, SLOW_STOP)
+    await sd.daemon_reload()
+    await sd.start_unit(name)
+    await rec.wait_for(lambda s: s.active_state == "active")
+    await sd.stop_unit(name)
+    await rec.wait_for(lambda s: s.active_state == "deactivating")
+
+    inactive = asyncio.Event()
+    sd.watch(lambda: {name}, lambda s: inactive.set() if s.active_state == "inactive" else None)
+    raw: dict[str, Any] = {}
+    real_get = sd._get_prop
+
+    async def held_get(path: str, iface: str, prop: str, unit: str) -> Any:
+        value = await real_get(path, iface, prop, unit)
+        raw[prop] = value
+        if prop == "MainPID":
+            await asyncio.wait_for(inactive.wait(), 10)
+        return value
+
+    monkeypatch.setattr(sd, "_get_prop", held_get)
+    if query == "unit_status":
+        st = await sd.unit_status(name)
+        assert raw["ActiveState"] == "deactivating"  # the read itself was older than the signal
+    else:
+        st = (await sd.list_units([name]))[name]
+    assert "MainPID" in raw and inactive.is_set()
+    assert (st.active_state, st.sub_state) == ("inactive", "dead")
+    # The adapter's own memory was not set back either: a later signal builds on the truth.
+    assert sd._active[name] == ("inactive", "dead")
