@@ -88,6 +88,7 @@ class Agent:
         self._schedule_loaded = asyncio.Event()
         self._dirty_states: set[str] = set()
         self._publish_wake = asyncio.Event()
+        self._schedule_rev = 0  # revision of the last fresh schedule read (new lease)
         self.tasks_applied = 0
         session.on_lease_lost.append(self._on_lease_lost)
         session.on_new_lease.append(self._on_new_lease)
@@ -131,6 +132,11 @@ class Agent:
         prefix = self.registry.keys.machine_schedule(self.machine_id)
         async for update in self.registry.follow(prefix, retry_first_read=True):
             if update.kind not in ("reset", "changes"):
+                continue
+            if update.revision < self._schedule_rev:
+                # Older than the fresh read a new lease took: a watch resuming after a freeze
+                # replays history the engine has since undone (units moved off this machine
+                # while its lease was gone); applying it would start them here again.
                 continue
             attempt = 0
             while True:  # the unit bodies are read too: retry that read, not the schedule's
@@ -473,7 +479,8 @@ class Agent:
                 raise SystemdError("cannot arm the dead-man switch")
             if self.fenced:
                 # Only resume from a fresh read: the engine may have moved units meanwhile.
-                entries, _ = await self.registry.machine_schedule(self.machine_id)
+                entries, rev = await self.registry.machine_schedule(self.machine_id)
+                self._schedule_rev = max(self._schedule_rev, rev)
                 await self._set_schedule(entries)
             self.fenced = False
         self._dirty_states |= set(self.applied)

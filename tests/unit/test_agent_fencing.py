@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fleetd import clock
+from fleetd import clock, fencing
 from fleetd.agent.agent import Agent
 from fleetd.agent.tasks import DaemonReload, StartUnit, WriteUnitFile
 from fleetd.fencing import FENCE_TARGET
@@ -128,6 +128,21 @@ def test_no_lease_no_start_even_if_planned() -> None:
 
     calls = asyncio.run(go())
     assert ("start", "web.service") not in calls and ("write", "web.service") in calls
+
+
+def test_a_lease_id_past_its_fence_deadline_starts_nothing() -> None:
+    """A VM paused past its lease resumes with `session.lease` still set (the watchdog has not
+    run yet): the start is refused on the deadline, not on the lease id (sim seed 10)."""
+    async def go() -> list[Any]:
+        agent, sd = agent_with({"web.service": TEXT, "global-mon.service": GLOBAL_TEXT})
+        agent.session._last_renewed = clock.now() - fencing.fence_point_s(agent.session.ttl_s)
+        assert agent.session.lease
+        await agent.reconcile()
+        return sd.calls
+
+    calls = asyncio.run(go())
+    assert ("start", "web.service") not in calls and ("write", "web.service") in calls
+    assert ("start", "global-mon.service") in calls
 
 
 def test_units_a_stale_dead_man_timer_stopped_are_started_again_while_the_lease_is_good(
