@@ -88,7 +88,11 @@ class Agent:
         self._schedule_loaded = asyncio.Event()
         self._dirty_states: set[str] = set()
         self._publish_wake = asyncio.Event()
-        self._schedule_rev = 0  # revision of the last fresh schedule read (new lease)
+        # etcd revision of the schedule applied last. Two paths apply one: the watch and the
+        # fresh read a new lease takes after a fence; neither may set back the other's newer
+        # view (a resumed watch replays history the engine has undone; a read sent before an
+        # assignment can return after the watch delivered it).
+        self._schedule_rev = 0
         self.tasks_applied = 0
         session.on_lease_lost.append(self._on_lease_lost)
         session.on_new_lease.append(self._on_new_lease)
@@ -134,28 +138,29 @@ class Agent:
             if update.kind not in ("reset", "changes"):
                 continue
             if update.revision < self._schedule_rev:
-                # Older than the fresh read a new lease took: a watch resuming after a freeze
-                # replays history the engine has since undone (units moved off this machine
-                # while its lease was gone); applying it would start them here again.
-                continue
+                continue  # older than what a fresh read applied (see _schedule_rev)
             attempt = 0
             while True:  # the unit bodies are read too: retry that read, not the schedule's
                 try:
                     await self._set_schedule({
                         name: per[self.machine_id]
-                        for name, per in update.state.schedule.items() if self.machine_id in per})
+                        for name, per in update.state.schedule.items() if self.machine_id in per},
+                        update.revision)
                     break
                 except EtcdError as e:
                     log.warning("reading the units scheduled here failed: %s", e)
                     await backoff_sleep(attempt)
                     attempt += 1
 
-    async def _set_schedule(self, entries: dict[str, ScheduleEntry]) -> None:
+    async def _set_schedule(self, entries: dict[str, ScheduleEntry], revision: int) -> None:
         missing = [n for n, e in entries.items()
                    if self.texts.get(n, ("", ""))[0] != e.hash]
         if missing:
             for name, rec in (await self.registry.unit_texts(missing)).items():
                 self.texts[name] = (rec.hash, rec.text)
+        if revision < self._schedule_rev:
+            return  # a newer schedule was applied meanwhile (see _schedule_rev)
+        self._schedule_rev = revision
         self.schedule = entries
         await self._refuse_host_units()
         self._schedule_loaded.set()
@@ -480,8 +485,7 @@ class Agent:
             if self.fenced:
                 # Only resume from a fresh read: the engine may have moved units meanwhile.
                 entries, rev = await self.registry.machine_schedule(self.machine_id)
-                self._schedule_rev = max(self._schedule_rev, rev)
-                await self._set_schedule(entries)
+                await self._set_schedule(entries, rev)
             self.fenced = False
         self._dirty_states |= set(self.applied)
         self._publish_wake.set()
