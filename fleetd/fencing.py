@@ -27,6 +27,12 @@ latency `FENCE_TIMER_LATENCY_S`, `e` the clock-rate error `CLOCK_RATE_ERROR`:
   etcd hiccup fences): `check_ttl` refuses a TTL leaving fewer than `MIN_RENEWALS_BEFORE_FENCE`
   renewal intervals before the fence (below 4 s with the default bound).
 
+A restart (`systemctl restart fleetd`) must not fence the units the next fleetd adopts, but at
+T = 4 s the fence point (1.5 s) is shorter than fleetd's restart. So the exiting fleetd hands
+over: it takes a lease of `HANDOVER_TTL_S`, moves the machine key and unit states to it and
+arms the timer for that lease's fence point (the same argument, another T), then exits; the
+new fleetd's own lease and timer replace both. The engine's grace covers the longer lease.
+
 The price of a short TTL: a machine tolerates an etcd outage (or leader election, or network
 blip) of up to about `fence_point_s(T) - renew_interval_s(T)` without fencing (the README's
 "Failover timing" table has the measured figures), and renews 10/T times a second.
@@ -71,6 +77,14 @@ MIN_RENEWALS_BEFORE_FENCE = 3
 MIN_RENEW_TIMEOUT_S = 0.25
 #: One quick attempt at revoking a lease we gave up (it may be unreachable anyway).
 REVOKE_TIMEOUT_S = 1.0
+#: TTL of the lease a fleetd exiting for a restart moves the machine to (`hand_over`): the
+#: next fleetd then has `fence_point_s(HANDOVER_TTL_S)` to take over before the dead-man
+#: timer stops the units it is to adopt; at a short `agent_ttl` the fence point alone is
+#: shorter than fleetd's own restart.
+HANDOVER_TTL_S = 10
+#: How long the exiting fleetd tries to hand over (etcd unreachable: the units are fenced at
+#: the old lease's fence point, as after a crash, and started again by the next fleetd).
+HANDOVER_TIMEOUT_S = 1.0
 
 #: The unit every non-global fleet unit conflicts with; starting it stops them all.
 FENCE_TARGET = "fleet-fence.target"
@@ -110,8 +124,9 @@ def fence_delay_s(ttl_s: float, since_renewal_sent_s: float) -> float:
 
 def engine_grace_s(ttl_s: float) -> float:
     """How long the engine waits, after it sees a machine's key vanish, before it starts that
-    machine's units elsewhere: the fence is complete by then (see the module doc)."""
-    return 2 * CLOCK_RATE_ERROR * ttl_s
+    machine's units elsewhere: the fence is complete by then (see the module doc). A machine's
+    lease is either `ttl_s` long or a restart's `HANDOVER_TTL_S`."""
+    return 2 * CLOCK_RATE_ERROR * max(ttl_s, HANDOVER_TTL_S)
 
 
 def min_ttl_s() -> int:

@@ -205,6 +205,24 @@ class MachineSession:
         except (EtcdError, TimeoutError) as e:
             log.info("revoking lease %x failed (%s); it lapses on its own", lease, e)
 
+    async def hand_over(self) -> tuple[int, float] | None:
+        """Before exiting for a restart: move the registration to a new lease of
+        `fencing.HANDOVER_TTL_S` (the old one lapses). Returns (lease, send time of its grant:
+        the fence point counts from there), or None if etcd did not answer in time."""
+        sent = clock.now()
+        try:
+            lease = await asyncio.wait_for(self.registry.grant_lease(fencing.HANDOVER_TTL_S),
+                                           fencing.HANDOVER_TIMEOUT_S)
+            await asyncio.wait_for(self.registry.register_machine(self.identity.record(), lease),
+                                   fencing.HANDOVER_TIMEOUT_S)
+        except (EtcdError, TimeoutError) as e:
+            log.warning("handing the machine over to a restart lease failed: %s", e)
+            return None
+        self.lease = 0  # this process renews nothing more
+        log.info("machine %s handed over to lease %x (ttl %ss) for the restart",
+                 self.identity.id, lease, fencing.HANDOVER_TTL_S)
+        return lease, sent
+
     async def update_metadata(self, metadata: dict[str, str]) -> None:
         """Publish new configured ``metadata`` (a fleet.conf reload): the registration under the
         current lease is rewritten now, every later one carries it."""

@@ -512,6 +512,40 @@ class Agent:
         self._armed = name
         return True
 
+    async def hand_over(self) -> bool:
+        """`systemctl restart fleetd`: move the machine to a restart lease and arm the dead-man
+        timer for it, so the next fleetd adopts the units instead of finding them fenced
+        (`fencing.HANDOVER_TTL_S`). Call after the components stopped. False if it could not
+        (the armed timer then fences at the old lease's fence point, as after a crash)."""
+        if self.fenced:
+            return False
+        got = await self.session.hand_over()
+        if got is None:
+            return False
+        lease, sent = got
+        async with self._lock:
+            records = [r for r in map(self.state_record, sorted(self.applied)) if r is not None]
+            try:
+                if records:
+                    await asyncio.wait_for(self.registry.publish_states(records, lease),
+                                           fencing.HANDOVER_TIMEOUT_S)
+            except (EtcdError, TimeoutError) as e:
+                log.warning("republishing states for the restart failed: %s", e)
+            # The machine key is on the new lease now: arm its timer before the old one goes.
+            self._arm_seq += 1
+            name = f"{fencing.FENCE_TIMER_PREFIX}{self._arm_seq}.timer"
+            try:
+                await self.systemd.arm_fence_timer(
+                    name, fencing.fence_delay_s(fencing.HANDOVER_TTL_S, clock.now() - sent))
+                for old in await self.systemd.list_fence_timers():
+                    if old != name:
+                        await self.systemd.stop_unit(old)
+            except SystemdError as e:
+                log.error("arming the dead-man switch for the restart failed: %s", e)
+                return False
+            self._armed = name
+        return True
+
     async def disarm(self) -> None:
         """Stop every dead-man timer (after a purge: nothing is left to fence)."""
         for name in await self.systemd.list_fence_timers():

@@ -78,3 +78,23 @@ def test_a_ttl_too_short_for_the_fence_is_refused() -> None:
     with pytest.raises(ValueError, match="renewal intervals"):
         MachineSession(ScriptedRegistry(), MachineIdentity("m1", "10.0.0.1"),  # type: ignore[arg-type]
                        fencing.min_ttl_s() - 1)
+
+
+def test_a_restart_hands_the_machine_over_to_a_longer_lease() -> None:
+    s, reg = session()
+    registered: list[int] = []
+
+    async def register_machine(record: object, lease: int) -> None:
+        registered.append(lease)
+
+    reg.register_machine = register_machine  # type: ignore[method-assign]
+
+    async def go() -> tuple[int, float] | None:
+        await s.establish()
+        return await s.hand_over()
+
+    got = asyncio.run(go())
+    assert got is not None and got[0] == 102 and registered == [101, 102]
+    assert s.lease == 0  # the exiting process renews nothing more
+    # The next fleetd gets longer than a whole short-TTL fence point to take over.
+    assert fencing.fence_point_s(fencing.HANDOVER_TTL_S) > 3 * fencing.fence_point_s(s.ttl_s)
