@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fleetd.fencing import engine_grace_s
+from fleetd.fencing import HANDOVER_TTL_S, engine_grace_s
 from tests.lab.conftest import (
     BIN,
     active_on,
@@ -35,7 +35,7 @@ from tests.lab.conftest import (
 
 pytestmark = pytest.mark.usefixtures("lab_up")
 
-TTL_S = 10  # fleetd's default agent_ttl (the lab does not change it)
+TTL_S = 4  # fleetd's default agent_ttl (the lab does not change it)
 NOT_STOPPED = frozenset({"active", "activating", "deactivating", "reloading", "refreshing"})
 
 
@@ -246,7 +246,7 @@ def test_systemctl_restart_fleetd_keeps_the_unit_and_its_main_pid(
     assert fleetd_pid(holder) != before
     # Past the TTL and the engine's grace: neither the old lease lapsing nor the old dead-man
     # timer touches the adopted unit.
-    deadline = time.monotonic() + TTL_S + 3
+    deadline = time.monotonic() + max(TTL_S, HANDOVER_TTL_S) + 3  # the restart lease's too
     while time.monotonic() < deadline:
         assert main_pid() == pid
         time.sleep(0.5)
