@@ -48,6 +48,8 @@ log = logging.getLogger("fleetd.agent")
 
 #: The fence target turning active this close to (or past) our fence deadline is our timer.
 FIRED_SLACK_S = 0.25
+#: While a scheduled unit's body could not be read, the reconcile loop retries this often.
+TEXT_RETRY_S = 1.0
 
 # A unit counts as running until it is inactive: a deactivating unit may have a start queued
 # behind its stop (systemd keeps it), which only a StopUnit cancels.
@@ -166,6 +168,23 @@ class Agent:
         self._schedule_loaded.set()
         self._wake.set()
 
+    def _texts_missing(self) -> list[str]:
+        return [n for n, e in self.schedule.items() if self.texts.get(n, ("", ""))[0] != e.hash]
+
+    async def _read_missing_texts(self) -> None:
+        """Bodies a schedule read could not get (the unit was destroyed and submitted again
+        while its assignment stayed, so no schedule event comes): retried until they are in."""
+        missing = self._texts_missing()
+        if not missing:
+            return
+        try:
+            recs = await self.registry.unit_texts(missing)
+        except EtcdError as e:
+            log.warning("reading unit bodies failed: %s", e)
+            return
+        for name, rec in recs.items():
+            self.texts[name] = (rec.hash, rec.text)
+
     async def _refuse_host_units(self) -> None:
         """Never write a unit systemd already loads from outside fleet's directory (the host's
         own ssh.service...): it is left out of the plan and its state says why."""
@@ -206,11 +225,13 @@ class Agent:
         await self._schedule_loaded.wait()
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), self.resync_interval_s)
+                await asyncio.wait_for(self._wake.wait(), TEXT_RETRY_S if self._texts_missing()
+                                       else self.resync_interval_s)
             except TimeoutError:
                 pass
             self._wake.clear()
             try:
+                await self._read_missing_texts()
                 await self.reconcile()
             except Exception:
                 log.exception("reconcile failed; retrying")

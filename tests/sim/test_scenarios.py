@@ -192,3 +192,24 @@ def test_a_unit_still_stopping_when_fleetd_comes_back_is_started_again() -> None
     # started it again. A unit on its way down is adopted as loaded, so the plan starts it.
     r = run_schedule(165, SimConfig())
     assert r.ok, r.liveness or r.violation
+
+
+def test_a_unit_destroyed_and_submitted_again_under_a_standing_assignment_starts() -> None:
+    # Found by the simulation at the 4 s default timing (seed 289): m2's fleetd restarted
+    # right after agent.service was destroyed, with no engine leader to remove its schedule
+    # key; its fresh read found the assignment but no body, so it unloaded the unit. The unit
+    # was submitted again (same hash) and the assignment never changed: no schedule event
+    # came, and m2 never read the body again. The agent now retries missing bodies.
+    r = run_schedule(289, SimConfig())
+    assert r.ok, r.liveness or r.violation
+
+
+def test_a_watch_replaying_history_after_a_freeze_does_not_restart_moved_units() -> None:
+    # Found by the simulation at the short grace (seeds 1028, 970, 1602): m1's fleetd was
+    # frozen past its lease; the engine moved its units away; on thaw the agent took a new
+    # lease and a fresh schedule read, and then its resumed watch replayed the older
+    # assignment and started the unit beside its replacement. And the reverse (seed 1347): a
+    # fresh read sent before an assignment returned after the watch had delivered it.
+    for seed in (1028, 970, 1602, 1347):
+        r = run_schedule(seed, SimConfig())
+        assert r.ok, (seed, r.violation or r.liveness)
