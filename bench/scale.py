@@ -21,7 +21,6 @@ import grpc
 from bench.simulation import SimulatedFleet
 from fleetd.api.pb import fleet_pb2 as pb
 from fleetd.api.pb import fleet_pb2_grpc as pb_grpc
-from fleetd.config import Config
 from fleetd.localcluster import LocalCluster
 
 SIM_UNIT = ("[Unit]\nDescription=simulated unit\n\n[Service]\nExecStart=/bin/true\n\n"
@@ -64,10 +63,9 @@ async def wait_for(cond: Any, timeout_s: float, what: str, interval_s: float = 0
 
 async def run(machines: int, units: int, idle_s: float, log: Any = print) -> dict[str, float]:
     results: dict[str, float] = {}
-    ttl_s = Config().agent_ttl_s()  # fleetd's default: the idle load is its keep-alives
-    cluster = LocalCluster(1, agent_ttl_s=ttl_s)
+    cluster = LocalCluster(1, agent_ttl_s=10)
     cluster.start()
-    fleet = SimulatedFleet(cluster.etcd.endpoint, cluster.prefix, machines, ttl_s=ttl_s)
+    fleet = SimulatedFleet(cluster.etcd.endpoint, cluster.prefix, machines, ttl_s=10)
     for m in fleet.machines:
         m.identity.metadata["sim"] = "yes"
     channel = grpc.aio.insecure_channel(cluster.machines[0].endpoint)
