@@ -90,6 +90,11 @@ class Agent:
         self._schedule_loaded = asyncio.Event()
         self._dirty_states: set[str] = set()
         self._publish_wake = asyncio.Event()
+        # etcd revision of the schedule applied last. Two paths apply one: the watch and the
+        # fresh read a new lease takes after a fence; neither may set back the other's newer
+        # view (a resumed watch replays history the engine has undone; a read sent before an
+        # assignment can return after the watch delivered it).
+        self._schedule_rev = 0
         self.tasks_applied = 0
         session.on_lease_lost.append(self._on_lease_lost)
         session.on_new_lease.append(self._on_new_lease)
@@ -134,24 +139,30 @@ class Agent:
         async for update in self.registry.follow(prefix, retry_first_read=True):
             if update.kind not in ("reset", "changes"):
                 continue
+            if update.revision < self._schedule_rev:
+                continue  # older than what a fresh read applied (see _schedule_rev)
             attempt = 0
             while True:  # the unit bodies are read too: retry that read, not the schedule's
                 try:
                     await self._set_schedule({
                         name: per[self.machine_id]
-                        for name, per in update.state.schedule.items() if self.machine_id in per})
+                        for name, per in update.state.schedule.items() if self.machine_id in per},
+                        update.revision)
                     break
                 except EtcdError as e:
                     log.warning("reading the units scheduled here failed: %s", e)
                     await backoff_sleep(attempt)
                     attempt += 1
 
-    async def _set_schedule(self, entries: dict[str, ScheduleEntry]) -> None:
+    async def _set_schedule(self, entries: dict[str, ScheduleEntry], revision: int) -> None:
         missing = [n for n, e in entries.items()
                    if self.texts.get(n, ("", ""))[0] != e.hash]
         if missing:
             for name, rec in (await self.registry.unit_texts(missing)).items():
                 self.texts[name] = (rec.hash, rec.text)
+        if revision < self._schedule_rev:
+            return  # a newer schedule was applied meanwhile (see _schedule_rev)
+        self._schedule_rev = revision
         self.schedule = entries
         await self._refuse_host_units()
         self._schedule_loaded.set()
@@ -494,8 +505,8 @@ class Agent:
                 raise SystemdError("cannot arm the dead-man switch")
             if self.fenced:
                 # Only resume from a fresh read: the engine may have moved units meanwhile.
-                entries, _ = await self.registry.machine_schedule(self.machine_id)
-                await self._set_schedule(entries)
+                entries, rev = await self.registry.machine_schedule(self.machine_id)
+                await self._set_schedule(entries, rev)
             self.fenced = False
         self._dirty_states |= set(self.applied)
         self._publish_wake.set()
@@ -520,6 +531,40 @@ class Agent:
             log.error("arming the dead-man switch failed: %s", e)
             return False
         self._armed = name
+        return True
+
+    async def hand_over(self) -> bool:
+        """`systemctl restart fleetd`: move the machine to a restart lease and arm the dead-man
+        timer for it, so the next fleetd adopts the units instead of finding them fenced
+        (`fencing.HANDOVER_TTL_S`). Call after the components stopped. False if it could not
+        (the armed timer then fences at the old lease's fence point, as after a crash)."""
+        if self.fenced:
+            return False
+        got = await self.session.hand_over()
+        if got is None:
+            return False
+        lease, sent = got
+        async with self._lock:
+            records = [r for r in map(self.state_record, sorted(self.applied)) if r is not None]
+            try:
+                if records:
+                    await asyncio.wait_for(self.registry.publish_states(records, lease),
+                                           fencing.HANDOVER_TIMEOUT_S)
+            except (EtcdError, TimeoutError) as e:
+                log.warning("republishing states for the restart failed: %s", e)
+            # The machine key is on the new lease now: arm its timer before the old one goes.
+            self._arm_seq += 1
+            name = f"{fencing.FENCE_TIMER_PREFIX}{self._arm_seq}.timer"
+            try:
+                await self.systemd.arm_fence_timer(
+                    name, fencing.fence_delay_s(fencing.HANDOVER_TTL_S, clock.now() - sent))
+                for old in await self.systemd.list_fence_timers():
+                    if old != name:
+                        await self.systemd.stop_unit(old)
+            except SystemdError as e:
+                log.error("arming the dead-man switch for the restart failed: %s", e)
+                return False
+            self._armed = name
         return True
 
     async def disarm(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+from fleetd import clock, fencing
 from fleetd.agent.tasks import DaemonReload, StartUnit, WriteUnitFile
 from fleetd.fencing import FENCE_TARGET
 from fleetd.systemd import UnitStatus
@@ -80,6 +81,27 @@ def test_no_lease_no_start_even_if_planned() -> None:
                                StartUnit("web.service")])
             await asyncio.sleep(1)
             assert "web.service" in sd.files
+            assert sd.active_state("web.service") == "inactive"
+        rig.run(go())
+
+
+def test_a_lease_id_past_its_fence_deadline_starts_nothing() -> None:
+    """A VM paused past its lease resumes with `session.lease` still set (the watchdog has not
+    run yet): the start is refused on the deadline, not on the lease id (sim seed 10)."""
+    with sim_rig() as rig:
+        async def go() -> None:
+            await rig.schedule("m1", WEB, "launched")
+            await rig.schedule("m1", MON, "launched", is_global=True)
+            agent, sd = await rig.agent("m1")
+            rig.loop.freeze("session:m1")  # no renewal, no watchdog: the paused VM
+            # the last renewal was sent exactly the fence point ago: the fence is due now
+            agent.session._last_renewed = clock.now() - fencing.fence_point_s(
+                agent.session.ttl_s)
+            assert agent.session.lease and not agent.fenced
+            await agent.reconcile()
+            await rig.until(lambda: sd.active_state("global-mon.service") == "active")
+            assert "web.service" in sd.files  # written, never started
+            assert sd.units.get("web.service") is None or sd.units["web.service"].starts == 0
             assert sd.active_state("web.service") == "inactive"
         rig.run(go())
 
