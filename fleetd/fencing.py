@@ -16,13 +16,20 @@ latency `FENCE_TIMER_LATENCY_S`, `e` the clock-rate error `CLOCK_RATE_ERROR`:
   timer lives in systemd, so it fires whether fleetd is running, killed, frozen, hung or
   restarting without etcd.
 - Each non-global unit's stop is capped (`stop_timeout_s`, a drop-in `TimeoutStopSec=`) so that
-  the whole stop, every phase included, takes at most `b`.
+  the whole stop, every phase included, takes at most `b`, or the unit's own bound `b_u`
+  (`unit_stop_bound_s`) when its [Service] section states a finite `TimeoutStopSec=` or
+  `TimeoutSec=`: such a unit keeps that time for each stop phase (a database flushing on
+  SIGTERM), up to `MAX_UNIT_STOP_BOUND_S` for the whole stop.
 - So every non-global unit is inactive by `S + (T - b - L - eT)(1 + e) + L + b(1 + e)` (this
   machine's clock may run slow by `e`), which works out to `S + T - eL - e^2 T`: less than
   `eT` after the earliest expiry `S + T(1 - e)`.
 - The engine, having seen a machine's key vanish (at or after the expiry), waits
   `engine_grace_s(T)` = `2eT` (a clock-rate margin, 10 ms at T = 5 s; the engine's clock may
-  run slow too) before starting that machine's units elsewhere.
+  run slow too) before starting that machine's units elsewhere. A unit with its own bound
+  `b_u > b` is inactive up to `(b_u - b)(1 + e)` later, so the engine holds that unit (only it)
+  for `unit_grace_s(T, b_u)` = `2eT + (b_u - b)(1 + 3e)`: the machine's other units move at
+  the short grace, this one after its longer stop may have ended. A unit that asks for a long
+  stop fails over that much later: its own choice, made in its own file.
 - The argument needs `fence_point_s(T)` to hold several renewal attempts (else an ordinary
   etcd hiccup fences): `check_ttl` refuses a TTL leaving fewer than `MIN_RENEWALS_BEFORE_FENCE`
   renewal intervals before the fence (below 4 s with the default bound).
@@ -66,6 +73,10 @@ FENCE_STOP_BOUND_S = 2.0
 #: armed with an accuracy of `FENCE_TIMER_ACCURACY_S`).
 FENCE_TIMER_LATENCY_S = 0.5
 FENCE_TIMER_ACCURACY_S = 0.01
+#: Longest whole stop a unit may claim with its own TimeoutStopSec=/TimeoutSec=
+#: (`unit_stop_bound_s`); a longer claim is capped to it (the unit then fails over 5 min
+#: after its machine's lease expired, at the latest).
+MAX_UNIT_STOP_BOUND_S = 300.0
 #: Largest rate difference assumed between this machine's clock and etcd's leader's (1000 ppm,
 #: twice NTP's bound for a disciplined clock; an undisciplined quartz drifts ~50 ppm).
 CLOCK_RATE_ERROR = 1e-3
@@ -127,6 +138,14 @@ def engine_grace_s(ttl_s: float) -> float:
     machine's units elsewhere: the fence is complete by then (see the module doc). A machine's
     lease is either `ttl_s` long or a restart's `HANDOVER_TTL_S`."""
     return 2 * CLOCK_RATE_ERROR * max(ttl_s, HANDOVER_TTL_S)
+
+
+def unit_grace_s(ttl_s: float, stop_bound_s: float) -> float:
+    """How long the engine holds one unit of a machine whose key vanished before it starts it
+    elsewhere: the machine's grace, plus the time the unit's own longer stop bound
+    (`unit_stop_bound_s`) may take beyond the default one, with the clock-rate margin."""
+    extra = max(0.0, stop_bound_s - FENCE_STOP_BOUND_S)
+    return engine_grace_s(ttl_s) + extra * (1 + 3 * CLOCK_RATE_ERROR)
 
 
 def min_ttl_s() -> int:
@@ -207,10 +226,28 @@ def stop_shape(options: tuple[tuple[str, str, str], ...]) -> StopShape:
     return StopShape(stops + posts, timeout)
 
 
-def stop_timeout_s(shape: StopShape, bound_s: float = FENCE_STOP_BOUND_S) -> float:
-    """The TimeoutStopSec= that keeps the whole stop within `bound_s`: each stop command, the
-    SIGTERM phase and the SIGKILL phase may each use one full timeout. A smaller value the unit
-    asks for is kept."""
+def unit_stop_bound_s(shape: StopShape) -> float:
+    """How long this unit's whole stop may take (fenced, purged or stopped): the default
+    `FENCE_STOP_BOUND_S`, or, for a unit stating a finite TimeoutStopSec=/TimeoutSec=, that
+    timeout for each phase (its stop commands, SIGTERM, SIGKILL), at most
+    `MAX_UNIT_STOP_BOUND_S`. 0 and infinity state no bound: the default applies."""
+    if shape.timeout_s is None:
+        return FENCE_STOP_BOUND_S
+    asked = shape.timeout_s * (shape.stop_commands + 2)
+    return min(MAX_UNIT_STOP_BOUND_S, max(FENCE_STOP_BOUND_S, asked))
+
+
+def stop_bound_of(options: tuple[tuple[str, str, str], ...] | None) -> float:
+    """`unit_stop_bound_s` of a parsed unit file (None, unparseable: the default bound)."""
+    return unit_stop_bound_s(stop_shape(options or ()))
+
+
+def stop_timeout_s(shape: StopShape, bound_s: float | None = None) -> float:
+    """The TimeoutStopSec= that keeps the whole stop within `bound_s` (by default the unit's
+    own, `unit_stop_bound_s`): each stop command, the SIGTERM phase and the SIGKILL phase may
+    each use one full timeout. A smaller value the unit asks for is kept."""
+    if bound_s is None:
+        bound_s = unit_stop_bound_s(shape)
     cap = bound_s / (shape.stop_commands + 2)
     if shape.timeout_s is not None:
         cap = min(cap, shape.timeout_s)

@@ -484,11 +484,10 @@ class Agent:
         self.fenced = True  # before the lock: an apply in progress skips its remaining starts
         async with self._lock:
             try:
-                done = await self.systemd.fence(fencing.FENCE_STOP_BOUND_S
-                                                + fencing.FENCE_TIMER_LATENCY_S)
+                bound = self._stop_bound_s()
+                done = await self.systemd.fence(bound + fencing.FENCE_TIMER_LATENCY_S)
                 if not done:
-                    log.error("fence: units still stopping after %.0fs",
-                              fencing.FENCE_STOP_BOUND_S)
+                    log.error("fence: units still stopping after %.0fs", bound)
             except SystemdError as e:
                 log.error("fence: starting %s failed: %s (the plan stops the units)",
                           fencing.FENCE_TARGET, e)
@@ -567,6 +566,15 @@ class Agent:
             self._armed = name
         return True
 
+    def _stop_bound_s(self) -> float:
+        """The longest stop a unit known here may take (`fencing.unit_stop_bound_s`: a unit
+        stating its own TimeoutStopSec= keeps it): how long a fence or purge waits."""
+        bound = fencing.FENCE_STOP_BOUND_S
+        for name, (_, text) in self.texts.items():
+            if name.endswith(".service"):
+                bound = max(bound, _stop_bound(name, text))
+        return bound
+
     async def disarm(self) -> None:
         """Stop every dead-man timer (after a purge: nothing is left to fence)."""
         for name in await self.systemd.list_fence_timers():
@@ -582,7 +590,7 @@ class Agent:
         async with self._lock:
             names = set(self.systemd.read_unit_files())
             try:
-                fenced = await self.systemd.fence(fencing.FENCE_STOP_BOUND_S
+                fenced = await self.systemd.fence(self._stop_bound_s()
                                                   + fencing.FENCE_TIMER_LATENCY_S)
             except SystemdError as e:
                 log.error("purge: fence failed: %s", e)
@@ -594,7 +602,7 @@ class Agent:
                     await self.systemd.stop_unit(name)
                 except SystemdError as e:
                     log.error("purge: stopping %s failed: %s", name, e)
-            await self._wait_inactive(names, fencing.FENCE_STOP_BOUND_S)
+            await self._wait_inactive(names, self._stop_bound_s())
             for name in sorted(names):
                 try:
                     self.systemd.remove_unit_file(name)
@@ -630,13 +638,19 @@ class Agent:
         task.add_done_callback(self._side_tasks.discard)
 
 
-def _drop_in(unit: DesiredUnit) -> str | None:
+def _options(name: str, text: str) -> tuple[tuple[str, str, str], ...] | None:
     try:
-        options: tuple[tuple[str, str, str], ...] | None = UnitFile.parse(
-            unit.text, name=unit.name).options
+        return UnitFile.parse(text, name=name).options
     except UnitError:
-        options = None
-    return fencing.fence_drop_in(unit.name, options, unit.is_global)
+        return None
+
+
+def _stop_bound(name: str, text: str) -> float:
+    return fencing.stop_bound_of(_options(name, text))
+
+
+def _drop_in(unit: DesiredUnit) -> str | None:
+    return fencing.fence_drop_in(unit.name, _options(unit.name, unit.text), unit.is_global)
 
 
 def _describe(task: Task) -> str:

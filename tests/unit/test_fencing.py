@@ -7,6 +7,7 @@ import pytest
 from fleetd import fencing
 from fleetd.fencing import (
     FENCE_STOP_BOUND_S,
+    MAX_UNIT_STOP_BOUND_S,
     StopShape,
     engine_grace_s,
     fence_delay_s,
@@ -16,6 +17,7 @@ from fleetd.fencing import (
     parse_timespan_s,
     stop_shape,
     stop_timeout_s,
+    unit_stop_bound_s,
 )
 from fleetd.unit import UnitFile
 
@@ -103,14 +105,69 @@ def test_stop_shape_counts_what_each_gets_a_full_timeout(unit: str, want: StopSh
     (StopShape(0, None), FENCE_STOP_BOUND_S / 2),  # SIGTERM phase + SIGKILL phase
     (StopShape(1, None), FENCE_STOP_BOUND_S / 3),
     (StopShape(3, None), FENCE_STOP_BOUND_S / 5),
-    (StopShape(0, 90.0), FENCE_STOP_BOUND_S / 2),  # systemd's default 90 s is capped
     (StopShape(0, 0.5), 0.5),  # a smaller value the unit asks for is kept
+    (StopShape(1, 0.4), 0.4),
+    (StopShape(0, 30.0), 30.0),  # a unit stating its stop time keeps it...
+    (StopShape(2, 10.0), 10.0),
+    (StopShape(0, 600.0), MAX_UNIT_STOP_BOUND_S / 2),  # ...up to the longest whole stop
+    (StopShape(1, 1000.0), MAX_UNIT_STOP_BOUND_S / 3),
 ])
-def test_stop_timeout_keeps_every_phase_within_the_bound(shape: StopShape,
-                                                         want_s: float) -> None:
+def test_stop_timeout_keeps_every_phase_within_the_units_bound(shape: StopShape,
+                                                               want_s: float) -> None:
     got = stop_timeout_s(shape)
     assert got == pytest.approx(want_s, abs=1e-3)
-    assert got * (shape.stop_commands + 2) <= FENCE_STOP_BOUND_S
+    assert got * (shape.stop_commands + 2) <= unit_stop_bound_s(shape) + 1e-9
+    assert unit_stop_bound_s(shape) <= MAX_UNIT_STOP_BOUND_S
+
+
+@pytest.mark.parametrize(("unit", "bound_s"), [
+    ("[Service]\nExecStart=/bin/true\n", FENCE_STOP_BOUND_S),  # plain: the default bound
+    ("[Service]\nExecStart=/bin/true\nTimeoutStopSec=infinity\n", FENCE_STOP_BOUND_S),
+    ("[Service]\nExecStart=/bin/true\nTimeoutStopSec=0\n", FENCE_STOP_BOUND_S),
+    ("[Service]\nExecStart=/bin/true\nTimeoutStopSec=500ms\n", FENCE_STOP_BOUND_S),  # shorter
+    ("[Service]\nExecStart=/bin/true\nTimeoutStopSec=30s\n", 60.0),  # SIGTERM + SIGKILL
+    ("[Service]\nExecStart=/bin/true\nTimeoutSec=20\n", 40.0),
+    ("[Service]\nExecStart=/bin/true\nExecStop=/bin/a\nTimeoutStopSec=10s\n", 30.0),
+    ("[Service]\nExecStart=/bin/true\nTimeoutStopSec=1h\n", MAX_UNIT_STOP_BOUND_S),
+    ("[Unit]\nDescription=TimeoutStopSec=30s\n", FENCE_STOP_BOUND_S),  # not [Service]
+])
+def test_a_unit_stating_its_stop_time_gets_a_bound_of_its_own(unit: str,
+                                                              bound_s: float) -> None:
+    assert fencing.stop_bound_of(UnitFile.parse(unit).options) == pytest.approx(bound_s)
+
+
+def test_an_unparseable_unit_gets_the_default_bound() -> None:
+    assert fencing.stop_bound_of(None) == FENCE_STOP_BOUND_S
+
+
+def test_a_plain_units_grace_is_the_machines() -> None:
+    for ttl_s in TTLS:
+        assert fencing.unit_grace_s(ttl_s, FENCE_STOP_BOUND_S) == engine_grace_s(ttl_s)
+        assert fencing.unit_grace_s(ttl_s, 1.0) == engine_grace_s(ttl_s)
+
+
+@pytest.mark.parametrize("ttl_s", TTLS)
+@pytest.mark.parametrize("bound_s", [FENCE_STOP_BOUND_S, 2.5, 60.0, MAX_UNIT_STOP_BOUND_S])
+@pytest.mark.parametrize("machine_rate", [1 - fencing.CLOCK_RATE_ERROR,
+                                          1 + fencing.CLOCK_RATE_ERROR])
+@pytest.mark.parametrize("etcd_rate", [1 - fencing.CLOCK_RATE_ERROR,
+                                       1 + fencing.CLOCK_RATE_ERROR])
+@pytest.mark.parametrize("engine_rate", [1 - fencing.CLOCK_RATE_ERROR,
+                                         1 + fencing.CLOCK_RATE_ERROR])
+def test_a_slow_stopping_unit_is_inactive_before_its_own_grace_ends(
+        ttl_s: int, bound_s: float, machine_rate: float, etcd_rate: float,
+        engine_rate: float) -> None:
+    """The same argument for a unit with its own stop bound: the fence fires at the same point
+    (one fence for the whole machine), the unit's stop runs its longer bound on the machine's
+    clock, the engine holds it for its own grace on the engine's."""
+    fence_fired = fencing.fence_point_s(ttl_s) / machine_rate + fencing.FENCE_TIMER_LATENCY_S
+    inactive = fence_fired + bound_s / machine_rate
+    expiry = ttl_s / etcd_rate
+    may_start = expiry + fencing.unit_grace_s(ttl_s, bound_s) / engine_rate
+    assert inactive < may_start
+    # and it waits no more than its extra stop time (plus the margin) beyond a plain unit
+    assert fencing.unit_grace_s(ttl_s, bound_s) - engine_grace_s(ttl_s) <= (
+        bound_s - FENCE_STOP_BOUND_S) * 1.01
 
 
 @pytest.mark.parametrize(("name", "is_global", "conflicts", "timeout"), [
@@ -143,3 +200,13 @@ def test_drop_in_makes_non_global_units_conflict_with_the_fence(
 def test_stop_purges_and_restart_keeps(job_type: str | None, restart_signal: bool,
                                        keep: bool) -> None:
     assert keep_units_on_exit(job_type, restart_signal) is keep
+
+
+@pytest.mark.parametrize(("unit", "want"), [
+    ("[Service]\nExecStart=/bin/true\n", "TimeoutStopSec=1.0s"),
+    ("[Service]\nExecStart=/bin/true\nTimeoutStopSec=30s\n", "TimeoutStopSec=30.0s"),
+    ("[Service]\nExecStart=/bin/true\nTimeoutSec=3min\n", "TimeoutStopSec=150.0s"),
+])
+def test_the_drop_in_keeps_the_stop_time_a_unit_states(unit: str, want: str) -> None:
+    text = fence_drop_in("db.service", UnitFile.parse(unit).options, False)
+    assert text is not None and want in text.splitlines()
