@@ -63,6 +63,9 @@ from fleetd.unit import UnitError, UnitFile, UnitName
 
 log = logging.getLogger("fleetd.engine")
 
+#: How the reason of a unit held for its slow stop begins (a new leader recognises it).
+SLOW_STOP_REASON = "may still be stopping on"
+
 
 @dataclass
 class EngineCache:
@@ -188,6 +191,7 @@ class Engine:
         updates = self.registry.follow().__aiter__()
         first = await anext(updates)  # the first read; its failure ends this term (run retries)
         self._load(first.state)
+        self._hold_unplaced_slow_stops(self.cache)
         watcher = asyncio.ensure_future(self._watch(updates))
         try:
             self._need_full = True
@@ -246,12 +250,15 @@ class Engine:
         for mid in list(self.departed):
             if mid in c.machines:
                 del self.departed[mid]
-        # A unit the last leader unassigned from a departed machine and held for its slow stop
-        # is now unplaced and unschedulable: this leader cannot know since when, so it holds
-        # it for the unit's whole grace from now.
-        placed = {u for u, per in c.schedule.items() if per.keys() & c.machines.keys()}
-        self._hold_slow_stops(c, set(c.unschedulable) - placed, "a machine that left", now)
         c.stale_machines = True
+
+    def _hold_unplaced_slow_stops(self, c: EngineCache) -> None:
+        """On taking leadership: a unit the last leader unassigned from a departed machine and
+        held for its slow stop is unplaced and unschedulable now; this leader cannot know
+        since when, so it holds it for the unit's whole grace from now."""
+        placed = {u for u, per in c.schedule.items() if per.keys() & c.machines.keys()}
+        waiting = {u for u, why in c.unschedulable.items() if why.startswith(SLOW_STOP_REASON)}
+        self._hold_slow_stops(c, waiting - placed, "a machine that left", clock.now())
 
     @property
     def grace_s(self) -> float:
@@ -286,7 +293,7 @@ class Engine:
         """What `fleetctl why` says of a unit held for its slow stop."""
         _, mid, bound, wall = self.slow_stops[unit]
         at = time.strftime("%H:%M:%S", time.gmtime(wall))
-        return (f"may still be stopping on {mid}, which left the cluster: its own "
+        return (f"{SLOW_STOP_REASON} {mid}, which left the cluster: its own "
                 f"TimeoutStopSec= lets its stop take up to {bound:g}s, so it waits "
                 f"{bound - fencing.FENCE_STOP_BOUND_S:g}s more than other units and is "
                 f"placed elsewhere at {at} UTC")
