@@ -202,10 +202,19 @@ def parse_timespan_s(value: str) -> float | None:
 @dataclass(frozen=True)
 class StopShape:
     """What bounds a service's stop: how many ExecStop=/ExecStopPost= commands it runs (each
-    gets a full TimeoutStopSec=) and the timeout the unit asks for (None: default/unbounded)."""
+    gets a full TimeoutStopSec=), whether it has ExecStopPost= at all, and the timeout the
+    unit asks for (None: default/unbounded)."""
 
     stop_commands: int = 0
     timeout_s: float | None = None
+    has_stop_post: bool = False
+
+    @property
+    def phases(self) -> int:
+        """Stop phases that may each use one full TimeoutStopSec=: the stop commands, SIGTERM
+        and SIGKILL, and after a stop-post command that timed out systemd's final SIGTERM and
+        final SIGKILL (the command may ignore SIGTERM for a whole timeout)."""
+        return self.stop_commands + 2 + (2 if self.has_stop_post else 0)
 
 
 def stop_shape(options: tuple[tuple[str, str, str], ...]) -> StopShape:
@@ -223,17 +232,17 @@ def stop_shape(options: tuple[tuple[str, str, str], ...]) -> StopShape:
             posts = posts + 1 if value.strip() else 0
         elif name in ("TimeoutStopSec", "TimeoutSec"):
             timeout = parse_timespan_s(value)
-    return StopShape(stops + posts, timeout)
+    return StopShape(stops + posts, timeout, posts > 0)
 
 
 def unit_stop_bound_s(shape: StopShape) -> float:
     """How long this unit's whole stop may take (fenced, purged or stopped): the default
     `FENCE_STOP_BOUND_S`, or, for a unit stating a finite TimeoutStopSec=/TimeoutSec=, that
-    timeout for each phase (its stop commands, SIGTERM, SIGKILL), at most
+    timeout for each phase (`StopShape.phases`), at most
     `MAX_UNIT_STOP_BOUND_S`. 0 and infinity state no bound: the default applies."""
     if shape.timeout_s is None:
         return FENCE_STOP_BOUND_S
-    asked = shape.timeout_s * (shape.stop_commands + 2)
+    asked = shape.timeout_s * shape.phases
     return min(MAX_UNIT_STOP_BOUND_S, max(FENCE_STOP_BOUND_S, asked))
 
 
@@ -244,11 +253,11 @@ def stop_bound_of(options: tuple[tuple[str, str, str], ...] | None) -> float:
 
 def stop_timeout_s(shape: StopShape, bound_s: float | None = None) -> float:
     """The TimeoutStopSec= that keeps the whole stop within `bound_s` (by default the unit's
-    own, `unit_stop_bound_s`): each stop command, the SIGTERM phase and the SIGKILL phase may
-    each use one full timeout. A smaller value the unit asks for is kept."""
+    own, `unit_stop_bound_s`): each phase (`StopShape.phases`) may use one full timeout. A
+    smaller value the unit asks for is kept."""
     if bound_s is None:
         bound_s = unit_stop_bound_s(shape)
-    cap = bound_s / (shape.stop_commands + 2)
+    cap = bound_s / shape.phases
     if shape.timeout_s is not None:
         cap = min(cap, shape.timeout_s)
     return math.floor(cap * 1000 + 1e-9) / 1000  # down to the millisecond: never past the bound

@@ -92,7 +92,8 @@ def test_timespans_parse_as_systemd_reads_them(text: str, want: float | None) ->
 @pytest.mark.parametrize(("unit", "want"), [
     ("[Service]\nExecStart=/bin/true\n", StopShape(0, None)),
     ("[Service]\nExecStart=/bin/true\nExecStop=/bin/a\nExecStop=/bin/b\n", StopShape(2, None)),
-    ("[Service]\nExecStop=/bin/a\nExecStop=\nExecStopPost=/bin/c\n", StopShape(1, None)),
+    ("[Service]\nExecStop=/bin/a\nExecStop=\nExecStopPost=/bin/c\n",
+     StopShape(1, None, True)),
     ("[Service]\nExecStart=/bin/true\nTimeoutStopSec=1min\n", StopShape(0, 60.0)),
     ("[Service]\nExecStart=/bin/true\nTimeoutSec=2\n", StopShape(0, 2.0)),
     ("[Unit]\nExecStop=/bin/not-a-service-option\n", StopShape(0, None)),
@@ -111,12 +112,15 @@ def test_stop_shape_counts_what_each_gets_a_full_timeout(unit: str, want: StopSh
     (StopShape(2, 10.0), 10.0),
     (StopShape(0, 600.0), MAX_UNIT_STOP_BOUND_S / 2),  # ...up to the longest whole stop
     (StopShape(1, 1000.0), MAX_UNIT_STOP_BOUND_S / 3),
+    # a stop-post command that times out is followed by a final SIGTERM and SIGKILL
+    (StopShape(1, None, True), FENCE_STOP_BOUND_S / 5),
+    (StopShape(2, 10.0, True), 10.0),
 ])
 def test_stop_timeout_keeps_every_phase_within_the_units_bound(shape: StopShape,
                                                                want_s: float) -> None:
     got = stop_timeout_s(shape)
     assert got == pytest.approx(want_s, abs=1e-3)
-    assert got * (shape.stop_commands + 2) <= unit_stop_bound_s(shape) + 1e-9
+    assert got * shape.phases <= unit_stop_bound_s(shape) + 1e-9
     assert unit_stop_bound_s(shape) <= MAX_UNIT_STOP_BOUND_S
 
 
@@ -128,6 +132,7 @@ def test_stop_timeout_keeps_every_phase_within_the_units_bound(shape: StopShape,
     ("[Service]\nExecStart=/bin/true\nTimeoutStopSec=30s\n", 60.0),  # SIGTERM + SIGKILL
     ("[Service]\nExecStart=/bin/true\nTimeoutSec=20\n", 40.0),
     ("[Service]\nExecStart=/bin/true\nExecStop=/bin/a\nTimeoutStopSec=10s\n", 30.0),
+    ("[Service]\nExecStart=/bin/true\nExecStopPost=/bin/a\nTimeoutStopSec=10s\n", 50.0),
     ("[Service]\nExecStart=/bin/true\nTimeoutStopSec=1h\n", MAX_UNIT_STOP_BOUND_S),
     ("[Unit]\nDescription=TimeoutStopSec=30s\n", FENCE_STOP_BOUND_S),  # not [Service]
 ])
