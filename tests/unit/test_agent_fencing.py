@@ -130,3 +130,23 @@ def test_units_a_stale_dead_man_timer_stopped_are_started_again_while_the_lease_
             assert agent.session.lease == lease  # not taken for a fence of ours
             assert sd.active_state("global-mon.service") == "active"
         rig.run(go())
+
+
+def test_a_purge_waits_for_a_unit_that_states_a_long_stop() -> None:
+    """`systemctl stop fleetd` with a unit that takes 5 s to stop (it states TimeoutStopSec=,
+    so it keeps that): the purge waits for it (not the default 2 s bound), so the units are
+    known inactive and the lease may be revoked."""
+    slow = record("db.service", unit_text("db").replace(
+        "ExecStart=/bin/sleep infinity\n",
+        "ExecStart=/bin/sleep infinity\nExecStop=/bin/sleep 5\nTimeoutStopSec=10s\n"))
+    with sim_rig() as rig:
+        async def go() -> None:
+            await rig.schedule("m1", slow, "launched")
+            agent, sd = await rig.agent("m1")
+            await agent.reconcile()
+            await rig.until(lambda: sd.active_state("db.service") == "active")
+            t0 = clock.now()
+            assert await agent.purge()
+            assert clock.now() - t0 >= 5.0
+            assert sd.active_state("db.service") == "inactive"
+        rig.run(go())
