@@ -150,3 +150,32 @@ def test_a_purge_waits_for_a_unit_that_states_a_long_stop() -> None:
             assert clock.now() - t0 >= 5.0
             assert sd.active_state("db.service") == "inactive"
         rig.run(go())
+
+
+def test_each_daemon_reload_is_preceded_by_a_fresh_dead_man_timer() -> None:
+    """systemd answers nothing while it reloads: a renewal's re-arm queued behind two reloads
+    could come after the armed deadline (the timer then fires on a good lease). The agent
+    re-arms from the latest renewal right before each reload, one generation at a time."""
+    with sim_rig() as rig:
+        async def go() -> None:
+            await rig.schedule("m1", WEB, "launched")
+            agent, sd = await rig.agent("m1")
+            rig.loop.freeze("session:m1")  # no renewal re-arms: only the reload's
+            calls: list[str] = []
+            arm, reload = agent.systemd.arm_fence_timer, agent.systemd.daemon_reload
+
+            async def recorded_arm(name: str, delay_s: float) -> None:
+                calls.append(f"arm until {clock.now() + delay_s:.3f}")
+                await arm(name, delay_s)
+
+            async def recorded_reload() -> None:
+                calls.append("reload")
+                await reload()
+            agent.systemd.arm_fence_timer = recorded_arm  # type: ignore[method-assign]
+            agent.systemd.daemon_reload = recorded_reload  # type: ignore[method-assign]
+            await agent.apply([WriteUnitFile("web.service", WEB.text), DaemonReload(),
+                               StartUnit("web.service")])
+            # armed for the latest renewal's fence deadline, right before the reload
+            assert calls[-2:] == [f"arm until {agent.session.fence_deadline:.3f}", "reload"], calls
+            assert list(sd.timers) == [agent._armed]  # exactly one generation armed
+        rig.run(go())
