@@ -21,8 +21,8 @@ from fleetd.registry import EtcdError, MachineRecord, Registry, backoff_sleep
 
 log = logging.getLogger("fleetd.machine")
 
-#: Pause before retrying a failed lease renewal.
-RENEW_RETRY_S = 0.25
+#: Pause before retrying a failed lease renewal (the fence point leaves only a few seconds).
+RENEW_RETRY_S = 0.1
 
 
 @dataclass
@@ -51,7 +51,10 @@ class MachineSession:
     def __init__(self, registry: Registry, identity: MachineIdentity, ttl_s: int) -> None:
         self.registry = registry
         self.identity = identity
-        self.ttl_s = max(2, int(ttl_s))
+        self.ttl_s = int(ttl_s)
+        problem = fencing.ttl_problem(self.ttl_s)
+        if problem is not None:
+            raise ValueError(f"lease ttl {self.ttl_s}s {problem}")
         self.lease = 0
         self.generation = 0  # bumps every time a new lease is taken
         self.lease_changed = asyncio.Event()
@@ -75,7 +78,7 @@ class MachineSession:
 
     @property
     def fence_deadline(self) -> float:
-        return self._last_renewed + self.ttl_s - self.fence_margin_s
+        return self._last_renewed + fencing.fence_point_s(self.ttl_s)
 
     def fence_delay_s(self) -> float:
         """Seconds from now until the fence is due (0: due now)."""
@@ -83,7 +86,7 @@ class MachineSession:
 
     @property
     def renew_timeout_s(self) -> float:
-        return max(0.5, self.ttl_s * 0.2)
+        return fencing.renew_timeout_s(self.ttl_s)
 
     async def establish(self) -> None:
         """Take a new lease and register the machine under it, retrying until etcd answers.
@@ -207,6 +210,24 @@ class MachineSession:
             await asyncio.wait_for(self.registry.revoke_lease(lease), fencing.REVOKE_TIMEOUT_S)
         except (EtcdError, TimeoutError) as e:
             log.info("revoking lease %x failed (%s); it lapses on its own", lease, e)
+
+    async def hand_over(self) -> tuple[int, float] | None:
+        """Before exiting for a restart: move the registration to a new lease of
+        `fencing.HANDOVER_TTL_S` (the old one lapses). Returns (lease, send time of its grant:
+        the fence point counts from there), or None if etcd did not answer in time."""
+        sent = clock.now()
+        try:
+            lease = await asyncio.wait_for(self.registry.grant_lease(fencing.HANDOVER_TTL_S),
+                                           fencing.HANDOVER_TIMEOUT_S)
+            await asyncio.wait_for(self.registry.register_machine(self.identity.record(), lease),
+                                   fencing.HANDOVER_TIMEOUT_S)
+        except (EtcdError, TimeoutError) as e:
+            log.warning("handing the machine over to a restart lease failed: %s", e)
+            return None
+        self.lease = 0  # this process renews nothing more
+        log.info("machine %s handed over to lease %x (ttl %ss) for the restart",
+                 self.identity.id, lease, fencing.HANDOVER_TTL_S)
+        return lease, sent
 
     async def update_metadata(self, metadata: dict[str, str]) -> None:
         """Publish new configured ``metadata`` (a fleet.conf reload): the registration under the

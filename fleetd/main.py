@@ -258,6 +258,7 @@ async def serve(cfg: Config, argv: Sequence[str] = ()) -> None:
             if keep_units_on_exit(job_type, restart_signal):
                 log.info("fleetd exiting for a restart (%s): units keep running, the dead-man "
                          "switch stays armed", job_type or RESTART_SIGNAL.name)
+                await agent.hand_over()
             else:
                 log.info("fleetd stopping (systemd job: %s): stopping and unloading this "
                          "machine's units, leaving the cluster", job_type or "none")

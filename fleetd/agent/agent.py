@@ -79,6 +79,7 @@ class Agent:
         self.fenced = True
         self.errors: dict[str, str] = {}  # unit -> why its last task failed
         self._lock = asyncio.Lock()  # one of reconcile / fence / purge at a time
+        self._arm_lock = asyncio.Lock()  # one dead-man timer generation armed at a time
         self._armed: str | None = None  # the dead-man timer this process armed last
         self._arm_seq = time.time_ns() // 1000  # timer names stay unique across restarts
         self._fence_installed = False
@@ -90,6 +91,11 @@ class Agent:
         self._schedule_loaded = asyncio.Event()
         self._dirty_states: set[str] = set()
         self._publish_wake = asyncio.Event()
+        # etcd revision of the schedule applied last. Two paths apply one: the watch and the
+        # fresh read a new lease takes after a fence; neither may set back the other's newer
+        # view (a resumed watch replays history the engine has undone; a read sent before an
+        # assignment can return after the watch delivered it).
+        self._schedule_rev = 0
         self.tasks_applied = 0
         session.on_lease_lost.append(self._on_lease_lost)
         session.on_new_lease.append(self._on_new_lease)
@@ -134,24 +140,30 @@ class Agent:
         async for update in self.registry.follow(prefix, retry_first_read=True):
             if update.kind not in ("reset", "changes"):
                 continue
+            if update.revision < self._schedule_rev:
+                continue  # older than what a fresh read applied (see _schedule_rev)
             attempt = 0
             while True:  # the unit bodies are read too: retry that read, not the schedule's
                 try:
                     await self._set_schedule({
                         name: per[self.machine_id]
-                        for name, per in update.state.schedule.items() if self.machine_id in per})
+                        for name, per in update.state.schedule.items() if self.machine_id in per},
+                        update.revision)
                     break
                 except EtcdError as e:
                     log.warning("reading the units scheduled here failed: %s", e)
                     await backoff_sleep(attempt)
                     attempt += 1
 
-    async def _set_schedule(self, entries: dict[str, ScheduleEntry]) -> None:
+    async def _set_schedule(self, entries: dict[str, ScheduleEntry], revision: int) -> None:
         missing = [n for n, e in entries.items()
                    if self.texts.get(n, ("", ""))[0] != e.hash]
         if missing:
             for name, rec in (await self.registry.unit_texts(missing)).items():
                 self.texts[name] = (rec.hash, rec.text)
+        if revision < self._schedule_rev:
+            return  # a newer schedule was applied meanwhile (see _schedule_rev)
+        self._schedule_rev = revision
         self.schedule = entries
         await self._refuse_host_units()
         self._schedule_loaded.set()
@@ -343,6 +355,12 @@ class Agent:
             self.applied.pop(t.name, None)
             self.errors.pop(t.name, None)
         elif isinstance(t, DaemonReload):
+            # systemd answers nothing while it reloads (0.3-0.8 s with 100 units on the lab),
+            # so a renewal's re-arm queued behind back-to-back reloads can come after the
+            # armed timer's deadline: it fires on a good lease. Re-arm from the latest renewal
+            # first (the deadline never moves past it), so each reload starts with a fresh one.
+            if not self.fenced and self.session.lease:
+                await self._arm()
             await self.systemd.daemon_reload()
         elif isinstance(t, StartUnit):
             await self.systemd.reset_failed_unit(t.name)
@@ -473,11 +491,10 @@ class Agent:
         self.fenced = True  # before the lock: an apply in progress skips its remaining starts
         async with self._lock:
             try:
-                done = await self.systemd.fence(fencing.FENCE_STOP_BOUND_S
-                                                + fencing.FENCE_TIMER_LATENCY_S)
+                bound = self._stop_bound_s()
+                done = await self.systemd.fence(bound + fencing.FENCE_TIMER_LATENCY_S)
                 if not done:
-                    log.error("fence: units still stopping after %.0fs",
-                              fencing.FENCE_STOP_BOUND_S)
+                    log.error("fence: units still stopping after %.0fs", bound)
             except SystemdError as e:
                 log.error("fence: starting %s failed: %s (the plan stops the units)",
                           fencing.FENCE_TARGET, e)
@@ -494,8 +511,8 @@ class Agent:
                 raise SystemdError("cannot arm the dead-man switch")
             if self.fenced:
                 # Only resume from a fresh read: the engine may have moved units meanwhile.
-                entries, _ = await self.registry.machine_schedule(self.machine_id)
-                await self._set_schedule(entries)
+                entries, rev = await self.registry.machine_schedule(self.machine_id)
+                await self._set_schedule(entries, rev)
             self.fenced = False
         self._dirty_states |= set(self.applied)
         self._publish_wake.set()
@@ -508,19 +525,65 @@ class Agent:
 
     async def _arm(self) -> bool:
         """Arm a new generation of the dead-man timer at the current fence deadline, then stop
-        every older one (ours or an earlier fleetd's). False if systemd refused."""
-        self._arm_seq += 1
-        name = f"{fencing.FENCE_TIMER_PREFIX}{self._arm_seq}.timer"
-        try:
-            await self.systemd.arm_fence_timer(name, self.session.fence_delay_s())
-            for old in await self.systemd.list_fence_timers():
-                if old != name:
-                    await self.systemd.stop_unit(old)
-        except SystemdError as e:
-            log.error("arming the dead-man switch failed: %s", e)
+        every older one (ours or an earlier fleetd's). False if systemd refused. One at a time:
+        two interleaved generations would each stop the other's timer."""
+        async with self._arm_lock:
+            self._arm_seq += 1
+            name = f"{fencing.FENCE_TIMER_PREFIX}{self._arm_seq}.timer"
+            try:
+                await self.systemd.arm_fence_timer(name, self.session.fence_delay_s())
+                for old in await self.systemd.list_fence_timers():
+                    if old != name:
+                        await self.systemd.stop_unit(old)
+            except SystemdError as e:
+                log.error("arming the dead-man switch failed: %s", e)
+                return False
+            self._armed = name
+            return True
+
+    async def hand_over(self) -> bool:
+        """`systemctl restart fleetd`: move the machine to a restart lease and arm the dead-man
+        timer for it, so the next fleetd adopts the units instead of finding them fenced
+        (`fencing.HANDOVER_TTL_S`). Call after the components stopped. False if it could not
+        (the armed timer then fences at the old lease's fence point, as after a crash)."""
+        if self.fenced:
             return False
-        self._armed = name
+        got = await self.session.hand_over()
+        if got is None:
+            return False
+        lease, sent = got
+        async with self._lock:
+            records = [r for r in map(self.state_record, sorted(self.applied)) if r is not None]
+            try:
+                if records:
+                    await asyncio.wait_for(self.registry.publish_states(records, lease),
+                                           fencing.HANDOVER_TIMEOUT_S)
+            except (EtcdError, TimeoutError) as e:
+                log.warning("republishing states for the restart failed: %s", e)
+            # The machine key is on the new lease now: arm its timer before the old one goes.
+            async with self._arm_lock:
+                self._arm_seq += 1
+                name = f"{fencing.FENCE_TIMER_PREFIX}{self._arm_seq}.timer"
+                try:
+                    await self.systemd.arm_fence_timer(
+                        name, fencing.fence_delay_s(fencing.HANDOVER_TTL_S, clock.now() - sent))
+                    for old in await self.systemd.list_fence_timers():
+                        if old != name:
+                            await self.systemd.stop_unit(old)
+                except SystemdError as e:
+                    log.error("arming the dead-man switch for the restart failed: %s", e)
+                    return False
+                self._armed = name
         return True
+
+    def _stop_bound_s(self) -> float:
+        """The longest stop a unit known here may take (`fencing.unit_stop_bound_s`: a unit
+        stating its own TimeoutStopSec= keeps it): how long a fence or purge waits."""
+        bound = fencing.FENCE_STOP_BOUND_S
+        for name, (_, text) in self.texts.items():
+            if name.endswith(".service"):
+                bound = max(bound, _stop_bound(name, text))
+        return bound
 
     async def disarm(self) -> None:
         """Stop every dead-man timer (after a purge: nothing is left to fence)."""
@@ -537,7 +600,7 @@ class Agent:
         async with self._lock:
             names = set(self.systemd.read_unit_files())
             try:
-                fenced = await self.systemd.fence(fencing.FENCE_STOP_BOUND_S
+                fenced = await self.systemd.fence(self._stop_bound_s()
                                                   + fencing.FENCE_TIMER_LATENCY_S)
             except SystemdError as e:
                 log.error("purge: fence failed: %s", e)
@@ -549,7 +612,7 @@ class Agent:
                     await self.systemd.stop_unit(name)
                 except SystemdError as e:
                     log.error("purge: stopping %s failed: %s", name, e)
-            await self._wait_inactive(names, fencing.FENCE_STOP_BOUND_S)
+            await self._wait_inactive(names, self._stop_bound_s())
             for name in sorted(names):
                 try:
                     self.systemd.remove_unit_file(name)
@@ -585,13 +648,19 @@ class Agent:
         task.add_done_callback(self._side_tasks.discard)
 
 
-def _drop_in(unit: DesiredUnit) -> str | None:
+def _options(name: str, text: str) -> tuple[tuple[str, str, str], ...] | None:
     try:
-        options: tuple[tuple[str, str, str], ...] | None = UnitFile.parse(
-            unit.text, name=unit.name).options
+        return UnitFile.parse(text, name=name).options
     except UnitError:
-        options = None
-    return fencing.fence_drop_in(unit.name, options, unit.is_global)
+        return None
+
+
+def _stop_bound(name: str, text: str) -> float:
+    return fencing.stop_bound_of(_options(name, text))
+
+
+def _drop_in(unit: DesiredUnit) -> str | None:
+    return fencing.fence_drop_in(unit.name, _options(unit.name, unit.text), unit.is_global)
 
 
 def _describe(task: Task) -> str:

@@ -12,7 +12,10 @@ A machine whose key vanishes is not written off at once: for `fleetd.fencing.eng
 after the engine sees it go (or, for a new leader, after it finds units assigned to a machine it
 does not see) it stays in the scheduler's view, so its units stay assigned to it, and nothing
 new is placed on it. Its dead-man switch has stopped them by then; a machine that re-registers
-within the grace keeps them.
+within the grace keeps them. A unit whose own stop may take longer than the default bound (its
+[Service] states TimeoutStopSec=, `fencing.unit_stop_bound_s`) is held longer, alone: placed
+nowhere for `fencing.unit_grace_s` after its machine left (`slow_stops`; a new leader holds such
+a unit it finds unplaced and unschedulable for that long from its own start).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from fleetd import clock, fencing, metrics
@@ -58,9 +61,12 @@ from fleetd.registry import (
     decode_change,
 )
 from fleetd.registry.model import MACHINE_DELETED
-from fleetd.unit import UnitError, UnitName
+from fleetd.unit import UnitError, UnitFile, UnitName
 
 log = logging.getLogger("fleetd.engine")
+
+#: How the reason of a unit held for its slow stop begins (a new leader recognises it).
+SLOW_STOP_REASON = "may still be stopping on"
 
 
 @dataclass
@@ -144,6 +150,10 @@ class Engine:
         # may still run there (frozen, partitioned, slow to stop), so no copy of them is placed
         # anywhere, not even a new one after a destroy and a start (same name, same lock).
         self.departed_units: dict[str, frozenset[str]] = {}
+        # unit -> (held until, the departed machine it may still be stopping on, its stop
+        # bound, that instant on the wall clock): units whose own stop outlasts the machine's
+        # grace, placed nowhere until their own (`fencing.unit_grace_s`).
+        self.slow_stops: dict[str, tuple[float, str, float, float]] = {}
 
     async def run(self) -> None:
         attempt = 0
@@ -185,6 +195,7 @@ class Engine:
         updates = self.registry.follow().__aiter__()
         first = await anext(updates)  # the first read; its failure ends this term (run retries)
         self._load(first.state)
+        self._hold_unplaced_slow_stops(self.cache)
         watcher = asyncio.ensure_future(self._watch(updates))
         try:
             self._need_full = True
@@ -239,6 +250,7 @@ class Engine:
                 if mid not in c.machines and mid not in self.departed:
                     self.departed[mid] = (now, MachineView(mid, {}))
                     self.departed_units[mid] = _units_of(c, mid)
+                    self._hold_slow_stops(c, self.departed_units[mid], mid, now)
                     log.info("machine %s left (it has units but no key); they stay for "
                              "%.1fs (grace)", mid, self.grace_s)
         for mid in list(self.departed):
@@ -246,26 +258,74 @@ class Engine:
                 del self.departed[mid]
         c.stale_machines = True
 
+    def _hold_unplaced_slow_stops(self, c: EngineCache) -> None:
+        """On taking leadership: a unit the last leader unassigned from a departed machine and
+        held for its slow stop is unplaced and unschedulable now; this leader cannot know
+        since when, so it holds it for the unit's whole grace from now."""
+        placed = {u for u, per in c.schedule.items() if per.keys() & c.machines.keys()}
+        waiting = {u for u, why in c.unschedulable.items() if why.startswith(SLOW_STOP_REASON)}
+        self._hold_slow_stops(c, waiting - placed, "a machine that left", clock.now())
+
     @property
     def grace_s(self) -> float:
         return fencing.engine_grace_s(self.session.ttl_s)
 
+    def _hold_slow_stops(self, c: EngineCache, units: Iterable[str], machine_id: str,
+                         since: float) -> None:
+        """Hold those of `units` whose own stop bound is longer than the default for their
+        `fencing.unit_grace_s` from `since` (when `machine_id`, which may still be stopping
+        them, was seen gone)."""
+        for name in units:
+            rec = c.units.get(name)
+            if rec is None or not name.endswith(".service"):
+                continue
+            xf = self.xfleet.get(rec)
+            if isinstance(xf, str) or xf.global_:
+                continue  # unparseable: never started; global: never fenced, never held
+            try:
+                bound = fencing.stop_bound_of(UnitFile.parse(rec.text, name=name).options)
+            except UnitError:
+                continue
+            if bound <= fencing.FENCE_STOP_BOUND_S:
+                continue
+            until = since + fencing.unit_grace_s(self.session.ttl_s, bound)
+            if name not in self.slow_stops or self.slow_stops[name][0] < until:
+                self.slow_stops[name] = (until, machine_id, bound,
+                                         time.time() + until - clock.now())
+                log.info("%s may stop for up to %.0fs on %s: held for %.1fs", name, bound,
+                         machine_id, until - since)
+
+    def _slow_stop_reason(self, unit: str) -> str:
+        """What `fleetctl why` says of a unit held for its slow stop."""
+        _, mid, bound, wall = self.slow_stops[unit]
+        at = time.strftime("%H:%M:%S", time.gmtime(wall))
+        return (f"{SLOW_STOP_REASON} {mid}, which left the cluster: its own "
+                f"TimeoutStopSec= lets its stop take up to {bound:g}s, so it waits "
+                f"{bound - fencing.FENCE_STOP_BOUND_S:g}s more than other units and is "
+                f"placed elsewhere at {at} UTC")
+
     def _expire_departed(self) -> bool:
-        """Forget machines whose grace is over (their units may now move); True if any."""
+        """Forget machines whose grace is over (their units may now move), and the slow stops
+        whose own grace is; True if any."""
         now = clock.now()
         gone = [mid for mid, (t, _) in self.departed.items() if now - t >= self.grace_s]
         for mid in gone:
             del self.departed[mid]
             log.info("machine %s gone for %.1fs (grace): its units may move", mid, self.grace_s)
-        if gone:
+        stopped = [u for u, (until, *_) in self.slow_stops.items() if now >= until]
+        for u in stopped:
+            del self.slow_stops[u]
+            log.info("%s: its longest stop is over, it may move", u)
+        if gone or stopped:
             self.cache.stale_machines = True
-        return bool(gone)
+        return bool(gone or stopped)
 
     def _next_wait_s(self) -> float:
-        if not self.departed:
+        ends = [t + self.grace_s for t, _ in self.departed.values()]
+        ends += [until for until, *_ in self.slow_stops.values()]
+        if not ends:
             return self.reconcile_interval_s
-        first = min(t for t, _ in self.departed.values()) + self.grace_s - clock.now()
-        return max(0.01, min(self.reconcile_interval_s, first))
+        return max(0.01, min(self.reconcile_interval_s, min(ends) - clock.now()))
 
     def _apply_kv(self, c: EngineCache, key: str, value: bytes | None) -> bool:
         """Fold one key's new value (None: deleted) into the cache; True if it can change a
@@ -291,6 +351,7 @@ class Engine:
                 view = c.machine_views.get(mid) or MachineView(mid, {})
                 self.departed[mid] = (clock.now(), view)
                 self.departed_units[mid] = _units_of(c, mid)
+                self._hold_slow_stops(c, self.departed_units[mid], mid, clock.now())
                 log.info("machine %s left; its units stay for %.1fs (grace)", mid,
                          self.grace_s)
             return True
@@ -348,6 +409,7 @@ class Engine:
         only the keys that changed since the last call."""
         c = self.cache
         held = {u for mid in self.departed for u in self.departed_units.get(mid, ())}
+        held |= self.slow_stops.keys()
         schedule: Mapping[str, Mapping[str, ScheduleEntry]] = c.schedule
         reserved: dict[str, frozenset[str]] = {}
         if c.state.moves:  # the new copy of a unit being moved is not the scheduler's to see
@@ -425,6 +487,10 @@ class Engine:
             self.fast_passes += 1
         # (A machine in its grace keeps what it has and gets nothing new, and what it had is
         # placed nowhere else meanwhile: the pipeline's Departed and Held checks see to it.)
+        if self.slow_stops:  # say why a unit held for its own slow stop waits, and how long
+            decisions = [replace(d, reason=self._slow_stop_reason(d.unit))
+                         if isinstance(d, Unschedulable) and d.unit in self.slow_stops else d
+                         for d in decisions]
         if c.state.moves:
             stopping = moves.held_units(c.state.moves)  # placed nowhere until stopped
             kept = [d for d in decisions if not (
@@ -465,7 +531,10 @@ class Engine:
             ops += [op for op in self._move_ops(snap, decisions) if op.key not in taken]
         for unit, reason in reasons.items():
             if c.unschedulable.get(unit) != reason:
-                ops.append(reg.unschedulable_op(unit, reason))
+                if unit in self.slow_stops:  # in the first transaction, before its unassign:
+                    ops.insert(0, reg.unschedulable_op(unit, reason))  # a new leader holds it
+                else:
+                    ops.append(reg.unschedulable_op(unit, reason))
         stale = c.unschedulable.keys() - reasons.keys()
         if dirty is not None:  # (followers placed with their target are no longer stuck)
             stale &= dirty | {d.unit for d in decisions if isinstance(d, Assign)}

@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-from fleetd.fencing import engine_grace_s
+from fleetd import fencing
+from fleetd.fencing import FENCE_STOP_BOUND_S, engine_grace_s
 from fleetd.localcluster import LocalCluster, LocalMachine
 from tests.harness.tables import table_rows
 from tests.integration.conftest import (
@@ -35,13 +36,33 @@ from tests.integration.conftest import (
 TTL_S = FRESH_TTL_S
 
 # Ignores SIGTERM (the shell and every child it forks), and its ExecStop takes 2 s: with the
-# cap (10 s bound / (1 stop command + 2) = 3.3 s per phase) it is inactive ~5.3 s after the fence.
+# cap (2 s bound / (1 stop command + 2) = 0.67 s per phase) it is inactive ~2 s after the fence.
 SLOW_UNIT = """[Unit]
 Description=stops slowly: ExecStop sleeps, SIGTERM is ignored
 
 [Service]
 ExecStart=/bin/sh -c 'trap "" TERM; while :; do sleep 1; done'
 ExecStop=/bin/sleep 2
+"""
+
+# States its own stop time: on SIGTERM it takes `secs` seconds to finish (a database flushing),
+# then writes its mark and exits cleanly. TimeoutStopSec=6s: whole stop bound 12 s.
+_IDLE = "while :; do sleep 0.1 & wait; done"  # `wait` returns at once on a signal
+
+
+def graceful_unit(mark: pathlib.Path, secs: float) -> str:
+    return f"""[Unit]
+Description=takes {secs:g} s to stop on SIGTERM, then writes its mark
+
+[Service]
+ExecStart=/bin/sh -c 'trap "sleep {secs:g}; touch {mark}; exit 0" TERM; {_IDLE}'
+TimeoutStopSec=6s
+"""
+
+
+# Ignores SIGTERM and states no stop time: SIGKILLed after the default cap (TimeoutStopSec=1s).
+STUBBORN_UNIT = """[Service]
+ExecStart=/bin/sh -c 'trap "" TERM; while :; do sleep 0.1; done'
 """
 
 
@@ -262,3 +283,74 @@ def test_restart_while_etcd_is_unreachable_is_fenced_and_comes_back_once(
     assert sampler.most == 1
     [where] = machines_running(c, "hello.service")
     assert where != m.machine_id or m.main_pid("hello.service") != pid
+
+
+def _stop_timeout_s(m: LocalMachine, unit: str) -> float | None:
+    """The TimeoutStopSec= systemd applies to `unit` (its file and fleet's drop-in)."""
+    return fencing.parse_timespan_s(
+        m.systemctl("show", "-p", "TimeoutStopUSec", "--value", unit).stdout.strip())
+
+
+def test_fleetctl_stop_gives_a_unit_its_own_stop_time_and_a_plain_unit_the_default_bound(
+        fresh_cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+    """The per-unit stop bound on a user's stop: a unit stating TimeoutStopSec= keeps its
+    graceful stop (3 s of work after SIGTERM, then its mark), while one that states nothing
+    and ignores SIGTERM is still killed within the default bound."""
+    c = fresh_cluster
+    mark = tmp_path / "flushed"
+    (tmp_path / "flush.service").write_text(graceful_unit(mark, 3))
+    (tmp_path / "stubborn.service").write_text(STUBBORN_UNIT)
+    c.fleetctl("start", str(tmp_path / "flush.service"), str(tmp_path / "stubborn.service"),
+               check=True)
+    flush, stubborn = holder(c, "flush.service"), holder(c, "stubborn.service")
+    assert _stop_timeout_s(flush, "flush.service") == 6.0  # the drop-in keeps it
+    assert _stop_timeout_s(stubborn, "stubborn.service") == FENCE_STOP_BOUND_S / 2
+    t0 = time.monotonic()
+    r = c.fleetctl("stop", "--no-block", "stubborn.service", "flush.service")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: stubborn.systemctl("is-active", "stubborn.service").stdout.strip()
+               not in NOT_STOPPED, FENCE_STOP_BOUND_S + 3, interval_s=0.02,
+               what="stubborn.service stopped")
+    stubborn_s = time.monotonic() - t0
+    wait_until(lambda: flush.systemctl("is-active", "flush.service").stdout.strip()
+               not in NOT_STOPPED, 12 + 3, interval_s=0.02, what="flush.service stopped")
+    flush_s = time.monotonic() - t0
+    print(f"\nstop: stubborn (SIGTERM ignored) inactive after {stubborn_s:.2f}s, flush "
+          f"(3 s of work on SIGTERM) after {flush_s:.2f}s")
+    assert mark.exists(), "the unit's SIGTERM work was cut short"
+    assert flush.systemctl("show", "-p", "Result", "--value",
+                           "flush.service").stdout.strip() == "success"
+    assert flush_s >= 3.0
+    # stubborn: SIGTERM, 1 s, SIGKILL: within the bound (+ fleetctl's and D-Bus' latency)
+    assert stubborn_s < FENCE_STOP_BOUND_S + 1.0
+
+
+def test_a_unit_with_a_long_stop_moves_only_after_its_fenced_copy_finished_stopping(
+        fresh_cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+    """kill -9 of fleetd: the dead-man timer fences at the usual point; the unit's SIGTERM work
+    (4 s) runs on past its machine's lease expiry, and the engine holds the unit (alone) for
+    its own grace, so the replacement starts after the old copy wrote its mark."""
+    c = fresh_cluster
+    mark = tmp_path / "flushed"
+    (tmp_path / "flush.service").write_text(graceful_unit(mark, 4))
+    c.fleetctl("start", str(tmp_path / "flush.service"), check=True)
+    first = holder(c, "flush.service")
+    bound_s = 12.0  # TimeoutStopSec=6s: SIGTERM phase + SIGKILL phase
+    grace_s = fencing.unit_grace_s(TTL_S, bound_s)
+    with Sampler(c, "flush.service") as sampler:
+        first.stop_fleetd(signal.SIGKILL)  # and it stays down
+        # While it waits, `fleetctl why` says what for, and until when.
+        why = wait_until(lambda: (lambda out: out if "may still be stopping on" in out
+                                  else None)(c.fleetctl("why", "flush.service").stdout),
+                         TTL_S + 8, interval_s=0.2, what="fleetctl why naming the long stop")
+        assert first.machine_id in why and "placed elsewhere at" in why, why
+        assert not [m for m in machines_running(c, "flush.service") if m != first.machine_id]
+        second, gap = assert_moved_after_stop(c, first, "flush.service",
+                                              TTL_S + grace_s + 15, sampler)
+    expiry_to_start = expiry_seen_to_start_s(c, first, second, "flush.service")
+    print(f"\nlong stop: replacement started {gap:.1f}s after the old copy was inactive, "
+          f"{expiry_to_start:.2f}s after the engine saw the lease expire (unit grace "
+          f"{grace_s:.2f}s)")
+    assert mark.exists(), "the fence cut the unit's SIGTERM work short"
+    assert expiry_to_start >= grace_s
+    assert sampler.most == 1, "flush.service ran on two machines at once"

@@ -146,6 +146,8 @@ class Fleetd:
             if failed is None and not keep_units_on_exit(self.systemd.own_job, False):
                 await self.agent.purge()
                 await self.session.leave()
+            elif failed is None:
+                await self.agent.hand_over()
         finally:
             await self.systemd.close()
             await self.registry.close()

@@ -7,6 +7,8 @@ import asyncio
 
 import pytest
 
+from fleetd import fencing
+from fleetd.unit import UnitFile
 from tests.sim.cluster import Result, SimConfig, Simulation, run_schedule
 
 TTL_S = 5
@@ -157,8 +159,32 @@ def test_a_paused_machine_resuming_does_not_start_units_on_its_expired_lease() -
     # `clock.now()` against the fence deadline, so parked callbacks that run before the
     # watchdog start units on a lapsed lease. (m2's copy is the part no lease fence can
     # prevent: a paused VM runs its units again for their stop time on resume.)
+    # Since the fence completes before the lease can expire, the engine's grace is a clock
+    # margin, no longer ~2 TTLs that also hid a VM paused past its lease: this schedule now
+    # shows m2's part (its VM paused from 23.9 s to 31.0 s, past its lease). What must not
+    # happen is the bug itself: a second copy beside a machine that is *not* paused (pinned
+    # at the agent level in tests/unit/test_agent_fencing.py as well).
     r = run_schedule(10, SimConfig(kinds=("vm_freeze",)))
-    assert r.ok, r.violation
+    assert not r.liveness, r.liveness
+    if r.violation:
+        at = float(r.violation.split("s ", 1)[0].removeprefix("t="))
+        held = [m.split("=")[0] for m in r.violation.split(": ", 1)[1].split(", ")]
+        assert any(_vm_paused_at(r, m, at) for m in held), r.violation
+
+
+def _vm_paused_at(r: Result, machine: str, at: float) -> bool:
+    """Whether the trace has `machine`'s VM paused at virtual time `at`."""
+    paused_since = None
+    for line in r.trace:
+        t_s, _, event = line.strip().partition(" ")
+        t = float(t_s)
+        if t > at:
+            break
+        if event.startswith(f"FAULT vm freeze {machine} "):
+            paused_since = t
+        elif event == f"resume {machine}":
+            paused_since = None
+    return paused_since is not None
 
 
 def test_a_unit_still_stopping_when_fleetd_comes_back_is_started_again() -> None:
@@ -189,3 +215,63 @@ def test_a_watch_replaying_history_after_a_freeze_does_not_restart_moved_units()
     for seed in (1028, 970, 1602, 1347):
         r = run_schedule(seed, SimConfig())
         assert r.ok, (seed, r.violation or r.liveness)
+
+
+SLOW_STOP_TEXT = ("[Unit]\nDescription=slow to stop (a database flushing)\n\n[Service]\n"
+                  "ExecStart=/bin/sleep infinity\nExecStop=/bin/sleep 9\nTimeoutStopSec=10s\n")
+
+
+@pytest.mark.parametrize("fault", ["partition", "power_cut"])
+def test_a_unit_with_a_long_stop_moves_after_its_own_grace_a_plain_one_at_the_short_one(
+        fault: str) -> None:
+    """slowdb.service states TimeoutStopSec=10s and one ExecStop= (whole stop up to 30 s); its
+    stop really takes 9 s. Its machine is cut off from etcd (its fence stops both units; the
+    old slowdb is still stopping long after the machine's key vanished) or loses power. The
+    plain unit beside it moves at the machine's short grace; slowdb only after its own, and
+    never beside its old copy (the invariant is checked at every step)."""
+    bound_s = fencing.stop_bound_of(UnitFile.parse(SLOW_STOP_TEXT).options)
+    assert bound_s == 30.0
+    slow_grace_s = fencing.unit_grace_s(TTL_S, bound_s)
+    seen: dict[str, object] = {}
+
+    async def script(sim: Simulation) -> None:
+        sim.pool["slowdb.service"] = SLOW_STOP_TEXT
+        where = await sim.launch("slowdb.service")
+        for plain in ("app0.service", "app1.service", "app2.service", "app3.service"):
+            if await sim.launch(plain) == where:
+                break
+        else:
+            raise AssertionError("no plain unit landed beside slowdb.service")
+        sim.note(f"FAULT {fault} {where}")
+        if fault == "partition":
+            sim.net.partition(where, "etcd")
+        else:
+            sim.fleetd(where).kill()
+            sim.down.add(where)
+            sim.systemds[where].power_cut()
+        moved: dict[str, float] = {}
+        while len(moved) < 2:
+            for name in (plain, "slowdb.service"):
+                if name not in moved and any(sim.systemds[m].active_state(name) == "active"
+                                             for m in sim.machines if m != where):
+                    moved[name] = sim.loop.time()
+                    if name == plain:  # what the old slowdb was doing then, and why it waits
+                        seen["old_slowdb"] = sim.systemds[where].active_state("slowdb.service")
+                        await asyncio.sleep(0.5)
+                        st = await sim.ctl.cluster_state()
+                        seen["why"] = st.unschedulable.get("slowdb.service", "")
+            await asyncio.sleep(0.05)
+        expired = sim._expired_at[where]
+        seen["plain_s"] = moved[plain] - expired
+        seen["slow_s"] = moved["slowdb.service"] - expired
+        sim.net.heal()
+        sim.down.discard(where)
+        sim.start_fleetd(where)
+
+    _run(script)
+    assert float(seen["plain_s"]) < 2.0, seen  # type: ignore[arg-type]
+    assert slow_grace_s <= float(seen["slow_s"]) < slow_grace_s + 3.0, seen  # type: ignore
+    why = str(seen["why"])
+    assert "may still be stopping on" in why and "placed elsewhere at" in why, why
+    if fault == "partition":  # the case the longer grace is for: its old copy still stopping
+        assert seen["old_slowdb"] == "deactivating", seen

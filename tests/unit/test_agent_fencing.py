@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+from fleetd import clock, fencing
 from fleetd.agent.tasks import DaemonReload, StartUnit, WriteUnitFile
 from fleetd.fencing import FENCE_TARGET
 from fleetd.systemd import UnitStatus
@@ -84,6 +85,27 @@ def test_no_lease_no_start_even_if_planned() -> None:
         rig.run(go())
 
 
+def test_a_lease_id_past_its_fence_deadline_starts_nothing() -> None:
+    """A VM paused past its lease resumes with `session.lease` still set (the watchdog has not
+    run yet): the start is refused on the deadline, not on the lease id (sim seed 10)."""
+    with sim_rig() as rig:
+        async def go() -> None:
+            await rig.schedule("m1", WEB, "launched")
+            await rig.schedule("m1", MON, "launched", is_global=True)
+            agent, sd = await rig.agent("m1")
+            rig.loop.freeze("session:m1")  # no renewal, no watchdog: the paused VM
+            # the last renewal was sent exactly the fence point ago: the fence is due now
+            agent.session._last_renewed = clock.now() - fencing.fence_point_s(
+                agent.session.ttl_s)
+            assert agent.session.lease and not agent.fenced
+            await agent.reconcile()
+            await rig.until(lambda: sd.active_state("global-mon.service") == "active")
+            assert "web.service" in sd.files  # written, never started
+            assert sd.units.get("web.service") is None or sd.units["web.service"].starts == 0
+            assert sd.active_state("web.service") == "inactive"
+        rig.run(go())
+
+
 def test_units_a_stale_dead_man_timer_stopped_are_started_again_while_the_lease_is_good(
 ) -> None:
     # An older timer generation fires just as the agent re-arms: the fence target stops the
@@ -107,4 +129,53 @@ def test_units_a_stale_dead_man_timer_stopped_are_started_again_while_the_lease_
             await rig.until(lambda: sd.active_state("web.service") == "active")
             assert agent.session.lease == lease  # not taken for a fence of ours
             assert sd.active_state("global-mon.service") == "active"
+        rig.run(go())
+
+
+def test_a_purge_waits_for_a_unit_that_states_a_long_stop() -> None:
+    """`systemctl stop fleetd` with a unit that takes 5 s to stop (it states TimeoutStopSec=,
+    so it keeps that): the purge waits for it (not the default 2 s bound), so the units are
+    known inactive and the lease may be revoked."""
+    slow = record("db.service", unit_text("db").replace(
+        "ExecStart=/bin/sleep infinity\n",
+        "ExecStart=/bin/sleep infinity\nExecStop=/bin/sleep 5\nTimeoutStopSec=10s\n"))
+    with sim_rig() as rig:
+        async def go() -> None:
+            await rig.schedule("m1", slow, "launched")
+            agent, sd = await rig.agent("m1")
+            await agent.reconcile()
+            await rig.until(lambda: sd.active_state("db.service") == "active")
+            t0 = clock.now()
+            assert await agent.purge()
+            assert clock.now() - t0 >= 5.0
+            assert sd.active_state("db.service") == "inactive"
+        rig.run(go())
+
+
+def test_each_daemon_reload_is_preceded_by_a_fresh_dead_man_timer() -> None:
+    """systemd answers nothing while it reloads: a renewal's re-arm queued behind two reloads
+    could come after the armed deadline (the timer then fires on a good lease). The agent
+    re-arms from the latest renewal right before each reload, one generation at a time."""
+    with sim_rig() as rig:
+        async def go() -> None:
+            await rig.schedule("m1", WEB, "launched")
+            agent, sd = await rig.agent("m1")
+            rig.loop.freeze("session:m1")  # no renewal re-arms: only the reload's
+            calls: list[str] = []
+            arm, reload = agent.systemd.arm_fence_timer, agent.systemd.daemon_reload
+
+            async def recorded_arm(name: str, delay_s: float) -> None:
+                calls.append(f"arm until {clock.now() + delay_s:.3f}")
+                await arm(name, delay_s)
+
+            async def recorded_reload() -> None:
+                calls.append("reload")
+                await reload()
+            agent.systemd.arm_fence_timer = recorded_arm  # type: ignore[method-assign]
+            agent.systemd.daemon_reload = recorded_reload  # type: ignore[method-assign]
+            await agent.apply([WriteUnitFile("web.service", WEB.text), DaemonReload(),
+                               StartUnit("web.service")])
+            # armed for the latest renewal's fence deadline, right before the reload
+            assert calls[-2:] == [f"arm until {agent.session.fence_deadline:.3f}", "reload"], calls
+            assert list(sd.timers) == [agent._armed]  # exactly one generation armed
         rig.run(go())

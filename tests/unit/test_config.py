@@ -42,7 +42,7 @@ def load(config_path: str, *flags: str, **env: str) -> Config:
 def test_defaults_apply_with_empty_file_and_environment(conf: Conf) -> None:
     cfg = load(conf())
     assert cfg == Config()
-    assert cfg.agent_ttl == 10.0
+    assert cfg.agent_ttl == 4.0
     assert cfg.etcd_servers == ["http://127.0.0.1:2379"]
     assert cfg.etcd_key_prefix == "/_coreos.com/fleet/"
 
@@ -262,10 +262,15 @@ def test_non_finite_durations_are_rejected(conf: Conf, option: str, raw: str) ->
         load(conf(), f"--{option}={raw}")
 
 
-def test_agent_ttl_of_two_seconds_is_accepted(conf: Conf) -> None:
-    cfg = load(conf(), "--agent_ttl", "2s")
-    assert cfg.agent_ttl == 2.0
-    assert cfg.agent_ttl_s() == 2
+def test_agent_ttl_of_four_seconds_is_accepted(conf: Conf) -> None:
+    cfg = load(conf(), "--agent_ttl", "4s")
+    assert cfg.agent_ttl == 4.0
+    assert cfg.agent_ttl_s() == 4
+
+
+def test_agent_ttl_too_short_for_the_fence_is_rejected_with_the_reason(conf: Conf) -> None:
+    with pytest.raises(ConfigError, match=r"agent_ttl must be at least 4s, got 3s.*renewal"):
+        load(conf(), "--agent_ttl", "3s")
 
 
 @pytest.mark.parametrize(("env", "option"), [

@@ -10,10 +10,10 @@ import pytest
 
 from fleetd import clock
 from fleetd.engine.engine import Engine
-from fleetd.fencing import engine_grace_s
+from fleetd.fencing import FENCE_STOP_BOUND_S, engine_grace_s, unit_grace_s
 from fleetd.machine import MachineIdentity, MachineSession
 from fleetd.registry import MachineRecord, Registry, ScheduleEntry, UnitRecord
-from fleetd.registry._etcd import Op, Put
+from fleetd.registry._etcd import Delete, Op, Put
 from fleetd.registry.schema import encode
 
 TTL_S = 10
@@ -37,7 +37,8 @@ def now() -> Iterator[list[float]]:
     clock.use(None)
 
 
-def engine_with(machines: list[str], units: dict[str, str]) -> tuple[Engine, RecordingRegistry]:
+def engine_with(machines: list[str], units: dict[str, str],
+                texts: dict[str, str] | None = None) -> tuple[Engine, RecordingRegistry]:
     reg = RecordingRegistry()
     session = MachineSession(reg, MachineIdentity("m1", "10.0.0.1"), TTL_S)
     eng = Engine(reg, session)
@@ -46,7 +47,7 @@ def engine_with(machines: list[str], units: dict[str, str]) -> tuple[Engine, Rec
     for mid in machines:
         eng._apply_kv(c, k.machine(mid), encode(MachineRecord(mid, "10.0.0.9", {})))
     for name, mid in units.items():
-        rec = UnitRecord(name, TEXT, f"h-{name}")
+        rec = UnitRecord(name, (texts or {}).get(name, TEXT), f"h-{name}")
         eng._apply_kv(c, k.unit(name), encode(rec))
         eng._apply_kv(c, k.desired_state(name), encode("launched"))
         eng._apply_kv(c, k.assignment(mid, name),
@@ -135,3 +136,107 @@ def test_a_unit_destroyed_and_started_again_waits_for_its_old_machines_grace(
 
     asyncio.run(passes())
     assert placements(reg) == ["m1:web.service"]
+
+
+SLOW = "[Service]\nExecStart=/bin/sleep 1000\nTimeoutStopSec=10s\n"  # whole stop up to 20 s
+SLOW_BOUND_S = 20.0
+
+
+def unschedulable(reg: RecordingRegistry) -> dict[str, str]:
+    """The last reason written per unit (None: cleared)."""
+    out: dict[str, str] = {}
+    for op in reg.written:
+        if "/unschedulable/" in op.key:
+            name = op.key.split("/")[-1]
+            if isinstance(op, Put):
+                out[name] = str(op.value)
+            elif isinstance(op, Delete):
+                out.pop(name, None)
+    return out
+
+
+def test_a_unit_with_a_long_stop_waits_its_own_grace_the_others_the_machines(
+        now: list[float]) -> None:
+    eng, reg = engine_with(["m1", "m2"], {"web.service": "m2", "db.service": "m2"},
+                           {"db.service": SLOW})
+    eng._apply_kv(eng.cache, reg.keys.machine("m2"), None)  # m2's lease expired
+    db_grace = unit_grace_s(TTL_S, SLOW_BOUND_S)
+    assert db_grace > engine_grace_s(TTL_S) + SLOW_BOUND_S - FENCE_STOP_BOUND_S - 0.01
+
+    async def passes() -> None:
+        await eng.reconcile_once(1)
+        assert not placements(reg)
+        now[0] += engine_grace_s(TTL_S) + 0.01
+        assert eng._expire_departed()
+        await eng.reconcile_once(1)
+        assert placements(reg) == ["m1:web.service"], "web moves at the machine's grace"
+        why = unschedulable(reg)["db.service"]
+        assert "stopping on m2" in why and "20s" in why and "18s more" in why, why
+        assert " UTC" in why
+        assert any(isinstance(op, Delete) and op.key.endswith("/m2/db.service")
+                   for op in reg.written)  # its dead machine's entry is dropped meanwhile
+        now[0] += db_grace - engine_grace_s(TTL_S) - 0.03
+        assert not eng._expire_departed()
+        assert eng._next_wait_s() == pytest.approx(0.02, abs=1e-6)  # wakes at its end
+        await eng.reconcile_once(1)
+        assert placements(reg) == ["m1:web.service"], "db moved before its own grace ended"
+        now[0] += 0.03
+        assert eng._expire_departed()
+        await eng.reconcile_once(1)
+
+    asyncio.run(passes())
+    assert placements(reg) == ["m1:db.service", "m1:web.service"]
+    assert "db.service" not in unschedulable(reg)
+
+
+def test_a_global_unit_with_a_long_stop_is_not_held(now: list[float]) -> None:
+    text = SLOW + "\n[X-Fleet]\nGlobal=true\n"
+    eng, _ = engine_with(["m1", "m2"], {"mon.service": "m2"}, {"mon.service": text})
+    eng._apply_kv(eng.cache, eng.registry.keys.machine("m2"), None)
+    assert not eng.slow_stops
+
+
+def test_a_new_leader_holds_an_unplaced_slow_unit_it_finds_unschedulable(
+        now: list[float]) -> None:
+    """The last leader unassigned db.service from a dead machine and held it (its reason is
+    the record); this leader cannot know since when: the whole grace from now."""
+    eng, reg = engine_with(["m1"], {}, {})
+    k, c = reg.keys, eng.cache
+    rec = UnitRecord("db.service", SLOW, "h-db")
+    eng._apply_kv(c, k.unit("db.service"), encode(rec))
+    eng._apply_kv(c, k.desired_state("db.service"), encode("launched"))
+    eng._apply_kv(c, k.unschedulable_reason("db.service"),
+                  encode({"reason": "may still be stopping on m2, ...", "since_ns": 1}))
+    for name, why in (("pinned.service", "no machine matches MachineID"),
+                      ("free.service", "may still be stopping on m2, ...")):
+        eng._apply_kv(c, k.unit(name), encode(UnitRecord(name, SLOW if name == "pinned.service"
+                                                         else TEXT, f"h-{name}")))
+        eng._apply_kv(c, k.desired_state(name), encode("launched"))
+        eng._apply_kv(c, k.unschedulable_reason(name), encode({"reason": why, "since_ns": 1}))
+    eng._note_unseen_machines(c)  # what a new leader's _load does
+    eng._hold_unplaced_slow_stops(c)  # and then _lead
+    # only the slow-stopping unit the last leader held (not one failing for another reason,
+    # nor one that states no stop time)
+    assert set(eng.slow_stops) == {"db.service"}
+
+    async def passes() -> None:
+        await eng.reconcile_once(1)
+        assert placements(reg) == ["m1:free.service", "m1:pinned.service"]  # not held
+        assert "stopping on a machine that left" in unschedulable(reg)["db.service"]
+        now[0] += unit_grace_s(TTL_S, SLOW_BOUND_S) + 0.01
+        assert eng._expire_departed()
+        await eng.reconcile_once(1)
+
+    asyncio.run(passes())
+    assert "m1:db.service" in placements(reg)
+
+
+def test_a_unit_submitted_with_a_long_stop_is_placed_at_once(now: list[float]) -> None:
+    eng, reg = engine_with(["m1"], {}, {})
+    k, c = reg.keys, eng.cache
+    eng._note_unseen_machines(c)
+    eng._hold_unplaced_slow_stops(c)
+    eng._apply_kv(c, k.unit("db.service"), encode(UnitRecord("db.service", SLOW, "h-db")))
+    eng._apply_kv(c, k.desired_state("db.service"), encode("launched"))
+    asyncio.run(eng.reconcile_once(1))
+    assert placements(reg) == ["m1:db.service"]

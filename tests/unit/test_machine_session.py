@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from fleetd import fencing
 from fleetd.machine import MachineIdentity, MachineSession
 from fleetd.registry import EtcdError
 
@@ -29,7 +32,8 @@ class ScriptedRegistry:
 
 def session() -> tuple[MachineSession, ScriptedRegistry]:
     reg = ScriptedRegistry()
-    return MachineSession(reg, MachineIdentity("m1", "10.0.0.1"), 2), reg  # type: ignore[arg-type]
+    return MachineSession(reg, MachineIdentity("m1", "10.0.0.1"),  # type: ignore[arg-type]
+                          fencing.min_ttl_s()), reg
 
 
 def test_an_etcd_error_in_a_new_lease_handler_is_retried_not_fatal() -> None:
@@ -68,3 +72,29 @@ def test_fence_deadline_is_before_the_ttl_at_the_smallest_ttl() -> None:
     asyncio.run(s.establish())
     assert 0 < s.fence_delay_s() < s.ttl_s
     assert s.fence_margin_s > 0
+
+
+def test_a_ttl_too_short_for_the_fence_is_refused() -> None:
+    with pytest.raises(ValueError, match="renewal intervals"):
+        MachineSession(ScriptedRegistry(), MachineIdentity("m1", "10.0.0.1"),  # type: ignore[arg-type]
+                       fencing.min_ttl_s() - 1)
+
+
+def test_a_restart_hands_the_machine_over_to_a_longer_lease() -> None:
+    s, reg = session()
+    registered: list[int] = []
+
+    async def register_machine(record: object, lease: int) -> None:
+        registered.append(lease)
+
+    reg.register_machine = register_machine  # type: ignore[method-assign]
+
+    async def go() -> tuple[int, float] | None:
+        await s.establish()
+        return await s.hand_over()
+
+    got = asyncio.run(go())
+    assert got is not None and got[0] == 102 and registered == [101, 102]
+    assert s.lease == 0  # the exiting process renews nothing more
+    # The next fleetd gets longer than a whole short-TTL fence point to take over.
+    assert fencing.fence_point_s(fencing.HANDOVER_TTL_S) > 3 * fencing.fence_point_s(s.ttl_s)
