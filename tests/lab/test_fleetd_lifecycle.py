@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from fleetd.config import Config
 from fleetd.fencing import HANDOVER_TTL_S, engine_grace_s
 from tests.lab.conftest import (
     BIN,
@@ -35,7 +36,7 @@ from tests.lab.conftest import (
 
 pytestmark = pytest.mark.usefixtures("lab_up", "reset_after")
 
-TTL_S = 4  # fleetd's default agent_ttl (the lab does not change it)
+TTL_S = int(Config().agent_ttl)  # fleetd's default agent_ttl (the lab does not change it)
 NOT_STOPPED = frozenset({"active", "activating", "deactivating", "reloading", "refreshing"})
 
 
