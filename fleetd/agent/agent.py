@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from fleetd import clock, fencing, metrics
@@ -527,16 +527,21 @@ class Agent:
         """Arm a new generation of the dead-man timer at the current fence deadline, then stop
         every older one (ours or an earlier fleetd's). False if systemd refused. One at a time:
         two interleaved generations would each stop the other's timer."""
+        return await self._arm_at(self.session.fence_delay_s, "")
+
+    async def _arm_at(self, delay_s: Callable[[], float], why: str) -> bool:
+        """Arm the next timer generation `delay_s()` from now (read once the lock is held)
+        and stop the older ones; False, logged with `why`, if systemd refused."""
         async with self._arm_lock:
             self._arm_seq += 1
             name = f"{fencing.FENCE_TIMER_PREFIX}{self._arm_seq}.timer"
             try:
-                await self.systemd.arm_fence_timer(name, self.session.fence_delay_s())
+                await self.systemd.arm_fence_timer(name, delay_s())
                 for old in await self.systemd.list_fence_timers():
                     if old != name:
                         await self.systemd.stop_unit(old)
             except SystemdError as e:
-                log.error("arming the dead-man switch failed: %s", e)
+                log.error("arming the dead-man switch%s failed: %s", why, e)
                 return False
             self._armed = name
             return True
@@ -561,20 +566,8 @@ class Agent:
             except (EtcdError, TimeoutError) as e:
                 log.warning("republishing states for the restart failed: %s", e)
             # The machine key is on the new lease now: arm its timer before the old one goes.
-            async with self._arm_lock:
-                self._arm_seq += 1
-                name = f"{fencing.FENCE_TIMER_PREFIX}{self._arm_seq}.timer"
-                try:
-                    await self.systemd.arm_fence_timer(
-                        name, fencing.fence_delay_s(fencing.HANDOVER_TTL_S, clock.now() - sent))
-                    for old in await self.systemd.list_fence_timers():
-                        if old != name:
-                            await self.systemd.stop_unit(old)
-                except SystemdError as e:
-                    log.error("arming the dead-man switch for the restart failed: %s", e)
-                    return False
-                self._armed = name
-        return True
+            return await self._arm_at(lambda: fencing.fence_delay_s(
+                fencing.HANDOVER_TTL_S, clock.now() - sent), " for the restart")
 
     def _stop_bound_s(self) -> float:
         """The longest stop a unit known here may take (`fencing.unit_stop_bound_s`: a unit
