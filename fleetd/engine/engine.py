@@ -154,6 +154,7 @@ class Engine:
         # bound, that instant on the wall clock): units whose own stop outlasts the machine's
         # grace, placed nowhere until their own (`fencing.unit_grace_s`).
         self.slow_stops: dict[str, tuple[float, str, float, float]] = {}
+        self._stop_bounds: dict[str, float] = {}  # file hash -> its whole-stop bound
 
     async def run(self) -> None:
         attempt = 0
@@ -270,11 +271,38 @@ class Engine:
     def grace_s(self) -> float:
         return fencing.engine_grace_s(self.session.ttl_s)
 
+    def _stop_bound(self, rec: UnitRecord) -> float:
+        """The whole-stop bound of `rec`'s file (the default for an unparseable one), parsed
+        once per file hash."""
+        bound = self._stop_bounds.get(rec.hash)
+        if bound is None:
+            try:
+                bound = fencing.stop_bound_of(UnitFile.parse(rec.text, name=rec.name).options)
+            except UnitError:
+                bound = fencing.FENCE_STOP_BOUND_S
+            if len(self._stop_bounds) > 65536:
+                self._stop_bounds.clear()
+            self._stop_bounds[rec.hash] = bound
+        return bound
+
+    def _entry_stop_bound(self, rec: UnitRecord, job: JobView,
+                          old: ScheduleEntry | None) -> float:
+        """What a (re)written assignment of `rec` records as its stop bound: the longest of
+        the current file's and every earlier version's assigned there (`old`); 0 when all
+        keep the default (and for global units, which are never fenced)."""
+        if job.xfleet.global_ or not rec.name.endswith(".service"):
+            return 0.0
+        if old is not None and old.hash == rec.hash:
+            return old.stop_bound_s  # the same file: nothing new to record
+        longest = max(self._stop_bound(rec), old.stop_bound_s if old is not None else 0.0)
+        return longest if longest > fencing.FENCE_STOP_BOUND_S else 0.0
+
     def _hold_slow_stops(self, c: EngineCache, units: Iterable[str], machine_id: str,
                          since: float) -> None:
-        """Hold those of `units` whose own stop bound is longer than the default for their
+        """Hold those of `units` whose stop bound is longer than the default for their
         `fencing.unit_grace_s` from `since` (when `machine_id`, which may still be stopping
-        them, was seen gone)."""
+        them, was seen gone): the bound of the current file or, if longer, the one the
+        machine's assignment recorded (a version replaced while the machine was cut off)."""
         for name in units:
             rec = c.units.get(name)
             if rec is None or not name.endswith(".service"):
@@ -282,10 +310,8 @@ class Engine:
             xf = self.xfleet.get(rec)
             if isinstance(xf, str) or xf.global_:
                 continue  # unparseable: never started; global: never fenced, never held
-            try:
-                bound = fencing.stop_bound_of(UnitFile.parse(rec.text, name=name).options)
-            except UnitError:
-                continue
+            entry = c.schedule.get(name, {}).get(machine_id)
+            bound = max(self._stop_bound(rec), entry.stop_bound_s if entry is not None else 0.0)
             if bound <= fencing.FENCE_STOP_BOUND_S:
                 continue
             until = since + fencing.unit_grace_s(self.session.ttl_s, bound)
@@ -522,7 +548,8 @@ class Engine:
             if rec is None or job is None:
                 continue
             for mid, old in per.items():
-                want = ScheduleEntry(unit, mid, job.target_state, rec.hash, job.xfleet.global_)
+                want = ScheduleEntry(unit, mid, job.target_state, rec.hash, job.xfleet.global_,
+                                     self._entry_stop_bound(rec, job, old))
                 if old != want:
                     ops.append(reg.assign_op(want))
         maintenance = dirty is None and bool(c.state.moves or c.state.draining)
@@ -584,7 +611,9 @@ class Engine:
             rec, job = c.units.get(unit), snap.jobs.get(unit)
             if rec is None or job is None:
                 return None
-            return ScheduleEntry(unit, mid, job.target_state, rec.hash, job.xfleet.global_)
+            return ScheduleEntry(unit, mid, job.target_state, rec.hash, job.xfleet.global_,
+                                 self._entry_stop_bound(rec, job,
+                                                        c.schedule.get(unit, {}).get(mid)))
 
         for m in mp.start:
             e = entry(m.unit, m.to_machine)

@@ -60,13 +60,19 @@ class UnitRecord:
 
 @dataclass(frozen=True)
 class ScheduleEntry:
-    """The engine's instruction to one machine: run `unit` (file `hash`) in `target_state`."""
+    """The engine's instruction to one machine: run `unit` (file `hash`) in `target_state`.
+
+    `stop_bound_s`: the longest whole stop of any version of the unit's file assigned there
+    while this assignment stood (0: the default bound), so that after the machine leaves the
+    engine holds the unit long enough even when the file was replaced while the machine was
+    cut off and may still run, and stop, the old version (`fencing.unit_stop_bound_s`)."""
 
     unit: str
     machine_id: str
     target_state: str
     hash: str
     is_global: bool = False
+    stop_bound_s: float = 0.0
 
 
 @dataclass(frozen=True)

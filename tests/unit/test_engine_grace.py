@@ -10,11 +10,13 @@ import pytest
 
 from fleetd import clock
 from fleetd.engine.engine import Engine
+from fleetd.engine.scheduler import JobView
 from fleetd.fencing import FENCE_STOP_BOUND_S, engine_grace_s, unit_grace_s
 from fleetd.machine import MachineIdentity, MachineSession
 from fleetd.registry import MachineRecord, Registry, ScheduleEntry, UnitRecord
 from fleetd.registry._etcd import Delete, Op, Put
-from fleetd.registry.schema import encode
+from fleetd.registry.schema import decode, encode
+from fleetd.unit import XFleet
 
 TTL_S = 10
 TEXT = "[Service]\nExecStart=/bin/sleep 1000\n"
@@ -240,3 +242,44 @@ def test_a_unit_submitted_with_a_long_stop_is_placed_at_once(now: list[float]) -
     eng._apply_kv(c, k.desired_state("db.service"), encode("launched"))
     asyncio.run(eng.reconcile_once(1))
     assert placements(reg) == ["m1:db.service"]
+
+
+def test_a_file_replaced_while_its_machine_was_cut_off_keeps_the_old_versions_stop_bound(
+        now: list[float]) -> None:
+    """db runs on m2 with a 20 s stop; its file is replaced by one with the default stop while
+    m2 may be cut off (so m2 may still run, and stop, the old version). The rewritten entry
+    records the longer bound, and when m2 leaves db is held for it, not for the new file's."""
+    eng, reg = engine_with(["m2"], {})
+    c, k = eng.cache, reg.keys
+
+    def written_entry() -> Put:
+        op = [op for op in reg.written if isinstance(op, Put)
+              and op.key == k.assignment("m2", "db.service")][-1]
+        eng._apply_kv(c, op.key, op.value)  # as the engine's watch would
+        return op
+
+    async def decide() -> None:
+        await eng.reconcile_once(1, {"db.service"})
+    eng._apply_kv(c, k.unit("db.service"), encode(UnitRecord("db.service", SLOW, "h-old")))
+    eng._apply_kv(c, k.desired_state("db.service"), encode("launched"))
+    asyncio.run(decide())
+    placed = decode(ScheduleEntry, written_entry().value)
+    assert (placed.hash, placed.stop_bound_s) == ("h-old", SLOW_BOUND_S)
+    eng._apply_kv(c, k.machine("m1"), encode(MachineRecord("m1", "10.0.0.8", {})))
+    eng._apply_kv(c, k.unit("db.service"), encode(UnitRecord("db.service", TEXT, "h-new")))
+    asyncio.run(decide())
+    decoded = decode(ScheduleEntry, written_entry().value)
+    assert decoded.hash == "h-new" and decoded.stop_bound_s == SLOW_BOUND_S
+    eng._apply_kv(c, k.machine("m2"), None)   # then m2's lease expires
+    assert eng.slow_stops["db.service"][2] == SLOW_BOUND_S
+    until = eng.slow_stops["db.service"][0]
+    assert until == pytest.approx(now[0] + unit_grace_s(TTL_S, SLOW_BOUND_S))
+
+    # Written again with the same file, the entry keeps what it recorded.
+    eng2, _ = engine_with(["m1"], {})
+    rec = UnitRecord("db.service", TEXT, "h-new")
+    plain = JobView("db.service", "launched", XFleet())
+    assert eng2._entry_stop_bound(rec, plain, decoded) == SLOW_BOUND_S
+    assert eng2._entry_stop_bound(rec, plain, None) == 0.0, "a default stop records nothing"
+    glob = JobView("db.service", "launched", XFleet(global_=True))
+    assert eng2._entry_stop_bound(UnitRecord("db.service", SLOW, "h-s"), glob, None) == 0.0
