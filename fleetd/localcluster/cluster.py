@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import random
 import shutil
 import signal
 import socket
@@ -24,10 +25,38 @@ from fleetd.localcluster.usermanager import UserManager
 RESTART_SIGNAL = signal.SIGUSR2
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port nothing listens on, for a server started a moment later. Chosen below the
+    kernel's ephemeral range: a port the kernel hands out (bind to port 0) is also what it
+    picks for outgoing connections, which then take it before the server binds (seen in CI:
+    "address already in use" on a fleetd's metrics port). Free on every address, never the
+    same twice in one process."""
+    high = _ephemeral_low() - 1
+    low = max(1024, min(20000, high - 4096))
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.randint(low, high)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port in {low}-{high}")
 
 
 def _accepts(path: str) -> bool:
