@@ -4,24 +4,14 @@ would write (no etcd)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from fleetd.engine.engine import Engine
 from fleetd.machine import MachineIdentity, MachineSession
-from fleetd.registry import MachineRecord, Registry, ScheduleEntry, UnitRecord
-from fleetd.registry._etcd import Op, Put
+from fleetd.registry import MachineRecord, ScheduleEntry, UnitRecord
+from fleetd.registry._etcd import Put
 from fleetd.registry.schema import decode, encode
+from tests.harness.recording_registry import RecordingRegistry
 
 TEXT = "[Service]\nExecStart=/bin/sleep 1000\n"
-
-
-class RecordingRegistry(Registry):
-    def __init__(self) -> None:
-        super().__init__(None, "/t/")  # type: ignore[arg-type]
-        self.written: list[Op] = []
-
-    async def write_decisions(self, machine_id: str, lease: int, ops: Sequence[Op]) -> None:
-        self.written.extend(ops)
 
 
 def engine(machines: list[str]) -> tuple[Engine, RecordingRegistry]:

@@ -4,7 +4,7 @@ a registry that records the decisions it would write (no etcd)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import pytest
 
@@ -13,22 +13,14 @@ from fleetd.engine.engine import Engine
 from fleetd.engine.scheduler import JobView
 from fleetd.fencing import FENCE_STOP_BOUND_S, engine_grace_s, unit_grace_s
 from fleetd.machine import MachineIdentity, MachineSession
-from fleetd.registry import MachineRecord, Registry, ScheduleEntry, UnitRecord
-from fleetd.registry._etcd import Delete, Op, Put
+from fleetd.registry import MachineRecord, ScheduleEntry, UnitRecord
+from fleetd.registry._etcd import Delete, Put
 from fleetd.registry.schema import decode, encode
 from fleetd.unit import XFleet
+from tests.harness.recording_registry import RecordingRegistry
 
 TTL_S = 10
 TEXT = "[Service]\nExecStart=/bin/sleep 1000\n"
-
-
-class RecordingRegistry(Registry):
-    def __init__(self) -> None:
-        super().__init__(None, "/t/")  # type: ignore[arg-type]
-        self.written: list[Op] = []
-
-    async def write_decisions(self, machine_id: str, lease: int, ops: Sequence[Op]) -> None:
-        self.written.extend(ops)
 
 
 @pytest.fixture
