@@ -351,8 +351,13 @@ def test_patched_metadata_schedules_units_and_survives_fleetd_restart(
         m2.restart_fleetd()
         wait_until(lambda: os.path.exists(m2.http_socket), what="http socket back")
         tcp = f"tcp:{m2.ip}:{port}"
-        wait_until(lambda: request(tcp, "GET", f"{V1}/machines", tls=ctx).status == 200,
-                   what="http on tcp")
+
+        def tcp_serves() -> bool:
+            try:  # the socket file may be the old fleetd's: TCP may not listen yet
+                return request(tcp, "GET", f"{V1}/machines", tls=ctx).status == 200
+            except ConnectionRefusedError:
+                return False
+        wait_until(tcp_serves, what="http on tcp")
         after = wait_until(lambda: (ms := {m["id"]: m for m in request(
             tcp, "GET", f"{V1}/machines", tls=ctx).json["machines"]}).get(m2.machine_id)
             and ms, what="m2 registered again")
