@@ -303,6 +303,27 @@ def test_power_cut_shows_the_unit_moving_to_another_machine(
     moved_s = time.monotonic() - t0
     assert name_of(new_id) in WORKERS and new_id != victim_id
     assert active_on("dash-move.service") == [name_of(new_id)]  # systemd agrees
+    # The page re-renders on every event: read the lost tile and the new card in one script
+    # (no element handle kept across a render) and wait for the state the page settles in.
+    def after_move() -> dict[str, str] | None:
+        got = browser.execute_script(
+            """const [lost, unit, now] = arguments;
+               const tile = document.querySelector(
+                 `#cluster .machine[data-machine-id="${lost}"]`);
+               const card = document.querySelector(
+                 `.card[data-unit="${unit}"][data-machine="${now}"]`);
+               if (!tile || !card) return null;
+               const ghost = tile.querySelector(`[data-ghost="${unit}"]`);
+               return {gone: tile.getAttribute("data-gone") || "", tile: tile.innerText,
+                       ghost: ghost ? ghost.innerText : "", card: card.innerText};""",
+            victim_id, "dash-move.service", new_id)
+        if got and got["gone"] == "true" and "now on" in got["ghost"]:
+            return dict(got)
+        return None
+    seen = until(browser, after_move, 5, "the lost machine's tile gone, its card pointing on")
+    assert seen is not None
+    assert "lease expired" in seen["tile"], seen
+    assert "moved from" in seen["card"], seen
     gone = browser.find_element(By.CSS_SELECTOR,
                                 f'#cluster .machine[data-machine-id="{victim_id}"]')
     assert gone.get_attribute("data-gone") == "true"
