@@ -138,6 +138,12 @@ def until(d: WebDriver, fn: Callable[[], T], timeout_s: float, what: str) -> T:
         time.sleep(0.05)
 
 
+def read(d: WebDriver, fn: Callable[[], T], timeout_s: float = 5) -> T:
+    """Read the page once it holds still: fn is re-run when a render (the lease ticks re-render
+    the machines every second) replaced an element between its find and its read."""
+    return until(d, lambda: (fn(),), timeout_s, "a stable read of the page")[0]
+
+
 def shot(d: WebDriver, name: str) -> None:
     d.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
@@ -195,19 +201,22 @@ def test_page_lists_every_machine_and_unit(browser: WebDriver, proxy_url: str, c
     ids = machine_ids()
     until(browser, lambda: all(active_card(browser, n) for n in names), 20,
           "every unit active on the page")
-    shown = {e.get_attribute("data-machine-id") for e in browser.find_elements(
-        By.CSS_SELECTOR, "#cluster .machine:not([data-gone])")}
+    shown = read(browser, lambda: {
+        e.get_attribute("data-machine-id")
+        for e in browser.find_elements(By.CSS_SELECTOR, "#cluster .machine:not([data-gone])")})
     assert shown == set(ids.values())
-    rows = {e.get_attribute("data-unit") for e in browser.find_elements(
-        By.CSS_SELECTOR, "#units tbody tr[data-unit]")}
+    rows = read(browser, lambda: {e.get_attribute("data-unit") for e in browser.find_elements(
+        By.CSS_SELECTOR, "#units tbody tr[data-unit]")})
     assert rows == set(names)
     for n in names:  # on the machine the cluster says, never on m1 (no role=worker)
         where = fleetctl("list-units", "--no-legend", "-l", "--fields", "unit,machine").stdout
         mid = next(line.split()[1].split("/")[0] for line in where.splitlines()
                    if line.split()[0] == n)
-        assert active_card(browser, n) == mid and name_of(mid) in WORKERS
-    machines_table = {e.get_attribute("data-machine-id") for e in browser.find_elements(
-        By.CSS_SELECTOR, "#machines tbody tr")}
+        assert read(browser, lambda u=n: active_card(browser, u)) == mid  # type: ignore[misc]
+        assert name_of(mid) in WORKERS
+    machines_table = read(browser, lambda: {
+        e.get_attribute("data-machine-id")
+        for e in browser.find_elements(By.CSS_SELECTOR, "#machines tbody tr")})
     assert machines_table == set(ids.values())
 
     def health() -> dict[str, tuple[str, str, str]]:
@@ -218,14 +227,15 @@ def test_page_lists_every_machine_and_unit(browser: WebDriver, proxy_url: str, c
                                                "#machines td.health [data-health]")}
     until(browser, lambda: set(health()) == set(ids.values())
           and all(h[0] == "live" for h in health().values()), 10, "every machine's lease live")
-    assert len({h[2] for h in health().values()}) == 1 and all(
-        0 < int(h[1]) <= int(h[2]) for h in health().values()), health()
+    leases = read(browser, health)
+    assert len({h[2] for h in leases.values()}) == 1 and all(
+        0 < int(h[1]) <= int(h[2]) for h in leases.values()), leases
     shot(browser, "01-overview")
 
     def table_order() -> list[str]:
         return [e.get_attribute("data-unit") or "" for e in browser.find_elements(
             By.CSS_SELECTOR, "#units tbody tr[data-unit]")]
-    assert table_order() == names  # sorted by name
+    assert read(browser, table_order) == names  # sorted by name
     browser.find_element(By.CSS_SELECTOR, '#units th[data-sort="name"]').click()
     until(browser, lambda: table_order() == names[::-1], 5, "the units sorted descending")
     box = browser.find_element(By.ID, "filter")
@@ -342,9 +352,11 @@ def test_stop_button_stops_the_unit(browser: WebDriver, proxy_url: str, clean: N
                                     units_dir: pathlib.Path) -> None:
     fleetctl("start", worker_unit(units_dir, "dash-stop.service"))
     open_dashboard(browser, proxy_url + "#/unit/dash-stop.service")
-    where = until(browser, lambda: browser.find_elements(
+    until(browser, lambda: browser.find_elements(
         By.CSS_SELECTOR, '#unit-where tr[data-active="active"]'), 20, "the unit active")
-    machine = name_of(where[0].get_attribute("data-machine-id") or "")
+    machine = name_of(read(browser, lambda: browser.find_element(
+        By.CSS_SELECTOR, '#unit-where tr[data-active="active"]').get_attribute(
+            "data-machine-id")) or "")
     assert is_active(machine, "dash-stop.service")
     browser.find_element(By.ID, "btn-stop").click()
     dialog = browser.find_element(By.ID, "confirm")
@@ -381,16 +393,19 @@ def test_a_drained_machine_shows_draining_and_its_capacity(
 
     def column() -> Any:
         return browser.find_element(By.CSS_SELECTOR, f'#cluster .machine[data-machine-id="{m3}"]')
-    assert column().get_attribute("data-state") == "active"
+    assert read(browser, lambda: column().get_attribute("data-state")) == "active"
     # the lab's machines publish the host's capacity: the column says what is free of it
-    assert "free" in column().find_element(By.CSS_SELECTOR, "[data-capacity]").text
+    assert "free" in read(browser, lambda: column().find_element(
+        By.CSS_SELECTOR, "[data-capacity]").text)
     fleetctl("drain", "--no-block", m3)
     try:
         until(browser, lambda: column().get_attribute("data-state") == "draining", 2.0,
               "m3 shown draining within 2 s")
-        assert "draining" in column().find_element(By.CSS_SELECTOR, "h3").text
-        row = browser.find_element(By.CSS_SELECTOR, f'#machines tr[data-machine-id="{m3}"]')
-        assert row.find_element(By.CSS_SELECTOR, ".machine-state").text == "draining"
+        assert "draining" in read(browser, lambda: column().find_element(
+            By.CSS_SELECTOR, "h3").text)
+        assert read(browser, lambda: browser.find_element(
+            By.CSS_SELECTOR, f'#machines tr[data-machine-id="{m3}"] .machine-state').text
+        ) == "draining"
         shot(browser, "07-draining")
     finally:
         fleetctl("undrain", m3)
@@ -407,7 +422,7 @@ def test_journal_line_written_by_the_unit_appears_on_its_page(
     until(browser, lambda: browser.find_elements(
         By.CSS_SELECTOR, '#unit-where tr[data-active="active"]'), 20, "the unit active")
     journal = browser.find_element(By.ID, "journal")
-    first = until(browser, lambda: token in journal.text and journal.text, 20,
+    first = until(browser, lambda: journal.text if token in journal.text else "", 20,
                   "a journal line of the unit")
     count = first.count(token)
     # lines keep arriving without a reload: the journal is followed live
