@@ -5,7 +5,11 @@ to one lease, renewed every `renew_interval_s`. Each successful renewal calls `o
 agent re-arms systemd's dead-man timer, see `fleetd.fencing`). When renewal fails until the
 fence deadline the lease must be presumed gone: `on_lease_lost` fires (the agent fences), the
 old lease is revoked if etcd still answers, and a new lease is sought. There is no "hold":
-etcd being unreachable is no evidence that it will not expire the lease.
+etcd being unreachable is no evidence that it will not expire the lease. Once the fence is
+complete one more renewal is tried: if etcd renews the lease, it never expired (the fence came
+early: fleetd or systemd was stalled past the deadline, a short network blip), so no engine
+moved the units; the lease is kept and the new-lease handlers run again (the agent re-arms and
+starts its units again here).
 """
 
 from __future__ import annotations
@@ -92,9 +96,12 @@ class MachineSession:
         """Take a new lease and register the machine under it, retrying until etcd answers.
 
         Never while a `lose()` is fencing: a lease granted meanwhile would run out while its
-        new-lease handlers wait for the fence to finish, and fire the switch again (livelock)."""
+        new-lease handlers wait for the fence to finish, and fire the switch again (livelock).
+        Nothing to do if that fence found the lease still alive (`lose` kept it)."""
         async with self._losing:
             pass
+        if self.lease:
+            return
         attempt = 0
         while True:
             sent = clock.now()
@@ -111,6 +118,11 @@ class MachineSession:
         self._last_renewed = sent
         log.info("machine %s registered with lease %x (ttl %ss)", self.identity.id, lease,
                  self.ttl_s)
+        await self._lease_taken(lease)
+
+    async def _lease_taken(self, lease: int) -> None:
+        """Run the new-lease handlers for `lease` (new, or kept after a fence) and wake the
+        components waiting for a lease."""
         for cb in self.on_new_lease:
             # A callback may fail like any request (etcd, systemd): retry it while the lease lasts
             # (the watchdog drops the lease when it runs out, and the next lease retries all).
@@ -191,7 +203,8 @@ class MachineSession:
 
     async def lose(self, why: str) -> None:
         """Give the lease up: fence (the `on_lease_lost` handlers), then revoke it if etcd
-        answers, so the machine key and engine leadership go at once instead of at expiry."""
+        answers, so the machine key and engine leadership go at once instead of at expiry;
+        unless one renewal after the fence succeeds: the lease is then kept (`_give_up`)."""
         lease, self.lease = self.lease, 0
         if not lease:
             return
@@ -206,6 +219,24 @@ class MachineSession:
                 await cb()
             except Exception:
                 log.exception("lease-lost handler failed")
+        # The fence is complete. It may have come early: the dead-man timer fires when a
+        # renewal's re-arm was late (the event loop or systemd busy for a second), while etcd
+        # still holds the lease. A renewal that succeeds now proves the lease never expired, so
+        # the machine key never vanished and no engine has started these units elsewhere: keep
+        # the lease and start them again here, instead of handing every unit to other machines.
+        sent = clock.now()
+        try:
+            ttl = await self.registry.renew_lease(lease, self.renew_timeout_s)
+        except EtcdError:
+            ttl = 0
+        if ttl > 0:
+            log.warning("lease %x is still alive in etcd (%ss left): keeping it, the fenced "
+                        "units start again here", lease, ttl)
+            metrics.LEASE_KEPT.inc()
+            self._last_renewed = sent
+            self.lease = lease
+            await self._lease_taken(lease)
+            return
         try:
             await asyncio.wait_for(self.registry.revoke_lease(lease), fencing.REVOKE_TIMEOUT_S)
         except (EtcdError, TimeoutError) as e:

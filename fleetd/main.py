@@ -201,7 +201,10 @@ async def serve(cfg: Config, argv: Sequence[str] = ()) -> None:
         from fleetd.metrics import start_metrics_server
 
         metrics_runner = await start_metrics_server(cfg.metrics_listen)
-    jobs = [asyncio.ensure_future(session.run()), asyncio.ensure_future(agent.run())]
+    from fleetd.metrics import watch_loop_lag
+
+    jobs = [asyncio.ensure_future(session.run()), asyncio.ensure_future(agent.run()),
+            asyncio.ensure_future(watch_loop_lag())]
     if not cfg.disable_engine:
         engine = Engine(registry, session, reconcile_interval_s=cfg.engine_reconcile_interval,
                         placement=cfg.engine_placement)  # resources

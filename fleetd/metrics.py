@@ -5,6 +5,7 @@ One registry per process; components record through the module-level metric obje
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -44,6 +45,13 @@ LEASE_RENEWALS = Counter("fleet_lease_renewals_total", "Successful machine lease
                          registry=REGISTRY)
 LEASE_LOSSES = Counter("fleet_lease_losses_total", "Times the machine lease was lost (fencing)",
                        registry=REGISTRY)
+LOOP_LAG_SECONDS = Histogram(
+    "fleet_event_loop_lag_seconds", "How late fleetd's event loop ran a 100 ms timer (a stall "
+    "delays lease renewals: past the fence point it fences)",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=REGISTRY)
+LEASE_KEPT = Counter("fleet_lease_kept_after_fence_total",
+                     "Fences after which the lease proved still alive: units started again here",
+                     registry=REGISTRY)
 
 
 async def _handle(request: web.Request) -> web.Response:
@@ -61,3 +69,20 @@ async def start_metrics_server(address: str) -> web.AppRunner:
     await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
     log.info("metrics on http://%s/metrics", address)
     return runner
+
+
+#: A loop stall this long is logged (a renewal waits behind it).
+LOOP_LAG_WARN_S = 0.25
+
+
+async def watch_loop_lag(period_s: float = 0.1) -> None:
+    """Measure how late the event loop runs a periodic timer: the time any callback (an engine
+    pass, a parse, a big response) held the loop, which every lease renewal waits behind."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + period_s
+        await asyncio.sleep(period_s)
+        lag = max(0.0, loop.time() - due)
+        LOOP_LAG_SECONDS.observe(lag)
+        if lag >= LOOP_LAG_WARN_S:
+            log.warning("event loop stalled %.2fs (lease renewals wait behind it)", lag)

@@ -190,6 +190,44 @@ def test_dead_man_timer_fences_a_frozen_or_dead_fleetd_before_the_unit_moves(
     assert machines_running(c, "hello.service") == [second.machine_id]
 
 
+
+def test_a_fence_that_came_early_keeps_the_lease_and_starts_the_unit_again_in_place(
+        fresh_cluster: LocalCluster) -> None:
+    """fleetd frozen past its fence point and thawed before etcd may expire its lease (the
+    fence completes `fence_margin_s` ahead of the earliest expiry): systemd's timer stopped the
+    unit, as it must, but the lease never expired, so the machine never left and no engine
+    moved the unit. The thawed fleetd finds etcd still renewing its lease, keeps it, and starts
+    the unit again where it was; at no time does a second copy run."""
+    c = fresh_cluster
+    first = start_hello_and_monitor(c)
+    monitor_pid = first.main_pid("monitor.service")
+    hello_pid = first.main_pid("hello.service")
+    with Sampler(c, "hello.service") as sampler:
+        first.freeze_fleetd()
+        t0 = time.monotonic()
+        wait_until(lambda: not first.is_active("hello.service"), TTL_S + 2,
+                   what="hello.service fenced by systemd's timer")
+        first.thaw_fleetd()  # at most the fence point (1.5 s at 4 s) plus the stop: lease alive
+        thawed_after = time.monotonic() - t0
+        wait_until(lambda: first.is_active("hello.service")
+                   and first.main_pid("hello.service") not in (0, hello_pid), 15,
+                   what="hello.service started again on the same machine")
+        back_after = time.monotonic() - t0
+        # Not a synchronisation: the sampler watches a window for a second copy.
+        time.sleep(1)
+    print(f"\nthawed {thawed_after:.2f}s after the freeze, unit back in place "
+          f"{back_after:.2f}s after it")
+    assert sampler.most == 1, "hello.service ran on two machines at once"
+    assert machines_running(c, "hello.service") == [first.machine_id]
+    assert first.main_pid("monitor.service") == monitor_pid  # global: never fenced
+    assert "is still alive in etcd" in fleetd_log(first)
+    for m in c.machines:  # the machine never left: no engine saw its key vanish
+        assert f"machine {first.machine_id} left" not in fleetd_log(m)
+    rows = table_rows(c.fleetctl("list-machines", "--no-legend", "-l", "--fields", "machine",
+                                 check=True).stdout, ["machine"])
+    assert first.machine_id in {r["machine"] for r in rows}
+
+
 def test_slow_stopping_unit_is_inactive_before_its_replacement_starts(
         fresh_cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
     c = fresh_cluster

@@ -1,5 +1,6 @@
 """MachineSession against a scripted registry: a failing new-lease handler is retried, a lease
-given up is revoked, and the fence deadline keeps a positive margin."""
+given up is revoked unless etcd still renews it after the fence (then it is kept), and the
+fence deadline keeps a positive margin."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ class ScriptedRegistry:
     def __init__(self) -> None:
         self.granted = 0
         self.revoked: list[int] = []
+        self.alive: set[int] = set()  # leases etcd would still renew
+        self.renewed: list[int] = []
+
+    async def renew_lease(self, lease: int, timeout_s: float | None = None) -> int:
+        self.renewed.append(lease)
+        return 4 if lease in self.alive else 0
 
     async def grant_lease(self, ttl_s: int) -> int:
         self.granted += 1
@@ -64,7 +71,39 @@ def test_a_lease_given_up_is_fenced_first_then_revoked() -> None:
         await s.lose("test")
 
     asyncio.run(go())
-    assert order == ["fence (lease 0)"] and reg.revoked == [101] and s.lease == 0
+    assert order == ["fence (lease 0)"] and reg.renewed == [101]  # expired: not renewed
+    assert reg.revoked == [101] and s.lease == 0
+
+
+def test_a_lease_etcd_still_renews_after_the_fence_is_kept_not_revoked() -> None:
+    """The dead-man timer fired early (fleetd stalled past its deadline) but the lease never
+    expired: the machine keeps it, and the new-lease handlers run again for the same lease (the
+    agent re-arms and starts its units here); no new lease, nothing revoked."""
+    s, reg = session()
+    order: list[str] = []
+
+    async def fence() -> None:
+        order.append(f"fence (lease {s.lease})")
+
+    async def new_lease(lease: int) -> None:
+        order.append(f"new lease {lease}")
+
+    s.on_lease_lost.append(fence)
+    s.on_new_lease.append(new_lease)
+
+    async def go() -> None:
+        await s.establish()
+        reg.alive.add(s.lease)
+        woken = asyncio.ensure_future(s.lease_changed.wait())
+        deadline_before = s.fence_deadline
+        await s.lose("the dead-man timer fired")
+        await asyncio.wait_for(woken, 1)  # waiting components (agent, engine) are woken
+        assert s.fence_deadline > deadline_before  # counted from the renewal after the fence
+        await s.establish()  # what the renew loop does next: nothing, the lease is there
+
+    asyncio.run(go())
+    assert order == ["new lease 101", "fence (lease 0)", "new lease 101"]
+    assert s.lease == 101 and reg.renewed == [101] and reg.revoked == [] and reg.granted == 1
 
 
 def test_fence_deadline_is_before_the_ttl_at_the_smallest_ttl() -> None:
