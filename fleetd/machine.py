@@ -3,13 +3,14 @@
 The machine key, the unit states the agent publishes and the engine leadership are all attached
 to one lease, renewed every `renew_interval_s`. Each successful renewal calls `on_renewed` (the
 agent re-arms systemd's dead-man timer, see `fleetd.fencing`). When renewal fails until the
-fence deadline the lease must be presumed gone: `on_lease_lost` fires (the agent fences), the
-old lease is revoked if etcd still answers, and a new lease is sought. There is no "hold":
-etcd being unreachable is no evidence that it will not expire the lease. Once the fence is
-complete one more renewal is tried: if etcd renews the lease, it never expired (the fence came
-early: fleetd or systemd was stalled past the deadline, a short network blip), so no engine
-moved the units; the lease is kept and the new-lease handlers run again (the agent re-arms and
-starts its units again here).
+fence deadline the lease must be presumed gone: `on_lease_lost` fires (the agent fences) and
+a new lease is sought. There is no "hold": etcd being unreachable is no evidence that it will
+not expire the lease. Once the fence is complete the old lease is renewed again until etcd
+answers or the lease must have expired: if etcd renews it, it never expired (the fence came
+early: fleetd or systemd stalled past the deadline, etcd away for a moment), so no engine moved
+the units; the lease is kept and the new-lease handlers run again (the agent re-arms and starts
+its units again here). A lease given up for another reason (the switch could not be re-armed)
+is revoked, so the machine key and engine leadership go at once instead of at expiry.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ class MachineSession:
                 continue  # fenced meanwhile; the next round registers again
             if ttl <= 0:
                 log.error("lease %x expired in etcd", lease)
-                await self.lose("expired in etcd")
+                await self.lose("expired in etcd", keep_if_alive=False)
                 await self.establish()
                 continue
             self._last_renewed = sent
@@ -184,7 +185,8 @@ class MachineSession:
             metrics.LEASE_RENEWALS.inc()
             for cb in self.on_renewed:
                 if not await cb():
-                    await self.lose("the dead-man switch could not be re-armed or fired")
+                    await self.lose("the dead-man switch could not be re-armed or fired",
+                                    keep_if_alive=False)
                     break
 
     async def _watchdog(self) -> None:
@@ -201,17 +203,18 @@ class MachineSession:
                 continue
             await asyncio.sleep(min(max(left, 0.02), self.renew_interval_s))
 
-    async def lose(self, why: str) -> None:
+    async def lose(self, why: str, keep_if_alive: bool = True) -> None:
         """Give the lease up: fence (the `on_lease_lost` handlers), then revoke it if etcd
-        answers, so the machine key and engine leadership go at once instead of at expiry;
-        unless one renewal after the fence succeeds: the lease is then kept (`_give_up`)."""
+        answers, so the machine key and engine leadership go at once instead of at expiry.
+        With `keep_if_alive` (the fence was for lack of renewals), a lease that etcd still
+        renews after the fence is kept instead (`_give_up`)."""
         lease, self.lease = self.lease, 0
         if not lease:
             return
         async with self._losing:
-            await self._give_up(lease, why)
+            await self._give_up(lease, why, keep_if_alive)
 
-    async def _give_up(self, lease: int, why: str) -> None:
+    async def _give_up(self, lease: int, why: str, keep_if_alive: bool) -> None:
         log.error("giving up lease %x: %s", lease, why)
         metrics.LEASE_LOSSES.inc()
         for cb in self.on_lease_lost:
@@ -219,28 +222,44 @@ class MachineSession:
                 await cb()
             except Exception:
                 log.exception("lease-lost handler failed")
-        # The fence is complete. It may have come early: the dead-man timer fires when a
-        # renewal's re-arm was late (the event loop or systemd busy for a second), while etcd
-        # still holds the lease. A renewal that succeeds now proves the lease never expired, so
-        # the machine key never vanished and no engine has started these units elsewhere: keep
-        # the lease and start them again here, instead of handing every unit to other machines.
-        sent = clock.now()
-        try:
-            ttl = await self.registry.renew_lease(lease, self.renew_timeout_s)
-        except EtcdError:
-            ttl = 0
-        if ttl > 0:
-            log.warning("lease %x is still alive in etcd (%ss left): keeping it, the fenced "
-                        "units start again here", lease, ttl)
-            metrics.LEASE_KEPT.inc()
-            self._last_renewed = sent
-            self.lease = lease
-            await self._lease_taken(lease)
-            return
+        if keep_if_alive:
+            answer = await self._renew_after_fence(lease)
+            if answer is not None and answer[0] > 0:
+                ttl, sent = answer
+                log.warning("lease %x is still alive in etcd (%ss left): keeping it, the "
+                            "fenced units start again here", lease, ttl)
+                metrics.LEASE_KEPT.inc()
+                self._last_renewed = sent
+                self.lease = lease
+                await self._lease_taken(lease)
+                return
+            if answer is not None:
+                return  # etcd says it is gone: nothing to revoke
         try:
             await asyncio.wait_for(self.registry.revoke_lease(lease), fencing.REVOKE_TIMEOUT_S)
         except (EtcdError, TimeoutError) as e:
             log.info("revoking lease %x failed (%s); it lapses on its own", lease, e)
+
+    async def _renew_after_fence(self, lease: int) -> tuple[int, float] | None:
+        """Once the fence is complete, try renewing `lease` until etcd answers or the lease
+        must have expired by etcd's clock too: (remaining TTL, send time) of the answer, None
+        if etcd never answered. The fence may have come early: the dead-man timer fires when a
+        renewal's re-arm was late (the event loop or systemd busy for a second, etcd away for
+        a moment), while etcd still holds the lease. A renewal that succeeds proves the lease
+        never expired, so the machine key never vanished and no engine started these units
+        elsewhere: the machine keeps the lease and starts them again where they were, instead
+        of handing every unit (global ones included) through a new registration."""
+        give_up_at = (self._last_renewed + self.ttl_s * (1 + fencing.CLOCK_RATE_ERROR)
+                      + RENEW_RETRY_S)
+        while True:
+            sent = clock.now()
+            try:
+                return await self.registry.renew_lease(lease, self.renew_timeout_s), sent
+            except EtcdError:
+                pass
+            if clock.now() + RENEW_RETRY_S >= give_up_at:
+                return None
+            await asyncio.sleep(RENEW_RETRY_S)
 
     async def hand_over(self) -> tuple[int, float] | None:
         """Before exiting for a restart: move the registration to a new lease of

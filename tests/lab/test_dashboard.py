@@ -144,6 +144,15 @@ def read(d: WebDriver, fn: Callable[[], T], timeout_s: float = 5) -> T:
     return until(d, lambda: (fn(),), timeout_s, "a stable read of the page")[0]
 
 
+def click(d: WebDriver, css: str) -> None:
+    """Click the element `css` selects, found afresh (a render may replace it between the find
+    and the click: the unit page re-renders its buttons on every event)."""
+    def once() -> bool:
+        d.find_element(By.CSS_SELECTOR, css).click()
+        return True
+    until(d, once, 5, f"a click on {css}")
+
+
 def shot(d: WebDriver, name: str) -> None:
     d.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
@@ -236,7 +245,7 @@ def test_page_lists_every_machine_and_unit(browser: WebDriver, proxy_url: str, c
         return [e.get_attribute("data-unit") or "" for e in browser.find_elements(
             By.CSS_SELECTOR, "#units tbody tr[data-unit]")]
     assert read(browser, table_order) == names  # sorted by name
-    browser.find_element(By.CSS_SELECTOR, '#units th[data-sort="name"]').click()
+    click(browser, '#units th[data-sort="name"]')
     until(browser, lambda: table_order() == names[::-1], 5, "the units sorted descending")
     box = browser.find_element(By.ID, "filter")
     box.send_keys("dash-b")
@@ -358,18 +367,18 @@ def test_stop_button_stops_the_unit(browser: WebDriver, proxy_url: str, clean: N
         By.CSS_SELECTOR, '#unit-where tr[data-active="active"]').get_attribute(
             "data-machine-id")) or "")
     assert is_active(machine, "dash-stop.service")
-    browser.find_element(By.ID, "btn-stop").click()
+    click(browser, "#btn-stop")
     dialog = browser.find_element(By.ID, "confirm")
     until(browser, dialog.is_displayed, 5, "the confirmation dialog")
     assert "Stop dash-stop.service?" in dialog.text
     shot(browser, "05-stop-confirmation")
-    browser.find_element(By.ID, "confirm-cancel").click()  # cancelled: nothing is sent
+    click(browser, "#confirm-cancel")  # cancelled: nothing is sent
     until(browser, lambda: not dialog.is_displayed(), 5, "the dialog closed")
     assert not browser.find_elements(By.ID, "action-notice")
     assert browser.find_element(By.ID, "unit-desired").text == "launched"
-    browser.find_element(By.ID, "btn-stop").click()
+    click(browser, "#btn-stop")
     until(browser, dialog.is_displayed, 5, "the confirmation dialog again")
-    browser.find_element(By.ID, "confirm-ok").click()
+    click(browser, "#confirm-ok")
     wait_until(lambda: not is_active(machine, "dash-stop.service"), 30,
                what=f"dash-stop.service stopped in {machine}'s systemd")
     until(browser, lambda: browser.find_element(By.ID, "unit-desired").text == "loaded", 10,

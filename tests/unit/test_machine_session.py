@@ -68,11 +68,46 @@ def test_a_lease_given_up_is_fenced_first_then_revoked() -> None:
 
     async def go() -> None:
         await s.establish()
-        await s.lose("test")
+        await s.lose("the dead-man switch could not be re-armed", keep_if_alive=False)
 
     asyncio.run(go())
-    assert order == ["fence (lease 0)"] and reg.renewed == [101]  # expired: not renewed
-    assert reg.revoked == [101] and s.lease == 0
+    assert order == ["fence (lease 0)"] and reg.revoked == [101] and s.lease == 0
+    assert reg.renewed == []  # given up for a reason a renewal cannot undo
+
+
+def test_a_fenced_lease_etcd_says_is_gone_is_replaced_not_revoked() -> None:
+    s, reg = session()
+
+    async def go() -> None:
+        await s.establish()
+        await s.lose("not renewed in time")  # reg: lease 101 not alive
+        await s.establish()
+
+    asyncio.run(go())
+    assert reg.renewed == [101] and reg.revoked == [] and s.lease == 102
+
+
+def test_after_a_fence_renewal_is_retried_until_etcd_answers() -> None:
+    """etcd unreachable for a moment after the fence: renewal retries until it answers (here
+    the third attempt), and the lease, alive all along, is kept."""
+    s, reg = session()
+    answers = [EtcdError("unreachable"), EtcdError("unreachable"), 4]
+
+    async def renew_lease(lease: int, timeout_s: float | None = None) -> int:
+        reg.renewed.append(lease)
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    reg.renew_lease = renew_lease  # type: ignore[method-assign]
+
+    async def go() -> None:
+        await s.establish()
+        await s.lose("not renewed in time")
+
+    asyncio.run(go())
+    assert reg.renewed == [101, 101, 101] and s.lease == 101 and reg.revoked == []
 
 
 def test_a_lease_etcd_still_renews_after_the_fence_is_kept_not_revoked() -> None:
