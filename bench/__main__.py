@@ -85,7 +85,7 @@ def start_latency(runs: int) -> list[float]:
 
 def failover(runs: int) -> list[float]:
     """Power cut (fleetd, its systemd manager and units killed at once) of the machine holding
-    a unit -> the unit active on another machine; default agent_ttl (10 s)."""
+    a unit -> the unit active on another machine; LocalCluster's agent_ttl (10 s)."""
     out = []
     for _ in range(runs):
         with LocalCluster(3) as c:
@@ -275,6 +275,9 @@ LAB_ROWS = [
     ("lab_failover_s", "s, power cut -> active elsewhere, median of 3 (default agent_ttl)",
      "<= 5"),
     ("lab_ghost_rows_s", "s, power cut -> rows gone from list-units", "<= failover"),
+    ("lab_fences", "fleetd gave its lease up (no fault but the power cuts)", "0"),
+    ("lab_fences_kept", "of which etcd still had it: units started again in place", ""),
+    ("lab_loop_stalls", "fleetd event loop stalled >= 0.25 s", ""),
 ]
 
 

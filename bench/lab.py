@@ -22,7 +22,11 @@ from typing import Any
 LOCK = "/run/lock/fleet-lab-tests.lock"  # the lab tests' turn lock: one lab user at a time
 KEYS = ["lab_fleetctl_version_ms", "lab_list_units_100_ms", "lab_block_start_ms",
         "lab_nb_start_ms", "lab_start_100_s", "lab_destroy_100_s", "lab_failover_s",
-        "lab_ghost_rows_s"]
+        "lab_ghost_rows_s", "lab_fences", "lab_fences_kept", "lab_loop_stalls"]
+#: What fleetd logs (fleetd/machine.py, fleetd/metrics.py) when it gives its lease up, when it
+#: keeps it after a fence that came early, and when its event loop stalled past 0.25 s.
+LOG_MARKS = {"lab_fences": "giving up lease", "lab_fences_kept": "is still alive in etcd",
+             "lab_loop_stalls": "event loop stalled"}
 UNIT = "[Service]\nExecStart=/bin/sleep infinity\n"
 POLL_S = 0.02
 
@@ -103,6 +107,18 @@ class LabBench:
             if time.monotonic() > deadline:
                 raise SystemExit(f"{pattern} still active on {busy}")
             time.sleep(POLL_S)
+
+    def log_counts(self) -> dict[str, float]:
+        """How often every machine's fleetd logged each of `LOG_MARKS` (this boot's journal:
+        a power-cut machine counts from its reboot). No fault but the power cuts is made, so
+        every fence counted came early: fleetd or systemd was too busy to re-arm in time."""
+        out = {k: 0.0 for k in LOG_MARKS}
+        for m in self.running():
+            text = self.lab.exec_capture(m, "journalctl", "-u", "fleetd", "-b", "-o", "cat",
+                                         "--no-pager").stdout
+            for key, mark in LOG_MARKS.items():
+                out[key] += text.count(mark)
+        return out
 
     # -- figures -------------------------------------------------------------------------------
     def version(self, runs: int) -> list[float]:
@@ -222,6 +238,7 @@ def run(quick: bool, log: Callable[[str], None]) -> dict[str, float]:
             f, g = b.failover(3)
             res["lab_failover_s"] = statistics.median(f)
             res["lab_ghost_rows_s"] = statistics.median(g)
+            res.update(b.log_counts())
             return {k: round(v, 3) for k, v in res.items()}
         finally:
             lab.down()
