@@ -41,7 +41,7 @@ class Config:
     metadata: dict[str, str] = field(default_factory=dict)
     # seconds; fleet's default was 30s. Failover after a power cut takes about this long; the
     # trade-off (etcd load, etcd outage tolerated) is in fleetd/fencing.py and the README.
-    agent_ttl: float = 4.0
+    agent_ttl: float = 10.0
     engine_reconcile_interval: float = 2.0  # seconds (safety-net pass; events drive the rest)
     disable_engine: bool = False
     systemd_user: bool = False
