@@ -13,6 +13,7 @@ from aetcd import rpc
 from fleetd.localcluster import EtcdServer
 from fleetd.registry import (
     EtcdClient,
+    EtcdError,
     MachineRecord,
     NotLeader,
     Registry,
@@ -516,6 +517,29 @@ async def test_every_key_written_stays_under_the_configured_prefix(
     assert len(inside) == 7  # unit, desired, machine, state, leader, schedule, unschedulable
     await reg.destroy_unit("k.service")
     await reg.revoke_lease(lease)
+
+
+async def test_renewals_share_one_keepalive_stream_and_a_late_answer_is_never_reused(
+        etcd_server: EtcdServer, prefix: str) -> None:
+    """Concurrent renewals of many leases over the client's one keep-alive stream are each
+    answered for their own lease (a revoked one reads as gone); a renewal that gets no answer
+    in time fails, closing the stream, and the next renewal works on a fresh one."""
+    c = EtcdClient([etcd_server.endpoint], request_timeout_s=5.0)
+    try:
+        leases = [await c.grant(30) for _ in range(20)]
+        gone = await c.grant(30)
+        await c.revoke(gone)
+        ttls = await asyncio.gather(*(c.keepalive_once(lease) for lease in leases * 3 + [gone]))
+        assert all(25 <= t <= 30 for t in ttls[:-1]), ttls
+        assert ttls[-1] <= 0, "a revoked lease must not read as renewed"
+        with pytest.raises(EtcdError, match="no answer"):
+            await c.keepalive_once(leases[0], timeout_s=1e-9)
+        assert await c.keepalive_once(leases[0]) > 0
+        assert await c.keepalive_once(gone) <= 0
+        for lease in leases:
+            await c.revoke(lease)
+    finally:
+        await c.close()
 
 
 async def test_etcd_client_counts_requests(etcd_server: EtcdServer, prefix: str) -> None:
