@@ -306,7 +306,11 @@ class WorkingState:
         if not cpu and not memory:
             return
         used_cpu, used_memory = self.reserved.get(machine_id, (0, 0))
-        self.reserved[machine_id] = (used_cpu + sign * cpu, used_memory + sign * memory)
+        left = (used_cpu + sign * cpu, used_memory + sign * memory)
+        if left == (0, 0):
+            self.reserved.pop(machine_id, None)  # as a fresh build has it: no entry
+        else:
+            self.reserved[machine_id] = left
         self.reserving += sign
 
     def group_need(self, job: JobView, machine_id: str) -> tuple[int, int, tuple[str, ...]]:
