@@ -77,7 +77,11 @@ def plan(desired: Mapping[str, DesiredUnit], current: Mapping[str, CurrentUnit])
     starts: list[Task] = []
     for name in sorted(current.keys() - desired.keys()):
         cur = current[name]
-        if cur.running:
+        # A unit the agent started may not look running yet: StartUnit returns once the job is
+        # queued (behind a reload, say), and systemd reports it inactive until the job runs.
+        # Its StopUnit cancels that job; without it the unit would start with nobody left to
+        # stop it (its file removed, no longer watched).
+        if cur.running or cur.applied == "launched":
             stops.append(StopUnit(name))
         if cur.file_hash is not None:
             files.append(RemoveUnitFile(name))
