@@ -19,14 +19,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fleetd.machine import GIVING_UP_LOG, KEPT_LOG
+from fleetd.metrics import STALL_LOG
+
 LOCK = "/run/lock/fleet-lab-tests.lock"  # the lab tests' turn lock: one lab user at a time
 KEYS = ["lab_fleetctl_version_ms", "lab_list_units_100_ms", "lab_block_start_ms",
         "lab_nb_start_ms", "lab_start_100_s", "lab_destroy_100_s", "lab_failover_s",
         "lab_ghost_rows_s", "lab_fences", "lab_fences_kept", "lab_loop_stalls"]
-#: What fleetd logs (fleetd/machine.py, fleetd/metrics.py) when it gives its lease up, when it
-#: keeps it after a fence that came early, and when its event loop stalled past 0.25 s.
-LOG_MARKS = {"lab_fences": "giving up lease", "lab_fences_kept": "is still alive in etcd",
-             "lab_loop_stalls": "event loop stalled"}
+#: What fleetd logs when it gives its lease up, when it keeps it after a fence that came
+#: early, and when its event loop stalled past 0.25 s.
+LOG_MARKS = {"lab_fences": GIVING_UP_LOG, "lab_fences_kept": KEPT_LOG,
+             "lab_loop_stalls": STALL_LOG}
 UNIT = "[Service]\nExecStart=/bin/sleep infinity\n"
 POLL_S = 0.02
 

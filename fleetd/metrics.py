@@ -71,8 +71,9 @@ async def start_metrics_server(address: str) -> web.AppRunner:
     return runner
 
 
-#: A loop stall this long is logged (a renewal waits behind it).
+#: A loop stall this long is logged (a renewal waits behind it), with this text.
 LOOP_LAG_WARN_S = 0.25
+STALL_LOG = "event loop stalled"
 
 
 async def watch_loop_lag(period_s: float = 0.1) -> None:
@@ -85,4 +86,4 @@ async def watch_loop_lag(period_s: float = 0.1) -> None:
         lag = max(0.0, loop.time() - due)
         LOOP_LAG_SECONDS.observe(lag)
         if lag >= LOOP_LAG_WARN_S:
-            log.warning("event loop stalled %.2fs (lease renewals wait behind it)", lag)
+            log.warning("%s %.2fs (lease renewals wait behind it)", STALL_LOG, lag)
