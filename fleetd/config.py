@@ -41,7 +41,7 @@ class Config:
     metadata: dict[str, str] = field(default_factory=dict)
     # seconds; fleet's default was 30s. Failover after a power cut takes about this long; the
     # trade-off (etcd load, etcd outage tolerated) is in fleetd/fencing.py and the README.
-    agent_ttl: float = 10.0
+    agent_ttl: float = 4.0
     engine_reconcile_interval: float = 2.0  # seconds (safety-net pass; events drive the rest)
     disable_engine: bool = False
     systemd_user: bool = False
@@ -272,6 +272,9 @@ def load_config(argv: Sequence[str] | None = None,
     parser = argparse.ArgumentParser(prog="fleetd", description="fleet-py daemon")
     parser.add_argument("--config", "-config", default=None, help="path to fleet.conf")
     parser.add_argument("--version", "-version", action="store_true", help="print version")
+    parser.add_argument("--after-exit", action="store_true",
+                        help="fleetd.service's ExecStopPost=: after a crash, hand the "
+                        "machine over to the next fleetd (fleetd/after_exit.py)")
     for name in OPTION_NAMES:
         dashed = name.replace("_", "-")
         flags = [f"--{name}"] + ([f"--{dashed}"] if dashed != name else [])

@@ -39,6 +39,9 @@ T = 4 s the fence point (1.5 s) is shorter than fleetd's restart. So the exiting
 over: it takes a lease of `HANDOVER_TTL_S`, moves the machine key and unit states to it and
 arms the timer for that lease's fence point (the same argument, another T), then exits; the
 new fleetd's own lease and timer replace both. The engine's grace covers the longer lease.
+A fleetd that dies (SIGKILL, OOM) cannot hand over; fleetd.service's ExecStopPost= does it
+for it (`fleetd.after_exit`), in the same order: registration onto the new lease first, then
+its timer, then the old timers stopped. Too late or failed, the old timer fences as before.
 
 The price of a short TTL: a machine tolerates an etcd outage (or leader election, or network
 blip) of up to about `fence_point_s(T) - renew_interval_s(T)` without fencing (the README's

@@ -310,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fleetd version {__version__}")
         return 0
     setup_logging(cfg.verbosity)
+    if args.after_exit:
+        from fleetd import after_exit
+
+        return asyncio.run(after_exit.run(cfg))
     try:
         asyncio.run(serve(cfg, sys.argv[1:] if argv is None else argv))
     except ConfigError as e:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
-from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -17,6 +17,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("fleetd.metrics")
 
@@ -55,12 +58,16 @@ LEASE_KEPT = Counter("fleet_lease_kept_after_fence_total",
 
 
 async def _handle(request: web.Request) -> web.Response:
+    from aiohttp import web
+
     return web.Response(body=generate_latest(REGISTRY),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def start_metrics_server(address: str) -> web.AppRunner:
     """Serve /metrics on `address` (host:port) on the running asyncio loop."""
+    from aiohttp import web  # only here: the metrics every process records need no HTTP
+
     host, _, port = address.rpartition(":")
     app = web.Application()
     app.router.add_get("/metrics", _handle)

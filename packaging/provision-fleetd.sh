@@ -70,8 +70,8 @@ mkdir -p "$unit_dir/multi-user.target.wants" "$etc/fleet"
 install -m 0644 "$here/fleetd.service" "$unit_dir/fleetd.service"
 if [ -n "$fleetd_exec" ]; then
   mkdir -p "$unit_dir/fleetd.service.d"
-  printf '[Service]\nExecStart=\nExecStart=%s --config /etc/fleet/fleet.conf\n' \
-    "$fleetd_exec" > "$unit_dir/fleetd.service.d/10-exec.conf"
+  printf '[Service]\nExecStart=\nExecStart=%s --config /etc/fleet/fleet.conf\nExecStopPost=\nExecStopPost=%s --config /etc/fleet/fleet.conf --after-exit\n' \
+    "$fleetd_exec" "$fleetd_exec" > "$unit_dir/fleetd.service.d/10-exec.conf"
 else
   rm -f "$unit_dir/fleetd.service.d/10-exec.conf"
 fi

@@ -439,6 +439,14 @@ class EtcdClient:
             return 0, -1
         return int(resp.grantedTTL), int(resp.TTL)
 
+    async def lease_keys(self, lease: int) -> list[str]:
+        """The keys attached to `lease` (LeaseTimeToLive with keys; [] when it is gone)."""
+        resp = await self._unary("lease keys", self._lease.LeaseTimeToLive,
+                                 rpc.LeaseTimeToLiveRequest(ID=lease, keys=True))
+        if resp.TTL < 0:
+            return []
+        return sorted(k.decode() for k in resp.keys)
+
     async def keepalive_once(self, lease: int, timeout_s: float | None = None) -> int:
         """Renew `lease` once (within `timeout_s`, default the request timeout); returns the
         remaining TTL in seconds (<= 0: the lease is gone).
@@ -588,6 +596,7 @@ class EtcdApi(Protocol):
     async def grant(self, ttl_s: int) -> int: ...
     async def revoke(self, lease: int) -> None: ...
     async def lease_ttl(self, lease: int) -> tuple[int, int]: ...
+    async def lease_keys(self, lease: int) -> list[str]: ...
     async def keepalive_once(self, lease: int, timeout_s: float | None = None) -> int: ...
     def watch_prefix(self, prefix: str, start_revision: int
                      ) -> AsyncIterator[list[WatchEvent]]: ...

@@ -501,6 +501,37 @@ class Registry:
         ttls = await asyncio.gather(*(self.etcd.lease_ttl(lease) for lease in owners.values()))
         return {mid: ttl for mid, ttl in zip(owners, ttls, strict=True) if ttl[1] >= 0}
 
+    async def move_machine_to_lease(self, machine_id: str, old_lease: int,
+                                    new_lease: int) -> int:
+        """Move `machine_id`'s live keys on `old_lease` (its registration, the unit states
+        it published) to `new_lease`, guarded by their mod revisions; the engine leadership
+        stays on `old_lease`. The registration moves in the first transaction or nothing
+        does: returns how many keys moved, 0 if the registration is not on `old_lease` (gone,
+        or changed meanwhile)."""
+        mine = [k for k in await self.etcd.lease_keys(old_lease)
+                if k == self.keys.machine(machine_id)
+                or (k.startswith(self.keys.states) and k.endswith("/" + machine_id))]
+        registration = self.keys.machine(machine_id)
+        if registration not in mine:
+            return 0
+        mine.remove(registration)
+        moved = 0
+        per_txn = MAX_TXN_OPS // 2  # a guard and a put per key
+        for i, batch in enumerate([[registration, *mine[:per_txn - 1]]]
+                                  + [mine[j:j + per_txn]
+                                     for j in range(per_txn - 1, len(mine), per_txn)]):
+            got, _ = await self.etcd.get_many([(k, False, False) for k in batch])
+            kvs = [kv[0] for kv in got if kv and kv[0].lease == old_lease]
+            if i == 0 and not (kvs and kvs[0].key == registration):
+                return 0
+            ok, _ = await self.etcd.txn([Cmp(kv.key, "mod", "==", kv.mod_revision) for kv in kvs],
+                                        [Put(kv.key, kv.value, new_lease) for kv in kvs])
+            if ok:
+                moved += len(kvs)
+            elif i == 0:
+                return 0
+        return moved
+
     async def publish_states(self, states: Iterable[UnitStateRecord], lease: int) -> None:
         ops: list[Op] = [Put(self.keys.state(s.unit, s.machine_id), encode(s), lease)
                          for s in states]

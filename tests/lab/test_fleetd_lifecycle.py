@@ -18,8 +18,9 @@ import time
 
 import pytest
 
+from fleetd.after_exit import HANDED_OVER_LOG
 from fleetd.config import Config
-from fleetd.fencing import HANDOVER_TTL_S, engine_grace_s
+from fleetd.fencing import HANDOVER_TTL_S, engine_grace_s, fence_point_s
 from tests.lab.conftest import (
     BIN,
     active_on,
@@ -167,13 +168,45 @@ def test_fleetd_down_or_frozen_the_unit_moves_and_never_runs_twice(
           f"{new} {moved_s:.1f}s after it ({sum(map(len, sampler.samples.values()))} samples)")
     assert not overlaps, "two copies at once: " + "; ".join(overlaps)
     assert not is_active(victim, name)
-    assert fenced_s < TTL_S
+    # kill -9 runs fleetd.service's ExecStopPost= (fleetd --after-exit): unless the stop job
+    # came first, it moved the machine to a restart lease, whose timer fences instead.
+    assert fenced_s < (fence_point_s(HANDOVER_TTL_S) + 1 if fault == "kill-and-stop"
+                       and TTL_S < HANDOVER_TTL_S else TTL_S)
     if fault == "freeze":
         lab("exec", victim, "--", "systemctl", "kill", "-s", "CONT", "fleetd")
         wait_machines(3)
         holds_for(lambda: not is_active(victim, name), 2,
                   what=f"the thawed {victim} not starting its old copy")
         assert only_holder(name, 30) == new
+
+
+def test_kill_9_of_fleetd_and_its_restart_keep_the_unit_and_its_main_pid(
+        units_dir: pathlib.Path) -> None:
+    # A crash (SIGKILL, OOM) followed by systemd's Restart=on-failure: the next fleetd adopts
+    # the unit. At the default 4 s the dead-man timer would fire 1.1-1.5 s after the kill,
+    # before RestartSec=2s is over; fleetd.service's ExecStopPost= hands the machine over.
+    unit = write_unit(units_dir, "lab-crash.service")
+    fleetctl("start", unit)
+    holder = only_holder("lab-crash.service", 60)
+
+    def main_pid() -> str:
+        return lab("exec", holder, "--", "systemctl", "show", "-p", "MainPID", "--value",
+                   "lab-crash.service").stdout.strip()
+
+    pid = main_pid()
+    assert pid not in ("", "0")
+    before = fleetd_pid(holder)
+    since = lab("exec", holder, "--", "date", "+%Y-%m-%d %H:%M:%S").stdout.strip()
+    lab("exec", holder, "--", "systemctl", "kill", "-s", "KILL", "fleetd")
+    wait_until(lambda: fleetd_pid(holder) not in ("", "0", before), 30,
+               what="fleetd restarted by systemd")
+    holds_for(lambda: main_pid() == pid, max(TTL_S, HANDOVER_TTL_S) + 3,
+              what="the adopted unit's process (past both leases' expiry)")
+    assert only_holder("lab-crash.service", 10) == holder
+    log = lab("exec", holder, "--", "journalctl", "-u", "fleetd", "-o", "cat", "--no-pager",
+              "--since", since).stdout
+    if TTL_S < HANDOVER_TTL_S:
+        assert HANDED_OVER_LOG in log, log[-3000:]
 
 
 def test_systemctl_stop_fleetd_stops_units_and_leaves_the_cluster_start_brings_them_back(

@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from fleetd import clock
+from fleetd.after_exit import hand_over_after_exit
 from fleetd.agent.agent import Agent
 from fleetd.engine.engine import Engine
-from fleetd.fencing import engine_grace_s, keep_units_on_exit
+from fleetd.fencing import engine_grace_s, fence_point_s, keep_units_on_exit
 from fleetd.machine import MachineIdentity, MachineSession
 from fleetd.registry import EtcdError, Registry, RegistryError, UnitRecord
 from fleetd.unit import UnitFile
@@ -156,6 +157,10 @@ class Fleetd:
         if failed is not None:
             self.sim.loop.call_later(RESTART_SEC_S, self.sim.start_fleetd, self.machine,
                                      context=context_of(""))
+        # The process is gone: nothing of it runs on (a fence's reconcile retrying after the
+        # components were cancelled once reconnected to systemd and removed a unit the next
+        # fleetd had just started, seed 1628).
+        self.sim.loop.kill(self.process)
 
     def kill(self) -> None:
         self.sim.loop.kill(self.process)
@@ -251,6 +256,34 @@ class Simulation:
         if not f.exited:
             f.kill()
 
+    async def crash_fleetd(self, m: str) -> str:
+        """kill -9 of fleetd under fleetd.service: the process dies, then systemd runs its
+        ExecStopPost= (`fleetd --after-exit`, the real `hand_over_after_exit`) as a process of
+        its own. Returns what that said."""
+        f = self.fleetds[m]
+        f.kill()
+        self.generation += 1
+        proc = f"after-exit:{m}#{self.generation}"
+        etcd = SimEtcdClient(self.etcd, self.net, m, request_timeout_s=1.0)
+        registry = Registry(etcd, PREFIX)  # type: ignore[arg-type]
+        systemd = self.systemds[m].connect(proc)
+        host = (f.session.identity.ip, f.session.identity.hostname)
+
+        async def run() -> str:
+            try:
+                return await asyncio.wait_for(hand_over_after_exit(
+                    registry, systemd, m, host, self.cfg.ttl_s,  # type: ignore[arg-type]
+                    "signal", None), fence_point_s(self.cfg.ttl_s))
+            except (EtcdError, RegistryError, TimeoutError) as e:
+                return f"hand-over failed: {e!r}"
+            finally:
+                await systemd.close()
+                await registry.close()
+
+        said = await self.loop.spawn(proc, run())
+        self.note(f"{proc}: {said}")
+        return said
+
     # --- faults ---------------------------------------------------------------------------
     async def fault(self, kind: str) -> None:
         rng, cfg = self.rng, self.cfg
@@ -274,7 +307,7 @@ class Simulation:
             if f is None or f.exited:
                 return
             self.note(f"FAULT kill -9 {f.process}, restart in {dur:.2f}s")
-            f.kill()
+            await self.crash_fleetd(m)
             await asyncio.sleep(dur)
             self.start_fleetd(m)
         elif kind == "freeze":

@@ -239,6 +239,10 @@ class SimEtcd:
             return 0, -1
         return lease.ttl_s, max(0, int(lease.expires_at - self.loop.time()))
 
+    def lease_keys(self, lease_id: int) -> list[str]:
+        lease = self.leases.get(lease_id)
+        return sorted(lease.keys) if lease is not None else []
+
     def keepalive(self, lease_id: int) -> int:
         lease = self.leases.get(lease_id)
         if lease is None:
@@ -458,6 +462,10 @@ class SimEtcdClient:
     async def lease_ttl(self, lease: int) -> tuple[int, int]:
         return await self._request("lease time-to-live",  # type: ignore[return-value]
                                    lambda: self.server.lease_ttl(lease))
+
+    async def lease_keys(self, lease: int) -> list[str]:
+        return await self._request("lease keys",  # type: ignore[return-value]
+                                   lambda: self.server.lease_keys(lease))
 
     async def keepalive_once(self, lease: int, timeout_s: float | None = None) -> int:
         try:

@@ -16,7 +16,7 @@ from aetcd import rpc
 
 from fleetd import clock
 from fleetd.localcluster import EtcdServer
-from fleetd.registry import EtcdApi, EtcdClient, EtcdError, WatchCompacted
+from fleetd.registry import EtcdApi, EtcdClient, EtcdError, Registry, WatchCompacted
 from fleetd.registry._etcd import Cmp, Delete, Put
 from fleetd.systemd import SystemdManager, UnitManager
 from tests.sim.etcd_model import Network, SimEtcd, SimEtcdClient
@@ -167,8 +167,37 @@ async def leases(b: Backend) -> None:
         await c.put(p + "x", b"1", lease)
 
 
+async def lease_keys_and_moving_a_machine_to_another_lease(b: Backend) -> None:
+    # What `fleetd --after-exit` relies on (fleetd/after_exit.py): the keys a lease holds,
+    # and moving one machine's registration and states, nothing else, to a new lease.
+    c, p = b.client, b.prefix
+    reg = Registry(c, p)
+    old = await c.grant(30)
+    mine = [reg.keys.machine("m1"), reg.keys.state("a.service", "m1"),
+            reg.keys.state("b.service", "m1")]
+    others = [reg.keys.leader, reg.keys.state("a.service", "m2")]
+    for k in mine + others:
+        await c.put(k, b"{}" if k != mine[0] else b'{"id": "m1"}', old)
+    unleased = reg.keys.state("c.service", "m1")
+    await c.put(unleased, b"{}")
+    assert await c.lease_keys(old) == sorted(mine + others)
+    new = await c.grant(30)
+    assert await reg.move_machine_to_lease("m2", old, new) == 0, "m2 has no registration"
+    assert await reg.move_machine_to_lease("m1", old, new) == 3
+    assert await c.lease_keys(new) == sorted(mine)
+    assert await c.lease_keys(old) == sorted(others), "the leadership stays"
+    kv = await c.get(mine[0])
+    assert kv is not None and kv.value == b'{"id": "m1"}' and kv.lease == new
+    assert (await c.get(unleased)).lease == 0  # type: ignore[union-attr]
+    assert await reg.move_machine_to_lease("m1", old, new) == 0, "already moved"
+    await c.revoke(old)
+    assert await c.lease_keys(old) == [], "a revoked lease holds nothing"
+    await c.revoke(new)
+
+
 CONTRACTS = [kv_revisions_and_reads_at_a_revision, txn_compares,
-             watch_from_a_revision_then_live, compaction, leases]
+             watch_from_a_revision_then_live, compaction, leases,
+             lease_keys_and_moving_a_machine_to_another_lease]
 
 
 

@@ -8,14 +8,16 @@ import asyncio
 import pytest
 
 from fleetd import fencing
+from fleetd.after_exit import HANDED_OVER_LOG
 from fleetd.unit import UnitFile
-from tests.sim.cluster import Result, SimConfig, Simulation, run_schedule
+from tests.sim.cluster import RESTART_SEC_S, Result, SimConfig, Simulation, run_schedule
 
 TTL_S = 5
 
 
 def _run(script, machines: int = 3, **cfg: object) -> Result:  # type: ignore[no-untyped-def]
-    r = run_schedule(0, SimConfig(machines=machines, ttl_s=TTL_S, **cfg),  # type: ignore[arg-type]
+    cfg.setdefault("ttl_s", TTL_S)
+    r = run_schedule(0, SimConfig(machines=machines, **cfg),  # type: ignore[arg-type]
                      script=script)
     assert r.ok, f"{r.violation or r.liveness}\n" + "\n".join(r.trace[-40:])
     return r
@@ -275,3 +277,78 @@ def test_a_unit_with_a_long_stop_moves_after_its_own_grace_a_plain_one_at_the_sh
     assert "may still be stopping on" in why and "placed elsewhere at" in why, why
     if fault == "partition":  # the case the longer grace is for: its old copy still stopping
         assert seen["old_slowdb"] == "deactivating", seen
+
+
+# --- kill -9 of fleetd under fleetd.service: ExecStopPost= hands over (fleetd/after_exit.py) ---
+SHORT_TTL_S = 4
+
+
+def _unit_on(sim: Simulation, name: str) -> tuple[str, int] | None:
+    """(machine, start count there) of the one machine running `name`, or None."""
+    on = [m for m in sim.machines if sim.systemds[m].active_state(name) == "active"]
+    return (on[0], sim.systemds[on[0]].unit(name).starts) if len(on) == 1 else None
+
+
+@pytest.mark.parametrize("hand_over", [True, False])
+def test_kill_9_and_a_restart_after_restartsec_adopt_the_unit_at_a_short_ttl(
+        hand_over: bool) -> None:
+    # At TTL 4 s the dead-man timer fires 1.5 s after the last renewal, before systemd's
+    # RestartSec=2s is over. The hand-over run by ExecStopPost= lets the next fleetd adopt
+    # the unit; without it (the control) the unit is fenced and started again.
+    seen: dict[str, object] = {}
+
+    async def script(sim: Simulation) -> None:
+        where = await sim.launch("app0.service")
+        before = _unit_on(sim, "app0.service")
+        sim.note(f"FAULT kill -9 fleetd on {where}")
+        if hand_over:
+            seen["said"] = await sim.crash_fleetd(where)
+        else:
+            sim.fleetd(where).kill()
+        await asyncio.sleep(RESTART_SEC_S)
+        sim.start_fleetd(where)
+        await asyncio.sleep(3 * SHORT_TTL_S)
+        seen["before"], seen["after"] = before, _unit_on(sim, "app0.service")
+    r = run_schedule(0, SimConfig(ttl_s=SHORT_TTL_S), script=script)
+    assert r.ok, f"{r.violation or r.liveness}\n" + "\n".join(r.trace[-40:])
+    if hand_over:
+        assert HANDED_OVER_LOG in str(seen["said"]), seen["said"]
+        assert seen["after"] == seen["before"], "\n".join(r.trace[-40:])
+    else:
+        assert seen["after"] != seen["before"], "the control kept the unit: nothing to show"
+
+
+def test_a_crashed_fleetd_that_stays_down_is_fenced_at_the_hand_over_lease() -> None:
+    # No restart after the hand-over: the hand-over lease's timer fences the unit before
+    # that lease expires, and the engine moves it; never two copies.
+    moved: list[str] = []
+
+    async def script(sim: Simulation) -> None:
+        where = await sim.launch("app0.service")
+        await sim.crash_fleetd(where)
+        await asyncio.sleep(fencing.HANDOVER_TTL_S + 4 * SHORT_TTL_S)
+        now = _unit_on(sim, "app0.service")
+        moved.append(now[0] if now and now[0] != where else "")
+    _run(script, ttl_s=SHORT_TTL_S)
+    assert moved[0], "the unit did not move off the machine whose fleetd stayed down"
+
+
+def test_a_fleetd_that_crashes_again_before_taking_over_gets_no_second_hand_over() -> None:
+    # A crash loop must not renew the machine forever through ExecStopPost=: the second
+    # hand-over finds the registration on a hand-over lease and leaves it to lapse.
+    said: list[str] = []
+
+    async def script(sim: Simulation) -> None:
+        where = await sim.launch("app0.service")
+        said.append(await sim.crash_fleetd(where))
+        sim.start_fleetd(where)
+        await asyncio.sleep(0.001)  # it runs, and dies before registering
+        said.append(await sim.crash_fleetd(where))
+        await asyncio.sleep(fencing.HANDOVER_TTL_S + 4 * SHORT_TTL_S)
+        now = _unit_on(sim, "app0.service")
+        said.append(now[0] if now else "")
+        said.append(where)
+    _run(script, ttl_s=SHORT_TTL_S)
+    assert HANDED_OVER_LOG in said[0], said
+    assert "gets no second one" in said[1], said
+    assert said[2] and said[2] != said[3], said

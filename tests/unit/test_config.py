@@ -42,7 +42,7 @@ def load(config_path: str, *flags: str, **env: str) -> Config:
 def test_defaults_apply_with_empty_file_and_environment(conf: Conf) -> None:
     cfg = load(conf())
     assert cfg == Config()
-    assert cfg.agent_ttl == 10.0
+    assert cfg.agent_ttl == 4.0
     assert cfg.etcd_servers == ["http://127.0.0.1:2379"]
     assert cfg.etcd_key_prefix == "/_coreos.com/fleet/"
 
