@@ -32,7 +32,6 @@ import time
 from typing import TYPE_CHECKING
 
 from fleetd import clock, fencing
-from fleetd.registry.schema import MachineRecord, decode
 
 if TYPE_CHECKING:
     from fleetd.config import Config
@@ -63,34 +62,33 @@ async def hand_over_after_exit(registry: Registry, systemd: UnitManager, machine
     if (await systemd.unit_status(fencing.FENCE_TARGET)).active_state in ("active",
                                                                          "activating"):
         return "the units are already fenced: nothing to hand over"
-    kv = await registry.etcd.get(registry.keys.machine(machine_id))
-    if kv is None or not kv.lease:
+    reg = await registry.machine_registration(machine_id)
+    if reg is None:
         return f"machine {machine_id} is not registered: nothing to hand over"
-    record = decode(MachineRecord, kv.value)
+    record, old_lease, granted, left = reg
     if (record.ip, record.hostname) != host:
         return (f"machine {machine_id} is registered by another host (ip {record.ip}, "
                 f"hostname {record.hostname}): not handing it over")
-    granted, left = await registry.etcd.lease_ttl(kv.lease)
     if left <= 0:
-        return f"lease {kv.lease:x} has expired: nothing to hand over"
+        return f"lease {old_lease:x} has expired: nothing to hand over"
     if granted != ttl_s:
-        return (f"lease {kv.lease:x} is a hand-over lease (ttl {granted}s): a fleetd that "
+        return (f"lease {old_lease:x} is a hand-over lease (ttl {granted}s): a fleetd that "
                 "exits again before taking over gets no second one")
     sent = clock.now()
-    lease = await registry.etcd.grant(fencing.HANDOVER_TTL_S)
-    moved = await registry.move_machine_to_lease(machine_id, kv.lease, lease)
+    lease = await registry.grant_lease(fencing.HANDOVER_TTL_S)
+    moved = await registry.move_machine_to_lease(machine_id, old_lease, lease)
     if not moved:
-        await registry.etcd.revoke(lease)
+        await registry.revoke_lease(lease)
         return f"machine {machine_id}'s registration changed meanwhile: not handing it over"
     # The registration is on the new lease: arm its timer, then retire the older ones.
     name = f"{fencing.FENCE_TIMER_PREFIX}{time.time_ns() // 1000}.timer"
     await systemd.arm_fence_timer(
         name, fencing.fence_delay_s(fencing.HANDOVER_TTL_S, clock.now() - sent))
-    for old in await systemd.list_fence_timers():
-        if old != name:
-            await systemd.stop_unit(old)
+    for timer in await systemd.list_fence_timers():
+        if timer != name:
+            await systemd.stop_unit(timer)
     return (f"machine {machine_id} {HANDED_OVER_LOG}: {moved} keys moved from lease "
-            f"{kv.lease:x} to {lease:x} (ttl {fencing.HANDOVER_TTL_S}s), dead-man timer "
+            f"{old_lease:x} to {lease:x} (ttl {fencing.HANDOVER_TTL_S}s), dead-man timer "
             f"{name} armed {fencing.fence_point_s(fencing.HANDOVER_TTL_S):.1f}s from the "
             "grant")
 

@@ -501,6 +501,16 @@ class Registry:
         ttls = await asyncio.gather(*(self.etcd.lease_ttl(lease) for lease in owners.values()))
         return {mid: ttl for mid, ttl in zip(owners, ttls, strict=True) if ttl[1] >= 0}
 
+    async def machine_registration(self, machine_id: str
+                                   ) -> tuple[MachineRecord, int, int, int] | None:
+        """`machine_id`'s registration: (record, lease, the lease's granted TTL, whole
+        seconds it has left as etcd counts them, -1 when gone); None if not registered."""
+        kv = await self.etcd.get(self.keys.machine(machine_id))
+        if kv is None or not kv.lease:
+            return None
+        granted, left = await self.etcd.lease_ttl(kv.lease)
+        return decode(MachineRecord, kv.value), kv.lease, granted, left
+
     async def move_machine_to_lease(self, machine_id: str, old_lease: int,
                                     new_lease: int) -> int:
         """Move `machine_id`'s live keys on `old_lease` (its registration, the unit states
