@@ -112,7 +112,8 @@ def test_provisioning_script_inside_a_machine_reconfigures_fleetd() -> None:
     m3 = next(m for m in machines() if m["name"] == "m3")
     dropin = lab("exec", "m3", "--", "cat",
                  "/etc/systemd/system/fleetd.service.d/10-exec.conf").stdout
-    fleetd_exec = dropin.strip().splitlines()[-1].removeprefix("ExecStart=") \
+    fleetd_exec = next(line for line in dropin.splitlines()
+                       if line.startswith("ExecStart=/")).removeprefix("ExecStart=") \
         .removesuffix(" --config /etc/fleet/fleet.conf")
     etcd = lab_env()["ETCDCTL_ENDPOINTS"]
     script = str(REPO / "packaging" / "provision-fleetd.sh")

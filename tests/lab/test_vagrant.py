@@ -124,8 +124,11 @@ def test_provision_fleetd_offline_root(tmp_path: pathlib.Path) -> None:
     unit_dir = tmp_path / "etc/systemd/system"
     unit = (unit_dir / "fleetd.service").read_text()
     assert "Type=notify" in unit and "Restart=on-failure" in unit
-    assert (unit_dir / "fleetd.service.d/10-exec.conf").read_text().endswith(
-        "ExecStart=/opt/x/fleetd --config /etc/fleet/fleet.conf\n")
+    # ExecStopPost= too: the crash hand-over must run the same fleetd (fleetd/after_exit.py)
+    assert (unit_dir / "fleetd.service.d/10-exec.conf").read_text() == (
+        "[Service]\nExecStart=\nExecStart=/opt/x/fleetd --config /etc/fleet/fleet.conf\n"
+        "ExecStopPost=\nExecStopPost=/opt/x/fleetd --config /etc/fleet/fleet.conf "
+        "--after-exit\n")
     assert (unit_dir / "multi-user.target.wants/fleetd.service").is_symlink()
     from fleetd.config import read_config_file
 
