@@ -78,6 +78,9 @@ class SimulatedSystemd:
         self.drop_ins.pop(name, None)
         self.files.pop(name, None)
 
+    async def not_loaded_as_written(self, names: Iterable[str]) -> list[str]:
+        return [n for n in names if n not in self.files]  # loads on demand, like systemd
+
     async def daemon_reload(self) -> None:
         self.reloads += 1
         for name in list(self.status):

@@ -25,6 +25,7 @@ from fleetd.agent.tasks import (
     CurrentUnit,
     DaemonReload,
     DesiredUnit,
+    LoadNew,
     RemoveUnitFile,
     StartUnit,
     StopUnit,
@@ -269,7 +270,7 @@ class Agent:
             name = getattr(t, "name", "")
             if name in failed:
                 continue
-            if isinstance(t, DaemonReload) and not wrote:
+            if isinstance(t, DaemonReload | LoadNew) and not wrote:
                 continue  # every file task failed: nothing to reload
             if isinstance(t, StartUnit) and not self._may_start(desired.get(name)):
                 log.warning("not starting %s: fenced or without a lease", name)
@@ -278,7 +279,7 @@ class Agent:
             try:
                 await self._apply_one(t, desired)
             except (SystemdError, OSError) as e:
-                if isinstance(t, DaemonReload):
+                if isinstance(t, DaemonReload | LoadNew):
                     raise  # the whole batch depends on it: the loop retries
                 log.error("%s failed: %s", _describe(t), e)
                 metrics.AGENT_TASKS.labels("failed").inc()
@@ -355,17 +356,27 @@ class Agent:
             self.applied.pop(t.name, None)
             self.errors.pop(t.name, None)
         elif isinstance(t, DaemonReload):
-            # systemd answers nothing while it reloads (0.3-0.8 s with 100 units on the lab),
-            # so a renewal's re-arm queued behind back-to-back reloads can come after the
-            # armed timer's deadline: it fires on a good lease. Re-arm from the latest renewal
-            # first (the deadline never moves past it), so each reload starts with a fresh one.
-            if not self.fenced and self.session.lease:
-                await self._arm()
-            await self.systemd.daemon_reload()
+            await self._daemon_reload()
+        elif isinstance(t, LoadNew):
+            names = [n for n in t.names if n in self.file_hashes]  # written in this batch
+            unseen = await self.systemd.not_loaded_as_written(names)
+            if unseen:
+                log.info("systemd has not loaded %s as written: daemon-reload",
+                         ", ".join(unseen[:5]) + (" ..." if len(unseen) > 5 else ""))
+                await self._daemon_reload()
         elif isinstance(t, StartUnit):
             await self.systemd.reset_failed_unit(t.name)
             await self.systemd.start_unit(t.name)
             self.applied[t.name] = "launched"
+
+    async def _daemon_reload(self) -> None:
+        # systemd answers nothing while it reloads (0.3-0.8 s with 100 units on the lab),
+        # so a renewal's re-arm queued behind back-to-back reloads can come after the
+        # armed timer's deadline: it fires on a good lease. Re-arm from the latest renewal
+        # first (the deadline never moves past it), so each reload starts with a fresh one.
+        if not self.fenced and self.session.lease:
+            await self._arm()
+        await self.systemd.daemon_reload()
 
     def _install_links(self, name: str, text: str | None) -> None:
         """Remove (None) or create the links of the unit's [Install] section, as `systemctl
@@ -658,5 +669,7 @@ def _drop_in(unit: DesiredUnit) -> str | None:
 
 def _describe(task: Task) -> str:
     kind = type(task).__name__
+    if isinstance(task, LoadNew):
+        return f"{kind} ({len(task.names)} units)"
     name = getattr(task, "name", "")
     return f"{kind} {name}".strip()

@@ -465,6 +465,19 @@ class FakeSystemdConnection:
     own_job: str | None = None
 
     # --- manager calls --------------------------------------------------------------------
+    async def not_loaded_as_written(self, names: Iterable[str]) -> list[str]:
+        await self._call()
+        out = []
+        for n in dict.fromkeys(names):
+            try:
+                self.systemd._load(n)
+            except SystemdError:
+                out.append(n)
+                continue
+            if self.systemd.loaded.get(n) != self.systemd._source(n):
+                out.append(n)  # loaded before this file was written: NeedDaemonReload
+        return out
+
     async def daemon_reload(self) -> None:
         await self._call()
         self.systemd.daemon_reload()

@@ -129,9 +129,44 @@ async def the_dead_man_timer_stops_non_global_units_to_inactive(sd: UnitManager,
     await _until(sd, fencing.FENCE_TARGET, "inactive")
 
 
+async def a_new_unit_file_loads_with_its_fence_without_daemon_reload(sd: UnitManager,
+                                                                    tag: str) -> None:
+    # The agent starts units whose files are new here without a daemon-reload (`LoadNew`):
+    # systemd must load them on demand, fence drop-in included, and say when it has not.
+    from fleetd import fencing
+
+    name = f"c-{tag}-fresh.service"
+    sd.install_fence()
+    await sd.daemon_reload()
+    # A not-found stub first, as the agent's status reads leave one.
+    assert (await sd.unit_status(name)).load_state == "not-found"
+    # Past the clock tick of that cache build (a write within it goes unseen: the agent then
+    # reloads, which is what `not_loaded_as_written` is for).
+    await asyncio.sleep(0.05)
+    sd.write_unit_file(name, _unit("fresh"), fencing.fence_drop_in(name, None, False))
+    assert await sd.not_loaded_as_written([name]) == []
+    await sd.start_unit(name)
+    await _until(sd, name, "active")
+    await sd.start_unit(fencing.FENCE_TARGET)  # the drop-in's Conflicts= is in effect
+    await _until(sd, name, "inactive", "failed")
+    await sd.start_unit(name)  # and the other way: the target stops
+    await _until(sd, name, "active")
+    await asyncio.sleep(0.05)
+    # Rewritten while loaded (running: not garbage-collected): systemd keeps the old one.
+    sd.write_unit_file(name, _unit("fresh, rewritten"), fencing.fence_drop_in(name, None, False))
+    assert await sd.not_loaded_as_written([name]) == [name], "a rewrite needs a reload"
+    await sd.daemon_reload()
+    assert await sd.not_loaded_as_written([name]) == []
+    await sd.stop_unit(name)
+    await _until(sd, name, "inactive", "failed")
+    sd.remove_unit_file(name)
+    await sd.daemon_reload()
+
+
 CONTRACTS = [the_dead_man_timer_stops_non_global_units_to_inactive, start_stop_and_signals,
              a_stop_takes_as_long_as_exec_stop_and_is_capped_by_timeout,
-             conflicts_stop_the_other_unit, unknown_units_are_not_errors]
+             conflicts_stop_the_other_unit, unknown_units_are_not_errors,
+             a_new_unit_file_loads_with_its_fence_without_daemon_reload]
 
 
 @pytest.fixture

@@ -25,19 +25,21 @@ def test_a_start_planned_before_the_fence_never_runs_after_it() -> None:
             conn = agent.systemd
             calls: list[str] = []
             gate, reloading = asyncio.Event(), asyncio.Event()
-            reload, fence = conn.daemon_reload, conn.fence
+            check, fence = conn.not_loaded_as_written, conn.fence
 
-            async def gated_reload() -> None:  # hold the reload: the plan is half applied
+            async def gated_check(names: list[str]) -> list[str]:
+                # hold the step between the writes and the starts (new files: no reload, the
+                # agent checks systemd loaded them): the plan is half applied
                 reloading.set()
                 await gate.wait()
-                await reload()
                 calls.append("reload")
+                return await check(names)
 
             async def recorded_fence(timeout_s: float) -> bool:
                 calls.append("fence")
                 return await fence(timeout_s)
-            conn.daemon_reload, conn.fence = gated_reload, recorded_fence  # type: ignore
-            reconcile = asyncio.ensure_future(agent.reconcile())  # writes, reload, starts
+            conn.not_loaded_as_written, conn.fence = gated_check, recorded_fence  # type: ignore
+            reconcile = asyncio.ensure_future(agent.reconcile())  # writes, load check, starts
             await reloading.wait()
             lost = asyncio.ensure_future(agent.session.lose("test: lease lost"))
             await asyncio.sleep(0.5)

@@ -12,6 +12,7 @@ from fleetd.agent.tasks import (
     CurrentUnit,
     DaemonReload,
     DesiredUnit,
+    LoadNew,
     RemoveUnitFile,
     StartUnit,
     StopUnit,
@@ -48,12 +49,32 @@ CASES = [
         id="nothing_desired_nothing_present"),
     pytest.param(
         by_name(want("a.service", "launched")), {},
-        [WriteUnitFile("a.service", TEXT_A), DaemonReload(), StartUnit("a.service")],
-        id="new_launched_unit_is_written_reloaded_started"),
+        [WriteUnitFile("a.service", TEXT_A), LoadNew(("a.service",)), StartUnit("a.service")],
+        id="new_launched_unit_is_written_load_checked_started_without_reload"),
     pytest.param(
         by_name(want("a.service", "loaded")), {},
-        [WriteUnitFile("a.service", TEXT_A), DaemonReload()],
-        id="new_loaded_unit_is_written_and_reloaded_not_started"),
+        [WriteUnitFile("a.service", TEXT_A), LoadNew(("a.service",))],
+        id="new_loaded_unit_is_written_and_load_checked_not_started"),
+    pytest.param(
+        by_name(want("a.service"),
+                want("b.service", text=TEXT_B + "[Install]\nWantedBy=a.service\n")),
+        {},
+        [WriteUnitFile("a.service", TEXT_A),
+         WriteUnitFile("b.service", TEXT_B + "[Install]\nWantedBy=a.service\n"), DaemonReload(),
+         StartUnit("a.service"), StartUnit("b.service")],
+        id="a_new_unit_with_install_links_changes_others_dependencies_so_reloads"),
+    pytest.param(
+        by_name(want("a.service"), want("b.service", hash="h2", text=TEXT_B)),
+        by_name(have("b.service", "h1")),
+        [StopUnit("b.service"), WriteUnitFile("a.service", TEXT_A),
+         WriteUnitFile("b.service", TEXT_B), DaemonReload(), StartUnit("a.service"),
+         StartUnit("b.service")],
+        id="a_new_file_beside_a_rewritten_one_reloads_once_for_both"),
+    pytest.param(
+        by_name(want("a.service")), by_name(have("b.service", running=False, applied="loaded")),
+        [RemoveUnitFile("b.service"), WriteUnitFile("a.service", TEXT_A), DaemonReload(),
+         StartUnit("a.service")],
+        id="a_new_file_beside_a_removed_one_reloads"),
     pytest.param(
         by_name(want("a.service", "loaded")), by_name(have("a.service")),
         [StopUnit("a.service")],
@@ -169,7 +190,8 @@ def states(draw: Any) -> tuple[dict[str, DesiredUnit], dict[str, CurrentUnit]]:
     return desired, current
 
 
-PHASE = {StopUnit: 0, WriteUnitFile: 1, RemoveUnitFile: 1, DaemonReload: 2, StartUnit: 3}
+PHASE = {StopUnit: 0, WriteUnitFile: 1, RemoveUnitFile: 1, DaemonReload: 2, LoadNew: 2,
+         StartUnit: 3}
 
 
 @settings(max_examples=300, deadline=None)
@@ -181,10 +203,15 @@ def test_plan_orders_stops_then_file_ops_then_one_reload_then_starts(
     phases = [PHASE[type(t)] for t in tasks]
     assert phases == sorted(phases), tasks
     file_ops = [t for t in tasks if isinstance(t, WriteUnitFile | RemoveUnitFile)]
-    reloads = [t for t in tasks if isinstance(t, DaemonReload)]
+    reloads = [t for t in tasks if isinstance(t, DaemonReload | LoadNew)]
     assert len(reloads) == (1 if file_ops else 0)
+    # no reload only when every file op writes a file new here (no [Install] links)
+    if reloads and isinstance(reloads[0], LoadNew):
+        assert list(reloads[0].names) == [t.name for t in file_ops]
+        assert all(isinstance(t, WriteUnitFile) and current.get(t.name, have(t.name, None))
+                   .file_hash is None for t in file_ops)
     # every unit gets at most one task of each kind
-    keyed = [(type(t), t.name) for t in tasks if not isinstance(t, DaemonReload)]
+    keyed = [(type(t), t.name) for t in tasks if not isinstance(t, DaemonReload | LoadNew)]
     assert len(keyed) == len(set(keyed)), tasks
 
 
