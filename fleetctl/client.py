@@ -97,6 +97,8 @@ def _read(path: str) -> bytes:
 
 
 _SERVICE = "/fleetpy.v1.Fleet/"
+#: Calls `_unary_many` keeps in flight at once.
+MAX_IN_FLIGHT = 32
 
 T = TypeVar("T")
 
@@ -196,6 +198,24 @@ class Client:
             name=name, text=text, desired_state=desired_state, replace=replace),
             self.pb.CreateUnitResponse)
 
+    def create_units(self, units: Iterable[tuple[str, str, str, bool]]
+                     ) -> Iterator[pb.CreateUnitResponse | FleetctlError]:
+        """`create_unit` of each (name, text, desired_state, replace), concurrently
+        (`_unary_many`)."""
+        return self._unary_many("CreateUnit", (self.pb.CreateUnitRequest(
+            name=n, text=t, desired_state=d, replace=r) for n, t, d, r in units),
+            self.pb.CreateUnitResponse)
+
+    def set_unit_target_states(self, names: Iterable[str], desired_state: str
+                               ) -> Iterator[pb.Unit | FleetctlError]:
+        return self._unary_many("SetUnitTargetState", (self.pb.SetUnitTargetStateRequest(
+            name=n, desired_state=desired_state) for n in names), self.pb.Unit)
+
+    def destroy_units(self, names: Iterable[str]
+                      ) -> Iterator[pb.DestroyUnitResponse | FleetctlError]:
+        return self._unary_many("DestroyUnit", (self.pb.DestroyUnitRequest(name=n)
+                                                for n in names), self.pb.DestroyUnitResponse)
+
     def set_unit_target_state(self, name: str, desired_state: str) -> pb.Unit:
         return self._unary("SetUnitTargetState", self.pb.SetUnitTargetStateRequest(
             name=name, desired_state=desired_state), self.pb.Unit)
@@ -259,6 +279,33 @@ class Client:
             return fn(request, timeout=self.timeout_s)  # type: ignore[no-any-return]
         except self._grpc.RpcError as e:
             raise self._error(e, self.timeout_s) from None
+
+    def _unary_many(self, method: str, requests: Iterable[Message], response: type[M]
+                    ) -> Iterator[M | FleetctlError]:
+        """`_unary` of each request, up to `MAX_IN_FLIGHT` at once on the channel, results in
+        request order (a failed call as its FleetctlError). Each of these calls is an etcd
+        write; sent one after another, 100 of them took fleetctl 1.9 s on the lab, concurrent
+        ones share etcd's disk syncs. Requests already sent complete even if the caller stops
+        at an earlier failure."""
+        from collections import deque
+
+        fn = self._channel.unary_unary(_SERVICE + method,
+                                       request_serializer=lambda r: r.SerializeToString(),
+                                       response_deserializer=response.FromString)
+        pending: deque[Any] = deque()
+
+        def result(f: Any) -> M | FleetctlError:
+            try:
+                return f.result()  # type: ignore[no-any-return]
+            except self._grpc.RpcError as e:
+                return self._error(e, self.timeout_s)
+
+        for request in requests:
+            pending.append(fn.future(request, timeout=self.timeout_s))
+            if len(pending) >= MAX_IN_FLIGHT:
+                yield result(pending.popleft())
+        while pending:
+            yield result(pending.popleft())
 
     def _stream(self, method: str, request: Message, response: type[M],
                 timeout_s: float | None) -> Stream[M]:

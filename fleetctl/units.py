@@ -169,15 +169,15 @@ def ensure_units(c: Client, args: list[str], command: str, desired: str = "",
             fail(f"unable to find unit file {normalize(arg)} or template "
                  f"{parsed.template()}: neither is in the cluster or on disk "
                  f"(looked for {os.path.join(os.path.dirname(arg), parsed.template())})")
-    for plan in plans:
-        try:
-            c.create_unit(plan.name, plan.text, desired, plan.replace)
-        except NotFoundError as e:
-            fail(str(e))
-        except FleetctlError as e:
-            fail(str(e), e.exit_code)
+    results = c.create_units((p.name, p.text, desired, p.replace) for p in plans)
+    for plan, got in zip(plans, results, strict=True):
+        if isinstance(got, NotFoundError):
+            fail(str(got))
+        if isinstance(got, FleetctlError):
+            fail(str(got), got.exit_code)
         if already_set is not None and desired:
             already_set.add(plan.name)
+    for plan in plans:
         if plan.replace:
             _replace_instances(c, plan.name)
     return [name for name, _ in resolve_args(args)]
@@ -221,13 +221,12 @@ def set_state(args: list[str], target: str, no_block: bool, block_attempts: int,
         names = [n for n, _ in resolve_args(args)]
         if target == "loaded":
             _refuse_stop_of_inactive(c, names)
-    for name in names:
-        if name in done:
-            continue  # created with its desired state in one call
-        try:
-            c.set_unit_target_state(name, target)
-        except NotFoundError:
+    todo = [n for n in names if n not in done]  # the others got it in their CreateUnit
+    for name, got in zip(todo, c.set_unit_target_states(todo, target), strict=True):
+        if isinstance(got, NotFoundError):
             fail(f"unit {name} does not exist")
+        if isinstance(got, Exception):
+            raise got
     if no_block:
         return 0
     return 0 if wait_for(c, names, target, block_attempts) else 1
@@ -292,11 +291,12 @@ def _destroy(a: argparse.Namespace) -> int:
     from fleetctl.client import NotFoundError
 
     c = client()
-    for name, _ in resolve_args(a.units):
-        try:
-            c.destroy_unit(name)
-        except NotFoundError:
+    names = [name for name, _ in resolve_args(a.units)]
+    for name, got in zip(names, c.destroy_units(names), strict=True):
+        if isinstance(got, NotFoundError):
             fail(f"unit {name} does not exist")
+        if isinstance(got, Exception):
+            raise got
         echo(f"Destroyed {name}")
     return 0
 
