@@ -40,6 +40,11 @@ class FakeApi:
                     replace: bool = False) -> None:
         self.created.append((name, text, desired_state, replace))
 
+    def create_units(self, units: Any) -> Any:
+        for u in units:
+            self.created.append(u)
+            yield None
+
 
 CASES = [
     # (id, files on disk, cluster units, command, args, replace, created, stderr/stdout words)
