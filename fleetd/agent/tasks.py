@@ -14,6 +14,11 @@ from typing import Literal
 
 AppliedState = Literal["loaded", "launched"]
 
+#: Most new files checked one by one (`LoadNew`, two D-Bus calls each) instead of one
+#: daemon-reload: on the lab, with systemd starting the previous batch, each call took about
+#: 4 ms and a reload with ~35 fleet units 140 ms (21 new units checked: 334 ms).
+LOAD_NEW_MAX = 8
+
 
 @dataclass(frozen=True)
 class DesiredUnit:
@@ -116,7 +121,7 @@ def plan(desired: Mapping[str, DesiredUnit], current: Mapping[str, CurrentUnit])
         if want.target_state == "launched" and (changed or cur.applied != "launched"):
             starts.append(StartUnit(name))
     reload: list[Task] = []
-    if len(fresh) == len(files) and fresh:
+    if len(fresh) == len(files) and 0 < len(fresh) <= LOAD_NEW_MAX:
         reload = [LoadNew(tuple(fresh))]
     elif files:
         reload = [DaemonReload()]

@@ -518,24 +518,31 @@ class SystemdManager:
 
     async def not_loaded_as_written(self, names: Iterable[str]) -> list[str]:
         """Of ``names`` (unit files just written here for the first time), those systemd has
-        not loaded as they are on disk: LoadUnit() leaves them other than "loaded", with
+        not loaded as they are on disk: loading them (ListUnitsByNames) leaves them other than
+        "loaded", with
         NeedDaemonReload set, or without fleet's fence drop-in where one was written. systemd
         (since v246) loads a new file on demand, rebuilding its unit-file cache when a unit
         directory's mtime changed; a write within the same clock tick as the last rebuild
         goes unseen, and only a daemon-reload loads such a unit."""
+        wanted = [n for n in dict.fromkeys(names) if is_unit_name(n)]
+        if not wanted:
+            return []
+        # ListUnitsByNames loads each unit it does not know (one call for the batch)
+        reply = await self._call_manager("ListUnitsByNames", "as", [wanted], op="load")
+        rows = {row[0]: (row[2], row[6]) for row in reply[0]}
+
         async def check(name: str) -> bool:
-            reply = await self._call_manager("LoadUnit", "s", [name], op="load", unit=name)
-            path = reply[0]
-            load, stale, drop_ins = await asyncio.gather(
-                self._get_prop(path, UNIT_IFACE, "LoadState", name),
+            load, path = rows.get(name, ("not-found", ""))
+            if load != "loaded":
+                return False
+            stale, drop_ins = await asyncio.gather(
                 self._get_prop(path, UNIT_IFACE, "NeedDaemonReload", name),
                 self._get_prop(path, UNIT_IFACE, "DropInPaths", name))
-            if load != "loaded" or stale:
+            if stale:
                 return False
             want = self._drop_in_path(name)
             return not want.is_file() or str(want) in (drop_ins or [])
 
-        wanted = list(dict.fromkeys(names))
         ok = await asyncio.gather(*(check(n) for n in wanted))
         return [n for n, good in zip(wanted, ok, strict=True) if not good]
 
