@@ -266,46 +266,72 @@ class Agent:
         touched: set[str] = set()
         failed: set[str] = set()
         wrote = False
-        for t in tasks:
+        todo = list(tasks)
+        i = 0
+        while i < len(todo):
+            t = todo[i]
+            if isinstance(t, StartUnit):
+                # The plan's starts come last and are independent: sent together, systemd
+                # queues them in one go instead of one round trip each (33 units: ~300 ms).
+                j = i
+                while j < len(todo) and isinstance(todo[j], StartUnit):
+                    j += 1
+                batch = [u for u in todo[i:j]
+                         if isinstance(u, StartUnit) and u.name not in failed]
+                i = j
+                go = []
+                for u in batch:
+                    if self._may_start(desired.get(u.name)):
+                        go.append(u)
+                    else:
+                        log.warning("not starting %s: fenced or without a lease", u.name)
+                await asyncio.gather(*(self._apply_logged(u, desired, touched, failed)
+                                       for u in go))
+                continue
+            i += 1
             name = getattr(t, "name", "")
             if name in failed:
                 continue
             if isinstance(t, DaemonReload | LoadNew) and not wrote:
                 continue  # every file task failed: nothing to reload
-            if isinstance(t, StartUnit) and not self._may_start(desired.get(name)):
-                log.warning("not starting %s: fenced or without a lease", name)
-                continue
-            t0 = time.perf_counter()
-            try:
-                await self._apply_one(t, desired)
-            except (SystemdError, OSError) as e:
-                if isinstance(t, DaemonReload | LoadNew):
-                    raise  # the whole batch depends on it: the loop retries
-                log.error("%s failed: %s", _describe(t), e)
-                metrics.AGENT_TASKS.labels("failed").inc()
-                self.errors[name] = str(e)
-                failed.add(name)
-                touched.add(name)
-                continue
-            wrote = wrote or isinstance(t, WriteUnitFile | RemoveUnitFile)
-            self.tasks_applied += 1
-            elapsed = time.perf_counter() - t0
-            metrics.AGENT_TASKS.labels(type(t).__name__).inc()
-            metrics.AGENT_TASK_SECONDS.labels(type(t).__name__).observe(elapsed)
-            log.info("%s (%.1f ms)", _describe(t), (time.perf_counter() - t0) * 1000)
-            if name:
-                touched.add(name)
-                if name not in failed:
-                    self.errors.pop(name, None)
+            if await self._apply_logged(t, desired, touched, failed):
+                wrote = wrote or isinstance(t, WriteUnitFile | RemoveUnitFile)
+        known = sorted(n for n in touched if n in self.applied or n in self.errors)
+        try:  # one ListUnitsByNames for the batch, not a status read per unit
+            self.statuses.update(await self.systemd.list_units(known))
+        except SystemdError as e:
+            log.warning("status of %s: %s", ", ".join(known), e)
         for name in touched:
-            if name in self.applied or name in self.errors:
-                try:
-                    self.statuses[name] = await self.systemd.unit_status(name)
-                except SystemdError as e:
-                    log.warning("status of %s: %s", name, e)
-            else:
+            if name not in self.applied and name not in self.errors:
                 self.statuses.pop(name, None)
             self._mark(name)
+
+    async def _apply_logged(self, t: Task, desired: dict[str, DesiredUnit],
+                            touched: set[str], failed: set[str]) -> bool:
+        """One task of `apply`, with its bookkeeping; False if it failed (its unit only)."""
+        name = getattr(t, "name", "")
+        t0 = time.perf_counter()
+        try:
+            await self._apply_one(t, desired)
+        except (SystemdError, OSError) as e:
+            if isinstance(t, DaemonReload | LoadNew):
+                raise  # the whole batch depends on it: the loop retries
+            log.error("%s failed: %s", _describe(t), e)
+            metrics.AGENT_TASKS.labels("failed").inc()
+            self.errors[name] = str(e)
+            failed.add(name)
+            touched.add(name)
+            return False
+        self.tasks_applied += 1
+        elapsed = time.perf_counter() - t0
+        metrics.AGENT_TASKS.labels(type(t).__name__).inc()
+        metrics.AGENT_TASK_SECONDS.labels(type(t).__name__).observe(elapsed)
+        log.info("%s (%.1f ms)", _describe(t), elapsed * 1000)
+        if name:
+            touched.add(name)
+            if name not in failed:
+                self.errors.pop(name, None)
+        return True
 
     async def _add_missing_drop_ins(self) -> None:
         """Units adopted from a fleetd that wrote no fencing drop-in get one (once, at the
@@ -366,6 +392,9 @@ class Agent:
                 await self._daemon_reload()
         elif isinstance(t, StartUnit):
             await self.systemd.reset_failed_unit(t.name)
+            if not self._may_start(desired.get(t.name)):  # again, right before: see apply
+                log.warning("not starting %s: fenced or without a lease", t.name)
+                return
             await self.systemd.start_unit(t.name)
             self.applied[t.name] = "launched"
 
