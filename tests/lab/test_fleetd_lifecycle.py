@@ -15,6 +15,7 @@ import pathlib
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -180,21 +181,27 @@ def test_fleetd_down_or_frozen_the_unit_moves_and_never_runs_twice(
         assert only_holder(name, 30) == new
 
 
+def started_unit(units_dir: pathlib.Path, name: str) -> tuple[str, Callable[[], str]]:
+    """Start unit `name` (a sleeper) through fleetctl: its machine and a reader of its
+    MainPID there (checked to be a process)."""
+    fleetctl("start", write_unit(units_dir, name))
+    holder = only_holder(name, 60)
+
+    def main_pid() -> str:
+        return lab("exec", holder, "--", "systemctl", "show", "-p", "MainPID", "--value",
+                   name).stdout.strip()
+
+    assert main_pid() not in ("", "0")
+    return holder, main_pid
+
+
 def test_kill_9_of_fleetd_and_its_restart_keep_the_unit_and_its_main_pid(
         units_dir: pathlib.Path) -> None:
     # A crash (SIGKILL, OOM) followed by systemd's Restart=on-failure: the next fleetd adopts
     # the unit. At the default 4 s the dead-man timer would fire 1.1-1.5 s after the kill,
     # before RestartSec=2s is over; fleetd.service's ExecStopPost= hands the machine over.
-    unit = write_unit(units_dir, "lab-crash.service")
-    fleetctl("start", unit)
-    holder = only_holder("lab-crash.service", 60)
-
-    def main_pid() -> str:
-        return lab("exec", holder, "--", "systemctl", "show", "-p", "MainPID", "--value",
-                   "lab-crash.service").stdout.strip()
-
+    holder, main_pid = started_unit(units_dir, "lab-crash.service")
     pid = main_pid()
-    assert pid not in ("", "0")
     before = fleetd_pid(holder)
     since = lab("exec", holder, "--", "date", "+%Y-%m-%d %H:%M:%S").stdout.strip()
     lab("exec", holder, "--", "systemctl", "kill", "-s", "KILL", "fleetd")
@@ -238,16 +245,8 @@ def test_systemctl_stop_fleetd_stops_units_and_leaves_the_cluster_start_brings_t
 
 def test_systemctl_restart_fleetd_keeps_the_unit_and_its_main_pid(
         units_dir: pathlib.Path) -> None:
-    unit = write_unit(units_dir, "lab-upgrade.service")
-    fleetctl("start", unit)
-    holder = only_holder("lab-upgrade.service", 60)
-
-    def main_pid() -> str:
-        return lab("exec", holder, "--", "systemctl", "show", "-p", "MainPID", "--value",
-                   "lab-upgrade.service").stdout.strip()
-
+    holder, main_pid = started_unit(units_dir, "lab-upgrade.service")
     pid = main_pid()
-    assert pid not in ("", "0")
     before = fleetd_pid(holder)
     lab("exec", holder, "--", "systemctl", "restart", "fleetd")
     assert fleetd_pid(holder) != before
