@@ -32,6 +32,7 @@ import time
 from typing import TYPE_CHECKING
 
 from fleetd import clock, fencing
+from fleetd.systemd.fence_timers import arm_replacing_older, fence_timer_name
 
 if TYPE_CHECKING:
     from fleetd.config import Config
@@ -81,12 +82,9 @@ async def hand_over_after_exit(registry: Registry, systemd: UnitManager, machine
         await registry.revoke_lease(lease)
         return f"machine {machine_id}'s registration changed meanwhile: not handing it over"
     # The registration is on the new lease: arm its timer, then retire the older ones.
-    name = f"{fencing.FENCE_TIMER_PREFIX}{time.time_ns() // 1000}.timer"
-    await systemd.arm_fence_timer(
-        name, fencing.fence_delay_s(fencing.HANDOVER_TTL_S, clock.now() - sent))
-    for timer in await systemd.list_fence_timers():
-        if timer != name:
-            await systemd.stop_unit(timer)
+    name = fence_timer_name(time.time_ns() // 1000)
+    await arm_replacing_older(systemd, name, fencing.fence_delay_s(fencing.HANDOVER_TTL_S,
+                                                                  clock.now() - sent))
     return (f"machine {machine_id} {HANDED_OVER_LOG}: {moved} keys moved from lease "
             f"{old_lease:x} to {lease:x} (ttl {fencing.HANDOVER_TTL_S}s), dead-man timer "
             f"{name} armed {fencing.fence_point_s(fencing.HANDOVER_TTL_S):.1f}s from the "
@@ -98,22 +96,16 @@ async def run(cfg: Config) -> int:
     The whole hand-over is bounded by the old lease's fence point: past it the old timer has
     fenced and there is nothing left to save."""
     from fleetd.config import read_machine_id
-    from fleetd.main import detect_public_ip
-    from fleetd.registry import EtcdClient, Registry
-    from fleetd.systemd import SystemdManager
+    from fleetd.main import connect_systemd, detect_public_ip, etcd_client
+    from fleetd.registry import Registry
 
     machine_id = read_machine_id(cfg)
-    etcd = EtcdClient(cfg.etcd_servers, request_timeout_s=min(cfg.etcd_request_timeout, 1.0),
-                      ca_file=cfg.etcd_cafile or None, cert_file=cfg.etcd_certfile or None,
-                      key_file=cfg.etcd_keyfile or None, username=cfg.etcd_username or None,
-                      password=cfg.etcd_password or None)
-    registry = Registry(etcd, cfg.etcd_key_prefix)
+    registry = Registry(etcd_client(cfg, min(cfg.etcd_request_timeout, 1.0)),
+                        cfg.etcd_key_prefix)
     host = (cfg.public_ip or detect_public_ip(cfg.etcd_servers), socket.gethostname())
     systemd = None
     try:
-        systemd = await SystemdManager.connect(user=cfg.systemd_user,
-                                               bus_address=cfg.systemd_bus_address or None,
-                                               unit_dir=cfg.unit_dir or None)
+        systemd = await connect_systemd(cfg)
         own_job = await systemd.job_type_of_pid(os.getpid())
         said = await asyncio.wait_for(
             hand_over_after_exit(registry, systemd, machine_id, host, cfg.agent_ttl_s(),

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from fleetd.api.tls import ApiTls
     from fleetd.machine import MachineSession
+    from fleetd.registry import EtcdClient
     from fleetd.systemd import SystemdManager
 
 log = logging.getLogger("fleetd")
@@ -148,6 +149,26 @@ def api_tls(cfg: Config) -> ApiTls | None:
         raise ConfigError(str(e)) from None
 
 
+def etcd_client(cfg: Config, request_timeout_s: float | None = None) -> EtcdClient:
+    """The etcd connection `cfg` describes (endpoints, TLS, credentials)."""
+    from fleetd.registry import EtcdClient
+
+    return EtcdClient(cfg.etcd_servers,
+                      request_timeout_s=request_timeout_s or cfg.etcd_request_timeout,
+                      ca_file=cfg.etcd_cafile or None, cert_file=cfg.etcd_certfile or None,
+                      key_file=cfg.etcd_keyfile or None, username=cfg.etcd_username or None,
+                      password=cfg.etcd_password or None)
+
+
+async def connect_systemd(cfg: Config) -> SystemdManager:
+    """The systemd manager `cfg` drives (system or user, bus address, unit directory)."""
+    from fleetd.systemd import SystemdManager
+
+    return await SystemdManager.connect(user=cfg.systemd_user,
+                                        bus_address=cfg.systemd_bus_address or None,
+                                        unit_dir=cfg.unit_dir or None)
+
+
 async def serve(cfg: Config, argv: Sequence[str] = ()) -> None:
     """Run fleetd until SIGTERM/SIGINT; SIGHUP reloads the configuration read from ``argv``
     (see `reconfigure`)."""
@@ -157,25 +178,19 @@ async def serve(cfg: Config, argv: Sequence[str] = ()) -> None:
     from fleetd.api.service import FleetService
     from fleetd.engine.engine import Engine
     from fleetd.machine import MachineIdentity, MachineSession
-    from fleetd.registry import EtcdClient, Registry
-    from fleetd.systemd import SystemdManager
+    from fleetd.registry import Registry
     from fleetd.systemd.cli_tools import SystemdTools
 
     machine_id = read_machine_id(cfg)
     tls = api_tls(cfg)
-    etcd = EtcdClient(cfg.etcd_servers, request_timeout_s=cfg.etcd_request_timeout,
-                      ca_file=cfg.etcd_cafile or None, cert_file=cfg.etcd_certfile or None,
-                      key_file=cfg.etcd_keyfile or None, username=cfg.etcd_username or None,
-                      password=cfg.etcd_password or None)
+    etcd = etcd_client(cfg)
     registry = Registry(etcd, cfg.etcd_key_prefix)
     public_ip = cfg.public_ip or detect_public_ip(cfg.etcd_servers)
     identity = MachineIdentity(machine_id, public_ip, dict(cfg.metadata), version=__version__,
                                api_address=api_advertise_address(cfg, public_ip),
                                capacity=machine_capacity(cfg))  # resources
     session = MachineSession(registry, identity, cfg.agent_ttl_s())
-    systemd = await SystemdManager.connect(user=cfg.systemd_user,
-                                           bus_address=cfg.systemd_bus_address or None,
-                                           unit_dir=cfg.unit_dir or None)
+    systemd = await connect_systemd(cfg)
     agent = Agent(registry, systemd, session)
     from fleetd.registry.view import ClusterView
 

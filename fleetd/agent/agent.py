@@ -15,6 +15,7 @@ that unit's state (LoadState "error"), the rest of the plan goes on.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -43,6 +44,7 @@ from fleetd.registry import (
     backoff_sleep,
 )
 from fleetd.systemd import SystemdError, SystemdManager, UnitStatus, install
+from fleetd.systemd.fence_timers import arm_replacing_older, fence_timer_name
 from fleetd.unit import UnitError, UnitFile
 
 log = logging.getLogger("fleetd.agent")
@@ -266,21 +268,14 @@ class Agent:
         touched: set[str] = set()
         failed: set[str] = set()
         wrote = False
-        todo = list(tasks)
-        i = 0
-        while i < len(todo):
-            t = todo[i]
-            if isinstance(t, StartUnit):
-                # The plan's starts come last and are independent: sent together, systemd
+        for starting, group in itertools.groupby(tasks, lambda t: isinstance(t, StartUnit)):
+            if starting:
+                # A plan's starts come last and are independent: sent together, systemd
                 # queues them in one go instead of one round trip each (33 units: ~300 ms).
-                j = i
-                while j < len(todo) and isinstance(todo[j], StartUnit):
-                    j += 1
-                batch = [u for u in todo[i:j]
-                         if isinstance(u, StartUnit) and u.name not in failed]
-                i = j
                 go = []
-                for u in batch:
+                for u in group:
+                    if not isinstance(u, StartUnit) or u.name in failed:
+                        continue
                     if self._may_start(desired.get(u.name)):
                         go.append(u)
                     else:
@@ -288,14 +283,13 @@ class Agent:
                 await asyncio.gather(*(self._apply_logged(u, desired, touched, failed)
                                        for u in go))
                 continue
-            i += 1
-            name = getattr(t, "name", "")
-            if name in failed:
-                continue
-            if isinstance(t, DaemonReload | LoadNew) and not wrote:
-                continue  # every file task failed: nothing to reload
-            if await self._apply_logged(t, desired, touched, failed):
-                wrote = wrote or isinstance(t, WriteUnitFile | RemoveUnitFile)
+            for t in group:
+                if getattr(t, "name", "") in failed:
+                    continue
+                if isinstance(t, DaemonReload | LoadNew) and not wrote:
+                    continue  # every file task failed: nothing to reload
+                if await self._apply_logged(t, desired, touched, failed):
+                    wrote = wrote or isinstance(t, WriteUnitFile | RemoveUnitFile)
         known = sorted(n for n in touched if n in self.applied or n in self.errors)
         try:  # one ListUnitsByNames for the batch, not a status read per unit
             self.statuses.update(await self.systemd.list_units(known))
@@ -574,12 +568,9 @@ class Agent:
         and stop the older ones; False, logged with `why`, if systemd refused."""
         async with self._arm_lock:
             self._arm_seq += 1
-            name = f"{fencing.FENCE_TIMER_PREFIX}{self._arm_seq}.timer"
+            name = fence_timer_name(self._arm_seq)
             try:
-                await self.systemd.arm_fence_timer(name, delay_s())
-                for old in await self.systemd.list_fence_timers():
-                    if old != name:
-                        await self.systemd.stop_unit(old)
+                await arm_replacing_older(self.systemd, name, delay_s())
             except SystemdError as e:
                 log.error("arming the dead-man switch%s failed: %s", why, e)
                 return False

@@ -518,19 +518,17 @@ class Registry:
         stays on `old_lease`. The registration moves in the first transaction or nothing
         does: returns how many keys moved, 0 if the registration is not on `old_lease` (gone,
         or changed meanwhile)."""
-        mine = [k for k in await self.etcd.lease_keys(old_lease)
-                if k == self.keys.machine(machine_id)
-                or (k.startswith(self.keys.states) and k.endswith("/" + machine_id))]
         registration = self.keys.machine(machine_id)
-        if registration not in mine:
+        on_lease = await self.etcd.lease_keys(old_lease)
+        if registration not in on_lease:
             return 0
-        mine.remove(registration)
+        keys = [registration] + [k for k in on_lease if k.startswith(self.keys.states)
+                                 and k.endswith("/" + machine_id)]
         moved = 0
         per_txn = MAX_TXN_OPS // 2  # a guard and a put per key
-        for i, batch in enumerate([[registration, *mine[:per_txn - 1]]]
-                                  + [mine[j:j + per_txn]
-                                     for j in range(per_txn - 1, len(mine), per_txn)]):
-            got, _ = await self.etcd.get_many([(k, False, False) for k in batch])
+        for i in range(0, len(keys), per_txn):
+            got, _ = await self.etcd.get_many([(k, False, False)
+                                               for k in keys[i:i + per_txn]])
             kvs = [kv[0] for kv in got if kv and kv[0].lease == old_lease]
             if i == 0 and not (kvs and kvs[0].key == registration):
                 return 0
