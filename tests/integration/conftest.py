@@ -34,6 +34,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+#: Lines of each machine's fleetd log a failed test's report carries (its last ones).
+REPORT_LOG_LINES = 80
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """A failed test on a cluster of its own reports what its fleetds logged: the cluster's
+    directory is gone once the fixture's teardown ran, and a CI failure is often one run."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when != "call" or not rep.failed:
+        return
+    funcargs = getattr(item, "funcargs", {})
+    for c in funcargs.values():
+        if not isinstance(c, LocalCluster):
+            continue
+        for m in c.machines:
+            log = m.root / "fleetd.log"
+            try:
+                lines = log.read_text(errors="replace").splitlines()
+            except OSError as e:
+                lines = [f"(no log: {e})"]
+            rep.sections.append((f"fleetd log of {m.machine_id[:12]} (last "
+                                 f"{REPORT_LOG_LINES} lines)",
+                                 "\n".join(lines[-REPORT_LOG_LINES:])))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _require_root() -> None:
     assert os.geteuid() == 0, "integration tests run real systemd managers and need root"
