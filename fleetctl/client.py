@@ -1,4 +1,4 @@
-"""fleetctl's connection to a fleetd gRPC API."""
+"""fleetctl's connection to a fleetd gRPC API (over `fleetctl.wire`, not grpcio: see there)."""
 
 from __future__ import annotations
 
@@ -75,20 +75,40 @@ class TlsFiles:
     def __bool__(self) -> bool:
         return bool(self.ca_file or self.cert_file or self.key_file)
 
-    def credentials(self) -> Any:
-        import grpc
+    def ssl_context(self) -> Any:
+        """The TLS client side: fleetd verified against the CA (the system's CAs when none is
+        given), our certificate and key presented, HTTP/2 offered (gRPC's ALPN)."""
+        import ssl
 
         if bool(self.cert_file) != bool(self.key_file):
             raise FleetctlError("--cert-file and --key-file go together")
-        pems = []
         for flag, path in (("--ca-file", self.ca_file), ("--cert-file", self.cert_file),
                            ("--key-file", self.key_file)):
             try:
-                pems.append(_read(path) if path else None)
+                if path:
+                    _read(path)
             except OSError as e:
                 raise FleetctlError(f"cannot read {flag} {path}: {e.strerror}") from None
-        return grpc.ssl_channel_credentials(root_certificates=pems[0], private_key=pems[2],
-                                            certificate_chain=pems[1])
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            if self.ca_file:
+                ctx.load_verify_locations(cafile=os.path.expanduser(self.ca_file))
+            else:
+                ctx.load_default_certs()
+        except ssl.SSLError as e:
+            raise FleetctlError(f"--ca-file {self.ca_file} holds no usable certificate: "
+                                f"{e.reason or e}") from None
+        if self.cert_file:
+            try:
+                ctx.load_cert_chain(os.path.expanduser(self.cert_file),
+                                    os.path.expanduser(self.key_file))
+            except ssl.SSLError as e:
+                raise FleetctlError(f"--cert-file {self.cert_file} and --key-file "
+                                    f"{self.key_file} do not make a usable pair: "
+                                    f"{e.reason or e}") from None
+        ctx.set_alpn_protocols(["h2"])
+        return ctx
 
 
 def _read(path: str) -> bytes:
@@ -107,9 +127,9 @@ class Stream(Generic[T]):
     """The messages of a server-streaming call, errors as FleetctlError; `cancel()` (from
     any thread) ends it, and so does leaving a `with` block."""
 
-    def __init__(self, call: Any, error: Callable[[Any], FleetctlError],
-                 rpc_error: type[Exception]) -> None:
-        self._call, self._error, self._rpc_error = call, error, rpc_error
+    def __init__(self, call: Any, decode: Callable[[bytes], T],
+                 error: Callable[[Any], FleetctlError], rpc_error: type[Exception]) -> None:
+        self._call, self._decode, self._error, self._rpc_error = call, decode, error, rpc_error
         self.cancelled = False
 
     def __iter__(self) -> Iterator[T]:
@@ -117,7 +137,7 @@ class Stream(Generic[T]):
 
     def __next__(self) -> T:
         try:
-            return next(self._call)  # type: ignore[no-any-return]
+            return self._decode(next(self._call))
         except self._rpc_error as e:
             if self.cancelled:
                 raise StopIteration from None
@@ -141,31 +161,28 @@ class Client:
 
     TCP endpoints use TLS when `tls` names files or the endpoint is https://; unix sockets
     never do. `server_name` is the name to verify fleetd's certificate against when the
-    endpoint is not fleetd's own address (an SSH tunnel). grpc and the generated code are
-    imported here, not at module import, so commands that never call the API stay quick."""
+    endpoint is not fleetd's own address (an SSH tunnel). The transport and the generated
+    code are imported here, not at module import, so commands that never call the API stay
+    quick. Unary calls are made from one thread; a stream may be cancelled from another."""
 
     def __init__(self, endpoint: str | None = None, timeout_s: float = 10.0,
                  tls: TlsFiles | None = None, server_name: str = "") -> None:
-        import grpc
-
+        from fleetctl import wire
         from fleetd.api.pb import fleet_pb2
 
         self.endpoint = endpoint or os.environ.get("FLEETCTL_ENDPOINT") or DEFAULT_ENDPOINT
         self.timeout_s = timeout_s
         self.pb = fleet_pb2
-        self._grpc = grpc
+        self._wire = wire
         target = grpc_target(self.endpoint)
-        options: list[tuple[str, Any]] = [
-            ("grpc.max_receive_message_length", 512 * 1024 * 1024)]
         tls = tls or TlsFiles()
         self.secure = bool(server_name and tls) or (not target.startswith("unix:") and (
             bool(tls) or self.endpoint.strip().startswith("https://")))
-        if self.secure:
-            if server_name:
-                options.append(("grpc.ssl_target_name_override", server_name))
-            self._channel = grpc.secure_channel(target, tls.credentials(), options=options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=options)
+        try:
+            self._channel = wire.Channel(target, tls.ssl_context() if self.secure else None,
+                                         server_name)
+        except wire.RpcError as e:
+            raise self._error(e, timeout_s) from None
 
     # --- the RPCs -------------------------------------------------------------------------
     def list_machines(self) -> list[pb.Machine]:
@@ -272,13 +289,12 @@ class Client:
 
     # --- plumbing -------------------------------------------------------------------------
     def _unary(self, method: str, request: Message, response: type[M]) -> M:
-        fn = self._channel.unary_unary(_SERVICE + method,
-                                       request_serializer=type(request).SerializeToString,
-                                       response_deserializer=response.FromString)
         try:
-            return fn(request, timeout=self.timeout_s)  # type: ignore[no-any-return]
-        except self._grpc.RpcError as e:
+            answer = self._channel.unary(_SERVICE + method, request.SerializeToString(),
+                                         self.timeout_s)
+        except self._wire.RpcError as e:
             raise self._error(e, self.timeout_s) from None
+        return response.FromString(answer)
 
     def _unary_many(self, method: str, requests: Iterable[Message], response: type[M]
                     ) -> Iterator[M | FleetctlError]:
@@ -287,48 +303,39 @@ class Client:
         write; sent one after another, 100 of them took fleetctl 1.9 s on the lab, concurrent
         ones share etcd's disk syncs. Requests already sent complete even if the caller stops
         at an earlier failure."""
-        from collections import deque
-
-        fn = self._channel.unary_unary(_SERVICE + method,
-                                       request_serializer=lambda r: r.SerializeToString(),
-                                       response_deserializer=response.FromString)
-        pending: deque[Any] = deque()
-
-        def result(f: Any) -> M | FleetctlError:
-            try:
-                return f.result()  # type: ignore[no-any-return]
-            except self._grpc.RpcError as e:
-                return self._error(e, self.timeout_s)
-
-        for request in requests:
-            pending.append(fn.future(request, timeout=self.timeout_s))
-            if len(pending) >= MAX_IN_FLIGHT:
-                yield result(pending.popleft())
-        while pending:
-            yield result(pending.popleft())
+        for answer in self._channel.unary_many(
+                _SERVICE + method, (r.SerializeToString() for r in requests), self.timeout_s,
+                MAX_IN_FLIGHT):
+            if isinstance(answer, self._wire.RpcError):
+                yield self._error(answer, self.timeout_s)
+            else:
+                yield response.FromString(answer)
 
     def _stream(self, method: str, request: Message, response: type[M],
                 timeout_s: float | None) -> Stream[M]:
-        fn = self._channel.unary_stream(_SERVICE + method,
-                                        request_serializer=type(request).SerializeToString,
-                                        response_deserializer=response.FromString)
-        return Stream(fn(request, timeout=timeout_s), lambda e: self._error(e, timeout_s),
-                      self._grpc.RpcError)
+        try:
+            call = self._channel.stream(_SERVICE + method, request.SerializeToString(),
+                                        timeout_s)
+        except self._wire.RpcError as e:
+            raise self._error(e, timeout_s) from None
+        return Stream(call, response.FromString, lambda e: self._error(e, timeout_s),
+                      self._wire.RpcError)
 
     def _error(self, e: Any, timeout_s: float | None) -> FleetctlError:
-        code = e.code()
-        if code == self._grpc.StatusCode.NOT_FOUND:
-            return NotFoundError(e.details())
-        if code == self._grpc.StatusCode.UNAVAILABLE and "etcd" not in (e.details() or ""):
+        w = self._wire
+        code, details = e.code(), e.details() or w.code_name(e.code())
+        if code == w.NOT_FOUND:
+            return NotFoundError(details)
+        if code == w.UNAVAILABLE and "etcd" not in details:
             hint = "" if self.secure or self.endpoint.startswith(("unix:", "/")) else \
                 " (a TCP API requires TLS: pass --ca-file, --cert-file and --key-file)"
-            return FleetctlError(f"cannot reach fleetd at {self.endpoint}: {e.details()}{hint}")
-        if code == self._grpc.StatusCode.DEADLINE_EXCEEDED:
+            return FleetctlError(f"cannot reach fleetd at {self.endpoint}: {details}{hint}")
+        if code == w.DEADLINE_EXCEEDED:
             return DeadlineExceeded(f"fleetd at {self.endpoint} did not answer within "
                                     f"{timeout_s or 0:g}s")
-        if code == self._grpc.StatusCode.FAILED_PRECONDITION:
-            return NotRunningError(e.details() or str(code))
-        return FleetctlError(e.details() or str(code))
+        if code == w.FAILED_PRECONDITION:
+            return NotRunningError(details)
+        return FleetctlError(details)
 
     def close(self) -> None:
         self._channel.close()

@@ -186,11 +186,12 @@ def test_version_and_help_import_no_cli_library_grpc_or_unit_model(args: list[st
     assert [p for p in HEAVY if _loaded(modules, p)] == []
 
 
-def test_an_api_command_imports_grpc_and_its_own_module_only(
+def test_an_api_command_imports_the_wire_client_and_its_own_module_only(
         tmp_path: pytest.TempPathFactory) -> None:
     code, modules = imported("--endpoint", f"unix://{tmp_path}/none.sock", "list-units")
     assert code == 1  # nothing listens there
-    assert _loaded(modules, "grpc") and "fleetd.api.pb.fleet_pb2" in modules
+    assert "fleetctl.wire" in modules and "fleetd.api.pb.fleet_pb2" in modules
+    assert not _loaded(modules, "grpc"), "fleetctl speaks gRPC without grpcio (its import cost)"
     assert "fleetctl.listing" in modules
     others = {"fleetctl.units", "fleetctl.remote", "fleetctl.rolling", "fleetctl.completion",
               "fleetctl.dashboard_command", "fleetctl.wait"}
