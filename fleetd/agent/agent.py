@@ -76,6 +76,8 @@ class Agent:
         self.texts: dict[str, tuple[str, str]] = {}  # unit -> (hash, text)
         self.applied: dict[str, str] = {}  # unit -> "loaded" | "launched"
         self.file_hashes: dict[str, str] = {}
+        #: Units whose file here has an [Install] section (its removal needs a reload).
+        self.with_links: set[str] = set()
         self.statuses: dict[str, UnitStatus] = {}
         self.host_units: dict[str, str] = {}  # scheduled here, refused: the host's own file
         # Fenced until the first lease has armed the dead-man switch: no lease, no units.
@@ -113,6 +115,9 @@ class Agent:
                 self.file_hashes[name] = UnitFile.parse(text, name=name).hash()
             except UnitError:
                 self.file_hashes[name] = "?"  # unparseable leftovers are replaced or removed
+                self.with_links.add(name)  # whatever it holds: reload on its removal
+            if "[Install]" in text:
+                self.with_links.add(name)
 
     async def run(self) -> None:
         while not self.session.lease or self.fenced:
@@ -222,7 +227,7 @@ class Agent:
             st = self.statuses.get(n)
             running = st is not None and st.active_state in RUNNING_STATES
             out[n] = CurrentUnit(n, self.file_hashes.get(n), self.applied.get(n),  # type: ignore
-                                 running)
+                                 running, n in self.with_links)
         return out
 
     async def _reconcile_loop(self) -> None:
@@ -268,8 +273,15 @@ class Agent:
         touched: set[str] = set()
         failed: set[str] = set()
         wrote = False
-        for starting, group in itertools.groupby(tasks, lambda t: isinstance(t, StartUnit)):
-            if starting:
+        for kind, group in itertools.groupby(
+                tasks, lambda t: type(t) if isinstance(t, StartUnit | StopUnit) else None):
+            if kind is StopUnit:
+                # Stops come first and are independent: queued together (one round trip
+                # each, one after another, they took ~7 ms apiece on the lab).
+                await asyncio.gather(*(self._apply_logged(t, desired, touched, failed)
+                                       for t in group))
+                continue
+            if kind is StartUnit:
                 # A plan's starts come last and are independent: sent together, systemd
                 # queues them in one go instead of one round trip each (33 units: ~300 ms).
                 go = []
@@ -368,11 +380,16 @@ class Agent:
             self.systemd.write_unit_file(t.name, t.text, _drop_in(want))
             self._install_links(t.name, t.text)
             self.file_hashes[t.name] = want.hash
+            if "[Install]" in t.text:
+                self.with_links.add(t.name)
+            else:
+                self.with_links.discard(t.name)
             self.applied.setdefault(t.name, "loaded")
         elif isinstance(t, RemoveUnitFile):
             self._install_links(t.name, None)
             self.systemd.remove_unit_file(t.name)
             self.file_hashes.pop(t.name, None)
+            self.with_links.discard(t.name)
             self.applied.pop(t.name, None)
             self.errors.pop(t.name, None)
         elif isinstance(t, DaemonReload):

@@ -3,7 +3,9 @@
 No I/O here: `fleetd.agent.agent` reads the state, calls `plan`, and applies the tasks through
 `fleetd.systemd`. Order of a plan: stop what must stop, write/remove unit files, one
 daemon-reload for the whole batch (or, when every file is new, `LoadNew`: systemd loads new
-unit files on demand), then start what must run.
+unit files on demand), then start what must run. Removing a file needs no reload unless it
+had [Install] links: systemd drops a stopped unit whose file is gone by itself, and a later
+file of that name is checked as loaded-as-written (`LoadNew`) like any new one.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class CurrentUnit:
     file_hash: str | None
     applied: AppliedState | None
     running: bool
+    #: Its file has an [Install] section (links in other units' .wants/ directories).
+    links: bool = True
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ def plan(desired: Mapping[str, DesiredUnit], current: Mapping[str, CurrentUnit])
     files: list[Task] = []
     starts: list[Task] = []
     fresh: list[str] = []  # files new here, whose loading needs no daemon-reload
+    quiet = 0  # removals that need no daemon-reload either
     for name in sorted(current.keys() - desired.keys()):
         cur = current[name]
         # A unit the agent started may not look running yet: StartUnit returns once the job is
@@ -104,6 +109,7 @@ def plan(desired: Mapping[str, DesiredUnit], current: Mapping[str, CurrentUnit])
             stops.append(StopUnit(name))
         if cur.file_hash is not None:
             files.append(RemoveUnitFile(name))
+            quiet += not cur.links
     for name in sorted(desired):
         want = desired[name]
         cur = current.get(name) or CurrentUnit(name, None, None, False)
@@ -121,10 +127,10 @@ def plan(desired: Mapping[str, DesiredUnit], current: Mapping[str, CurrentUnit])
         if want.target_state == "launched" and (changed or cur.applied != "launched"):
             starts.append(StartUnit(name))
     reload: list[Task] = []
-    if len(fresh) == len(files) and 0 < len(fresh) <= LOAD_NEW_MAX:
-        reload = [LoadNew(tuple(fresh))]
-    elif files:
+    if len(fresh) + quiet < len(files) or len(fresh) > LOAD_NEW_MAX:
         reload = [DaemonReload()]
+    elif fresh:
+        reload = [LoadNew(tuple(fresh))]
     return stops + files + reload + starts
 
 

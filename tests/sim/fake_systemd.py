@@ -170,6 +170,8 @@ class FakeSystemd:
         if old != active:
             self.trace(f"{self.machine} {u.name} {old}->{active}")
             self.on_change(self.machine, u.name, old, active)
+            if active == "inactive":
+                self._collect(u.name)
         self._notify(u.name)
 
     def _notify(self, name: str) -> None:
@@ -178,7 +180,18 @@ class FakeSystemd:
             c._signal(st)
 
     # --- jobs -----------------------------------------------------------------------------
+    def _collect(self, name: str) -> None:
+        """Garbage collection, as systemd does it by itself: a unit that is inactive (not
+        failed) and whose file is gone is forgotten, so its next load reads the disk afresh.
+        (Real systemd also keeps a unit another one references, as [Install] links do: the
+        agent reloads for those; the fake has no links.)"""
+        u = self.units.get(name)
+        if name in self.loaded and self._source(name) is None and (
+                u is None or u.active == "inactive"):
+            del self.loaded[name]
+
     def _load(self, name: str) -> None:
+        self._collect(name)
         if name in self.loaded:
             return
         text = self._source(name)
@@ -418,6 +431,7 @@ class FakeSystemdConnection:
     def remove_unit_file(self, name: str) -> None:
         self._write_drop_in(name, None)
         self.systemd.files.pop(name, None)
+        self.systemd._collect(name)
 
     # --- the dead-man switch (fleetd.fencing) ---------------------------------------------
     def install_fence(self) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 
 from fleetd import clock
-from fleetd.systemd import SystemdManager, UnitManager, UnitStatus
+from fleetd.systemd import SystemdError, SystemdManager, UnitManager, UnitStatus
 from tests.harness import UserManager
 from tests.sim.fake_systemd import FakeSystemd
 from tests.sim.loop import VirtualLoop
@@ -163,10 +163,43 @@ async def a_new_unit_file_loads_with_its_fence_without_daemon_reload(sd: UnitMan
     await sd.daemon_reload()
 
 
+async def a_removed_unit_file_needs_no_daemon_reload(sd: UnitManager, tag: str) -> None:
+    # The agent removes the file of a unit it stops without a daemon-reload (no [Install]
+    # links): systemd must forget the unit once it is inactive, so that a new file of that
+    # name loads as written, and it must not start the old one again.
+    from fleetd import fencing
+
+    name = f"c-{tag}-gone.service"
+    sd.install_fence()
+    sd.write_unit_file(name, _unit("first"), fencing.fence_drop_in(name, None, False))
+    await sd.daemon_reload()
+    await sd.start_unit(name)
+    await _until(sd, name, "active")
+    await sd.stop_unit(name)  # queued: the file goes before the stop is done, as in the agent
+    sd.remove_unit_file(name)
+    await _until(sd, name, "inactive")
+    for _ in range(100):  # systemd collects it on its next pass
+        if (await sd.unit_status(name)).load_state == "not-found":
+            break
+        await asyncio.sleep(0.02)
+    assert (await sd.unit_status(name)).load_state == "not-found"
+    with pytest.raises(SystemdError):
+        await sd.start_unit(name)
+    await asyncio.sleep(0.05)  # past the clock tick of the cache build that found no file
+    sd.write_unit_file(name, _unit("second"), fencing.fence_drop_in(name, None, False))
+    assert await sd.not_loaded_as_written([name]) == []
+    await sd.start_unit(name)
+    await _until(sd, name, "active")
+    await sd.stop_unit(name)
+    await _until(sd, name, "inactive", "failed")
+    sd.remove_unit_file(name)
+
+
 CONTRACTS = [the_dead_man_timer_stops_non_global_units_to_inactive, start_stop_and_signals,
              a_stop_takes_as_long_as_exec_stop_and_is_capped_by_timeout,
              conflicts_stop_the_other_unit, unknown_units_are_not_errors,
-             a_new_unit_file_loads_with_its_fence_without_daemon_reload]
+             a_new_unit_file_loads_with_its_fence_without_daemon_reload,
+             a_removed_unit_file_needs_no_daemon_reload]
 
 
 @pytest.fixture

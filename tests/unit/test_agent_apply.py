@@ -11,11 +11,13 @@ import pytest
 
 from fleetd.agent.tasks import (
     DaemonReload,
+    LoadNew,
     RemoveUnitFile,
     StartUnit,
     StopUnit,
     Task,
     WriteUnitFile,
+    plan,
 )
 from fleetd.registry import ScheduleEntry
 from tests.harness.sim_rig import record, sim_rig, unit_text
@@ -131,4 +133,56 @@ def test_a_replaced_unit_is_stopped_rewritten_and_started_in_order() -> None:
             assert sd.active_state("web.service") == "active"
             assert sd.units["web.service"].pid != pid
             assert agent.file_hashes["web.service"] == new.hash
+        rig.run(go())
+
+
+def test_a_destroyed_unit_goes_without_a_reload_and_a_new_file_of_its_name_loads_as_written(
+        ) -> None:
+    """Removing the file of a unit without [Install] links needs no daemon-reload (systemd
+    forgets the stopped unit by itself); the next file of that name is loaded as written."""
+    new = record("web.service", unit_text("web, version 2"))
+    with sim_rig() as rig:
+        async def go() -> None:
+            await rig.schedule("m1", WEB, "launched")
+            agent, sd = await rig.agent("m1")
+            await agent.apply(plan(agent.desired(), agent.current()))
+            await asyncio.sleep(1)
+            assert sd.active_state("web.service") == "active"
+            reloads = sd.reloads
+            tasks = plan({}, agent.current())
+            assert tasks == [StopUnit("web.service"), RemoveUnitFile("web.service")]
+            await agent.apply(tasks)
+            await asyncio.sleep(1)
+            assert sd.active_state("web.service") == "inactive"
+            assert "web.service" not in sd.files and "web.service" not in sd.loaded
+            agent.texts["web.service"] = (new.hash, new.text)
+            agent.schedule["web.service"] = ScheduleEntry("web.service", "m1", "launched",
+                                                          new.hash, False)
+            tasks = plan(agent.desired(), agent.current())
+            assert tasks == [write(new), LoadNew(("web.service",)), StartUnit("web.service")]
+            await agent.apply(tasks)
+            await asyncio.sleep(1)
+            assert sd.active_state("web.service") == "active"
+            assert sd.loaded["web.service"].startswith(new.text)
+            assert sd.reloads == reloads
+        rig.run(go())
+
+
+def test_removing_a_file_with_install_links_reloads() -> None:
+    """[Install] links are other units' dependencies: the agent reloads when such a file goes,
+    also for a file it found on disk at start (adopted)."""
+    text = unit_text("linked") + "\n[Install]\nWantedBy=default.target\n"
+    linked = record("linked.service", text)
+    with sim_rig() as rig:
+        async def go() -> None:
+            await rig.schedule("m1", linked, "launched")
+            agent, _ = await rig.agent("m1")
+            await agent.apply(plan(agent.desired(), agent.current()))
+            await asyncio.sleep(1)
+            assert agent.current()["linked.service"].links
+            assert plan({}, agent.current())[-1] == DaemonReload()
+            agent.with_links.clear()
+            agent.adopt_existing()  # what a restarted fleetd learns from the disk
+            assert agent.current()["linked.service"].links
+            assert plan({}, agent.current())[-1] == DaemonReload()
         rig.run(go())

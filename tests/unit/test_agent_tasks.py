@@ -33,8 +33,8 @@ def want(name: str, state: str = "launched", hash: str = "h1", text: str = TEXT_
 
 
 def have(name: str, hash: str | None = "h1", applied: str | None = "launched",
-         running: bool = True) -> CurrentUnit:
-    return CurrentUnit(name, hash, applied, running)  # type: ignore[arg-type]
+         running: bool = True, links: bool = True) -> CurrentUnit:
+    return CurrentUnit(name, hash, applied, running, links)  # type: ignore[arg-type]
 
 
 def by_name(*units: Any) -> dict[str, Any]:
@@ -97,6 +97,21 @@ CASES = [
         {}, by_name(have("a.service", running=False, applied="loaded")),
         [RemoveUnitFile("a.service"), DaemonReload()],
         id="unscheduled_stopped_unit_is_only_removed"),
+    pytest.param(
+        {}, by_name(have("a.service", links=False), have("b.service", links=False)),
+        [StopUnit("a.service"), StopUnit("b.service"), RemoveUnitFile("a.service"),
+         RemoveUnitFile("b.service")],
+        id="removing_files_without_install_links_needs_no_reload"),
+    pytest.param(
+        {}, by_name(have("a.service", links=False), have("b.service")),
+        [StopUnit("a.service"), StopUnit("b.service"), RemoveUnitFile("a.service"),
+         RemoveUnitFile("b.service"), DaemonReload()],
+        id="removing_a_file_with_install_links_reloads"),
+    pytest.param(
+        by_name(want("n.service")), by_name(have("a.service", links=False)),
+        [StopUnit("a.service"), RemoveUnitFile("a.service"), WriteUnitFile("n.service", TEXT_A),
+         LoadNew(("n.service",)), StartUnit("n.service")],
+        id="a_new_file_beside_a_quiet_removal_is_checked_not_reloaded"),
     pytest.param(
         {}, by_name(have("a.service", hash=None, applied=None, running=True)),
         [StopUnit("a.service")],
@@ -192,7 +207,8 @@ def states(draw: Any) -> tuple[dict[str, DesiredUnit], dict[str, CurrentUnit]]:
     current = {}
     for n in draw(st.lists(st.sampled_from(NAMES), unique=True)):
         current[n] = have(n, draw(st.sampled_from([None, *HASHES])),
-                          draw(st.sampled_from([None, "loaded", "launched"])), draw(st.booleans()))
+                          draw(st.sampled_from([None, "loaded", "launched"])), draw(st.booleans()),
+                          draw(st.booleans()))
     return desired, current
 
 
@@ -210,12 +226,18 @@ def test_plan_orders_stops_then_file_ops_then_one_reload_then_starts(
     assert phases == sorted(phases), tasks
     file_ops = [t for t in tasks if isinstance(t, WriteUnitFile | RemoveUnitFile)]
     reloads = [t for t in tasks if isinstance(t, DaemonReload | LoadNew)]
-    assert len(reloads) == (1 if file_ops else 0)
-    # no reload only when every file op writes a file new here (no [Install] links)
+    assert len(reloads) <= (1 if file_ops else 0)
+    # no daemon-reload only when every write is of a file new here and every removal is of a
+    # file without [Install] links; the new files are then checked (LoadNew)
+    writes = [t for t in file_ops if isinstance(t, WriteUnitFile)]
+    quiet = all(current.get(t.name, have(t.name, None)).file_hash is None
+                and "[Install]" not in t.text for t in writes) and len(writes) <= LOAD_NEW_MAX \
+        and all(not current[t.name].links for t in file_ops if isinstance(t, RemoveUnitFile))
+    assert any(isinstance(t, DaemonReload) for t in reloads) == (bool(file_ops) and not quiet)
     if reloads and isinstance(reloads[0], LoadNew):
-        assert list(reloads[0].names) == [t.name for t in file_ops]
-        assert all(isinstance(t, WriteUnitFile) and current.get(t.name, have(t.name, None))
-                   .file_hash is None for t in file_ops)
+        assert list(reloads[0].names) == [t.name for t in writes] and writes
+    elif file_ops and quiet:
+        assert not writes and not reloads  # removals only
     # every unit gets at most one task of each kind
     keyed = [(type(t), t.name) for t in tasks if not isinstance(t, DaemonReload | LoadNew)]
     assert len(keyed) == len(set(keyed)), tasks

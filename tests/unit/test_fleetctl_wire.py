@@ -179,7 +179,7 @@ def test_cancel_from_another_thread_wakes_the_reader_and_the_server_sees_it(
     def read() -> None:
         try:
             next(call)
-        except BaseException as e:  # noqa: BLE001 - what ended the read is the result
+        except BaseException as e:  # what ended the read is the result
             ended.append(e)
 
     reader = threading.Thread(target=read)
