@@ -161,19 +161,20 @@ class Client:
 
     TCP endpoints use TLS when `tls` names files or the endpoint is https://; unix sockets
     never do. `server_name` is the name to verify fleetd's certificate against when the
-    endpoint is not fleetd's own address (an SSH tunnel). The transport and the generated
-    code are imported here, not at module import, so commands that never call the API stay
-    quick. Unary calls are made from one thread; a stream may be cancelled from another."""
+    endpoint is not fleetd's own address (an SSH tunnel). The transport and the messages
+    (`fleetctl.protolite`: fleetctl loads neither grpcio nor the protobuf runtime) are
+    imported here, not at module import, so commands that never call the API stay quick.
+    Unary calls are made from one thread; a stream may be cancelled from another."""
 
     def __init__(self, endpoint: str | None = None, timeout_s: float = 10.0,
                  tls: TlsFiles | None = None, server_name: str = "") -> None:
-        from fleetctl import wire
-        from fleetd.api.pb import fleet_pb2
+        from fleetctl import protolite, wire
 
         self.endpoint = endpoint or os.environ.get("FLEETCTL_ENDPOINT") or DEFAULT_ENDPOINT
         self.timeout_s = timeout_s
-        self.pb = fleet_pb2
+        self.pb: Any = protolite.messages()
         self._wire = wire
+        self._decode_error = protolite.DecodeError
         target = grpc_target(self.endpoint)
         tls = tls or TlsFiles()
         self.secure = bool(server_name and tls) or (not target.startswith("unix:") and (
@@ -283,9 +284,10 @@ class Client:
     def call(self, method: str, **fields: Any) -> Any:
         """Any unary RPC by name (`call("ListMachines")`), its types taken from the service
         descriptor; for scripts and tests. fleetctl itself uses the typed methods."""
-        rpc = self.pb.DESCRIPTOR.services_by_name["Fleet"].methods_by_name[method]
-        request = getattr(self.pb, rpc.input_type.name)(**fields)
-        return self._unary(method, request, getattr(self.pb, rpc.output_type.name))
+        request_type, response_type, streaming = self.pb.methods[method]
+        if streaming:
+            raise FleetctlError(f"{method} is a stream: use the typed method")
+        return self._unary(method, request_type(**fields), response_type)
 
     # --- plumbing -------------------------------------------------------------------------
     def _unary(self, method: str, request: Message, response: type[M]) -> M:
@@ -294,7 +296,14 @@ class Client:
                                          self.timeout_s)
         except self._wire.RpcError as e:
             raise self._error(e, self.timeout_s) from None
-        return response.FromString(answer)
+        return self._decode(response, answer)
+
+    def _decode(self, response: type[M], answer: bytes) -> M:
+        try:
+            return response.FromString(answer)
+        except self._decode_error as e:
+            raise FleetctlError(f"fleetd at {self.endpoint} sent an answer fleetctl cannot "
+                                f"read ({e})") from None
 
     def _unary_many(self, method: str, requests: Iterable[Message], response: type[M]
                     ) -> Iterator[M | FleetctlError]:
@@ -309,7 +318,7 @@ class Client:
             if isinstance(answer, self._wire.RpcError):
                 yield self._error(answer, self.timeout_s)
             else:
-                yield response.FromString(answer)
+                yield self._decode(response, answer)
 
     def _stream(self, method: str, request: Message, response: type[M],
                 timeout_s: float | None) -> Stream[M]:
@@ -318,8 +327,8 @@ class Client:
                                         timeout_s)
         except self._wire.RpcError as e:
             raise self._error(e, timeout_s) from None
-        return Stream(call, response.FromString, lambda e: self._error(e, timeout_s),
-                      self._wire.RpcError)
+        return Stream(call, lambda answer: self._decode(response, answer),
+                      lambda e: self._error(e, timeout_s), self._wire.RpcError)
 
     def _error(self, e: Any, timeout_s: float | None) -> FleetctlError:
         w = self._wire

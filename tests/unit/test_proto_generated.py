@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 GENERATE = ROOT / "proto" / "generate.py"
 PROTO = ROOT / "proto" / "fleetpy" / "v1" / "fleet.proto"
 COMMITTED = ROOT / "fleetd" / "api" / "pb"
-EXPECTED_FILES = {"fleet_pb2.py", "fleet_pb2.pyi", "fleet_pb2_grpc.py"}
+EXPECTED_FILES = {"fleet_pb2.py", "fleet_pb2.pyi", "fleet_pb2_grpc.py", "fleet_lite.py"}
 HINT = "generated code is stale: run `python proto/generate.py` and commit fleetd/api/pb/"
 
 
