@@ -21,6 +21,8 @@ from fleetctl.command import (
 )
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from fleetctl.client import Client
 
 
@@ -115,7 +117,8 @@ def ensure_units(c: Client, args: list[str], command: str, desired: str = "",
     from fleetctl.client import FleetctlError, NotFoundError
     from fleetd.unit import UnitName
 
-    cluster = {u.name: u for u in c.list_units()}
+    cluster = known_units(c, [n for name, _ in resolve_args(args)
+                              for n in (name, *_template_of(name))])
     plans: list[_Plan] = []
     for arg, (name, path) in zip(args, resolve_args(args), strict=True):
         parsed = UnitName.parse(name)
@@ -183,6 +186,26 @@ def ensure_units(c: Client, args: list[str], command: str, desired: str = "",
     return [name for name, _ in resolve_args(args)]
 
 
+#: Up to this many names are looked up one by one (GetUnit, concurrently); more, and the
+#: whole cluster is listed once.
+FEW_UNITS = 16
+
+
+def known_units(c: Client, names: list[str]) -> dict[str, Any]:
+    """The units of `names` in the cluster, by name."""
+    if len(set(names)) <= FEW_UNITS:
+        return c.get_units(names)
+    wanted = set(names)
+    return {u.name: u for u in c.list_units() if u.name in wanted}
+
+
+def _template_of(name: str) -> tuple[str, ...]:
+    from fleetd.unit import UnitName
+
+    parsed = UnitName.parse(name)
+    return (parsed.template(),) if parsed.is_instance else ()
+
+
 def _replace_instances(c: Client, template: str) -> None:
     """After replacing a template, give each submitted instance of it the new file too (the
     agents then restart them where they run)."""
@@ -234,7 +257,7 @@ def set_state(args: list[str], target: str, no_block: bool, block_attempts: int,
 
 def _refuse_stop_of_inactive(c: Client, names: list[str]) -> None:
     """fleet refuses to stop a (non-global) unit that is not loaded anywhere."""
-    units = {u.name: u for u in c.list_units()}
+    units = known_units(c, names)
     for name in names:
         u = units.get(name)
         if u is None:

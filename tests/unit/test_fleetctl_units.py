@@ -12,6 +12,7 @@ import pytest
 
 from fleetctl.cli import ensure_units
 from fleetctl.command import Exit
+from fleetctl.units import FEW_UNITS
 from fleetd.unit import UnitFile
 
 V1 = "[Service]\nExecStart=/bin/sleep 1\n"
@@ -30,8 +31,15 @@ class FakeApi:
         self.created: list[tuple[str, str, str, bool]] = []
 
     def list_units(self) -> list[Any]:
+        self.listed = getattr(self, "listed", 0) + 1
         return [SimpleNamespace(name=n, hash=file_hash(t), desired_state=d)
                 for n, (t, d) in sorted(self.units.items())]
+
+    def get_units(self, names: Any) -> dict[str, Any]:
+        names = list(names)
+        self.looked_up = getattr(self, "looked_up", []) + names
+        return {n: SimpleNamespace(name=n, hash=file_hash(t), desired_state=d)
+                for n, (t, d) in self.units.items() if n in names}
 
     def get_unit(self, name: str) -> Any:
         return SimpleNamespace(text=self.units[name][0])
@@ -101,6 +109,26 @@ def test_ensure_units(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
     out = capsys.readouterr()
     for word in words:
         assert word in out.err + out.out
+
+
+def test_a_few_arguments_are_looked_up_by_name_and_many_by_one_listing(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start of a few units does not list a large cluster: it asks for those units (and an
+    instance's template); past FEW_UNITS names one listing is cheaper."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.service").write_text(V1)
+    api = FakeApi({"t@.service": (V1, "inactive")})
+    ensure_units(api, ["a.service", "t@1.service"], "start", "")  # type: ignore[arg-type]
+    assert api.looked_up == ["a.service", "t@1.service", "t@.service"]
+    assert getattr(api, "listed", 0) == 0
+    assert [n for n, *_ in api.created] == ["a.service", "t@1.service"]
+    many = [f"u{i}.service" for i in range(FEW_UNITS + 1)]
+    for name in many:
+        (tmp_path / name).write_text(V1)
+    api = FakeApi({"u0.service": (V1, "launched")})
+    ensure_units(api, many, "start", "")  # type: ignore[arg-type]
+    assert api.listed == 1 and not hasattr(api, "looked_up")
+    assert [n for n, *_ in api.created] == many[1:]  # u0 is in the cluster already
 
 
 @pytest.mark.parametrize(("files", "args", "word"), [
