@@ -124,8 +124,10 @@ def test_journal_prints_the_last_lines_of_the_unit_from_its_machine(
         assert r.returncode == 0, r.stderr
         lines = r.stdout.splitlines()
         assert len(lines) == 3 and all(re.fullmatch(r"tick \d+", x) for x in lines), lines
-    r = cluster.fleetctl("journal", "ticker.service")  # fleet's default: 10 lines, short format
-    lines = r.stdout.splitlines()
+    # fleet's default: the last 10 lines, short format (once the ticker has written that many)
+    lines = wait_until(lambda: (lambda out: out if len(out) >= 10 else None)(
+        cluster.fleetctl("journal", "ticker.service").stdout.splitlines()), 10,
+        what="ten journal lines")
     assert len(lines) == 10 and all(": tick " in x for x in lines), lines
     r = cluster.fleetctl("journal", "-n", "2", "-o", "json", "ticker.service")
     records = [json.loads(x) for x in r.stdout.splitlines()]
