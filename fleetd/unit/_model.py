@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
 
 from fleetd.unit._errors import InvalidUnitFile, InvalidUnitName, InvalidXFleetOptions, quote
 from fleetd.unit._glob import BadPattern, compile_glob, glob_match
@@ -17,13 +15,17 @@ from fleetd.unit._parse import (
     parse_options,
     serialize_options,
 )
+from fleetd.unit._record import Record
 from fleetd.unit.resources import CPU_RESERVATION, MEMORY_RESERVATION, demand_of
+
+TYPE_CHECKING = False  # typing's import is a cost of every fleetctl start
+if TYPE_CHECKING:
+    from typing import Any
 
 XFLEET_SECTION = "X-Fleet"
 
 
-@dataclass(frozen=True)
-class UnitFile:
+class UnitFile(Record):
     """A parsed systemd unit file. sections preserve order; an option may repeat.
 
     ``options`` are (section, name, value) in file order, grouped by section the way the
@@ -172,8 +174,7 @@ def _unique(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-@dataclass(frozen=True)
-class XFleet:
+class XFleet(Record):
     """Effective [X-Fleet] options of one unit name, specifiers already expanded."""
 
     machine_id: str = ""
@@ -369,8 +370,7 @@ def _boolean(option: str, items: list[str], bad: _Fail, default: bool) -> bool:
 # Units
 
 
-@dataclass(frozen=True)
-class Unit:
+class Unit(Record):
     """A named, fully validated unit: its file, original text, hash and effective [X-Fleet]."""
 
     name: str

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import string
 import unicodedata
-from dataclasses import dataclass
 
 from fleetd.unit._errors import InvalidUnitName, quote
+from fleetd.unit._record import Record
 
 #: Unit types fleet schedules (fleet's ``RecognizedUnitType``).
 UNIT_SUFFIXES: tuple[str, ...] = (
@@ -99,8 +99,7 @@ def normalize_name(arg: str) -> str:
     return f"{arg}.{_DEFAULT_SUFFIX}"
 
 
-@dataclass(frozen=True)
-class UnitName:
+class UnitName(Record):
     """A validated unit name split into prefix (%p), instance (%i) and suffix."""
 
     full: str
