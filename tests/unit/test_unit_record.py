@@ -35,10 +35,10 @@ def test_assignment_and_deletion_are_refused() -> None:
 
 
 @pytest.mark.parametrize(("args", "kwargs", "word"), [
-    (("a", "b", "c", "d", "e"), {}, "takes 4 arguments"),
-    (("a",), {"full": "a"}, "multiple values"),
-    ((), {"nope": 1}, "unexpected keyword"),
-    (("a", "b"), {}, "missing argument 'instance'"),
+    (("a", "b", "c", "d", "e"), {}, "takes 5 positional arguments but 6"),
+    (("a",), {"full": "a"}, "multiple values for argument 'full'"),
+    (("a", "b", "c", "d"), {"nope": 1}, "unexpected keyword argument 'nope'"),
+    (("a", "b"), {}, "missing 2 required positional arguments: 'instance' and 'suffix'"),
 ])
 def test_bad_construction_is_a_type_error(args: tuple[str, ...], kwargs: dict[str, object],
                                           word: str) -> None:
