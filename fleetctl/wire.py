@@ -547,17 +547,7 @@ class Channel:
     def unary(self, method: str, request: bytes, timeout_s: float | None) -> bytes:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         c = self._connection()
-        s = c.start_call(method, request, deadline, timeout_s)
-        try:
-            answer = c.next_message(s, deadline)
-            if answer is None:
-                raise RpcError(INTERNAL, "the call ended without an answer")
-            if c.next_message(s, deadline) is not None:
-                raise RpcError(INTERNAL, "more than one answer to a unary call")
-            return answer
-        except RpcError:
-            c.cancel(s)
-            raise
+        return _one_answer(c, c.start_call(method, request, deadline, timeout_s), deadline)
 
     def unary_many(self, method: str, requests: Iterable[bytes], timeout_s: float | None,
                    in_flight: int) -> Iterator[bytes | RpcError]:
@@ -569,16 +559,9 @@ class Channel:
                    ) -> bytes | RpcError:
             if isinstance(item, RpcError):
                 return item
-            c, s, deadline = item
             try:
-                answer = c.next_message(s, deadline)
-                if answer is None:
-                    return RpcError(INTERNAL, "the call ended without an answer")
-                if c.next_message(s, deadline) is not None:
-                    return RpcError(INTERNAL, "more than one answer to a unary call")
-                return answer
+                return _one_answer(*item)
             except RpcError as e:
-                c.cancel(s)
                 return e
 
         for request in requests:
@@ -603,6 +586,20 @@ class Channel:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _one_answer(c: Connection, s: _Stream, deadline: float | None) -> bytes:
+    """A unary call's single answer (the stream cancelled if anything is wrong)."""
+    try:
+        answer = c.next_message(s, deadline)
+        if answer is None:
+            raise RpcError(INTERNAL, "the call ended without an answer")
+        if c.next_message(s, deadline) is not None:
+            raise RpcError(INTERNAL, "more than one answer to a unary call")
+        return answer
+    except RpcError:
+        c.cancel(s)
+        raise
 
 
 class StreamCall:
