@@ -121,10 +121,10 @@ def ensure_units(c: Client, args: list[str], command: str, desired: str = "",
     from fleetctl.client import FleetctlError, NotFoundError
     from fleetd.unit import UnitName
 
-    cluster = known_units(c, [n for name, _ in resolve_args(args)
-                              for n in (name, *_template_of(name))])
+    resolved = resolve_args(args)
+    cluster = known_units(c, [n for name, _ in resolved for n in (name, *_template_of(name))])
     plans: list[_Plan] = []
-    for arg, (name, path) in zip(args, resolve_args(args), strict=True):
+    for arg, (name, path) in zip(args, resolved, strict=True):
         parsed = UnitName.parse(name)
         tmpl_path = None
         if parsed.is_instance:
@@ -187,7 +187,7 @@ def ensure_units(c: Client, args: list[str], command: str, desired: str = "",
     for plan in plans:
         if plan.replace:
             _replace_instances(c, plan.name)
-    return [name for name, _ in resolve_args(args)]
+    return [name for name, _ in resolved]
 
 
 #: Up to this many names are looked up one by one (GetUnit, concurrently); more, and the

@@ -33,6 +33,7 @@ from fleetd.agent.tasks import (
     Task,
     WriteUnitFile,
     fence,
+    has_install_section,
     plan,
 )
 from fleetd.machine import MachineSession
@@ -116,7 +117,7 @@ class Agent:
             except UnitError:
                 self.file_hashes[name] = "?"  # unparseable leftovers are replaced or removed
                 self.with_links.add(name)  # whatever it holds: reload on its removal
-            if "[Install]" in text:
+            if has_install_section(text):
                 self.with_links.add(name)
 
     async def run(self) -> None:
@@ -380,7 +381,7 @@ class Agent:
             self.systemd.write_unit_file(t.name, t.text, _drop_in(want))
             self._install_links(t.name, t.text)
             self.file_hashes[t.name] = want.hash
-            if "[Install]" in t.text:
+            if has_install_section(t.text):
                 self.with_links.add(t.name)
             else:
                 self.with_links.discard(t.name)

@@ -87,6 +87,12 @@ class StopUnit:
 Task = WriteUnitFile | RemoveUnitFile | DaemonReload | LoadNew | StartUnit | StopUnit
 
 
+def has_install_section(text: str) -> bool:
+    """The file may make [Install] links (dependencies of other units): loading or removing
+    it then needs a daemon-reload."""
+    return "[Install]" in text
+
+
 def plan(desired: Mapping[str, DesiredUnit], current: Mapping[str, CurrentUnit]) -> list[Task]:
     """Ordered tasks that bring `current` to `desired`; empty when they already agree.
 
@@ -122,7 +128,7 @@ def plan(desired: Mapping[str, DesiredUnit], current: Mapping[str, CurrentUnit])
         if changed:
             files.append(WriteUnitFile(name, want.text))
             # [Install] links change other units' dependencies: those need a reload.
-            if cur.file_hash is None and "[Install]" not in want.text:
+            if cur.file_hash is None and not has_install_section(want.text):
                 fresh.append(name)
         if want.target_state == "launched" and (changed or cur.applied != "launched"):
             starts.append(StartUnit(name))
