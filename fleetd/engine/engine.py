@@ -246,14 +246,14 @@ class Engine:
         """Units assigned to a machine we do not see: it may have expired a moment ago (this
         leader cannot know when), so it gets the full grace from now."""
         now = clock.now()
-        for per in c.schedule.values():
-            for mid in per:
-                if mid not in c.machines and mid not in self.departed:
-                    self.departed[mid] = (now, MachineView(mid, {}))
-                    self.departed_units[mid] = _units_of(c, mid)
-                    self._hold_slow_stops(c, self.departed_units[mid], mid, now)
-                    log.info("machine %s left (it has units but no key); they stay for "
-                             "%.1fs (grace)", mid, self.grace_s)
+        unseen = {mid for per in c.schedule.values() for mid in per
+                  if mid not in c.machines and mid not in self.departed}
+        for mid, units in _units_on(c, unseen).items():
+            self.departed[mid] = (now, MachineView(mid, {}))
+            self.departed_units[mid] = units
+            self._hold_slow_stops(c, units, mid, now)
+            log.info("machine %s left (it has units but no key); they stay for "
+                     "%.1fs (grace)", mid, self.grace_s)
         for mid in list(self.departed):
             if mid in c.machines:
                 del self.departed[mid]
@@ -360,11 +360,14 @@ class Engine:
         if ch is None:
             return False
         touched = c.state.apply(ch)
-        return self._track(c, ch, (MACHINE_DELETED, "", ch.machine_id) in touched)
+        left = (MACHINE_DELETED, "", ch.machine_id) in touched
+        return self._track(c, ch, _units_on(c, {ch.machine_id}) if left else None)
 
-    def _track(self, c: EngineCache, ch: Change, machine_left: bool) -> bool:
+    def _track(self, c: EngineCache, ch: Change,
+               left_with: Mapping[str, frozenset[str]] | None) -> bool:
         """Note what one change, already applied to `c.state`, makes stale; True if it can
-        change a decision. `machine_left`: it removed a machine the cache had."""
+        change a decision. `left_with`: when it removed a machine the cache had, the units
+        assigned to each machine that left with it (`_units_on`)."""
         if ch.kind in ("unit", "desired"):
             c.stale_jobs.add(ch.name)
             return True
@@ -373,10 +376,10 @@ class Engine:
             c.stale_machines = True
             if ch.record is not None:
                 self.departed.pop(mid, None)
-            elif machine_left and c is self.cache:
+            elif left_with is not None and mid in left_with and c is self.cache:
                 view = c.machine_views.get(mid) or MachineView(mid, {})
                 self.departed[mid] = (clock.now(), view)
-                self.departed_units[mid] = _units_of(c, mid)
+                self.departed_units[mid] = left_with[mid]
                 self._hold_slow_stops(c, self.departed_units[mid], mid, clock.now())
                 log.info("machine %s left; its units stay for %.1fs (grace)", mid,
                          self.grace_s)
@@ -406,9 +409,11 @@ class Engine:
                 self._wake.set()
             elif update.kind == "changes":
                 left = {e.machine_id for e in update.events if e.kind == MACHINE_DELETED}
+                # One pass over the schedule for every machine of the batch that left.
+                left_with = _units_on(self.cache, left) if left else None
                 relevant = False
                 for ch in update.changes:
-                    if self._track(self.cache, ch, ch.machine_id in left):
+                    if self._track(self.cache, ch, left_with):
                         relevant = True
                         self._note_change(ch)
                 if relevant:
@@ -655,5 +660,18 @@ class Engine:
         return ops
 
 
-def _units_of(c: EngineCache, machine_id: str) -> frozenset[str]:
-    return frozenset(u for u, per in c.schedule.items() if machine_id in per)
+def _units_on(c: EngineCache, machine_ids: Iterable[str]) -> dict[str, frozenset[str]]:
+    """The units assigned to each of `machine_ids`, in one pass over the schedule (a
+    thousand machines leaving at once must not cost a thousand passes over 10,000 units)."""
+    wanted = set(machine_ids)
+    found: dict[str, set[str]] = {mid: set() for mid in wanted}
+    if wanted:
+        for unit, per in c.schedule.items():
+            if len(per) == 1:
+                (mid,) = per
+                if mid in wanted:
+                    found[mid].add(unit)
+            else:
+                for mid in wanted.intersection(per):
+                    found[mid].add(unit)
+    return {mid: frozenset(units) for mid, units in found.items()}
