@@ -17,6 +17,7 @@ import asyncio
 import json
 import math
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -30,6 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ["start_latency_ms_p50", "start_latency_ms_p99", "failover_s_p50",
         "agent_1000_units_launch_s", "agent_idle_cpu_pct", "engine_schedule_10k_s",
         "engine_schedule_10k_fleetd_cpu_s", "engine_schedule_10k_sim_cpu_s",
+        "engine_schedule_10k_relet_machines",
         "engine_one_decision_ms_p50", "etcd_requests_per_decision", "idle_etcd_requests_per_s",
         "list_units_10k_ms", "list_units_10k_rpc_ms", "sim_schedules", "sim_faults",
         "sim_violations", "sim_liveness_failures", "sim_schedules_per_s", "sim_failover_s_max",
@@ -160,6 +162,10 @@ def soak(steps: int, seed: int) -> dict[str, Any]:
             lab.down()
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,6 +174,10 @@ def main() -> int:
     p.add_argument("--lab", action="store_true", help="add the nspawn lab figures (lab_*)")
     p.add_argument("--lab-only", action="store_true", help="only the nspawn lab figures")
     args = p.parse_args()
+    # A benchmark stopped with SIGTERM (timeout(1), CI) unwinds like Ctrl-C: the clusters it
+    # started tear down in their `finally`. Their fleetd and etcd run in sessions of their own
+    # and were left running otherwise, loading the host for whatever ran next.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if os.geteuid() != 0:
         print("python -m bench: must run as root (it starts systemd managers)", file=sys.stderr)
         return 2
@@ -225,6 +235,8 @@ def main() -> int:
         ("engine_schedule_10k_s", f"s, {units} units / {machines} machines", "<= 10"),
         ("engine_schedule_10k_fleetd_cpu_s", "CPU s of fleetd (API + engine) meanwhile", ""),
         ("engine_schedule_10k_sim_cpu_s", "CPU s of the simulated machines meanwhile", ""),
+        ("engine_schedule_10k_relet_machines", "simulated machines that lost their lease",
+         "0"),
         ("engine_one_decision_ms_p50", "ms", "<= 10"),
         ("etcd_requests_per_decision", "requests", "<= 5"),
         ("idle_etcd_requests_per_s", f"requests/s, {machines + 1} machines",
