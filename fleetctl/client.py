@@ -25,6 +25,7 @@ class FleetctlError(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.rpc_code = 0  # the gRPC status code of a failed call, if that is what it was
 
 
 class NotFoundError(FleetctlError):
@@ -122,6 +123,10 @@ def _read(path: str) -> bytes:
 _SERVICE = "/fleetpy.v1.Fleet/"
 #: Calls `_unary_many` keeps in flight at once.
 MAX_IN_FLIGHT = 32
+#: Units per CreateUnits call, and the unit text one call carries at most (fleetd accepts
+#: messages of 4 MiB).
+BATCH_UNITS = 256
+BATCH_BYTES = 1 << 20
 
 if TYPE_CHECKING:
     T = TypeVar("T")
@@ -246,11 +251,50 @@ class Client:
 
     def create_units(self, units: Iterable[tuple[str, str, str, bool]]
                      ) -> Iterator[pb.CreateUnitResponse | FleetctlError]:
-        """`create_unit` of each (name, text, desired_state, replace), concurrently
-        (`_unary_many`)."""
-        return self._unary_many("CreateUnit", (self.pb.CreateUnitRequest(
-            name=n, text=t, desired_state=d, replace=r) for n, t, d, r in units),
-            self.pb.CreateUnitResponse)
+        """`create_unit` of each (name, text, desired_state, replace), answers in order: in
+        `CreateUnits` calls of up to `BATCH_UNITS` units (or `BATCH_BYTES` of text), several
+        in flight, so the cluster writes the new ones together. A fleetd without CreateUnits
+        gets one CreateUnit per unit, concurrently."""
+        todo = list(units)
+        if len(todo) == 1:
+            return self._unary_many("CreateUnit", (self._create_request(*todo[0]),),
+                                    self.pb.CreateUnitResponse)
+        return self._create_batched(todo)
+
+    def _create_request(self, name: str, text: str, desired: str, replace: bool
+                        ) -> pb.CreateUnitRequest:
+        return self.pb.CreateUnitRequest(name=name, text=text, desired_state=desired,
+                                         replace=replace)
+
+    def _create_batched(self, todo: list[tuple[str, str, str, bool]]
+                        ) -> Iterator[pb.CreateUnitResponse | FleetctlError]:
+        batches: list[list[tuple[str, str, str, bool]]] = []
+        size = BATCH_BYTES
+        for u in todo:
+            if size + len(u[1]) > BATCH_BYTES or len(batches[-1]) >= BATCH_UNITS:
+                batches.append([])
+                size = 0
+            batches[-1].append(u)
+            size += len(u[1])
+        # All answers first: a fallback below starts calls of its own on the connection.
+        answers = list(self._unary_many("CreateUnits", (self.pb.CreateUnitsRequest(
+            units=[self._create_request(*u) for u in b]) for b in batches),
+            self.pb.CreateUnitsResponse))
+        for batch, got in zip(batches, answers, strict=True):
+            if isinstance(got, FleetctlError) and got.rpc_code == self._wire.UNIMPLEMENTED:
+                yield from self._unary_many("CreateUnit", (self._create_request(*u)
+                                                           for u in batch),
+                                            self.pb.CreateUnitResponse)
+            elif isinstance(got, FleetctlError):
+                for _ in batch:
+                    yield got
+            else:
+                if len(got.outcomes) != len(batch):
+                    raise FleetctlError(f"fleetd at {self.endpoint} answered CreateUnits of "
+                                        f"{len(batch)} units with {len(got.outcomes)} outcomes")
+                for o in got.outcomes:
+                    yield (o.response if o.code == 0 else
+                           self._error(self._wire.RpcError(o.code, o.message), self.timeout_s))
 
     def set_unit_target_states(self, names: Iterable[str], desired_state: str
                                ) -> Iterator[pb.Unit | FleetctlError]:
@@ -359,6 +403,11 @@ class Client:
                       lambda e: self._error(e, timeout_s), self._wire.RpcError)
 
     def _error(self, e: Any, timeout_s: float | None) -> FleetctlError:
+        err = self._error_of(e, timeout_s)
+        err.rpc_code = e.code()
+        return err
+
+    def _error_of(self, e: Any, timeout_s: float | None) -> FleetctlError:
         w = self._wire
         code, details = e.code(), e.details() or w.code_name(e.code())
         if code == w.NOT_FOUND:

@@ -169,6 +169,19 @@ class FleetServicer(pb_grpc.FleetServicer):
             request.name, request.text, request.desired_state, request.replace))
         return pb.CreateUnitResponse(unit=unit_pb(unit), created=created)
 
+    async def CreateUnits(self, request: Any, context: Any) -> pb.CreateUnitsResponse:
+        got = await _call(context, lambda: self.service.create_units(
+            [(u.name, u.text, u.desired_state, u.replace) for u in request.units]))
+        out = pb.CreateUnitsResponse()
+        for g in got:
+            if isinstance(g, Exception):
+                code = _CODES.get(type(g), grpc.StatusCode.INTERNAL)
+                out.outcomes.add(code=code.value[0], message=str(g))
+            else:
+                out.outcomes.add(response=pb.CreateUnitResponse(unit=unit_pb(g[0]),
+                                                                created=g[1]))
+        return out
+
     async def SetUnitTargetState(self, request: Any, context: Any) -> pb.Unit:
         return unit_pb(await _call(context, lambda: self.service.set_target_state(
             request.name, request.desired_state)))

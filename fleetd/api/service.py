@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Generic, TypeVar
@@ -115,6 +115,21 @@ def _parse(name: str, text: str) -> Unit:
         return Unit.from_text(name, text)
     except UnitError as e:
         raise InvalidArgument(str(e)) from None
+
+
+def _api_error(e: Exception) -> ApiError:
+    """The API's answer to a registry refusal or an etcd failure."""
+    if isinstance(e, UnitConflict):
+        return AlreadyExists(str(e))
+    if isinstance(e, UnitNotFound):
+        return NotFound(str(e))
+    return Unavailable(str(e))
+
+
+def _brand_new(unit: Unit, desired_state: str) -> UnitInfo:
+    """A unit just created: nothing is scheduled or reported yet (no read-back needed)."""
+    return UnitInfo(unit.name, unit.text, unit.hash, desired_state, "inactive", (), "",
+                    unit.file.description(), unit.xfleet.global_)
 
 
 def _check_name(name: str) -> UnitName:
@@ -290,6 +305,68 @@ class FleetService:
     async def create_unit(self, name: str, text: str, desired_state: str = "",
                           replace: bool = False) -> tuple[UnitInfo, bool]:
         """Submit a unit (from `text`, or from its template when `text` is empty)."""
+        unit, desired_state = await self._prepared(name, text, desired_state)
+        rec = UnitRecord(unit.name, unit.text, unit.hash)
+        try:
+            if replace and await self._get_record(name) is not None:
+                await self.registry.replace_unit(rec)
+                created = True
+                if desired_state != "inactive":
+                    await self.registry.set_target_state(name, desired_state)
+            else:
+                created = await self.registry.create_unit(rec, desired_state)
+                if not created and desired_state != "inactive":
+                    await self.registry.set_target_state(name, desired_state)
+        except (UnitConflict, UnitNotFound, EtcdError) as e:
+            raise _api_error(e) from None
+        if created and not replace:
+            return _brand_new(unit, desired_state), True
+        return await self.get_unit(name), created
+
+    async def create_units(self, requests: Sequence[tuple[str, str, str, bool]]
+                           ) -> list[tuple[UnitInfo, bool] | ApiError]:
+        """`create_unit` of each (name, text, desired state, replace), answers in request
+        order (a refused unit as its error). Every unit is checked as if those before it in
+        the call existed (a template and its instances, MachineOf chains, in one call); the
+        new ones are then written together (`Registry.create_units`). Replacements, a name
+        given twice, and a unit that turned out to exist already go through `create_unit`
+        one by one, after the batch."""
+        out: list[tuple[UnitInfo, bool] | ApiError | None] = [None] * len(requests)
+        batch: list[tuple[int, Unit, str]] = []
+        pending: dict[str, UnitRecord] = {}  # units of this call checked so far
+        alone: list[int] = []
+        for i, (name, text, desired, replace) in enumerate(requests):
+            if replace or name in pending:
+                alone.append(i)
+                continue
+            try:
+                unit, state = await self._prepared(name, text, desired, pending)
+            except ApiError as e:
+                out[i] = e
+                continue
+            pending[unit.name] = UnitRecord(unit.name, unit.text, unit.hash)
+            batch.append((i, unit, state))
+        written = await self.registry.create_units([(pending[u.name], state)
+                                                    for _, u, state in batch])
+        for (i, unit, state), got in zip(batch, written, strict=True):
+            if got is True:
+                out[i] = (_brand_new(unit, state), True)
+            elif isinstance(got, Exception):
+                out[i] = _api_error(got)
+            else:  # the very same file exists: its desired state still has to be set
+                alone.append(i)
+        for i in sorted(alone):
+            try:
+                out[i] = await self.create_unit(*requests[i])
+            except ApiError as e:
+                out[i] = e
+        return [o for o in out if o is not None]
+
+    async def _prepared(self, name: str, text: str, desired_state: str,
+                        pending: Mapping[str, UnitRecord] | None = None) -> tuple[Unit, str]:
+        """The unit `create_unit` would submit and its desired state, checked: InvalidArgument
+        or NotFound saying what is wrong. `pending` are units taken as existing (submitted
+        earlier in the same call)."""
         desired_state = desired_state or "inactive"
         if desired_state not in TARGET_STATES:
             raise InvalidArgument(f"invalid desired state {desired_state!r}: expected one of "
@@ -302,12 +379,13 @@ class FleetService:
             # "launched" by default) and only refuses to activate an existing one; a template
             # is never scheduled, so it is kept as what it is: submitted.
             desired_state = "inactive"
+        pending = pending or {}
         if not text:
             if not parsed.is_instance:
                 raise InvalidArgument(f"unit {name}: no unit file given")
-            tmpl = await self._get_record(parsed.template())
+            tmpl = await self._get_record(parsed.template(), pending)
             if tmpl is None:
-                existing = await self._get_record(name)
+                existing = await self._get_record(name, pending)
                 if existing is None:
                     raise NotFound(f"unit {name} not found and template {parsed.template()} "
                                    "does not exist")
@@ -315,38 +393,22 @@ class FleetService:
             else:
                 text = tmpl.text
         unit = _parse(name, text)
-        await self._refuse_machine_of_cycle(unit)
-        rec = UnitRecord(unit.name, unit.text, unit.hash)
-        try:
-            if replace and await self._get_record(name) is not None:
-                await self.registry.replace_unit(rec)
-                created = True
-                if desired_state != "inactive":
-                    await self.registry.set_target_state(name, desired_state)
-            else:
-                created = await self.registry.create_unit(rec, desired_state)
-                if not created and desired_state != "inactive":
-                    await self.registry.set_target_state(name, desired_state)
-        except UnitConflict as e:
-            raise AlreadyExists(str(e)) from None
-        except UnitNotFound as e:
-            raise NotFound(str(e)) from None
-        except EtcdError as e:
-            raise Unavailable(str(e)) from None
-        if created and not replace:
-            # Brand new: nothing is scheduled or reported yet, so no read-back is needed.
-            return UnitInfo(name, unit.text, unit.hash, desired_state, "inactive", (), "",
-                            unit.file.description(), unit.xfleet.global_), True
-        return await self.get_unit(name), created
+        await self._refuse_machine_of_cycle(unit, pending)
+        return unit, desired_state
 
-    async def _get_record(self, name: str) -> UnitRecord | None:
+    async def _get_record(self, name: str, pending: Mapping[str, UnitRecord] | None = None
+                          ) -> UnitRecord | None:
+        """The unit's record in etcd (or in `pending`, checked first)."""
+        if pending and name in pending:
+            return pending[name]
         try:
             view = await self.registry.get_unit(name)
         except EtcdError as e:
             raise Unavailable(str(e)) from None
         return view.record if view else None
 
-    async def _refuse_machine_of_cycle(self, unit: Unit) -> None:
+    async def _refuse_machine_of_cycle(self, unit: Unit,
+                                       pending: Mapping[str, UnitRecord] | None = None) -> None:
         """InvalidArgument naming the cycle if following `unit`'s MachineOf targets (as they
         are submitted now) leads back to it: such units could never be placed."""
         path = [unit.name]
@@ -358,7 +420,7 @@ class FleetService:
                     return " -> ".join([*path, target])
                 if target in seen:
                     continue
-                rec = await self._get_record(target)
+                rec = await self._get_record(target, pending)
                 if rec is None:
                     continue
                 try:

@@ -250,6 +250,43 @@ class Registry:
                 f"new {record.hash[:7]}); destroy it first or use --replace")
         return False
 
+    async def create_units(self, records: Sequence[tuple[UnitRecord, str]]
+                           ) -> list[bool | RegistryError | EtcdError]:
+        """`create_unit` of each (record, target state), answers in order (a refused unit as
+        its error). The new ones are written together, in transactions of 64 (a guard and two
+        puts each) one right after the other, so watchers see them as one change (the engine
+        waits for the rest after a transaction of 64: `BULK_UNITS`). A transaction refused
+        because some of its names exist already is done again unit by unit: each of them then
+        gets exactly the answer `create_unit` gives. If etcd fails, the units of the
+        transactions it failed get that error; those written stay written."""
+        for _, state in records:
+            _check_state(state)
+        per_txn = MAX_TXN_OPS // 2
+        chunks = [records[i:i + per_txn] for i in range(0, len(records), per_txn)]
+        return [a for c in chunks for a in await self._create_chunk(c)]
+
+    async def _create_chunk(self, chunk: Sequence[tuple[UnitRecord, str]]
+                            ) -> list[bool | RegistryError | EtcdError]:
+        keys = [self.keys.unit(r.name) for r, _ in chunk]
+        out: list[bool | RegistryError | EtcdError] = []
+        try:
+            if len(set(keys)) == len(keys):
+                ok, _ = await self.etcd.txn(
+                    [Cmp(k, "create", "==", 0) for k in keys],
+                    [op for (r, state), k in zip(chunk, keys, strict=True)
+                     for op in (Put(k, encode(r)),
+                                Put(self.keys.desired_state(r.name), encode(state)))])
+                if ok:
+                    return [True] * len(chunk)
+            for r, state in chunk:
+                try:
+                    out.append(await self.create_unit(r, state))
+                except RegistryError as e:
+                    out.append(e)
+        except EtcdError as e:
+            out.extend([e] * (len(chunk) - len(out)))
+        return out
+
     async def replace_unit(self, record: UnitRecord) -> None:
         """Replace the file of an existing unit in place (its desired state is kept)."""
         key = self.keys.unit(record.name)

@@ -30,7 +30,7 @@ from fleetd.api.service import FleetService
 from fleetd.engine.engine import Engine
 from fleetd.localcluster import EtcdServer
 from fleetd.machine import MachineIdentity, MachineSession
-from fleetd.registry import EtcdClient, Registry, UnitRecord
+from fleetd.registry import EtcdClient, EtcdError, Registry, UnitRecord
 from fleetd.unit import Unit
 
 pytestmark = pytest.mark.integration
@@ -186,3 +186,96 @@ async def test_a_template_stored_active_past_the_api_gets_the_apis_refusal_as_re
     assert found.startswith(f"cannot activate template {name}")
     why = await api.grpc.ExplainUnit(pb.ExplainUnitRequest(name=name))
     assert why.unschedulable_reason == found and not why.scheduled_on
+
+
+def _outcome(o: Any) -> tuple[int, str]:
+    return o.code, o.message
+
+
+async def test_create_units_answers_each_unit_as_create_unit_would(api: Api) -> None:
+    # One call: a new unit, a bad name, a template and an instance made from it (no text),
+    # the same file as a unit that exists (its desired state is set), a different file under
+    # an existing name, a MachineOf cycle closed within the call, a name given twice.
+    await api.grpc.CreateUnit(pb.CreateUnitRequest(name="old.service", text=UNIT))
+    await api.grpc.CreateUnit(pb.CreateUnitRequest(name="other.service", text=UNIT))
+    req = [("new.service", UNIT, "launched"), ("no-suffix", UNIT, "launched"),
+           ("web@.service", UNIT, "launched"), ("web@1.service", "", "launched"),
+           ("old.service", UNIT, "loaded"), ("other.service", UNIT.replace("1000", "999"), ""),
+           ("rule-c.service", CYCLE_A.replace("rule-b", "rule-d"), ""),
+           ("rule-d.service", CYCLE_B.replace("rule-a", "rule-c"), "launched"),
+           ("new.service", UNIT, "launched")]
+    got = await api.grpc.CreateUnits(pb.CreateUnitsRequest(units=[
+        pb.CreateUnitRequest(name=n, text=t, desired_state=d) for n, t, d in req]))
+    assert len(got.outcomes) == len(req)
+    new, bad, tmpl, inst, old, other, c, d, again = got.outcomes
+    assert new.code == 0 and new.response.created and new.response.unit.desired_state == "launched"
+    assert bad.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "unit type suffix" in bad.message
+    assert tmpl.code == 0 and tmpl.response.unit.desired_state == "inactive"
+    assert inst.code == 0 and inst.response.created
+    assert inst.response.unit.hash == tmpl.response.unit.hash  # the template's file
+    assert old.code == 0 and not old.response.created
+    assert old.response.unit.desired_state == "loaded"
+    assert other.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
+    assert "already exists with a different file" in other.message
+    assert c.code == 0
+    assert d.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "MachineOf cycle rule-d.service -> rule-c.service -> rule-d.service" in d.message
+    assert again.code == 0 and not again.response.created
+    # What etcd holds is what the answers say.
+    assert await api.desired("new.service") == "launched"
+    assert await api.desired("web@1.service") == "launched"
+    assert await api.desired("old.service") == "loaded"
+    assert await api.desired("other.service") == "inactive"
+    assert await api.desired("rule-c.service") == "inactive"
+    assert await api.desired("rule-d.service") is None
+    assert await api.desired("no-suffix") is None
+    # The same refusals, word for word, as CreateUnit's.
+    for n, t, d_ in (req[1], req[5]):
+        code, msg = await api.grpc_error(api.grpc.CreateUnit(pb.CreateUnitRequest(
+            name=n, text=t, desired_state=d_)))
+        assert msg in (bad.message, other.message) and code.value[0] in (bad.code, other.code)
+
+
+async def test_create_units_writes_new_units_together_and_the_engine_places_them_all(
+        api: Api) -> None:
+    names = [f"batch{i:03d}.service" for i in range(100)]
+    got = await api.grpc.CreateUnits(pb.CreateUnitsRequest(units=[
+        pb.CreateUnitRequest(name=n, text=UNIT, desired_state="launched") for n in names]))
+    assert [o.code for o in got.outcomes] == [0] * 100
+    assert all(o.response.created for o in got.outcomes)
+    kvs, _ = await api.registry.etcd.get_prefix(api.registry.keys.units)
+    revisions = {kv.create_revision for kv in kvs if kv.key.rsplit("/", 1)[-1] in names}
+    assert len(revisions) == 2  # 64 + 36: one transaction each
+
+    async def all_placed() -> bool:
+        return set(names) <= set((await api.registry.machine_schedule(api.machine_id))[0])
+
+    await until(all_placed, 20, "the 100 units scheduled")
+
+
+async def test_create_units_reports_etcd_failing_midway_for_the_units_not_written(
+        api: Api) -> None:
+    # A fault-injecting wrapper around the real etcd client: the second transaction fails.
+    real_txn = api.registry.etcd.txn
+    calls = 0
+
+    async def txn(*args: Any, **kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise EtcdError("txn: etcd unreachable (injected)")
+        return await real_txn(*args, **kw)
+
+    names = [f"half{i:03d}.service" for i in range(100)]
+    api.registry.etcd.txn = txn  # type: ignore[method-assign]
+    try:
+        got = await api.grpc.CreateUnits(pb.CreateUnitsRequest(units=[
+            pb.CreateUnitRequest(name=n, text=UNIT) for n in names]))
+    finally:
+        api.registry.etcd.txn = real_txn  # type: ignore[method-assign]
+    codes = [o.code for o in got.outcomes]
+    assert codes == [0] * 64 + [grpc.StatusCode.UNAVAILABLE.value[0]] * 36
+    assert "injected" in got.outcomes[-1].message
+    assert await api.desired(names[63]) == "inactive"
+    assert await api.desired(names[64]) is None

@@ -65,9 +65,9 @@ CASES = [
          StartUnit("a.service"), StartUnit("b.service")],
         id="a_new_unit_with_install_links_changes_others_dependencies_so_reloads"),
     pytest.param(
-        by_name(*(want(f"u{i}.service") for i in range(LOAD_NEW_MAX + 1))), {},
-        [*(WriteUnitFile(f"u{i}.service", TEXT_A) for i in range(LOAD_NEW_MAX + 1)),
-         DaemonReload(), *(StartUnit(f"u{i}.service") for i in range(LOAD_NEW_MAX + 1))],
+        by_name(*(want(f"u{i:03d}.service") for i in range(LOAD_NEW_MAX + 1))), {},
+        [*(WriteUnitFile(f"u{i:03d}.service", TEXT_A) for i in range(LOAD_NEW_MAX + 1)),
+         DaemonReload(), *(StartUnit(f"u{i:03d}.service") for i in range(LOAD_NEW_MAX + 1))],
         id="more_new_files_than_checking_one_by_one_is_worth_reload_once"),
     pytest.param(
         by_name(want("a.service"), want("b.service", hash="h2", text=TEXT_B)),

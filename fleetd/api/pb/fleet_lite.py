@@ -63,6 +63,17 @@ MESSAGES = {
         (1, 'unit', 'message', 'Unit', False),
         (2, 'created', 'bool', '', False),
     ),
+    'CreateUnitsRequest': (
+        (1, 'units', 'message', 'CreateUnitRequest', True),
+    ),
+    'CreateUnitOutcome': (
+        (1, 'response', 'message', 'CreateUnitResponse', False),
+        (2, 'code', 'int32', '', False),
+        (3, 'message', 'string', '', False),
+    ),
+    'CreateUnitsResponse': (
+        (1, 'outcomes', 'message', 'CreateUnitOutcome', True),
+    ),
     'SetUnitTargetStateRequest': (
         (1, 'name', 'string', '', False),
         (2, 'desired_state', 'string', '', False),
@@ -191,6 +202,7 @@ METHODS = {
     'ListUnits': ('ListUnitsRequest', 'ListUnitsResponse', False),
     'GetUnit': ('GetUnitRequest', 'Unit', False),
     'CreateUnit': ('CreateUnitRequest', 'CreateUnitResponse', False),
+    'CreateUnits': ('CreateUnitsRequest', 'CreateUnitsResponse', False),
     'SetUnitTargetState': ('SetUnitTargetStateRequest', 'Unit', False),
     'DestroyUnit': ('DestroyUnitRequest', 'DestroyUnitResponse', False),
     'ListUnitStates': ('ListUnitStatesRequest', 'ListUnitStatesResponse', False),

@@ -124,6 +124,28 @@ class CreateUnitResponse(_message.Message):
     created: bool
     def __init__(self, unit: _Optional[_Union[Unit, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
 
+class CreateUnitsRequest(_message.Message):
+    __slots__ = ("units",)
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    units: _containers.RepeatedCompositeFieldContainer[CreateUnitRequest]
+    def __init__(self, units: _Optional[_Iterable[_Union[CreateUnitRequest, _Mapping]]] = ...) -> None: ...
+
+class CreateUnitOutcome(_message.Message):
+    __slots__ = ("response", "code", "message")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    response: CreateUnitResponse
+    code: int
+    message: str
+    def __init__(self, response: _Optional[_Union[CreateUnitResponse, _Mapping]] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class CreateUnitsResponse(_message.Message):
+    __slots__ = ("outcomes",)
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[CreateUnitOutcome]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[CreateUnitOutcome, _Mapping]]] = ...) -> None: ...
+
 class SetUnitTargetStateRequest(_message.Message):
     __slots__ = ("name", "desired_state")
     NAME_FIELD_NUMBER: _ClassVar[int]

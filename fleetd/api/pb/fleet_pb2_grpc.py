@@ -55,6 +55,11 @@ class FleetStub:
                 request_serializer=fleetpy_dot_v1_dot_fleet__pb2.CreateUnitRequest.SerializeToString,
                 response_deserializer=fleetpy_dot_v1_dot_fleet__pb2.CreateUnitResponse.FromString,
                 _registered_method=True)
+        self.CreateUnits = channel.unary_unary(
+                '/fleetpy.v1.Fleet/CreateUnits',
+                request_serializer=fleetpy_dot_v1_dot_fleet__pb2.CreateUnitsRequest.SerializeToString,
+                response_deserializer=fleetpy_dot_v1_dot_fleet__pb2.CreateUnitsResponse.FromString,
+                _registered_method=True)
         self.SetUnitTargetState = channel.unary_unary(
                 '/fleetpy.v1.Fleet/SetUnitTargetState',
                 request_serializer=fleetpy_dot_v1_dot_fleet__pb2.SetUnitTargetStateRequest.SerializeToString,
@@ -145,6 +150,16 @@ class FleetServicer:
     def CreateUnit(self, request, context):
         """CreateUnit submits a unit file (or instantiates a template) with a desired state.
         ALREADY_EXISTS if a different file exists under the name; INVALID_ARGUMENT on bad input.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateUnits(self, request, context):
+        """CreateUnits submits many units, each as CreateUnit would, and answers for each in
+        request order. The new ones are written together (one etcd transaction per 64), so the
+        engine places them in one pass and each agent gets them in one batch. One unit's error
+        (its own status code and message) does not stop the others.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -270,6 +285,11 @@ def add_FleetServicer_to_server(servicer, server):
                     servicer.CreateUnit,
                     request_deserializer=fleetpy_dot_v1_dot_fleet__pb2.CreateUnitRequest.FromString,
                     response_serializer=fleetpy_dot_v1_dot_fleet__pb2.CreateUnitResponse.SerializeToString,
+            ),
+            'CreateUnits': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateUnits,
+                    request_deserializer=fleetpy_dot_v1_dot_fleet__pb2.CreateUnitsRequest.FromString,
+                    response_serializer=fleetpy_dot_v1_dot_fleet__pb2.CreateUnitsResponse.SerializeToString,
             ),
             'SetUnitTargetState': grpc.unary_unary_rpc_method_handler(
                     servicer.SetUnitTargetState,
@@ -441,6 +461,33 @@ class Fleet:
             '/fleetpy.v1.Fleet/CreateUnit',
             fleetpy_dot_v1_dot_fleet__pb2.CreateUnitRequest.SerializeToString,
             fleetpy_dot_v1_dot_fleet__pb2.CreateUnitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateUnits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpy.v1.Fleet/CreateUnits',
+            fleetpy_dot_v1_dot_fleet__pb2.CreateUnitsRequest.SerializeToString,
+            fleetpy_dot_v1_dot_fleet__pb2.CreateUnitsResponse.FromString,
             options,
             channel_credentials,
             insecure,
