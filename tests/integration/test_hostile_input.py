@@ -213,6 +213,19 @@ def test_grpc_refuses_hostile_requests(cluster: LocalCluster, snap: EtcdSnapshot
         err = info.value
         assert err.code() == code, (method, req, err.code(), err.details())  # type: ignore
         assert phrase.lower() in (err.details() or "").lower(), (method, err.details())  # type: ignore
+    # The same unit requests in one CreateUnits call: each refused with its own code and
+    # message, nothing written; too large a call as a whole is refused like one CreateUnit.
+    creates = [(req, code, phrase) for method, req, code, phrase in calls
+               if method == "CreateUnit" and code == grpc.StatusCode.INVALID_ARGUMENT]
+    got = stub.CreateUnits(pb.CreateUnitsRequest(units=[r for r, _, _ in creates]), timeout=30)
+    assert len(got.outcomes) == len(creates)
+    for (req, code, phrase), o in zip(creates, got.outcomes, strict=True):
+        assert o.code == code.value[0], (req.name, o.code, o.message)
+        assert phrase.lower() in o.message.lower(), (req.name, o.message)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.CreateUnits(pb.CreateUnitsRequest(units=[pb.CreateUnitRequest(
+            name=f"big{i}.service", text="x" * (3 << 20)) for i in range(3)]), timeout=30)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
     # Metadata within the limits, but too many keys once merged with what is already set.
     half = MAX_METADATA_KEYS // 2 + 1
     stub.SetMachineMetadata(pb.SetMachineMetadataRequest(
@@ -228,7 +241,7 @@ def test_grpc_refuses_hostile_requests(cluster: LocalCluster, snap: EtcdSnapshot
     meta_key = next(k for k in after if k.endswith("metadata/" + mid))
     assert json.loads(after.pop(meta_key)) == {f"a{i}": None for i in range(half)}
     assert after == before, "a refused gRPC request changed the cluster"
-    record("hostile input: gRPC", len(calls) + 1,
+    record("hostile input: gRPC", len(calls) + len(creates) + 2,
            "names, unit files, desired states, 9 MiB request, metadata keys/values/count, "
            "journal format: all refused with INVALID_ARGUMENT/RESOURCE_EXHAUSTED, etcd unchanged")
 
