@@ -225,6 +225,20 @@ class Client:
         return list(self._unary("ListUnits", self.pb.ListUnitsRequest(with_text=with_text),
                                 self.pb.ListUnitsResponse).units)
 
+    def units_and_states(self) -> tuple[list[pb.Unit], list[pb.UnitState]]:
+        """`list_units()` and `list_unit_states()`, both calls in flight at once (fleetd
+        answers them side by side)."""
+        answers = list(self._channel.unary_calls(
+            [(_SERVICE + "ListUnits", self.pb.ListUnitsRequest().SerializeToString()),
+             (_SERVICE + "ListUnitStates",
+              self.pb.ListUnitStatesRequest().SerializeToString())], self.timeout_s, 2))
+        for a in answers:
+            if isinstance(a, self._wire.RpcError):
+                raise self._error(a, self.timeout_s)
+        units, states = answers
+        return (list(self._decode(self.pb.ListUnitsResponse, units).units),  # type: ignore[arg-type]
+                list(self._decode(self.pb.ListUnitStatesResponse, states).states))  # type: ignore[arg-type]
+
     def get_unit(self, name: str) -> pb.Unit:
         return self._unary("GetUnit", self.pb.GetUnitRequest(name=name), self.pb.Unit)
 

@@ -135,8 +135,8 @@ def _list_units(a: argparse.Namespace) -> int:
     cols = _fields(a.fields, UNIT_FIELDS, "list-units")
     full = a.full
     c = client()
-    units = {u.name: u for u in c.list_units()}
-    states = c.list_unit_states()
+    unit_list, states = c.units_and_states()
+    units = {u.name: u for u in unit_list}
     rows: list[list[Any]] = []
     seen: dict[str, int] = {}
     seen_on: dict[str, set[str]] = {}

@@ -553,6 +553,11 @@ class Channel:
                    in_flight: int) -> Iterator[bytes | RpcError]:
         """Each request as a unary call, up to `in_flight` at once on the shared connection;
         results (an answer or its RpcError) in request order."""
+        return self.unary_calls(((method, r) for r in requests), timeout_s, in_flight)
+
+    def unary_calls(self, calls: Iterable[tuple[str, bytes]], timeout_s: float | None,
+                    in_flight: int) -> Iterator[bytes | RpcError]:
+        """`unary_many` of (method, request) pairs: calls of different methods at once."""
         pending: deque[tuple[Connection, _Stream, float | None] | RpcError] = deque()
 
         def result(item: tuple[Connection, _Stream, float | None] | RpcError
@@ -564,7 +569,7 @@ class Channel:
             except RpcError as e:
                 return e
 
-        for request in requests:
+        for method, request in calls:
             deadline = None if timeout_s is None else time.monotonic() + timeout_s
             c = self._connection()
             try:
