@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from bench.simulation import SimulatedFleet
+from fleetctl.client import BATCH_UNITS, MAX_IN_FLIGHT
 from fleetd.api.pb import fleet_pb2 as pb
 from fleetd.api.pb import fleet_pb2_grpc as pb_grpc
 from fleetd.fencing import renew_interval_s
@@ -98,20 +99,28 @@ async def run(machines: int, units: int, idle_s: float, log: Any = print,
             return sum(m.session.generation != g for m, g in zip(fleet.machines, generations,
                                                                  strict=True))
 
-        # --- engine_schedule_10k_s: submit and start `units` units; all decisions written.
-        sem = asyncio.Semaphore(64)
+        # --- engine_schedule_10k_s: submit and start `units` units, as `fleetctl start` of
+        # that many files does (CreateUnits of BATCH_UNITS each, MAX_IN_FLIGHT at once); all
+        # decisions written.
+        sem = asyncio.Semaphore(MAX_IN_FLIGHT)
 
-        async def create(name: str) -> None:
+        async def create(names: list[str]) -> None:
             async with sem:
-                await stub.CreateUnit(pb.CreateUnitRequest(name=name, text=SIM_UNIT,
-                                                           desired_state="launched"),
-                                      timeout=60)
+                got = await stub.CreateUnits(pb.CreateUnitsRequest(units=[
+                    pb.CreateUnitRequest(name=n, text=SIM_UNIT, desired_state="launched")
+                    for n in names]), timeout=60)
+            refused = [(n, o.message) for n, o in zip(names, got.outcomes, strict=True)
+                       if o.code]
+            if refused:
+                raise RuntimeError(f"{len(refused)} units refused, first: {refused[0]}")
 
         fleetd = cluster.machines[0].fleetd
         assert fleetd is not None
         cpu0 = (cpu_s(fleetd.pid), cpu_s(os.getpid()))
         t0 = time.monotonic()
-        await asyncio.gather(*(create(f"sim-{i:05d}.service") for i in range(units)))
+        names = [f"sim-{i:05d}.service" for i in range(units)]
+        await asyncio.gather(*(create(names[i:i + BATCH_UNITS])
+                               for i in range(0, units, BATCH_UNITS)))
         submitted = time.monotonic() - t0
         await wait_for(lambda: _eq(count_prefix(fleet, keys.schedule), units), 600,
                        "all units scheduled", 0.2)

@@ -171,6 +171,8 @@ class _KeepAliveStream:
             waiting = self._waiting.get(lease)
             if waiting and fut in waiting:
                 waiting.remove(fut)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # failed by our own close above: seen ("never retrieved")
 
     async def _read(self) -> None:
         error: BaseException = _StreamClosed("etcd closed the keep-alive stream")
