@@ -32,6 +32,7 @@ from fleetd.registry import (
     UnitStateRecord,
     WatchCompacted,
 )
+from fleetd.registry import view as view_mod
 from fleetd.registry.changes import Event
 
 log = logging.getLogger("fleetd.api")
@@ -255,6 +256,41 @@ class FleetServicer(pb_grpc.FleetServicer):
         def wanted(kind: str, unit: str) -> bool:
             return bool(want[kind]) and (not only or kind == "machine" or unit in only)
 
+        view = self.service.view
+        if view is not None and not request.start_revision:
+            # From the view: a snapshot of what was asked for, then its events as the view
+            # applies them; no read or watch of etcd of its own.
+            leader = await self.service.registry.leader() if want["machine"] else None
+            st = await view.snapshot()
+            if st is view.state:
+                sub = view.subscribe(
+                    only or None, bool(want["machine"]),
+                    lambda st, ev: (self._event_pb(st, ev)
+                                    if wanted(ev.kind.split("_")[0], ev.name) else None))
+                try:
+                    snap: pb.WatchEvent | None = self._snapshot_pb(st, want, wanted, only, leader)
+                    while True:
+                        if snap is not None:
+                            yield snap
+                        item = await sub.next()
+                        snap = None
+                        if item is view_mod.ENDED:
+                            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                                "fleetd's cluster view stopped")
+                        if item is view_mod.OVERFLOWED:  # fell behind: start over, from now
+                            log.info("Watch: a stream fell %d events behind; a fresh "
+                                     "snapshot", view_mod.SUBSCRIPTION_LIMIT)
+                            leader = (await self.service.registry.leader()
+                                      if want["machine"] else None)
+                            if view.state is None:
+                                continue  # (ENDED comes next)
+                            snap = self._snapshot_pb(view.state, want, wanted, only, leader)
+                            sub.resume()
+                            continue
+                        yield item
+                finally:
+                    sub.close()
+                return
         follower = self.service.registry.follow(revision=request.start_revision)
         sent = bool(not request.start_revision)
         try:
@@ -267,20 +303,7 @@ class FleetServicer(pb_grpc.FleetServicer):
                     if request.start_revision:
                         continue
                     leader = await self.service.registry.leader() if want["machine"] else None
-                    ips = {m.id: m.ip for m in st.machines.values()}
-                    used = self.service.reserved(st) if want["machine"] else {}
-                    snap = pb.Snapshot(
-                        machines=[machine_pb(st.machines[k], leader, st.draining,
-                                             used.get(k, (0, 0)))
-                                  for k in sorted(st.machines)]
-                        if want["machine"] else [],
-                        units=[unit_pb(self.service._info(st, n, False))
-                               for n in sorted(st.units) if wanted("unit", n)],
-                        states=[state_pb(st.states[u][m], ips.get(m, ""))
-                                for u in sorted(st.states) if wanted("state", u)
-                                for m in sorted(st.states[u])])
-                    yield pb.WatchEvent(kind=pb.WatchEvent.SNAPSHOT, revision=st.revision,
-                                        snapshot=snap)
+                    yield self._snapshot_pb(st, want, wanted, only, leader)
                     continue
                 if update.kind == "interrupted":
                     log.info("Watch: etcd watch interrupted (%s); resuming from revision %d",
@@ -300,6 +323,24 @@ class FleetServicer(pb_grpc.FleetServicer):
             if "compact" in str(e):
                 await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(e))
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+
+    def _snapshot_pb(self, st: ClusterState, want: dict[str, Any],
+                     wanted: Callable[[str, str], bool], only: set[str],
+                     leader: str | None) -> pb.WatchEvent:
+        """The SNAPSHOT event of a Watch: what it asked for in `st` (of the units `only`, when
+        given: looked up by name, not by a pass over the cluster)."""
+        machines = st.machines
+        used = self.service.reserved(st) if want["machine"] else {}
+        units = sorted(n for n in only if n in st.units) if only else sorted(st.units)
+        stated = sorted(n for n in only if n in st.states) if only else sorted(st.states)
+        snap = pb.Snapshot(
+            machines=[machine_pb(st.machines[k], leader, st.draining, used.get(k, (0, 0)))
+                      for k in sorted(st.machines)] if want["machine"] else [],
+            units=[unit_pb(self.service._info(st, n, False))
+                   for n in units if wanted("unit", n)],
+            states=[state_pb(st.states[u][m], machines[m].ip if m in machines else "")
+                    for u in stated if wanted("state", u) for m in sorted(st.states[u])])
+        return pb.WatchEvent(kind=pb.WatchEvent.SNAPSHOT, revision=st.revision, snapshot=snap)
 
     def _event_pb(self, st: ClusterState, ev: Event) -> pb.WatchEvent:
         from fleetd.registry import changes as w

@@ -12,18 +12,92 @@ does not answer in time) the read falls back to a full `Registry.cluster_state()
 The view also stamps the units each change touched (`unit_stamps`; `generation` counts fresh
 reads), so a list answer can re-encode only the rows whose object changed since
 the last one (`fleetd.api.service.RowCache`).
+
+And it feeds the API's Watch streams (`subscribe`): one etcd watch for all of them. A stream
+of some units (a blocking fleetctl waits on its own) costs a snapshot of those units and the
+events that touch them, whatever the size of the cluster: the view hands each event only to
+the subscriptions of its unit (`Subscription`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
+from collections.abc import Callable, Collection
+from typing import Any
 
 from fleetd.registry._etcd import EtcdError
+from fleetd.registry.changes import Event
 from fleetd.registry.model import UNIT_DELETED, UNIT_PUT, ClusterState
 from fleetd.registry.registry import Follower, Registry, Update
 
 log = logging.getLogger("fleetd.registry.view")
+
+
+#: What `Subscription.next()` returns instead of an item: the subscription fell more than its
+#: limit behind (its items are gone: send a fresh snapshot, then go on), or the view stopped.
+OVERFLOWED = "overflowed"
+ENDED = "ended"
+#: Items a subscription holds before it overflows.
+SUBSCRIPTION_LIMIT = 10_000
+
+
+class Subscription:
+    """The events of a `ClusterView` for some units (all when `names` is None), each turned
+    by `convert(state, event)` into an item (None: not wanted) as the view applies it, so an
+    item shows the state right after its event. Read them with `next()`; `close()` when
+    done."""
+
+    def __init__(self, view: ClusterView, names: frozenset[str] | None, machines: bool,
+                 convert: Callable[[ClusterState, Event], Any], limit: int) -> None:
+        self.view, self.names, self.machines = view, names, machines
+        self._convert, self._limit = convert, limit
+        self._items: deque[Any] = deque()
+        self._ready = asyncio.Event()
+        self.overflowed = False  # items were dropped; cleared by `resume()`
+        self.ended = False
+
+    def offer(self, st: ClusterState, ev: Event) -> None:
+        if self.overflowed or self.ended:
+            return
+        item = self._convert(st, ev)
+        if item is None:
+            return
+        if len(self._items) >= self._limit:
+            self.overflow()
+            return
+        self._items.append(item)
+        self._ready.set()
+
+    def overflow(self) -> None:
+        self._items.clear()
+        self.overflowed = True
+        self._ready.set()
+
+    def resume(self) -> None:
+        """After an OVERFLOWED, take items again (call it as the fresh snapshot is made,
+        without awaiting in between: no event falls between the two)."""
+        self.overflowed = False
+
+    def end(self) -> None:
+        self.ended = True
+        self._ready.set()
+
+    async def next(self) -> Any:
+        """The next item, or OVERFLOWED, or ENDED."""
+        while True:
+            if self.ended:
+                return ENDED
+            if self.overflowed:
+                return OVERFLOWED
+            if self._items:
+                return self._items.popleft()
+            self._ready.clear()
+            await self._ready.wait()
+
+    def close(self) -> None:
+        self.view._unsubscribe(self)
 
 
 class ClusterView:
@@ -44,6 +118,12 @@ class ClusterView:
         self.generation = 0
         self.unit_stamps: dict[str, int] = {}
         self._tick = 0
+        # Watch subscriptions: of every unit; of some units, by unit; those of some units
+        # that also want the machines' events.
+        self._subs_all: list[Subscription] = []
+        self._subs_by_name: dict[str, list[Subscription]] = {}
+        self._subs_machines: list[Subscription] = []
+        self._stopped = False  # the view's task ended: subscriptions end too
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
@@ -67,6 +147,56 @@ class ClusterView:
                 return self.state
         self.fallbacks += 1
         return await self.registry.cluster_state()
+
+    def subscribe(self, names: Collection[str] | None, machines: bool,
+                  convert: Callable[[ClusterState, Event], Any],
+                  limit: int = SUBSCRIPTION_LIMIT) -> Subscription:
+        """A subscription to every event applied from now on (of the units `names`, or all;
+        machine events too when `machines`). Call it right after `snapshot()` returned the
+        view's own state, without awaiting in between: the subscription then starts exactly
+        where that state ends."""
+        sub = Subscription(self, frozenset(names) if names is not None else None, machines,
+                           convert, limit)
+        if sub.names is None:
+            self._subs_all.append(sub)
+        else:
+            for n in sub.names:
+                self._subs_by_name.setdefault(n, []).append(sub)
+            if machines:
+                self._subs_machines.append(sub)
+        if self._stopped:
+            sub.end()
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        if sub.names is None:
+            if sub in self._subs_all:
+                self._subs_all.remove(sub)
+            return
+        for n in sub.names:
+            subs = self._subs_by_name.get(n)
+            if subs and sub in subs:
+                subs.remove(sub)
+                if not subs:
+                    del self._subs_by_name[n]
+        if sub in self._subs_machines:
+            self._subs_machines.remove(sub)
+
+    def _subscriptions(self) -> list[Subscription]:
+        subs = {id(s): s for per in self._subs_by_name.values() for s in per}
+        return [*self._subs_all, *subs.values()]
+
+    def _dispatch(self, st: ClusterState, events: Collection[Event]) -> None:
+        every, by_name, machines = self._subs_all, self._subs_by_name, self._subs_machines
+        for ev in events:
+            for sub in every:
+                sub.offer(st, ev)
+            if ev.kind.startswith("machine"):
+                for sub in machines:
+                    sub.offer(st, ev)
+            else:
+                for sub in by_name.get(ev.name, ()):
+                    sub.offer(st, ev)
 
     async def _reached(self, need: int) -> bool:
         """True once the view has applied every change up to revision `need` (within the
@@ -116,6 +246,9 @@ class ClusterView:
             self._follower = None
             self.state = None
             self._release_all()
+            self._stopped = True
+            for sub in self._subscriptions():
+                sub.end()
 
     def _absorb(self, update: Update) -> None:
         """Take one update of the follower in (synchronously: `state` and the stamps never
@@ -128,6 +261,9 @@ class ClusterView:
         if update.kind == "reset":
             if self.state is not None:
                 self._release_all()  # reads that waited on the old state re-check
+                if not update.events:  # a fresh read that says nothing of what changed:
+                    for sub in self._subscriptions():  # each stream starts over from it
+                        sub.overflow()
             self.generation += 1
             self.unit_stamps = {}
         elif update.events:
@@ -139,4 +275,6 @@ class ClusterView:
                 elif ev.kind == UNIT_DELETED:  # a unit added again gets a put, so a new stamp
                     units.pop(ev.name, None)
         self.state = update.state
+        if update.events and (self._subs_all or self._subs_by_name):
+            self._dispatch(update.state, update.events)
         self._release(update.state.revision)

@@ -5,7 +5,9 @@ report the state (checked against systemd itself)."""
 from __future__ import annotations
 
 import pathlib
+import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -55,6 +57,50 @@ def test_a_watch_limited_to_names_carries_only_those_units(
     finally:
         c.close()
     assert names and set(names) == {"mine.service"}, names
+
+
+def _etcd_metric(cluster: LocalCluster, name: str) -> float:
+    url = f"http://127.0.0.1:{cluster.etcd.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        lines = r.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines
+               if line.split("{", 1)[0].split(" ", 1)[0] == name)
+
+
+def test_waiting_clients_cost_etcd_no_watch_and_no_read_of_the_cluster(
+        cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+    # 2,000 units in the cluster (submitted only): a read of all of it is ~400 KB. Twelve
+    # blocking fleetctls' streams are served from fleetd's one view: no etcd watch of their
+    # own, a few hundred bytes from etcd each (the revision that proves the snapshot
+    # current), however large the cluster.
+    c = Client(cluster.machines[0].endpoint, timeout_s=60)
+    streams: list[Any] = []
+    try:
+        text = SLEEPER + "# " + "x" * 100 + "\n"
+        refused = [g for g in c.create_units((f"bulk{i:04d}.service", text, "", False)
+                                             for i in range(2000)) if isinstance(g, Exception)]
+        assert not refused, refused[:3]
+        watchers = _etcd_metric(cluster, "etcd_debugging_mvcc_watcher_total")
+        sent = _etcd_metric(cluster, "etcd_network_client_grpc_sent_bytes_total")
+        for i in range(12):
+            s = c.watch(units=True, states=True, names=[f"w{i}.service", "bulk0007.service"])
+            streams.append(s)
+            first = next(s)
+            assert first.kind == K.SNAPSHOT
+            assert [u.name for u in first.snapshot.units] == ["bulk0007.service"]
+        assert _etcd_metric(cluster, "etcd_debugging_mvcc_watcher_total") == watchers
+        per_stream = (_etcd_metric(cluster, "etcd_network_client_grpc_sent_bytes_total")
+                      - sent) / 12
+        assert per_stream < 4_000, per_stream  # (the lease keep-alives meanwhile count too)
+        # ... and each still gets its own units' events.
+        r = cluster.fleetctl("start", "--no-block", write(tmp_path, "w5.service"))
+        assert r.returncode == 0, r.stderr
+        ev = next(streams[5])
+        assert ev.kind == K.UNIT_PUT and ev.unit.name == "w5.service"
+    finally:
+        for s in streams:
+            s.cancel()
+        c.close()
 
 
 def test_blocking_start_stop_unload_return_once_the_agent_reports(
