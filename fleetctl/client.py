@@ -283,9 +283,9 @@ class Client:
     def _create_batched(self, todo: list[tuple[str, str, str, bool]]
                         ) -> Iterator[pb.CreateUnitResponse | FleetctlError]:
         batches: list[list[tuple[str, str, str, bool]]] = []
-        size = BATCH_BYTES
+        size = 0
         for u in todo:
-            if size + len(u[1]) > BATCH_BYTES or len(batches[-1]) >= BATCH_UNITS:
+            if not batches or size + len(u[1]) > BATCH_BYTES or len(batches[-1]) >= BATCH_UNITS:
                 batches.append([])
                 size = 0
             batches[-1].append(u)

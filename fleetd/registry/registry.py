@@ -326,6 +326,12 @@ class Registry:
         before the call has a revision at most this."""
         return await self.etcd.current_revision()
 
+    async def sync_barrier(self) -> int:
+        """Write the sync key; its revision. That revision is above every write acknowledged
+        before the call, and a watch of the root delivers the sync event after all of those
+        (a watch sends events in revision order, without gaps)."""
+        return await self.etcd.put(self.keys.sync, b"")
+
     def follow(self, prefix: str | None = None, *, revision: int = 0,
                retry_first_read: bool = False) -> Follower:
         """Follow `prefix` (default: everything): a `ClusterState` kept current by one watch.

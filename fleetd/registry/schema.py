@@ -221,6 +221,9 @@ class Keys:
         self.metadata = self.root + "metadata/"
         self.drain = self.root + "drain/"
         self.moves = self.root + "move/"
+        # Written by the API's views to prove themselves current (fleetd.registry.view); no
+        # decoder reads it.
+        self.sync = self.root + "sync"
 
     def unit(self, name: str) -> str:
         return self.units + name

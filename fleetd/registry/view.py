@@ -1,13 +1,17 @@
 """An in-memory copy of the cluster state, kept current by one etcd watch, for the API's reads.
 
 Listing 10,000 units by re-reading and decoding every key costs most of a second; the view
-answers from memory. Reads stay linearizable: `snapshot()` first takes etcd's current revision
-with a quorum read, then waits until the view has applied everything up to it (events, or a
-progress notification on the view's own watch stream, which etcd sends only once every event up
-to its revision has been delivered), so a write acknowledged before the read (by any fleetd) is
-always visible. Each read waits for its own revision: a notification answering an earlier read
-releases only the reads it covers. If the view is not in sync (starting, resyncing, or etcd
-does not answer in time) the read falls back to a full `Registry.cluster_state()`.
+answers from memory. Reads stay linearizable: `snapshot()` first writes the sync key (a
+"barrier", `Registry.sync_barrier`), whose revision is above every write etcd acknowledged
+before the read, by any fleetd; then it waits until the view's own watch has delivered that
+event. A watch sends events in revision order without gaps, so by then the view holds every
+one of those writes. Reads that arrive while a barrier is in flight share the next one.
+(The view used to wait for a progress notification at etcd's current revision instead: etcd
+3.4.23, Debian 12's, sends a requested notification ahead of events still queued for the
+watch, etcd-io/etcd#15220, fixed in 3.4.26 and 3.5.8; a read through one machine then missed
+a write acknowledged through another, 1 in about 50 under concurrent reads.) If the view is
+not in sync (starting, resyncing, or etcd does not answer in time) the read falls back to a
+full `Registry.cluster_state()`.
 
 The view also stamps the units each change touched (`unit_stamps`; `generation` counts fresh
 reads), so a list answer can re-encode only the rows whose object changed since
@@ -103,9 +107,9 @@ class Subscription:
 class ClusterView:
     """The registry's state in memory; `snapshot()` returns it once proven current."""
 
-    def __init__(self, registry: Registry, *, progress_timeout_s: float = 1.0) -> None:
+    def __init__(self, registry: Registry, *, sync_timeout_s: float = 1.0) -> None:
         self.registry = registry
-        self.progress_timeout_s = progress_timeout_s
+        self.sync_timeout_s = sync_timeout_s
         self.state: ClusterState | None = None  # None until the first read
         self._follower: Follower | None = None
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -124,6 +128,8 @@ class ClusterView:
         self._subs_by_name: dict[str, list[Subscription]] = {}
         self._subs_machines: list[Subscription] = []
         self._stopped = False  # the view's task ended: subscriptions end too
+        self._queued: asyncio.Future[int] | None = None  # the next barrier's revision
+        self._inflight: asyncio.Future[None] | None = None  # the barrier being written
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
@@ -138,8 +144,8 @@ class ClusterView:
         call. The object is shared: read it, do not mutate it."""
         if self._follower is not None and self.state is not None:
             try:
-                need = await asyncio.wait_for(self.registry.current_revision(),
-                                              self.progress_timeout_s)
+                need = await asyncio.wait_for(asyncio.shield(self._join_barrier()),
+                                              self.sync_timeout_s)
             except (TimeoutError, EtcdError):
                 need = 0
             if need and await self._reached(need):
@@ -198,19 +204,47 @@ class ClusterView:
                 for sub in by_name.get(ev.name, ()):
                     sub.offer(st, ev)
 
+    def _join_barrier(self) -> asyncio.Future[int]:
+        """The revision of a barrier written after this call: the queued one (not yet
+        written), else a new one, written at once unless one is in flight (then right after
+        it: one in flight at a time, however many reads wait)."""
+        fut = self._queued
+        if fut is None:
+            fut = self._queued = asyncio.get_running_loop().create_future()
+            # a read that gave up waiting leaves the outcome unread: not an error to report
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            if self._inflight is None:
+                self._write_barrier()
+        return fut
+
+    def _write_barrier(self) -> None:
+        fut, self._queued = self._queued, None
+        assert fut is not None
+
+        async def write() -> None:
+            try:
+                fut.set_result(await self.registry.sync_barrier())
+            except Exception as e:  # EtcdError, or whatever failed: the reads fall back
+                fut.set_exception(e)
+            finally:
+                self._inflight = None
+                if self._queued is not None:
+                    self._write_barrier()
+
+        self._inflight = asyncio.ensure_future(write())
+
     async def _reached(self, need: int) -> bool:
         """True once the view has applied every change up to revision `need` (within the
-        progress timeout)."""
-        st, follower = self.state, self._follower
-        if st is None or follower is None:
+        timeout): its own watch delivers the barrier of `need` after all of them."""
+        st = self.state
+        if st is None or self._follower is None:
             return False
         if st.revision >= need:
             return True
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((need, fut))
         try:
-            if await follower.request_progress():
-                await asyncio.wait_for(asyncio.shield(fut), self.progress_timeout_s)
+            await asyncio.wait_for(asyncio.shield(fut), self.sync_timeout_s)
         except TimeoutError:
             pass
         finally:
@@ -255,7 +289,7 @@ class ClusterView:
         disagree for a reader)."""
         if update.kind == "interrupted":
             # The state stays a true prefix of history; a read proves it current again by
-            # a progress notification once the watch is back.
+            # its barrier's event once the watch is back.
             self._release_all()
             return
         if update.kind == "reset":

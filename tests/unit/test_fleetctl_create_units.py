@@ -111,6 +111,15 @@ def test_a_call_carries_at_most_batch_bytes_of_unit_text(
         assert all(len(b) * len(text) <= fc.BATCH_BYTES for b in svc.batches)
 
 
+def test_instances_without_text_go_in_one_call(served: tuple[Recording, fc.Client]) -> None:
+    # (instantiated from their template by fleetd: no text at all, first one included)
+    svc, c = served
+    got = list(c.create_units((f"web@{i}.service", "", "launched", False) for i in range(3)))
+    assert [g.unit.name for g in got] == [f"web@{i}.service" for i in range(3)]  # type: ignore[union-attr]
+    if svc.batch:
+        assert svc.batches == [[f"web@{i}.service" for i in range(3)]]
+
+
 def test_one_unit_is_one_create_unit(served: tuple[Recording, fc.Client]) -> None:
     svc, c = served
     (got,) = list(c.create_units([("one.service", "[Service]\nExecStart=/bin/true\n", "",
