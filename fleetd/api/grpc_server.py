@@ -53,11 +53,16 @@ _CODES = {
 T = TypeVar("T")
 
 
+def _status_of(e: ApiError) -> grpc.StatusCode:
+    """The gRPC status of a refused request."""
+    return _CODES.get(type(e), grpc.StatusCode.INTERNAL)
+
+
 async def _call(context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
     try:
         return await fn()
     except ApiError as e:
-        await context.abort(_CODES.get(type(e), grpc.StatusCode.INTERNAL), str(e))
+        await context.abort(_status_of(e), str(e))
         raise  # unreachable: abort raises
 
 
@@ -176,8 +181,7 @@ class FleetServicer(pb_grpc.FleetServicer):
         out = pb.CreateUnitsResponse()
         for g in got:
             if isinstance(g, Exception):
-                code = _CODES.get(type(g), grpc.StatusCode.INTERNAL)
-                out.outcomes.add(code=code.value[0], message=str(g))
+                out.outcomes.add(code=_status_of(g).value[0], message=str(g))
             else:
                 out.outcomes.add(response=pb.CreateUnitResponse(unit=unit_pb(g[0]),
                                                                 created=g[1]))
@@ -245,7 +249,7 @@ class FleetServicer(pb_grpc.FleetServicer):
                     request.follow, CallContext.from_grpc(context)):
                 yield pb.JournalChunk(machine_id=mid, data=data)
         except ApiError as e:
-            await context.abort(_CODES.get(type(e), grpc.StatusCode.INTERNAL), str(e))
+            await context.abort(_status_of(e), str(e))
 
     async def Watch(self, request: Any, context: Any) -> AsyncIterator[pb.WatchEvent]:
         every = not (request.machines or request.units or request.states)
@@ -263,33 +267,9 @@ class FleetServicer(pb_grpc.FleetServicer):
             leader = await self.service.registry.leader() if want["machine"] else None
             st = await view.snapshot()
             if st is view.state:
-                sub = view.subscribe(
-                    only or None, bool(want["machine"]),
-                    lambda st, ev: (self._event_pb(st, ev)
-                                    if wanted(ev.kind.split("_")[0], ev.name) else None))
-                try:
-                    snap: pb.WatchEvent | None = self._snapshot_pb(st, want, wanted, only, leader)
-                    while True:
-                        if snap is not None:
-                            yield snap
-                        item = await sub.next()
-                        snap = None
-                        if item is view_mod.ENDED:
-                            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                                "fleetd's cluster view stopped")
-                        if item is view_mod.OVERFLOWED:  # fell behind: start over, from now
-                            log.info("Watch: a stream fell %d events behind; a fresh "
-                                     "snapshot", view_mod.SUBSCRIPTION_LIMIT)
-                            leader = (await self.service.registry.leader()
-                                      if want["machine"] else None)
-                            if view.state is None:
-                                continue  # (ENDED comes next)
-                            snap = self._snapshot_pb(view.state, want, wanted, only, leader)
-                            sub.resume()
-                            continue
-                        yield item
-                finally:
-                    sub.close()
+                async for out in self._from_view(view, st, want, wanted, only, leader,
+                                                 context):
+                    yield out
                 return
         follower = self.service.registry.follow(revision=request.start_revision)
         sent = bool(not request.start_revision)
@@ -323,6 +303,35 @@ class FleetServicer(pb_grpc.FleetServicer):
             if "compact" in str(e):
                 await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(e))
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+
+    async def _from_view(self, view: view_mod.ClusterView, st: ClusterState, want: dict[str, Any],
+                         wanted: Callable[[str, str], bool], only: set[str],
+                         leader: str | None, context: Any) -> AsyncIterator[pb.WatchEvent]:
+        """A Watch served by the view: the snapshot of `st` (the view's own state, just
+        proven current), then the events the view applies from there."""
+        sub = view.subscribe(only or None, bool(want["machine"]),
+                             lambda st, ev: (self._event_pb(st, ev)
+                                             if wanted(ev.kind.split("_")[0], ev.name) else None))
+        try:
+            yield self._snapshot_pb(st, want, wanted, only, leader)
+            while True:
+                item = await sub.next()
+                if item is view_mod.ENDED:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                        "fleetd's cluster view stopped")
+                if item is not view_mod.OVERFLOWED:
+                    yield item
+                    continue
+                # fell behind: start over, from now
+                log.info("Watch: a stream fell %d events behind; a fresh snapshot",
+                         view_mod.SUBSCRIPTION_LIMIT)
+                leader = await self.service.registry.leader() if want["machine"] else None
+                if view.state is not None:  # (else ENDED comes next)
+                    snap = self._snapshot_pb(view.state, want, wanted, only, leader)
+                    sub.resume()  # no await since the snapshot: no event falls in between
+                    yield snap
+        finally:
+            sub.close()
 
     def _snapshot_pb(self, st: ClusterState, want: dict[str, Any],
                      wanted: Callable[[str, str], bool], only: set[str],

@@ -306,6 +306,12 @@ class FleetService:
                           replace: bool = False) -> tuple[UnitInfo, bool]:
         """Submit a unit (from `text`, or from its template when `text` is empty)."""
         unit, desired_state = await self._prepared(name, text, desired_state)
+        return await self._submit(unit, desired_state, replace)
+
+    async def _submit(self, unit: Unit, desired_state: str, replace: bool
+                      ) -> tuple[UnitInfo, bool]:
+        """`create_unit`'s writes for a unit `_prepared` checked."""
+        name = unit.name
         rec = UnitRecord(unit.name, unit.text, unit.hash)
         try:
             if replace and await self._get_record(name) is not None:
@@ -329,8 +335,7 @@ class FleetService:
         order (a refused unit as its error). Every unit is checked as if those before it in
         the call existed (a template and its instances, MachineOf chains, in one call); the
         new ones are then written together (`Registry.create_units`). Replacements, a name
-        given twice, and a unit that turned out to exist already go through `create_unit`
-        one by one, after the batch."""
+        given twice, and a unit that turned out to exist already are then done one by one."""
         out: list[tuple[UnitInfo, bool] | ApiError | None] = [None] * len(requests)
         batch: list[tuple[int, Unit, str]] = []
         pending: dict[str, UnitRecord] = {}  # units of this call checked so far
@@ -348,16 +353,18 @@ class FleetService:
             batch.append((i, unit, state))
         written = await self.registry.create_units([(pending[u.name], state)
                                                     for _, u, state in batch])
+        same: dict[int, tuple[Unit, str]] = {}
         for (i, unit, state), got in zip(batch, written, strict=True):
             if got is True:
                 out[i] = (_brand_new(unit, state), True)
             elif isinstance(got, Exception):
                 out[i] = _api_error(got)
             else:  # the very same file exists: its desired state still has to be set
-                alone.append(i)
-        for i in sorted(alone):
+                same[i] = (unit, state)
+        for i in sorted([*alone, *same]):
             try:
-                out[i] = await self.create_unit(*requests[i])
+                out[i] = (await self._submit(*same[i], False) if i in same
+                          else await self.create_unit(*requests[i]))
             except ApiError as e:
                 out[i] = e
         return [o for o in out if o is not None]
@@ -455,20 +462,16 @@ class FleetService:
                     pass  # an unparsable file is the engine's to report
         try:
             await self.registry.set_target_state(name, desired_state)
-        except UnitNotFound as e:
-            raise NotFound(str(e)) from None
-        except EtcdError as e:
-            raise Unavailable(str(e)) from None
+        except (UnitNotFound, EtcdError) as e:
+            raise _api_error(e) from None
         return await self.get_unit(name)
 
     async def destroy_unit(self, name: str) -> None:
         _check_name(name)
         try:
             await self.registry.destroy_unit(name)
-        except UnitNotFound as e:
-            raise NotFound(str(e)) from None
-        except EtcdError as e:
-            raise Unavailable(str(e)) from None
+        except (UnitNotFound, EtcdError) as e:
+            raise _api_error(e) from None
 
     async def explain_unit(self, name: str) -> ExplanationInfo:
         """Run the scheduler's checks for `name` on the current cluster state."""

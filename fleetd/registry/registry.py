@@ -20,7 +20,6 @@ from fleetd.registry._etcd import (
     Put,
     WatchCompacted,
     WatchEvent,
-    WatchStreamApi,
     backoff_sleep,
 )
 from fleetd.registry.changes import Event, WatchView, diff
@@ -137,14 +136,6 @@ class Follower:
         self.retry_first_read = retry_first_read
         self.state: ClusterState | None = None
         self._view: WatchView | None = None
-        self._stream: WatchStreamApi | None = None
-
-    async def request_progress(self) -> bool:
-        """Ask etcd for a progress notification on the open watch (a "progress" update
-        follows once everything up to etcd's revision has been delivered); False if no watch
-        is open or the connection does not support it."""
-        stream = self._stream
-        return stream is not None and await stream.request_progress()
 
     def __aiter__(self) -> AsyncGenerator[Update, None]:
         return self._run()
@@ -175,8 +166,7 @@ class Follower:
                     compacted = False
                 view, st = self._view, self.state
                 assert view is not None and st is not None
-                stream = self._stream = self.registry.etcd.open_watch(self.prefix,
-                                                                      st.revision + 1)
+                stream = self.registry.etcd.open_watch(self.prefix, st.revision + 1)
                 async for batch, revision in stream.responses():
                     attempt = 0
                     if batch:
@@ -204,8 +194,6 @@ class Follower:
                     yield Update("interrupted", self.state.revision, self.state, reason=str(e))
                 await backoff_sleep(attempt)
                 attempt += 1
-            finally:
-                self._stream = None
 
 
 class Registry:

@@ -8,8 +8,8 @@ event. A watch sends events in revision order without gaps, so by then the view 
 one of those writes. Reads that arrive while a barrier is in flight share the next one.
 (The view used to wait for a progress notification at etcd's current revision instead: etcd
 3.4.23, Debian 12's, sends a requested notification ahead of events still queued for the
-watch, etcd-io/etcd#15220, fixed in 3.4.26 and 3.5.8; a read through one machine then missed
-a write acknowledged through another, 1 in about 50 under concurrent reads.) If the view is
+watch, etcd-io/etcd#15220, fixed in 3.4.26 and 3.5.8; reads then missed writes acknowledged
+before them, 5-6 of 150 in tests/integration/test_view_linearizable.py.) If the view is
 not in sync (starting, resyncing, or etcd does not answer in time) the read falls back to a
 full `Registry.cluster_state()`.
 
