@@ -14,6 +14,7 @@ from tests.harness.cases import CASES_FILE, COUNTS
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    _lease_trouble_summary(terminalreporter)
     if not COUNTS:
         return
     terminalreporter.section("hostile input, fuzzing and faults: cases run")
@@ -36,3 +37,19 @@ def etcd_server() -> Iterator[EtcdServer]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _lease_trouble_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Lease renewals that failed and fences on the integration tests' shared clusters, where
+    no test causes them: a one-off failure on such a cluster is explained here."""
+    try:
+        from tests.integration.conftest import SHARED_CLUSTER_TROUBLE
+    except ImportError:
+        return
+    if not SHARED_CLUSTER_TROUBLE:
+        return
+    terminalreporter.section("lease trouble on the shared test clusters")
+    for module, lines in SHARED_CLUSTER_TROUBLE:
+        terminalreporter.write_line(f"{module}: {len(lines)} lines")
+        for ln in lines[:20]:
+            terminalreporter.write_line("  " + ln)

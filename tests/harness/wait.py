@@ -10,14 +10,21 @@ T = TypeVar("T")
 
 
 def wait_until(fn: Callable[[], T], timeout_s: float = 20, interval_s: float = 0.05,
-               what: str = "condition") -> T:
+               what: str = "condition", detail: Callable[[], object] | None = None) -> T:
     """Poll fn until it returns a truthy value and return that value; fail the test naming
-    `what` after timeout_s."""
+    `what` after timeout_s, with what `detail()` then says (the state a one-off CI failure
+    needs explained)."""
     deadline = time.monotonic() + timeout_s
     last: T = fn()
     while not last:
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+            extra = ""
+            if detail is not None:
+                try:
+                    extra = f"; {detail()}"
+                except Exception as e:  # the timeout is the failure to report
+                    extra = f"; (detail failed: {e!r})"
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{extra}")
         time.sleep(interval_s)
         last = fn()
     return last

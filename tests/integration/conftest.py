@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import tempfile
@@ -59,6 +60,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
             rep.sections.append((f"fleetd log of {m.machine_id[:12]} (last "
                                  f"{REPORT_LOG_LINES} lines)",
                                  "\n".join(lines[-REPORT_LOG_LINES:])))
+            early = [ln for ln in lines[:-REPORT_LOG_LINES] if _LOUD.search(ln)]
+            if early:  # a fence or lease trouble earlier in the module explains a lot
+                rep.sections.append((f"fleetd log of {m.machine_id[:12]}: warnings and "
+                                     "errors before those", "\n".join(early[-40:])))
+
+
+#: Log lines of lease or fencing trouble (fleetd/machine.py, fleetd/agent/agent.py).
+_LOUD = re.compile(r" (WARNING|ERROR) ")
+_LEASE_TROUBLE = re.compile(r"fenc|lease|dead-man", re.IGNORECASE)
+
+
+def lease_trouble(c: LocalCluster) -> list[str]:
+    """The warning and error lines about leases and fencing the cluster's fleetds logged."""
+    out = []
+    for m in c.machines:
+        try:
+            text = (m.root / "fleetd.log").read_text(errors="replace")
+        except OSError:
+            continue
+        out += [f"{m.machine_id[:12]}: {ln}" for ln in text.splitlines()
+                if _LOUD.search(ln) and _LEASE_TROUBLE.search(ln)]
+    return out
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -80,13 +103,20 @@ def machines_running(cluster: LocalCluster, unit: str) -> list[str]:
             if m.manager.pid is not None and m.is_active(unit)]
 
 
+#: (test module, lines) of lease trouble on the shared `cluster`s, for the run's summary.
+SHARED_CLUSTER_TROUBLE: list[tuple[str, list[str]]] = []
+
+
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
+def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     """Three machines; m1 and m3 in region us-east, m2 in us-west, m3 also disk=ssd."""
     c = LocalCluster(3, metadata=[{"region": "us-east"}, {"region": "us-west"},
                                   {"region": "us-east", "disk": "ssd"}], agent_ttl_s=4)
     c.start()
     yield c
+    trouble = lease_trouble(c)
+    if trouble:  # nothing on this cluster breaks leases on purpose: a hiccup under load
+        SHARED_CLUSTER_TROUBLE.append((request.module.__name__, trouble))
     c.cleanup()
 
 

@@ -56,6 +56,15 @@ def main_pids(cluster: LocalCluster, unit: str) -> dict[str, int]:
     return {m.machine_id: m.main_pid(unit) for m in cluster.machines if m.is_active(unit)}
 
 
+def _where_is(cluster: LocalCluster, mid: str, unit: str, pid: int) -> str:
+    """What a timed-out wait on `unit` (on machine `mid`, main PID `pid` before) saw last."""
+    m = cluster.machine(mid)
+    status = m.systemctl("status", "--no-pager", "-n", "5", unit).stdout
+    rows = cluster.fleetctl("list-units", "--no-legend", "-l").stdout
+    return (f"main PID was {pid}, now {m.main_pid(unit)}; list-units:\n{rows}"
+            f"systemctl status on {mid[:12]}:\n{status}")
+
+
 # --- status -------------------------------------------------------------------------------
 def test_status_shows_systemctl_status_from_the_machine_running_the_unit(
         cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
@@ -438,7 +447,8 @@ def test_replace_a_template_and_a_global_unit(cluster: LocalCluster,
     assert r.returncode == 0, r.stderr
     assert cluster.fleetctl("cat", "tk@1.service").stdout == v2
     wait_until(lambda: cluster.machine(mid).main_pid("tk@1.service") not in (0, pid), 10,
-               what="instance restarted with the new template")
+               what="instance restarted with the new template",
+               detail=lambda: _where_is(cluster, mid, "tk@1.service", pid))
 
     glob = TICKER + "[X-Fleet]\nGlobal=true\n"
     assert cluster.fleetctl("start", write_unit(tmp_path, "g.service", glob)).returncode == 0
