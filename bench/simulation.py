@@ -103,6 +103,9 @@ class SimulatedSystemd:
             return
         self._set(name, "active", "running", 1000 + len(self.status))
 
+    async def restart_unit(self, name: str) -> None:
+        await self.start_unit(name)  # a new main PID, active at once, as start_unit
+
     async def stop_unit(self, name: str) -> None:
         if name.startswith(FENCE_TIMER_PREFIX) and name.endswith(".timer"):
             h = self.timers.pop(name, None)

@@ -7,10 +7,15 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
+import hypothesis  # noqa: F401  (see below)
 import pytest
 
 from fleetd.localcluster import EtcdServer
 from tests.harness.cases import CASES_FILE, COUNTS
+
+# hypothesis is imported here, at the top of the run: its pytest plugin imports it in the
+# terminal summary otherwise, and under CPython 3.11.7 that parse failed ("AST constructor
+# recursion depth mismatch", a CPython bug) after some integration modules ran alone.
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -407,7 +407,10 @@ class Agent:
             if not self._may_start(desired.get(t.name)):  # again, right before: see apply
                 log.warning("not starting %s: fenced or without a lease", t.name)
                 return
-            await self.systemd.start_unit(t.name)
+            if t.restart:
+                await self.systemd.restart_unit(t.name)
+            else:
+                await self.systemd.start_unit(t.name)
             self.applied[t.name] = "launched"
 
     async def _daemon_reload(self) -> None:
@@ -709,5 +712,7 @@ def _describe(task: Task) -> str:
     kind = type(task).__name__
     if isinstance(task, LoadNew):
         return f"{kind} ({len(task.names)} units)"
+    if isinstance(task, StartUnit) and task.restart:
+        kind = "RestartUnit"
     name = getattr(task, "name", "")
     return f"{kind} {name}".strip()

@@ -78,7 +78,11 @@ class LoadNew:
 
 @dataclass(frozen=True)
 class StartUnit:
+    """Start the unit; with `restart`, by RestartUnit: the plan stopped it (its file was
+    replaced) and a start must not be a no-op even if systemd has not run that stop yet."""
+
     name: str
+    restart: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,10 @@ def has_install_section(text: str) -> bool:
 def plan(desired: Mapping[str, DesiredUnit], current: Mapping[str, CurrentUnit]) -> list[Task]:
     """Ordered tasks that bring `current` to `desired`; empty when they already agree.
 
-    A unit whose file changed while running is stopped, rewritten and started again (a
-    `--replace`). A unit that is running with the desired file is left alone, so an agent
+    A unit whose file changed while running, or that the agent launched, is stopped, rewritten
+    and restarted (a `--replace`): by RestartUnit, since a StartUnit would leave the old process
+    running if the StopUnit's job had not run yet, or if the unit's status lags behind a start
+    still queued. A unit that is running with the desired file is left alone, so an agent
     restart adopts it without a restart. A unit the agent launched that has since exited is not
     started again: restarting is systemd's job (Restart=), as in fleet."""
     stops: list[Task] = []
@@ -122,10 +128,11 @@ def plan(desired: Mapping[str, DesiredUnit], current: Mapping[str, CurrentUnit])
         want = desired[name]
         cur = current.get(name) or CurrentUnit(name, None, None, False)
         changed = cur.file_hash != want.hash
+        replaced = changed and (cur.running or cur.applied == "launched")
         # "loaded" means the agent does not start it (fleet): a unit systemd started as a
         # dependency ([Install] WantedBy= of a running unit) is left running.
-        if cur.running and (changed or (want.target_state == "loaded"
-                                        and cur.applied == "launched")):
+        if replaced or (cur.running and want.target_state == "loaded"
+                        and cur.applied == "launched"):
             stops.append(StopUnit(name))
         if changed:
             files.append(WriteUnitFile(name, want.text))
@@ -133,7 +140,7 @@ def plan(desired: Mapping[str, DesiredUnit], current: Mapping[str, CurrentUnit])
             if cur.file_hash is None and not has_install_section(want.text):
                 fresh.append(name)
         if want.target_state == "launched" and (changed or cur.applied != "launched"):
-            starts.append(StartUnit(name))
+            starts.append(StartUnit(name, restart=replaced))
     reload: list[Task] = []
     if len(fresh) + quiet < len(files) or len(fresh) > LOAD_NEW_MAX:
         reload = [DaemonReload()]

@@ -554,6 +554,13 @@ class SystemdManager:
         """StartUnit(name, "replace"); returns once the job is queued (not when active)."""
         await self._call_manager("StartUnit", "ss", [name, "replace"], op="start", unit=name)
 
+    async def restart_unit(self, name: str) -> None:
+        """RestartUnit(name, "replace"): a new main process for an active unit, a start for an
+        inactive one. Unlike a StartUnit after a StopUnit, it is never a no-op on a running
+        unit: a start cancels a stop job systemd has queued but not yet run (a StopUnit sent
+        just before a daemon-reload, say), which leaves the old process running."""
+        await self._call_manager("RestartUnit", "ss", [name, "replace"], op="restart", unit=name)
+
     async def stop_unit(self, name: str) -> None:
         """StopUnit(name, "replace"); a unit systemd does not know is not an error."""
         await self._call_manager(

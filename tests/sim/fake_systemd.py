@@ -239,6 +239,18 @@ class FakeSystemd:
                 return
             self._set(u, "active", "running")
 
+    def restart(self, name: str) -> None:
+        """systemd's RestartUnit: a running unit is stopped and then started again (its stop
+        takes as long as a stop does); an inactive one is started."""
+        u = self.units.get(name)
+        if u is not None and u.active in ("active", "activating", "reloading"):
+            self.stop(name)
+        u = self.units.get(name)
+        if u is not None and u.active == "deactivating":
+            u.start_after_stop = True
+            return
+        self.start(name)
+
     def stop(self, name: str) -> None:
         if name in self.timers or name in self.fired_timers:
             self.stop_timer(name)  # a stopped transient timer is unloaded
@@ -499,6 +511,10 @@ class FakeSystemdConnection:
     async def start_unit(self, name: str) -> None:
         await self._call()
         self.systemd.start(name)
+
+    async def restart_unit(self, name: str) -> None:
+        await self._call()
+        self.systemd.restart(name)
 
     async def stop_unit(self, name: str) -> None:
         await self._call()

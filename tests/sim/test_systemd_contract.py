@@ -195,11 +195,52 @@ async def a_removed_unit_file_needs_no_daemon_reload(sd: UnitManager, tag: str) 
     sd.remove_unit_file(name)
 
 
+async def a_restart_gives_a_running_unit_a_new_process_and_starts_a_stopped_one(
+        sd: UnitManager, tag: str) -> None:
+    # The agent restarts a unit whose file it replaced (StopUnit, the new file, reload,
+    # RestartUnit): whatever the stop got to by then, the unit ends running a new process.
+    name, slow = f"c-{tag}-r.service", f"c-{tag}-rs.service"
+    sd.write_unit_file(name, _unit("r"))
+    sd.write_unit_file(slow, _unit("rs", svc="ExecStop=/bin/sleep 1\n"))
+    await sd.daemon_reload()
+    await sd.restart_unit(name)  # inactive: a start
+    first = (await _until(sd, name, "active")).main_pid
+    assert first > 0
+    await sd.restart_unit(name)  # active: a new main process
+    for _ in range(200):
+        st = await sd.unit_status(name)
+        if st.active_state == "active" and st.main_pid not in (0, first):
+            break
+        await asyncio.sleep(0.05)
+    assert st.active_state == "active" and st.main_pid not in (0, first), st
+    await sd.start_unit(slow)
+    old = (await _until(sd, slow, "active")).main_pid
+    await sd.stop_unit(slow)  # its ExecStop= takes a second: still deactivating
+    assert (await sd.unit_status(slow)).active_state == "deactivating"
+    sd.write_unit_file(slow, _unit("rs2"))
+    await sd.daemon_reload()
+    t0 = clock.now()
+    await sd.restart_unit(slow)
+    for _ in range(200):
+        st = await sd.unit_status(slow)
+        if st.active_state == "active" and st.main_pid not in (0, old):
+            break
+        await asyncio.sleep(0.05)
+    assert st.active_state == "active" and st.main_pid not in (0, old), st
+    assert clock.now() - t0 >= 0.8, "the stop's ExecStop= was carried out before the start"
+    for n in (name, slow):
+        await sd.stop_unit(n)
+        await _until(sd, n, "inactive", "failed")
+        sd.remove_unit_file(n)
+    await sd.daemon_reload()
+
+
 CONTRACTS = [the_dead_man_timer_stops_non_global_units_to_inactive, start_stop_and_signals,
              a_stop_takes_as_long_as_exec_stop_and_is_capped_by_timeout,
              conflicts_stop_the_other_unit, unknown_units_are_not_errors,
              a_new_unit_file_loads_with_its_fence_without_daemon_reload,
-             a_removed_unit_file_needs_no_daemon_reload]
+             a_removed_unit_file_needs_no_daemon_reload,
+             a_restart_gives_a_running_unit_a_new_process_and_starts_a_stopped_one]
 
 
 @pytest.fixture

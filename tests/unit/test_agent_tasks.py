@@ -74,7 +74,7 @@ CASES = [
         by_name(have("b.service", "h1")),
         [StopUnit("b.service"), WriteUnitFile("a.service", TEXT_A),
          WriteUnitFile("b.service", TEXT_B), DaemonReload(), StartUnit("a.service"),
-         StartUnit("b.service")],
+         StartUnit("b.service", restart=True)],
         id="a_new_file_beside_a_rewritten_one_reloads_once_for_both"),
     pytest.param(
         by_name(want("a.service")), by_name(have("b.service", running=False, applied="loaded")),
@@ -119,8 +119,24 @@ CASES = [
     pytest.param(
         by_name(want("a.service", hash="h2", text=TEXT_B)), by_name(have("a.service", "h1")),
         [StopUnit("a.service"), WriteUnitFile("a.service", TEXT_B), DaemonReload(),
-         StartUnit("a.service")],
+         StartUnit("a.service", restart=True)],
         id="hash_change_while_running_replaces"),
+    pytest.param(
+        by_name(want("a.service", hash="h2", text=TEXT_B)),
+        by_name(have("a.service", "h1", applied="launched", running=False)),
+        [StopUnit("a.service"), WriteUnitFile("a.service", TEXT_B), DaemonReload(),
+         StartUnit("a.service", restart=True)],
+        id="hash_change_of_a_launched_unit_not_seen_running_yet_still_restarts_it"),
+    pytest.param(
+        by_name(want("a.service", hash="h2", text=TEXT_B)),
+        by_name(have("a.service", "h1", applied="loaded", running=False)),
+        [WriteUnitFile("a.service", TEXT_B), DaemonReload(), StartUnit("a.service")],
+        id="hash_change_of_a_stopped_unit_desired_launched_starts_it"),
+    pytest.param(
+        by_name(want("a.service", "loaded", hash="h2", text=TEXT_B)),
+        by_name(have("a.service", "h1")),
+        [StopUnit("a.service"), WriteUnitFile("a.service", TEXT_B), DaemonReload()],
+        id="hash_change_of_a_running_unit_desired_loaded_stops_and_rewrites"),
     pytest.param(
         by_name(want("a.service", "loaded", hash="h2", text=TEXT_B)),
         by_name(have("a.service", "h1", applied="loaded", running=False)),
@@ -179,7 +195,7 @@ def test_plan_of_mixed_batch_orders_stops_files_reload_starts() -> None:
         RemoveUnitFile("gone.service"), WriteUnitFile("new.service", TEXT_A),
         WriteUnitFile("repl.service", TEXT_B),
         DaemonReload(),
-        StartUnit("new.service"), StartUnit("repl.service"),
+        StartUnit("new.service"), StartUnit("repl.service", restart=True),
     ]
 
 
@@ -258,10 +274,14 @@ def test_plan_only_touches_units_in_a_consistent_way(
         elif isinstance(t, RemoveUnitFile):
             assert t.name not in desired and current[t.name].file_hash is not None
         elif isinstance(t, StopUnit):
-            # running, or launched by the agent and no longer wanted here (its start job may
-            # still be queued: systemd says inactive until it runs)
-            assert current[t.name].running or (current[t.name].applied == "launched"
-                                               and t.name not in desired)
+            # running, or launched by the agent and no longer wanted here or replaced (its
+            # start job may still be queued: systemd says inactive until it runs)
+            cur = current[t.name]
+            assert cur.running or (cur.applied == "launched" and (
+                t.name not in desired or desired[t.name].hash != cur.file_hash))
+    for t in tasks:  # a restart only for what the plan stopped first
+        if isinstance(t, StartUnit) and t.restart:
+            assert StopUnit(t.name) in tasks
 
 
 @settings(max_examples=300, deadline=None)
