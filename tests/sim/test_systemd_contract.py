@@ -195,6 +195,17 @@ async def a_removed_unit_file_needs_no_daemon_reload(sd: UnitManager, tag: str) 
     sd.remove_unit_file(name)
 
 
+async def _new_process(sd: UnitManager, name: str, old_pid: int) -> None:
+    """Wait until `name` is active with a main PID other than `old_pid`."""
+    deadline = clock.now() + 10
+    while True:
+        st = await sd.unit_status(name)
+        if st.active_state == "active" and st.main_pid not in (0, old_pid):
+            return
+        assert clock.now() < deadline, f"{name} has no new process: {st}"
+        await asyncio.sleep(0.05)
+
+
 async def a_restart_gives_a_running_unit_a_new_process_and_starts_a_stopped_one(
         sd: UnitManager, tag: str) -> None:
     # The agent restarts a unit whose file it replaced (StopUnit, the new file, reload,
@@ -207,27 +218,17 @@ async def a_restart_gives_a_running_unit_a_new_process_and_starts_a_stopped_one(
     first = (await _until(sd, name, "active")).main_pid
     assert first > 0
     await sd.restart_unit(name)  # active: a new main process
-    for _ in range(200):
-        st = await sd.unit_status(name)
-        if st.active_state == "active" and st.main_pid not in (0, first):
-            break
-        await asyncio.sleep(0.05)
-    assert st.active_state == "active" and st.main_pid not in (0, first), st
+    await _new_process(sd, name, first)
     await sd.start_unit(slow)
     old = (await _until(sd, slow, "active")).main_pid
+    t0 = clock.now()
     await sd.stop_unit(slow)  # its ExecStop= takes a second: still deactivating
     assert (await sd.unit_status(slow)).active_state == "deactivating"
     sd.write_unit_file(slow, _unit("rs2"))
     await sd.daemon_reload()
-    t0 = clock.now()
     await sd.restart_unit(slow)
-    for _ in range(200):
-        st = await sd.unit_status(slow)
-        if st.active_state == "active" and st.main_pid not in (0, old):
-            break
-        await asyncio.sleep(0.05)
-    assert st.active_state == "active" and st.main_pid not in (0, old), st
-    assert clock.now() - t0 >= 0.8, "the stop's ExecStop= was carried out before the start"
+    await _new_process(sd, slow, old)
+    assert clock.now() - t0 >= 0.9, "the stop's ExecStop= was carried out before the start"
     for n in (name, slow):
         await sd.stop_unit(n)
         await _until(sd, n, "inactive", "failed")
