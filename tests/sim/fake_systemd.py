@@ -242,14 +242,12 @@ class FakeSystemd:
     def restart(self, name: str) -> None:
         """systemd's RestartUnit: a running unit is stopped and then started again (its stop
         takes as long as a stop does); an inactive one is started."""
-        u = self.units.get(name)
-        if u is not None and u.active in ("active", "activating", "reloading"):
-            self.stop(name)
+        self.stop(name)  # a no-op for a unit that is not running or already stopping
         u = self.units.get(name)
         if u is not None and u.active == "deactivating":
             u.start_after_stop = True
-            return
-        self.start(name)
+        else:
+            self.start(name)
 
     def stop(self, name: str) -> None:
         if name in self.timers or name in self.fired_timers:
