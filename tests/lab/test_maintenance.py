@@ -11,7 +11,7 @@ import pathlib
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -58,28 +58,33 @@ STOP_FILE = "/run/fleet-test-sampler.stop"
 class Sampler:
     """A sampler inside every machine: a shell loop there asks its own systemd, every 20 ms,
     which of `units` are active, stamping each answer with the clock the machines share (one
-    kernel). From consecutive answers alike, each machine's windows per unit: known active
-    (or inactive) from one answer to the next. A unit is down everywhere at once if there is
-    an instant inside an inactive window of every machine; it runs twice if two machines'
-    active windows overlap."""
+    kernel) just before and just after the query; the answer holds at some instant between
+    the two stamps. Two consecutive answers alike make a window in which the state is known:
+    from the first answer's later stamp to the second's earlier one (a state lasting less than
+    a sample is not seen; systemd's start and stop are slower than that). A unit is down
+    everywhere at once if there is an instant inside an inactive window of every machine; it
+    runs twice if two machines' active windows overlap. Only what the windows prove is
+    reported: an instant no window covers is unknown, not a fault."""
 
     def __init__(self, units: list[str]) -> None:
         self.units = units
-        self.samples: dict[str, list[tuple[float, frozenset[str]]]] = {n: [] for n in NAMES}
+        # machine -> (stamp before the query, stamp after it, the units active)
+        self.samples: dict[str, list[tuple[float, float, frozenset[str]]]] = {
+            n: [] for n in NAMES}
         self._procs: list[tuple[str, subprocess.Popen[str], threading.Thread]] = []
 
     def _read(self, name: str, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            t, *states = line.split()
+            before, *states, after = line.split()
             if len(states) == len(self.units):
-                self.samples[name].append((float(t), frozenset(
+                self.samples[name].append((float(before), float(after), frozenset(
                     u for u, st in zip(self.units, states, strict=True) if st == "active")))
 
     def __enter__(self) -> Sampler:
         script = (f"rm -f {STOP_FILE}; while [ ! -e {STOP_FILE} ]; do "
                   f"echo \"$(date +%s.%N) $(systemctl is-active {' '.join(self.units)} | "
-                  "tr '\\n' ' ')\"; sleep 0.02; done")
+                  "tr '\\n' ' ') $(date +%s.%N)\"; sleep 0.02; done")
         for n in NAMES:
             proc = subprocess.Popen([*LAB_CMD, "exec", n, "--", "sh", "-c", script],
                                     stdout=subprocess.PIPE, text=True)
@@ -96,10 +101,14 @@ class Sampler:
             proc.wait(timeout=30)
             thread.join(timeout=30)
 
+    def known(self, name: str, holds: Callable[[frozenset[str]], bool]
+              ) -> list[tuple[float, float]]:
+        """The windows in which machine `name` is known to be in a state `holds` accepts."""
+        return [(a0, b1) for (_, a0, x), (b1, _, y) in itertools.pairwise(self.samples[name])
+                if holds(x) and holds(y)]
+
     def windows(self, name: str, unit: str, active: bool) -> list[tuple[float, float]]:
-        got = self.samples[name]
-        return [(t0, t1) for (t0, a), (t1, b) in itertools.pairwise(got)
-                if (unit in a) == active and (unit in b) == active]
+        return self.known(name, lambda got: (unit in got) == active)
 
     def down_everywhere(self, unit: str) -> list[float]:
         """Instants at which `unit` was known inactive on every machine."""
@@ -121,17 +130,24 @@ class Sampler:
 
     def split(self, pair: tuple[str, str]) -> list[tuple[str, float]]:
         """(machine, instant) of each answer in which a machine ran one of ``pair`` without
-        the other while no other machine was known to run both: a split the make-before-break
-        hand-over does not explain (there, the group runs whole on one machine meanwhile)."""
-        both = {n: [(t0, t1) for (t0, a), (t1, b) in itertools.pairwise(self.samples[n])
-                    if set(pair) <= a and set(pair) <= b] for n in NAMES}
+        the other while every other machine was known not to run both: a split the
+        make-before-break hand-over does not explain (there, the group runs whole on the new
+        machine while the old one stops its members one by one)."""
+        not_both = {n: self.known(n, lambda got: not set(pair) <= got) for n in NAMES}
         out = []
         for n in NAMES:
-            for t, active in self.samples[n]:
-                if len(set(pair) & active) == 1 and not any(
-                        t0 <= t <= t1 for m in NAMES if m != n for t0, t1 in both[m]):
-                    out.append((n, t))
+            for before, after, active in self.samples[n]:
+                if len(set(pair) & active) == 1 and all(
+                        any(a <= before and after <= b for a, b in not_both[m])
+                        for m in NAMES if m != n):
+                    out.append((n, before))
         return out
+
+    def around(self, t: float, span_s: float = 0.5) -> str:
+        """Every machine's answers within `span_s` of `t`, for a failure's message."""
+        return "; ".join(f"{n}: " + ", ".join(
+            f"{b - t:+.3f}..{a - t:+.3f} {sorted(got)}" for b, a, got in self.samples[n]
+            if abs(b - t) <= span_s) for n in NAMES)
 
     def count(self) -> int:
         return min(len(v) for v in self.samples.values())
@@ -245,4 +261,5 @@ def test_drain_moves_a_machine_of_pair_whole_and_never_down(tmp_path: pathlib.Pa
         overlap = s.twice(u)
         assert {(a, b) for a, b, _ in overlap} <= {tuple(sorted(("m1", after[u][0])))}, overlap
         assert sum(d for _, _, d in overlap) < 5.0, overlap
-    assert not s.split(pair), f"the pair was split: {s.split(pair)[:5]}"
+    split = s.split(pair)
+    assert not split, f"the pair was split: {split[:5]}; {s.around(split[0][1])}"

@@ -222,8 +222,10 @@ async def a_restart_gives_a_running_unit_a_new_process_and_starts_a_stopped_one(
     await sd.start_unit(slow)
     old = (await _until(sd, slow, "active")).main_pid
     t0 = clock.now()
-    await sd.stop_unit(slow)  # its ExecStop= takes a second: still deactivating
-    assert (await sd.unit_status(slow)).active_state == "deactivating"
+    # StopUnit returns once the job is queued (it may still read active); its ExecStop=
+    # takes a second, so the unit is seen deactivating before the new file comes.
+    await sd.stop_unit(slow)
+    await _until(sd, slow, "deactivating")
     sd.write_unit_file(slow, _unit("rs2"))
     await sd.daemon_reload()
     await sd.restart_unit(slow)
