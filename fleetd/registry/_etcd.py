@@ -487,12 +487,12 @@ class EtcdClient:
         """Yield batches of events under `prefix` from `start_revision` on (one batch per revision
         group etcd sends). Raises WatchCompacted or EtcdError when the watch cannot continue."""
         async for events, _revision in WatchStream(self, prefix, start_revision).responses():
-            if events:  # empty: a progress notification, which only WatchStream users ask for
+            if events:  # empty: a progress notification
                 yield events
 
     def open_watch(self, prefix: str, start_revision: int) -> WatchStream:
-        """A watch on `prefix` from `start_revision` whose caller can ask for progress
-        notifications (`WatchStream`); nothing is sent before `responses()` is iterated."""
+        """A watch on `prefix` from `start_revision` that gives each response's header
+        revision (`WatchStream`); nothing is sent before `responses()` is iterated."""
         return WatchStream(self, prefix, start_revision)
 
 
@@ -514,9 +514,9 @@ def _is_token_error(e: grpc.aio.AioRpcError) -> bool:
 
 
 class WatchStream:
-    """One watch on a prefix whose caller can ask etcd for a progress notification: etcd then
-    answers with its current revision once every event up to it has been sent on this stream,
-    which lets an in-memory view prove it is up to date without re-reading anything."""
+    """One watch on a prefix, each response with etcd's header revision: every event up to
+    it has been sent on this stream (for a progress notification, an empty response, that is
+    all it says)."""
 
     def __init__(self, client: EtcdClient, prefix: str, start_revision: int) -> None:
         self.client = client
@@ -562,17 +562,6 @@ class WatchStream:
             self._call = None
             call.cancel()
 
-    async def request_progress(self) -> bool:
-        """Ask for a progress notification; False if the stream is not open."""
-        if self._call is None:
-            return False
-        self.client.requests += 1
-        try:
-            await self._call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError):
-            return False
-        return True
-
 
 @runtime_checkable
 class EtcdApi(Protocol):
@@ -607,10 +596,9 @@ class EtcdApi(Protocol):
 
 class WatchStreamApi(Protocol):
     """One watch (`EtcdApi.open_watch`): (events, header revision) per response, empty events
-    for a progress notification; `request_progress` asks for one (False: not possible now)."""
+    for a progress notification."""
 
     def responses(self) -> AsyncIterator[tuple[list[WatchEvent], int]]: ...
-    async def request_progress(self) -> bool: ...
 
 
 if TYPE_CHECKING:

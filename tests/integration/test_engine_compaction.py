@@ -60,9 +60,6 @@ async def test_engine_reconciles_everything_after_its_watch_was_compacted(
         def __init__(self, prefix: str, start: int) -> None:
             self.real = real_open(prefix, start)
 
-        async def request_progress(self) -> bool:
-            return await self.real.request_progress()
-
         async def responses(self) -> AsyncIterator[tuple[list[WatchEvent], int]]:
             it = self.real.responses().__aiter__()
             behind = asyncio.ensure_future(fall_behind.wait())

@@ -436,9 +436,6 @@ class _Breakable:
         real, cut_now = self.real(prefix, start), self.cut_now
 
         class Stream:
-            async def request_progress(self) -> bool:
-                return await real.request_progress()
-
             async def responses(self) -> AsyncIterator[tuple[list[WatchEvent], int]]:
                 it = real.responses().__aiter__()
                 cut = asyncio.ensure_future(cut_now.wait())

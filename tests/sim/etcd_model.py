@@ -533,8 +533,7 @@ class SimEtcdClient:
 
 class SimWatchStream:
     """`EtcdApi.open_watch` over the model: the batches of `watch_prefix`, each with its
-    revision. Progress notifications are not modelled: `request_progress` says so (False),
-    and a caller then falls back as it does when a real stream is closed."""
+    revision. Progress notifications are not modelled."""
 
     def __init__(self, client: SimEtcdClient, prefix: str, start_revision: int) -> None:
         self.client = client
@@ -544,6 +543,3 @@ class SimWatchStream:
     async def responses(self) -> AsyncIterator[tuple[list[WatchEvent], int]]:
         async for batch in self.client.watch_prefix(self.prefix, self.start_revision):
             yield batch, max(ev.revision for ev in batch)
-
-    async def request_progress(self) -> bool:
-        return False
