@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
@@ -37,6 +38,9 @@ log = logging.getLogger("fleetd")
 #: running" (an upgrade); SIGTERM/SIGINT mean stop: units stopped, unloaded, machine gone.
 #: Under systemd, a pending restart job for fleetd's unit means the same as this signal.
 RESTART_SIGNAL = signal.SIGUSR2
+#: What a purge's stop time is extended by, past its waits for units (`Agent.purge_bound_s`):
+#: the daemon-reload, the lease's revoke and the servers' shutdown.
+PURGE_MARGIN_S = 30.0
 
 
 class ComponentFailed(Exception):
@@ -254,6 +258,8 @@ async def serve(cfg: Config, argv: Sequence[str] = ()) -> None:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(RESTART_SIGNAL, on_restart_signal)
     loop.add_signal_handler(signal.SIGHUP, on_reload_signal)
+    if os.environ.get("NOTIFY_SOCKET") and (own := await _own_unit(systemd)) is not None:
+        _set_stop_timeout(systemd, own, None)  # left by a fleetd killed in its purge's reload
     sd_notify("READY=1\nSTATUS=fleetd running as machine " + machine_id)
     log.info("fleetd %s started: machine %s, ip %s, metadata %s", __version__, machine_id,
              identity.ip, identity.metadata or "{}")
@@ -280,9 +286,35 @@ async def serve(cfg: Config, argv: Sequence[str] = ()) -> None:
             else:
                 log.info("fleetd stopping (systemd job: %s): stopping and unloading this "
                          "machine's units, leaving the cluster", job_type or "none")
+                # fleetd.service's TimeoutStopSec= is not the bound: a unit here may claim a
+                # longer stop (up to fencing.MAX_UNIT_STOP_BOUND_S), and a fleetd killed in the
+                # middle would leave the rest running and their files behind.
+                # A reload re-arms a stopping unit's timer from its TimeoutStopSec=, forgetting
+                # the extension: the purge's reload (only for files with [Install] links)
+                # comes with a drop-in of the same bound for fleetd's own unit.
+                began = time.monotonic()
+                until = began + agent.purge_bound_s() + PURGE_MARGIN_S
+                own = await _own_unit(systemd) if os.environ.get("NOTIFY_SOCKET") else None
+
+                def extend() -> None:
+                    left = until - time.monotonic()
+                    if sd_notify(f"EXTEND_TIMEOUT_USEC={int(left * 1e6)}"):
+                        log.info("stop timeout extended to %.0f s from now (the units' "
+                                 "stops)", left)
+
+                def before_reload() -> None:
+                    if own is not None:
+                        _set_stop_timeout(systemd, own, until - began)
+
+                def after_reload() -> None:
+                    extend()
+                    if own is not None:  # the loaded bound stays until the next reload
+                        _set_stop_timeout(systemd, own, None)
+
+                extend()
                 # Revoking starts the engine's grace now: only once the non-global units are
                 # inactive. Otherwise the lease lapses at its deadline, the timer fencing first.
-                if await agent.purge():
+                if await agent.purge(before_reload=before_reload, after_reload=after_reload):
                     await session.leave()
                 else:
                     log.error("purge incomplete: not revoking the lease (it lapses on its own)")
@@ -302,6 +334,26 @@ async def serve(cfg: Config, argv: Sequence[str] = ()) -> None:
             os.unlink(cfg.api_socket)
     if failed is not None:
         raise ComponentFailed(f"component failed: {failed!r}")
+
+
+async def _own_unit(systemd: SystemdManager) -> str | None:
+    """fleetd's own unit ("fleetd.service"), or None."""
+    from fleetd.systemd import SystemdError
+
+    try:
+        return await systemd.unit_of_pid(os.getpid())
+    except SystemdError as e:
+        log.warning("asking systemd for fleetd's own unit failed: %s", e)
+        return None
+
+
+def _set_stop_timeout(systemd: SystemdManager, unit: str, timeout_s: float | None) -> None:
+    from fleetd.systemd import SystemdError
+
+    try:
+        systemd.set_stop_timeout(unit, timeout_s)
+    except SystemdError as e:
+        log.warning("%s", e)
 
 
 async def _own_job_type(systemd: SystemdManager) -> str | None:

@@ -636,14 +636,23 @@ class Agent:
             await self.systemd.stop_unit(name)
         self._armed = None
 
-    async def purge(self) -> bool:
+    def purge_bound_s(self) -> float:
+        """The longest `purge` waits for stops: the fenced units to inactive, then the rest
+        (the global units), each bounded by the longest stop a unit here may take."""
+        return 2 * self._stop_bound_s() + fencing.FENCE_TIMER_LATENCY_S
+
+    async def purge(self, before_reload: Callable[[], object] | None = None,
+                    after_reload: Callable[[], object] | None = None) -> bool:
         """`systemctl stop fleetd`: stop every fleet unit (non-global ones through the fence,
-        to inactive), unload them (files removed, daemon-reload) and disarm the switch. True
-        if the non-global units are known inactive (then the lease may be revoked)."""
+        to inactive), unload them (files removed; a daemon-reload only if one had [Install]
+        links, as for a destroy, between `before_reload` and `after_reload`) and disarm the
+        switch. True if the non-global units are known inactive (then the lease may be
+        revoked)."""
         self.fenced = True
         fenced = False
         async with self._lock:
-            names = set(self.systemd.read_unit_files())
+            files = self.systemd.read_unit_files()
+            names = set(files)
             try:
                 fenced = await self.systemd.fence(self._stop_bound_s()
                                                   + fencing.FENCE_TIMER_LATENCY_S)
@@ -663,7 +672,12 @@ class Agent:
                     self.systemd.remove_unit_file(name)
                 except SystemdError as e:
                     log.error("purge: %s", e)
-            await self.systemd.daemon_reload()
+            if any(has_install_section(text) for text in files.values()):
+                if before_reload is not None:
+                    before_reload()
+                await self.systemd.daemon_reload()
+                if after_reload is not None:
+                    after_reload()
             if fenced:
                 await self.disarm()
                 # Leave no active fence target behind: the next fleetd must not take it for a

@@ -39,6 +39,9 @@ SD_PATH = "/org/freedesktop/systemd1"
 SD_UNIT_PATH_PREFIX = SD_PATH + "/unit/"
 MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
 UNIT_IFACE = "org.freedesktop.systemd1.Unit"
+#: fleetd's drop-in for its own unit while it stops (`SystemdManager.set_stop_timeout`), named
+#: to sort after the drop-ins an administrator writes (`systemctl edit`: override.conf).
+STOP_TIMEOUT_DROP_IN = "zzzz-fleetd-stopping.conf"
 TIMER_IFACE = "org.freedesktop.systemd1.Timer"
 JOB_IFACE = "org.freedesktop.systemd1.Job"
 SERVICE_IFACE = "org.freedesktop.systemd1.Service"
@@ -499,6 +502,36 @@ class SystemdManager:
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.05)
+
+    async def unit_of_pid(self, pid: int) -> str | None:
+        """The name of the unit running ``pid``; None if it is not in a unit of this
+        manager."""
+        reply = await self._call(
+            Message(destination=SD_BUS_NAME, path=SD_PATH, interface=MANAGER_IFACE,
+                    member="GetUnitByPID", signature="u", body=[pid]), "unit of pid")
+        if reply.message_type is MessageType.ERROR or not reply.body:
+            return None
+        name = await self._get_prop(reply.body[0], UNIT_IFACE, "Id", "own unit")
+        return str(name) if name else None
+
+    def set_stop_timeout(self, unit: str, timeout_s: float | None) -> None:
+        """A drop-in (`STOP_TIMEOUT_DROP_IN`) giving ``unit`` (fleetd's own) the
+        TimeoutStopSec= ``timeout_s`` from the next daemon-reload on; None removes it. A
+        stopping unit's timer is armed again from TimeoutStopSec= at a reload, which forgets
+        an EXTEND_TIMEOUT_USEC= extension."""
+        path = self.unit_dir / f"{unit}.d" / STOP_TIMEOUT_DROP_IN
+        try:
+            if timeout_s is None:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()
+                return
+            path.parent.mkdir(exist_ok=True)
+            _write_atomic(path.parent, path, "# Written by fleetd while it stops its units.\n"
+                          f"[Service]\nTimeoutStopSec={timeout_s:.0f}s\n")
+        except OSError as e:
+            raise SystemdError(f"drop-in {path}: {e}") from e
 
     async def job_type_of_pid(self, pid: int) -> str | None:
         """The type of the job systemd has pending for the unit running ``pid`` ("restart",

@@ -1,8 +1,9 @@
 """fleetd's own lifecycle on the nspawn lab (system manager, real `systemctl`), through
 `fleet-lab` and `fleetctl` only: a killed-and-stopped fleetd and a frozen one are fenced by
 systemd's dead-man timer (the unit moves, never two copies); `systemctl stop fleetd` stops
-the machine's units and takes it out of list-machines, `systemctl start fleetd` brings them
-back; `systemctl restart fleetd` keeps them running with the same MainPID.
+the machine's units and takes it out of list-machines (outlasting fleetd.service's own stop
+timeout for a unit whose stop is longer), `systemctl start fleetd` brings them back;
+`systemctl restart fleetd` keeps them running with the same MainPID.
 
 Ground truth: a sampler inside every machine prints `date +%s.%N` and `systemctl is-active`
 every 50 ms (the containers share the host's clock); each machine's running intervals, widened
@@ -22,6 +23,7 @@ import pytest
 from fleetd.after_exit import HANDED_OVER_LOG
 from fleetd.config import Config
 from fleetd.fencing import HANDOVER_TTL_S, engine_grace_s, fence_point_s
+from fleetd.systemd._manager import STOP_TIMEOUT_DROP_IN
 from tests.lab.conftest import (
     BIN,
     active_on,
@@ -241,6 +243,53 @@ def test_systemctl_stop_fleetd_stops_units_and_leaves_the_cluster_start_brings_t
                and is_active(name, "lab-monitor.service"), 60,
                what="units back after systemctl start fleetd")
     assert mid in fleetctl("list-machines", "--no-legend", "-l").stdout
+
+
+def test_systemctl_stop_fleetd_outlasts_its_own_stop_timeout_for_a_unit_that_stops_slowly(
+        units_dir: pathlib.Path) -> None:
+    """A unit may claim a longer stop (its own TimeoutStopSec=) than fleetd.service gives
+    fleetd to exit: fleetd extends its stop timeout for the units' stops, so it still stops
+    and unloads every unit and leaves the cluster instead of being killed halfway. The unit
+    has [Install] links, so the purge ends with a daemon-reload, which re-arms fleetd's own
+    stop timer from TimeoutStopSec= (the extension forgotten): fleetd survives that too."""
+    target = machines()[2]
+    name, mid = target["name"], target["machine_id"]
+    done = "/run/lab-slowstop.done"
+    slow = units_dir / "lab-slowstop.service"
+    slow.write_text("[Service]\nExecStart=/bin/sleep infinity\n"
+                    f"ExecStop=/bin/sh -c 'sleep 4; touch {done}'\nTimeoutStopSec=6\n"
+                    "\n[Install]\nWantedBy=multi-user.target\n"
+                    f"\n[X-Fleet]\nMachineID={mid}\n")
+    monitor = write_unit(units_dir, "lab-slowstop-monitor.service", xfleet="Global=true")
+    units = ("lab-slowstop.service", "lab-slowstop-monitor.service")
+    fleetctl("start", str(slow), monitor)
+    wait_until(lambda: all(is_active(name, u) for u in units), 60, what="units on the machine")
+    drop_in = "/run/systemd/system/fleetd.service.d/override.conf"  # as systemctl edit
+    lab("exec", name, "--", "sh", "-c",
+        f"mkdir -p {drop_in.rsplit('/', 1)[0]} && printf '[Service]\\nTimeoutStopSec=2s\\n' "
+        f"> {drop_in} && rm -f {done} && systemctl daemon-reload")
+    try:
+        stopped = lab("exec", name, "--", "systemctl", "stop", "fleetd", check=False)
+        result = lab("exec", name, "--", "systemctl", "show", "-p", "Result", "--value",
+                     "fleetd", check=False).stdout.strip()
+        assert stopped.returncode == 0 and result == "success", (stopped.stderr, result)
+        assert lab("exec", name, "--", "test", "-e", done, check=False).returncode == 0, \
+            "the unit's ExecStop= did not finish"
+        for u in units:
+            load = lab("exec", name, "--", "systemctl", "show", "-p", "LoadState", "--value",
+                       u, check=False).stdout.strip()
+            assert not is_active(name, u) and load == "not-found", (u, load)
+        assert mid not in fleetctl("list-machines", "--no-legend", "-l").stdout
+        own = f"/run/systemd/system/fleetd.service.d/{STOP_TIMEOUT_DROP_IN}"
+        assert lab("exec", name, "--", "test", "-e", own, check=False).returncode != 0, \
+            "fleetd left its stop-timeout drop-in behind"
+    finally:
+        lab("exec", name, "--", "sh", "-c", f"rm -f {drop_in} {done} && systemctl daemon-reload",
+            check=False)
+        lab("exec", name, "--", "systemctl", "start", "fleetd", check=False)
+    # The engine holds the slow unit for its stop bound (3 x 6 s) after the machine left.
+    wait_until(lambda: all(is_active(name, u) for u in units), 60,
+               what="units back after systemctl start fleetd")
 
 
 def test_systemctl_restart_fleetd_keeps_the_unit_and_its_main_pid(
