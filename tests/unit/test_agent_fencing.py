@@ -9,6 +9,7 @@ import asyncio
 from fleetd import clock, fencing
 from fleetd.agent.tasks import DaemonReload, StartUnit, WriteUnitFile
 from fleetd.fencing import FENCE_TARGET
+from fleetd.registry import UnitRecord
 from fleetd.systemd import UnitStatus
 from tests.harness.sim_rig import record, sim_rig, unit_text
 
@@ -152,6 +153,37 @@ def test_a_purge_waits_for_a_unit_that_states_a_long_stop() -> None:
             assert clock.now() - t0 >= 5.0
             assert sd.active_state("db.service") == "inactive"
         rig.run(go())
+
+
+def test_a_purge_reloads_only_for_files_with_install_links_between_its_callbacks() -> None:
+    """A purge removes the files; systemd forgets a stopped unit whose file is gone, so only
+    files with [Install] links need a daemon-reload, and fleetd's callbacks (its own stop
+    timeout across the reload) run right before and right after it."""
+    linked = record("linked.service", unit_text("linked")
+                    + "\n[Install]\nWantedBy=multi-user.target\n")
+    for units, reloads in (([WEB, MON], 0), ([WEB, linked], 1)):
+        with sim_rig() as rig:
+            async def go(units: list[UnitRecord] = units, reloads: int = reloads) -> None:
+                for u in units:
+                    await rig.schedule("m1", u, "launched", is_global=u is MON)
+                agent, sd = await rig.agent("m1")
+                await agent.reconcile()
+                await rig.until(lambda: all(sd.active_state(u.name) == "active"
+                                            for u in units))
+                calls: list[str] = []
+                reload = agent.systemd.daemon_reload
+
+                async def recorded_reload() -> None:
+                    calls.append("reload")
+                    await reload()
+
+                agent.systemd.daemon_reload = recorded_reload  # type: ignore[method-assign]
+                assert await agent.purge(before_reload=lambda: calls.append("before"),
+                                         after_reload=lambda: calls.append("after"))
+                assert calls == ["before", "reload", "after"] * reloads, calls
+                assert agent.systemd.read_unit_files() == {}
+                assert all(sd.active_state(u.name) == "inactive" for u in units)
+            rig.run(go())
 
 
 def test_each_daemon_reload_is_preceded_by_a_fresh_dead_man_timer() -> None:
