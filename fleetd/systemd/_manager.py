@@ -162,6 +162,19 @@ def unit_name_from_path(path: str) -> str | None:
         return None
 
 
+def _put_drop_in(path: pathlib.Path, text: str | None) -> None:
+    """Write the drop-in ``path`` (its directory made if need be); None removes it, and its
+    directory once empty. A missing file is fine."""
+    if text is None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+        return
+    path.parent.mkdir(exist_ok=True)
+    _write_atomic(path.parent, path, text)
+
+
 def _write_atomic(directory: pathlib.Path, dest: pathlib.Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
     try:
@@ -394,15 +407,7 @@ class SystemdManager:
         return self.unit_dir / f"{name}.d" / FENCE_DROP_IN
 
     def _write_drop_in(self, name: str, text: str | None) -> None:
-        path = self._drop_in_path(name)
-        if text is None:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            with contextlib.suppress(OSError):
-                path.parent.rmdir()
-            return
-        path.parent.mkdir(exist_ok=True)
-        _write_atomic(path.parent, path, text)
+        _put_drop_in(self._drop_in_path(name), text)
 
     def has_drop_in(self, name: str) -> bool:
         """True if fleet's fencing drop-in for ``name`` is on disk."""
@@ -503,15 +508,19 @@ class SystemdManager:
                 return False
             await asyncio.sleep(0.05)
 
-    async def unit_of_pid(self, pid: int) -> str | None:
-        """The name of the unit running ``pid``; None if it is not in a unit of this
-        manager."""
+    async def _unit_path_of_pid(self, pid: int) -> str | None:
         reply = await self._call(
             Message(destination=SD_BUS_NAME, path=SD_PATH, interface=MANAGER_IFACE,
                     member="GetUnitByPID", signature="u", body=[pid]), "unit of pid")
         if reply.message_type is MessageType.ERROR or not reply.body:
             return None
-        name = await self._get_prop(reply.body[0], UNIT_IFACE, "Id", "own unit")
+        return str(reply.body[0])
+
+    async def unit_of_pid(self, pid: int) -> str | None:
+        """The name of the unit running ``pid``; None if it is not in a unit of this
+        manager."""
+        path = await self._unit_path_of_pid(pid)
+        name = path and await self._get_prop(path, UNIT_IFACE, "Id", "own unit")
         return str(name) if name else None
 
     def set_stop_timeout(self, unit: str, timeout_s: float | None) -> None:
@@ -521,27 +530,17 @@ class SystemdManager:
         an EXTEND_TIMEOUT_USEC= extension."""
         path = self.unit_dir / f"{unit}.d" / STOP_TIMEOUT_DROP_IN
         try:
-            if timeout_s is None:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                with contextlib.suppress(OSError):
-                    path.parent.rmdir()
-                return
-            path.parent.mkdir(exist_ok=True)
-            _write_atomic(path.parent, path, "# Written by fleetd while it stops its units.\n"
-                          f"[Service]\nTimeoutStopSec={timeout_s:.0f}s\n")
+            _put_drop_in(path, None if timeout_s is None else (
+                "# Written by fleetd while it stops its units.\n"
+                f"[Service]\nTimeoutStopSec={timeout_s:.0f}s\n"))
         except OSError as e:
             raise SystemdError(f"drop-in {path}: {e}") from e
 
     async def job_type_of_pid(self, pid: int) -> str | None:
         """The type of the job systemd has pending for the unit running ``pid`` ("restart",
         "stop", ...); None if there is none or ``pid`` is not in a unit of this manager."""
-        reply = await self._call(
-            Message(destination=SD_BUS_NAME, path=SD_PATH, interface=MANAGER_IFACE,
-                    member="GetUnitByPID", signature="u", body=[pid]), "unit of pid")
-        if reply.message_type is MessageType.ERROR or not reply.body:
-            return None
-        job = await self._get_prop(reply.body[0], UNIT_IFACE, "Job", "own unit")
+        path = await self._unit_path_of_pid(pid)
+        job = path and await self._get_prop(path, UNIT_IFACE, "Job", "own unit")
         if not job or not job[0]:
             return None
         kind = await self._get_prop(job[1], JOB_IFACE, "JobType", "own job")
