@@ -25,7 +25,7 @@ from fleetd.config import (
 from fleetd.fencing import keep_units_on_exit
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Sequence
 
     from fleetd.api.tls import ApiTls
     from fleetd.machine import MachineSession
@@ -258,7 +258,9 @@ async def serve(cfg: Config, argv: Sequence[str] = ()) -> None:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(RESTART_SIGNAL, on_restart_signal)
     loop.add_signal_handler(signal.SIGHUP, on_reload_signal)
-    if os.environ.get("NOTIFY_SOCKET") and (own := await _own_unit(systemd)) is not None:
+    own = (await _ask_systemd("fleetd's own unit", systemd.unit_of_pid(os.getpid()))
+           if os.environ.get("NOTIFY_SOCKET") else None)
+    if own is not None:
         _set_stop_timeout(systemd, own, None)  # left by a fleetd killed in its purge's reload
     sd_notify("READY=1\nSTATUS=fleetd running as machine " + machine_id)
     log.info("fleetd %s started: machine %s, ip %s, metadata %s", __version__, machine_id,
@@ -278,7 +280,8 @@ async def serve(cfg: Config, argv: Sequence[str] = ()) -> None:
     await asyncio.gather(*jobs, return_exceptions=True)
     try:
         if failed is None:
-            job_type = await _own_job_type(systemd)
+            job_type = await _ask_systemd("fleetd's own job",
+                                          systemd.job_type_of_pid(os.getpid()))
             if keep_units_on_exit(job_type, restart_signal):
                 log.info("fleetd exiting for a restart (%s): units keep running, the dead-man "
                          "switch stays armed", job_type or RESTART_SIGNAL.name)
@@ -294,7 +297,6 @@ async def serve(cfg: Config, argv: Sequence[str] = ()) -> None:
                 # comes with a drop-in of the same bound for fleetd's own unit.
                 began = time.monotonic()
                 until = began + agent.purge_bound_s() + PURGE_MARGIN_S
-                own = await _own_unit(systemd) if os.environ.get("NOTIFY_SOCKET") else None
 
                 def extend() -> None:
                     left = until - time.monotonic()
@@ -336,14 +338,14 @@ async def serve(cfg: Config, argv: Sequence[str] = ()) -> None:
         raise ComponentFailed(f"component failed: {failed!r}")
 
 
-async def _own_unit(systemd: SystemdManager) -> str | None:
-    """fleetd's own unit ("fleetd.service"), or None."""
+async def _ask_systemd(what: str, answer: Awaitable[str | None]) -> str | None:
+    """`answer`, or None (logged) if systemd could not give it."""
     from fleetd.systemd import SystemdError
 
     try:
-        return await systemd.unit_of_pid(os.getpid())
+        return await answer
     except SystemdError as e:
-        log.warning("asking systemd for fleetd's own unit failed: %s", e)
+        log.warning("asking systemd for %s failed: %s", what, e)
         return None
 
 
@@ -354,17 +356,6 @@ def _set_stop_timeout(systemd: SystemdManager, unit: str, timeout_s: float | Non
         systemd.set_stop_timeout(unit, timeout_s)
     except SystemdError as e:
         log.warning("%s", e)
-
-
-async def _own_job_type(systemd: SystemdManager) -> str | None:
-    """The job systemd has pending for fleetd's own unit ("restart", "stop"), or None."""
-    from fleetd.systemd import SystemdError
-
-    try:
-        return await systemd.job_type_of_pid(os.getpid())
-    except SystemdError as e:
-        log.warning("asking systemd for fleetd's own job failed: %s", e)
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:

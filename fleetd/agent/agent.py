@@ -653,9 +653,9 @@ class Agent:
         async with self._lock:
             files = self.systemd.read_unit_files()
             names = set(files)
+            bound = self._stop_bound_s()
             try:
-                fenced = await self.systemd.fence(self._stop_bound_s()
-                                                  + fencing.FENCE_TIMER_LATENCY_S)
+                fenced = await self.systemd.fence(bound + fencing.FENCE_TIMER_LATENCY_S)
             except SystemdError as e:
                 log.error("purge: fence failed: %s", e)
             if not fenced:
@@ -666,7 +666,7 @@ class Agent:
                     await self.systemd.stop_unit(name)
                 except SystemdError as e:
                     log.error("purge: stopping %s failed: %s", name, e)
-            await self._wait_inactive(names, self._stop_bound_s())
+            await self._wait_inactive(names, bound)
             for name in sorted(names):
                 try:
                     self.systemd.remove_unit_file(name)
